@@ -1,0 +1,177 @@
+"""pydl parity + benchmark report.
+
+    python bench/run.py                 # every kernel on the default device
+    python bench/run.py --device cpu --op conv2d --json out.json --plot out.png
+
+For each case: the relative error against the float64 NumPy reference at the
+benchmark shape, then the median time of pydl, the NumPy reference and PyTorch
+(when installed), measured in the same run, with GFLOP/s or GB/s and speedups.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+
+import pydl  # noqa: E402
+from common import time_cpu, time_cupy, time_torch_cuda, try_torch  # noqa: E402
+
+BENCH_MODULES = ["bench_conv", "bench_pool", "bench_batch_norm", "bench_cross_entropy", "bench_nms"]
+
+
+def machine_gemm_gflops() -> float:
+    """float32 GEMM rate of this machine: numpy matmul on 2048x2048 (the yardstick in the README)."""
+    a = np.random.rand(2048, 2048).astype(np.float32)
+    b = np.random.rand(2048, 2048).astype(np.float32)
+    ms = time_cpu(lambda: a @ b, repeats=5)
+    return 2 * 2048**3 / (ms * 1e-3) / 1e9
+
+
+def fmt(v, spec="{:.3f}"):
+    return "-" if v is None else spec.format(v)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="default: cuda when pydl.cuda_available(), else cpu")
+    p.add_argument("--op", action="append", help="only these kernel families (repeatable), e.g. conv2d")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and no NumPy reference timing")
+    p.add_argument("--no-reference", action="store_true", help="skip timing the NumPy reference")
+    p.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    p.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
+    p.add_argument("--plot", metavar="FILE", help="write a PNG chart of the speedups (needs matplotlib)")
+    args = p.parse_args(argv)
+
+    device = args.device or ("cuda" if pydl.cuda_available() else "cpu")
+    if device == "cuda" and not pydl.cuda_available():
+        sys.exit(f"--device cuda: {pydl.cuda_build_error()}")
+    torch = None if args.no_torch else try_torch()
+    if torch is not None and device == "cuda" and not torch.cuda.is_available():
+        torch = None
+    if torch is not None and device == "cuda":
+        allow_tf32 = pydl.get_allow_tf32()
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+        torch.backends.cudnn.allow_tf32 = allow_tf32
+
+    info = {
+        "device": device,
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": getattr(torch, "__version__", None),
+        "threads": pydl._backend.cpu().max_threads(),
+        "tf32": pydl.get_allow_tf32(),
+    }
+    if device == "cpu":
+        info["numpy_gemm_gflops"] = round(machine_gemm_gflops(), 1)
+    else:
+        import cupy
+
+        info["gpu"] = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    print("pydl benchmark:", ", ".join(f"{k}={v}" for k, v in info.items()))
+
+    rows = []
+    for modname in BENCH_MODULES:
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError:
+            continue
+        for case in mod.cases(device, args.quick):
+            if args.op and case.op not in args.op:
+                continue
+            row = {"op": case.op, "case": case.name, "dir": case.direction}
+            row["rel_err"] = case.check() if case.check else None
+            if device == "cpu":
+                row["pydl_ms"] = time_cpu(case.run, repeats=3 if args.quick else 7)
+            else:
+                row["pydl_ms"] = time_cupy(case.run, repeats=5 if args.quick else 20)
+            row["ref_ms"] = None
+            if case.reference and not (args.quick or args.no_reference):
+                row["ref_ms"] = time_cpu(case.reference, repeats=case.ref_repeats, warmup=0, budget_s=20)
+            row["torch_ms"] = None
+            if torch is not None and case.torch is not None:
+                with torch.no_grad() if case.direction == "fwd" else _nullcontext():
+                    if device == "cpu":
+                        row["torch_ms"] = time_cpu(case.torch, repeats=3 if args.quick else 7)
+                    else:
+                        row["torch_ms"] = time_torch_cuda(case.torch, repeats=5 if args.quick else 20)
+            t = row["pydl_ms"] * 1e-3
+            row["gflops"] = case.flops / t / 1e9 if case.flops else None
+            row["gbs"] = case.bytes / t / 1e9 if case.bytes else None
+            row["x_ref"] = row["ref_ms"] / row["pydl_ms"] if row["ref_ms"] else None
+            row["x_torch"] = row["torch_ms"] / row["pydl_ms"] if row["torch_ms"] else None
+            row.update(case.extra)
+            rows.append(row)
+            print(_line(row), flush=True)
+
+    print()
+    print(markdown_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": info, "rows": rows}, f, indent=1)
+    if args.plot:
+        plot(rows, args.plot, device)
+    bad = [r for r in rows if r["rel_err"] is not None and not (r["rel_err"] <= 1e-4)]
+    if bad:
+        print(f"PARITY FAILED on {len(bad)} case(s)", file=sys.stderr)
+        return 1
+    return 0
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _line(r):
+    return (f"{r['op']:<14} {r['dir']:<9} {r['case']:<34} err={fmt(r['rel_err'], '{:.1e}')} "
+            f"pydl={fmt(r['pydl_ms'])}ms ref={fmt(r['ref_ms'])}ms torch={fmt(r['torch_ms'])}ms "
+            f"x_ref={fmt(r['x_ref'], '{:.1f}')} x_torch={fmt(r['x_torch'], '{:.2f}')}")
+
+
+def markdown_table(rows):
+    head = "| op | dir | case | rel err | pydl ms | GFLOP/s | GB/s | NumPy ref ms | PyTorch ms | x ref | x PyTorch |"
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        lines.append(
+            f"| {r['op']} | {r['dir']} | {r['case']} | {fmt(r['rel_err'], '{:.1e}')} | {fmt(r['pydl_ms'])} | "
+            f"{fmt(r['gflops'], '{:.1f}')} | {fmt(r['gbs'], '{:.1f}')} | {fmt(r['ref_ms'], '{:.2f}')} | "
+            f"{fmt(r['torch_ms'])} | {fmt(r['x_ref'], '{:.1f}')} | {fmt(r['x_torch'], '{:.2f}')} |")
+    return "\n".join(lines)
+
+
+def plot(rows, path, device):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['op']} {r['dir']}\n{r['case']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(8, 0.5 * len(rows)), 6))
+    xs = np.arange(len(rows))
+    ax.bar(xs - 0.2, [r["x_torch"] or 0 for r in rows], 0.4, label="speedup vs PyTorch")
+    ax.bar(xs + 0.2, [min(r["x_ref"] or 0, 100) for r in rows], 0.4, label="speedup vs NumPy reference (cap 100)")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(xs)
+    ax.set_xticklabels(labels, rotation=90, fontsize=6)
+    ax.set_ylabel("speedup (x)")
+    ax.set_title(f"pydl on {device}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

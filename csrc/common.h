@@ -1,0 +1,48 @@
+// Shared by every CPU kernel file: error checks that raise (never abort) and
+// helpers that turn NumPy arrays into raw pointers.
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+namespace py = pybind11;
+
+// Throws std::invalid_argument (ValueError in Python) with file:line and the condition.
+#define PYDL_CHECK(cond, msg)                                                              \
+  do {                                                                                     \
+    if (!(cond)) {                                                                         \
+      std::ostringstream pydl_os_;                                                         \
+      pydl_os_ << msg << " [" << __FILE__ << ":" << __LINE__ << ": " #cond "]";             \
+      throw std::invalid_argument(pydl_os_.str());                                         \
+    }                                                                                      \
+  } while (0)
+
+namespace pydl {
+
+// C-contiguous array of T; pybind11 rejects other dtypes instead of converting.
+template <typename T>
+using carray = py::array_t<T, py::array::c_style>;
+
+template <typename T>
+inline const T* in_ptr(const carray<T>& a) { return a.data(); }
+
+template <typename T>
+inline T* out_ptr(carray<T>& a) {
+  PYDL_CHECK(a.writeable(), "output array is read-only");
+  return a.mutable_data();
+}
+
+// Optional array (None -> nullptr).
+template <typename T>
+inline const T* opt_ptr(const py::object& o) {
+  if (o.is_none()) return nullptr;
+  return o.cast<carray<T>>().data();
+}
+
+inline int64_t numel(const py::array& a) { return static_cast<int64_t>(a.size()); }
+
+}  // namespace pydl

@@ -1,0 +1,42 @@
+// pydl._cpu: the CPU kernels. Each op file binds its own functions (bind_<op>).
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "common.h"
+#include "geometry.h"
+
+namespace pydl {
+void bind_conv(py::module_& m);
+void bind_pool(py::module_& m);
+void bind_batch_norm(py::module_& m);
+void bind_cross_entropy(py::module_& m);
+void bind_nms(py::module_& m);
+}  // namespace pydl
+
+PYBIND11_MODULE(_cpu, m) {
+  m.doc() = "pydl CPU kernels (C++, OpenMP, OpenBLAS)";
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const std::bad_alloc& e) {
+      PyErr_SetString(PyExc_MemoryError, "pydl: out of host memory");
+    }
+  });
+  // Exposed so tests can hold the C++ geometry against pydl/_geometry.py.
+  m.def("conv_out_size", &pydl::conv_out_size);
+  m.def("conv_transpose_out_size", &pydl::conv_transpose_out_size);
+  m.def("pool_out_size", &pydl::pool_out_size);
+  m.def("max_threads", []() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+  });
+  pydl::bind_conv(m);
+  pydl::bind_pool(m);
+  pydl::bind_batch_norm(m);
+  pydl::bind_cross_entropy(m);
+  pydl::bind_nms(m);
+}

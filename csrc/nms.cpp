@@ -1,0 +1,6 @@
+// nms: CPU kernels (to be written).
+#include "common.h"
+
+namespace pydl {
+void bind_nms(py::module_& m) { (void)m; }
+}  // namespace pydl

@@ -1,0 +1,47 @@
+// pydl._cuda: the CUDA kernels. Each op file binds its own functions (bind_<op>_cuda).
+#include "common.cuh"
+
+namespace pydl {
+void bind_conv_cuda(py::module_& m);
+void bind_pool_cuda(py::module_& m);
+void bind_batch_norm_cuda(py::module_& m);
+void bind_cross_entropy_cuda(py::module_& m);
+void bind_nms_cuda(py::module_& m);
+
+// Smoke kernel: proves the module's device code runs on this GPU.
+__global__ void fill_kernel(float* p, int64_t n, float v) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x)
+    p[i] = v;
+}
+}  // namespace pydl
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "pydl CUDA kernels";
+  m.def("device_count", []() {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+      cudaGetLastError();  // clear the sticky "no device" error
+      return 0;
+    }
+    return n;
+  });
+  m.def("runtime_version", []() {
+    int v = 0;
+    PYDL_CUDA_CHECK(cudaRuntimeGetVersion(&v));
+    return v;
+  });
+  m.def("fill", [](pydl::dptr p, int64_t n, float v, pydl::dptr stream) {
+    pydl::fill_kernel<<<pydl::grid_for(n, 256), 256, 0, pydl::as_stream(stream)>>>(
+        pydl::as_ptr<float>(p), n, v);
+    PYDL_LAUNCH_CHECK();
+  });
+  m.def("conv_out_size", [](int64_t i, int64_t k, int64_t s, int64_t p, int64_t d) {
+    return pydl::conv_out_size(i, k, s, p, d);
+  });
+  pydl::bind_conv_cuda(m);
+  pydl::bind_pool_cuda(m);
+  pydl::bind_batch_norm_cuda(m);
+  pydl::bind_cross_entropy_cuda(m);
+  pydl::bind_nms_cuda(m);
+}

@@ -1,0 +1,6 @@
+// nms: CUDA kernels (to be written).
+#include "common.cuh"
+
+namespace pydl {
+void bind_nms_cuda(py::module_& m) { (void)m; }
+}  // namespace pydl

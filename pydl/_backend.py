@@ -1,0 +1,230 @@
+"""The one place that knows about devices.
+
+NumPy arrays run the C++ kernels of ``pydl._cpu``; CuPy arrays run the CUDA kernels
+of ``pydl._cuda`` on the array's device and CuPy's current stream. CuPy is imported
+lazily, so pydl works without it. Argument checks shared by every op live here too,
+so that messages read the same everywhere ("expected X, got Y").
+"""
+from __future__ import annotations
+
+import ctypes
+import numbers
+import os
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# Tests set this so that every output starts as NaN and an unwritten element fails.
+_POISON = False
+_ALLOW_TF32 = False
+
+_cpu_module = None
+_cuda_module = None
+_cuda_error: str | None = None
+
+
+def _load_openblas():
+    # RPATH finds libscipy_openblas.so in a normal install; preloading it by full path
+    # also covers layouts where the two packages are not siblings (editable installs).
+    try:
+        import scipy_openblas32
+
+        path = os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(True))
+        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    except (ImportError, OSError):
+        pass
+
+
+def cpu():
+    """The C++ module ``pydl._cpu``."""
+    global _cpu_module
+    if _cpu_module is None:
+        _load_openblas()
+        from . import _cpu
+
+        _cpu_module = _cpu
+    return _cpu_module
+
+
+def _try_cuda():
+    global _cuda_module, _cuda_error
+    if _cuda_module is not None or _cuda_error is not None:
+        return _cuda_module
+    try:
+        from . import _cuda
+    except ImportError as e:  # no CUDA build, or its libraries are missing
+        _cuda_error = (
+            f"pydl was built without a usable CUDA module ({e}). Rebuild it on a machine "
+            "with nvcc: pip install . -Ccmake.define.PYDL_CUDA=ON"
+        )
+        return None
+    _cuda_module = _cuda
+    return _cuda
+
+
+def cuda_build_error() -> str | None:
+    """Why the CUDA module cannot be used, or None if it can."""
+    if _try_cuda() is None:
+        return _cuda_error
+    try:
+        import cupy  # noqa: F401
+    except ImportError as e:
+        return f"CuPy is not installed ({e}): pip install 'pydl[cuda]'"
+    if _cuda_module.device_count() < 1:
+        return "pydl._cuda is built, but no CUDA device is visible"
+    return None
+
+
+def cuda_available() -> bool:
+    """True when pydl._cuda is built, CuPy imports and a GPU is visible."""
+    return cuda_build_error() is None
+
+
+def cuda():
+    """The CUDA module, or a RuntimeError that says how to get one."""
+    err = cuda_build_error()
+    if err is not None:
+        raise RuntimeError(err)
+    return _cuda_module
+
+
+def set_allow_tf32(allow: bool) -> None:
+    """Opt in to TF32 tensor-core GEMMs for float32 on the GPU (off by default: exact float32)."""
+    global _ALLOW_TF32
+    _ALLOW_TF32 = bool(allow)
+
+
+def get_allow_tf32() -> bool:
+    return _ALLOW_TF32
+
+
+# ---------------------------------------------------------------- arrays and devices
+
+def _is_cupy(x) -> bool:
+    return type(x).__module__.startswith("cupy")
+
+
+def is_cuda(x) -> bool:
+    """True for a cupy.ndarray."""
+    return _is_cupy(x) and hasattr(x, "data") and hasattr(x, "device")
+
+
+def array_module(**arrays):
+    """NumPy or CuPy, from keyword-named arrays (None entries ignored).
+
+    Raises TypeError naming the argument for non-arrays, for a NumPy/CuPy mix and for
+    CuPy arrays on different devices.
+    """
+    kind = None
+    first = None
+    device = None
+    for name, a in arrays.items():
+        if a is None:
+            continue
+        if isinstance(a, np.ndarray):
+            k = "numpy"
+        elif is_cuda(a):
+            k = "cupy"
+        else:
+            raise TypeError(f"{name}: expected a numpy.ndarray or cupy.ndarray, got {type(a).__name__}")
+        if kind is None:
+            kind, first = k, name
+        elif k != kind:
+            raise TypeError(
+                f"{name}: expected a {kind} array like {first}, got a {k} array "
+                "(pydl does no hidden host<->device copies)")
+        if k == "cupy":
+            if device is None:
+                device = a.device.id
+            elif a.device.id != device:
+                raise TypeError(f"{name}: expected an array on GPU {device} like {first}, got GPU {a.device.id}")
+    if kind == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+def empty(shape, dtype, xp=np):
+    """Output allocation (CuPy's pool on the GPU); NaN-filled while tests poison outputs."""
+    out = xp.empty(shape, dtype=dtype)
+    if _POISON and out.size:
+        if np.dtype(dtype).kind == "f":
+            out.fill(np.nan)
+        else:
+            out.fill(-7777777)
+    return out
+
+
+def stream_ptr(xp) -> int:
+    """The caller's current CuPy stream (0 for NumPy)."""
+    if xp is np:
+        return 0
+    return xp.cuda.get_current_stream().ptr
+
+
+def ptr(a) -> int:
+    """Device pointer of a CuPy array."""
+    return int(a.data.ptr)
+
+
+# ---------------------------------------------------------------- argument checks
+
+def check_float(name: str, a, ndim=None) -> None:
+    """a must be a float32/float64 array (of rank ndim, an int or a tuple of ints)."""
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if a.ndim not in allowed:
+            want = " or ".join(f"{n}-D" for n in allowed)
+            raise ValueError(f"{name}: expected a {want} array, got shape {tuple(a.shape)}")
+
+
+def check_same_dtype(ref_name: str, ref, **arrays) -> None:
+    for name, a in arrays.items():
+        if a is not None and a.dtype != ref.dtype:
+            raise TypeError(f"{name}: expected dtype {ref.dtype} (the dtype of {ref_name}), got {a.dtype}")
+
+
+def check_shape(name: str, a, shape) -> None:
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(a.shape)}")
+
+
+def contiguous(a, xp=np):
+    """C-contiguous (a copy only if needed), so kernels never mis-read a view."""
+    return xp.ascontiguousarray(a)
+
+
+def int_arg(name: str, v, minimum=None) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(v).__name__} {v!r}")
+    v = int(v)
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {v}")
+    return v
+
+
+def pair(name: str, v, minimum=None) -> tuple[int, int]:
+    """An int or a pair of ints, as PyTorch's _pair."""
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name}: expected an int or a pair of ints, got {v!r}")
+        return (int_arg(name, v[0], minimum), int_arg(name, v[1], minimum))
+    v = int_arg(name, v, minimum)
+    return (v, v)
+
+
+def float_arg(name: str, v, minimum=None, maximum=None, finite=True) -> float:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Real, np.floating, np.integer)):
+        raise TypeError(f"{name}: expected a float, got {type(v).__name__} {v!r}")
+    v = float(v)
+    if finite and not np.isfinite(v):
+        raise ValueError(f"{name}: expected a finite float, got {v}")
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{name}: expected a float >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"{name}: expected a float <= {maximum}, got {v}")
+    return v

@@ -1,0 +1,3 @@
+"""batch_norm: functional forward/backward (dispatch in pydl._backend)."""
+
+__all__ = []

@@ -1,0 +1,3 @@
+"""conv: functional forward/backward (dispatch in pydl._backend)."""
+
+__all__ = []

@@ -1,0 +1,3 @@
+"""cross_entropy: functional forward/backward (dispatch in pydl._backend)."""
+
+__all__ = []

@@ -1,0 +1,3 @@
+"""pool: functional forward/backward (dispatch in pydl._backend)."""
+
+__all__ = []

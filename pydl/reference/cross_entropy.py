@@ -1,0 +1,3 @@
+"""cross_entropy: the NumPy twin (oracle for tests, baseline for benchmarks)."""
+
+__all__ = []

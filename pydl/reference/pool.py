@@ -1,0 +1,3 @@
+"""pool: the NumPy twin (oracle for tests, baseline for benchmarks)."""
+
+__all__ = []
