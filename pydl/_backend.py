@@ -41,7 +41,16 @@ def cpu():
     global _cpu_module
     if _cpu_module is None:
         _load_openblas()
-        from . import _cpu
+        try:
+            from . import _cpu
+        except ImportError as e:
+            here = os.path.dirname(os.path.abspath(__file__))
+            if os.path.exists(os.path.join(here, "..", "CMakeLists.txt")):
+                raise ImportError(
+                    f"pydl was imported from its source tree ({here}), which holds no compiled "
+                    "module: pip install . and run from another directory (use `pytest`, not "
+                    f"`python -m pytest`, in the checkout) [{e}]") from e
+            raise
 
         _cpu_module = _cpu
     return _cpu_module
