@@ -8,6 +8,7 @@ so that messages read the same everywhere ("expected X, got Y").
 from __future__ import annotations
 
 import ctypes
+import importlib
 import numbers
 import os
 
@@ -96,6 +97,18 @@ def cuda():
     if err is not None:
         raise RuntimeError(err)
     return _cuda_module
+
+
+def kernels(xp, op: str):
+    """The kernel namespace of op for arrays of module xp.
+
+    NumPy: the C++ module pydl._cpu. CuPy: pydl.cuda.<op>, whose functions take CuPy
+    arrays with the same signatures as their pydl._cpu twins.
+    """
+    if xp is np:
+        return cpu()
+    cuda()  # raises with the reason when the GPU build is unusable
+    return importlib.import_module(f"pydl.cuda.{op}")
 
 
 def set_allow_tf32(allow: bool) -> None:
