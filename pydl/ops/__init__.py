@@ -1,5 +1,9 @@
 """pydl.ops: detection operators, as torchvision.ops."""
 from .nms import *  # noqa: F401,F403
-from . import nms as _nms
 
-__all__ = [*_nms.__all__]
+import importlib as _importlib
+
+# Each submodule's public names; by submodule object, since `from .x import *` may
+# rebind the name x to a function of the same name (batch_norm, cross_entropy, nms).
+__all__ = [n for _m in ['nms']
+           for n in _importlib.import_module(f"{__name__}.{_m}").__all__]

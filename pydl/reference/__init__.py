@@ -8,6 +8,10 @@ from .pool import *  # noqa: F401,F403
 from .batch_norm import *  # noqa: F401,F403
 from .cross_entropy import *  # noqa: F401,F403
 from .nms import *  # noqa: F401,F403
-from . import conv as _conv, pool as _pool, batch_norm as _bn, cross_entropy as _ce, nms as _nms
 
-__all__ = [*_conv.__all__, *_pool.__all__, *_bn.__all__, *_ce.__all__, *_nms.__all__]
+import importlib as _importlib
+
+# Each submodule's public names; by submodule object, since `from .x import *` may
+# rebind the name x to a function of the same name (batch_norm, cross_entropy, nms).
+__all__ = [n for _m in ['conv', 'pool', 'batch_norm', 'cross_entropy', 'nms']
+           for n in _importlib.import_module(f"{__name__}.{_m}").__all__]
