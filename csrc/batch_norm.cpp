@@ -44,30 +44,45 @@ PYDL_INLINE void split(double v, T& hi, T& lo) {
 // ---------------------------------------------------------------- per channel (S > 1)
 // x points at channel c of sample 0; rows are `stride` apart, S values each.
 
+// Sums run in kLanes independent double accumulators (several vector registers, so the
+// adds pipeline instead of waiting on one dependency chain), combined in a fixed order.
+constexpr int kLanes = 16;
+
 template <typename T>
 PYDL_INLINE void channel_stats_impl(const T* x, int64_t N, int64_t stride, int64_t S,
                                     double& mean_out, double& m2_out) {
-  double sum = 0.0;
+  double acc[kLanes] = {};
+  double tail = 0.0;
   for (int64_t n = 0; n < N; ++n) {
     const T* p = x + n * stride;
-    double acc = 0.0;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t s = 0; s < S; ++s) acc += static_cast<double>(p[s]);
-    sum += acc;
+    int64_t s = 0;
+    for (; s + kLanes <= S; s += kLanes)
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) acc[j] += static_cast<double>(p[s + j]);
+    for (; s < S; ++s) tail += static_cast<double>(p[s]);
   }
+  double sum = tail;
+  for (int j = 0; j < kLanes; ++j) sum += acc[j];
   const double M = static_cast<double>(N * S);
   const double mean = sum / M;
-  double m2 = 0.0;
+  double acc2[kLanes] = {};
+  double tail2 = 0.0;
   for (int64_t n = 0; n < N; ++n) {
     const T* p = x + n * stride;
-    double acc = 0.0;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t s = 0; s < S; ++s) {
+    int64_t s = 0;
+    for (; s + kLanes <= S; s += kLanes)
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) {
+        const double d = static_cast<double>(p[s + j]) - mean;
+        acc2[j] += d * d;
+      }
+    for (; s < S; ++s) {
       const double d = static_cast<double>(p[s]) - mean;
-      acc += d * d;
+      tail2 += d * d;
     }
-    m2 += acc;
   }
+  double m2 = tail2;
+  for (int j = 0; j < kLanes; ++j) m2 += acc2[j];
   mean_out = mean;
   m2_out = m2;
 }
@@ -88,22 +103,31 @@ PYDL_INLINE void channel_apply_impl(const T* x, T* y, int64_t N, int64_t stride,
 template <typename T>
 PYDL_INLINE void channel_bwd_sums_impl(const T* dy, const T* x, int64_t N, int64_t stride,
                                        int64_t S, double mean, double& sdy, double& sdyx) {
-  double a = 0.0, b = 0.0;
+  double a[kLanes] = {}, b[kLanes] = {};
+  double ta = 0.0, tb = 0.0;
   for (int64_t n = 0; n < N; ++n) {
     const T* g = dy + n * stride;
     const T* p = x + n * stride;
-    double sa = 0.0, sb = 0.0;
-#pragma omp simd reduction(+ : sa, sb)
-    for (int64_t s = 0; s < S; ++s) {
+    int64_t s = 0;
+    for (; s + kLanes <= S; s += kLanes)
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) {
+        const double gd = static_cast<double>(g[s + j]);
+        a[j] += gd;
+        b[j] += gd * (static_cast<double>(p[s + j]) - mean);
+      }
+    for (; s < S; ++s) {
       const double gd = static_cast<double>(g[s]);
-      sa += gd;
-      sb += gd * (static_cast<double>(p[s]) - mean);
+      ta += gd;
+      tb += gd * (static_cast<double>(p[s]) - mean);
     }
-    a += sa;
-    b += sb;
   }
-  sdy = a;
-  sdyx = b;
+  for (int j = 0; j < kLanes; ++j) {
+    ta += a[j];
+    tb += b[j];
+  }
+  sdy = ta;
+  sdyx = tb;
 }
 
 // dx = A * dy + B * ((x - mean_hi) - mean_lo) + K, in T.
