@@ -9,8 +9,9 @@
 // mean = mean_hi + mean_lo split into two T values, so that data with a large offset
 // (1e4 + unit noise in float32) keeps float32 accuracy in y without double arithmetic.
 // Layout: x is (N, C, S) C-contiguous; channel c is N rows of S contiguous values, rows
-// C * S apart. Threads: OpenMP over channels; each channel's passes run back to back, so
-// passes after the first read the channel from cache. Inner loops are contiguous runs of
+// C * S apart. Threads: OpenMP over channels, scheduled dynamically (a preempted thread
+// delays one channel, not half of them; results do not depend on the thread). Each
+// channel's passes run back to back, so passes after the first read it from cache. Inner loops are contiguous runs of
 // S, vectorized (omp simd reductions; AVX2/FMA clones picked at load time).
 // (N, C) input (S == 1) takes a channel-block path whose inner loops run over channels.
 #include <algorithm>
@@ -200,7 +201,7 @@ void forward_train(const T* x, const T* w, const T* b, T* rm, T* rv, T* y, T* sa
     return invstd;  // in double, not the rounded save_invstd
   };
   if (S == 1) {
-#pragma omp parallel for schedule(static) if (parallel_worth(d) && C > kBlock)
+#pragma omp parallel for schedule(dynamic, 1) if (parallel_worth(d) && C > kBlock)
     for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
       const int64_t nc = std::min(kBlock, C - c0);
       double sum[kBlock], m2[kBlock];
@@ -237,7 +238,7 @@ void forward_train(const T* x, const T* w, const T* b, T* rm, T* rv, T* y, T* sa
     }
     return;
   }
-#pragma omp parallel for schedule(static) if (parallel_worth(d))
+#pragma omp parallel for schedule(dynamic, 1) if (parallel_worth(d))
   for (int64_t c = 0; c < C; ++c) {
     double mean = 0.0, m2 = 0.0;
     if (M > 0) channel_stats(x + c * S, N, C * S, S, mean, m2);
@@ -261,7 +262,7 @@ void forward_eval(const T* x, const T* w, const T* b, const T* rm, const T* rv, 
     shift = b ? b[c] : T(0);
   };
   if (S == 1) {
-#pragma omp parallel for schedule(static) if (parallel_worth(d) && C > kBlock)
+#pragma omp parallel for schedule(dynamic, 1) if (parallel_worth(d) && C > kBlock)
     for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
       const int64_t nc = std::min(kBlock, C - c0);
       T mh[kBlock], ml[kBlock], sc[kBlock], sh[kBlock];
@@ -275,7 +276,7 @@ void forward_eval(const T* x, const T* w, const T* b, const T* rm, const T* rv, 
     }
     return;
   }
-#pragma omp parallel for schedule(static) if (parallel_worth(d))
+#pragma omp parallel for schedule(dynamic, 1) if (parallel_worth(d))
   for (int64_t c = 0; c < C; ++c) {
     T mh, ml, scale, shift;
     params(c, mh, ml, scale, shift);
@@ -313,7 +314,7 @@ void backward(const T* dy, const T* x, const T* w, const T* mean_p, const T* inv
     }
   };
   if (S == 1) {
-#pragma omp parallel for schedule(static) if (parallel_worth(d) && C > kBlock)
+#pragma omp parallel for schedule(dynamic, 1) if (parallel_worth(d) && C > kBlock)
     for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
       const int64_t nc = std::min(kBlock, C - c0);
       double sa[kBlock], sb[kBlock], mean[kBlock];
@@ -351,7 +352,7 @@ void backward(const T* dy, const T* x, const T* w, const T* mean_p, const T* inv
     }
     return;
   }
-#pragma omp parallel for schedule(static) if (parallel_worth(d))
+#pragma omp parallel for schedule(dynamic, 1) if (parallel_worth(d))
   for (int64_t c = 0; c < C; ++c) {
     const double mean = static_cast<double>(mean_p[c]);
     double sdy = 0.0, sdyx = 0.0;

@@ -31,7 +31,7 @@ def batch_norm_forward_train(x, weight, bias, running_mean, running_var, y, save
         B.cuda().batch_norm_forward_train(
             _p(x), _p(weight), _p(bias), _p(running_mean), _p(running_var), _p(y), _p(save_mean),
             _p(save_invstd), _p(ws), n, N, C, S, float(momentum), float(eps),
-            x.dtype == np.float64, B.stream_ptr(cupy))
+            bool(x.dtype == np.float64), B.stream_ptr(cupy))
 
 
 def batch_norm_forward_eval(x, weight, bias, running_mean, running_var, y, eps):
@@ -42,7 +42,7 @@ def batch_norm_forward_eval(x, weight, bias, running_mean, running_var, y, eps):
         ws, n = _workspace(cupy, C)
         B.cuda().batch_norm_forward_eval(
             _p(x), _p(weight), _p(bias), _p(running_mean), _p(running_var), _p(y), _p(ws), n,
-            N, C, S, float(eps), x.dtype == np.float64, B.stream_ptr(cupy))
+            N, C, S, float(eps), bool(x.dtype == np.float64), B.stream_ptr(cupy))
 
 
 def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, grad_x, grad_weight, grad_bias,
@@ -55,4 +55,4 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, grad_x, gra
         B.cuda().batch_norm_backward(
             _p(grad_out), _p(x), _p(weight), _p(save_mean), _p(save_invstd), _p(grad_x),
             _p(grad_weight), _p(grad_bias), _p(ws), n, N, C, S, bool(training),
-            x.dtype == np.float64, B.stream_ptr(cupy))
+            bool(x.dtype == np.float64), B.stream_ptr(cupy))
