@@ -7,10 +7,12 @@ from conftest import assert_close, numerical_grad, rand, rel_error, to_numpy
 import pydl.functional as F
 import pydl.reference as R
 
-# (N, C), (N, C, L), (N, C, H, W): odd sizes, batch 1 with H*W > 1, batch 0, and an
-# (N, C) case wider than one channel block of the CPU kernel.
+# (N, C), (N, C, L), (N, C, H, W): odd sizes, batch 1 with H*W > 1, batch 0, an (N, C)
+# case wider than one channel block of the CPU kernel, H*W both multiple of 4 and not
+# (vector and scalar paths of the GPU kernels), and one big enough for several GPU
+# blocks per channel (the two-stage reduction).
 SHAPES = [(5, 7), (4, 3, 5, 6), (1, 3, 4, 5), (3, 4, 7), (2, 5, 3, 1), (6, 300), (0, 3, 4, 4),
-          (3, 2, 9, 17)]
+          (3, 2, 9, 17), (16, 2, 32, 36)]
 
 
 def _params(rng, C, dtype, xp, affine=True):
@@ -63,6 +65,24 @@ def test_non_contiguous_inputs_and_strided_running_buffers(xp, dtype):
     assert_close(rm, rm64, dtype)
     assert_close(rv, rv64, dtype)
     assert_close(big[1::2], rv64, dtype)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_misaligned_contiguous_views(xp, dtype, training):
+    # Contiguous views starting one element into a buffer: no 16-byte alignment.
+    rng = np.random.default_rng(9)
+    shape = (3, 4, 4, 8)
+    n = int(np.prod(shape))
+    x = rand(rng, (n + 1,), dtype, xp)[1:].reshape(shape)
+    dy = rand(rng, (n + 1,), dtype, xp)[1:].reshape(shape)
+    w, b, rm, rv = _params(rng, 4, dtype, xp)
+    rm64, rv64 = _f64(rm), _f64(rv)
+    y, mean, invstd = F.batch_norm_forward(x, rm, rv, w, b, training=training)
+    assert_close(y, R.batch_norm(_f64(x), rm64, rv64, _f64(w), _f64(b), training=training), dtype)
+    got = F.batch_norm_backward(dy, x, w, mean, invstd, training=training)
+    want = R.batch_norm_backward(_f64(dy), _f64(x), _f64(w), _f64(mean), _f64(invstd), training=training)
+    for g, r in zip(got, want):
+        assert_close(g, r, dtype, factor=4)
 
 
 def test_running_buffers_match_torch(xp, dtype):
@@ -141,7 +161,8 @@ def test_batch_zero_leaves_running_buffers(xp, dtype):
     assert np.all(to_numpy(gw) == 0) and np.all(to_numpy(gb) == 0)
 
 
-@pytest.mark.parametrize("shape", [(5, 7), (4, 3, 5, 6), (1, 3, 4, 5), (3, 4, 7), (6, 300), (3, 2, 9, 17)])
+@pytest.mark.parametrize("shape", [(5, 7), (4, 3, 5, 6), (1, 3, 4, 5), (3, 4, 7), (6, 300), (3, 2, 9, 17),
+                                   (16, 2, 32, 36)])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("affine", [True, False])
 def test_backward_parity(xp, dtype, shape, training, affine):
