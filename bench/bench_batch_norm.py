@@ -61,9 +61,10 @@ def _cases_for(shape, device, quick):
                                          f64(h["b"]), eps=EPS))
 
     # ---- reference timings (float64 NumPy on the host)
-    hx, hdy, hw, hb = (f64(h[k]) for k in ("x", "dy", "w", "b"))
     ref_train_fwd = ref_train_bwd = ref_eval_fwd = None
     if not big:
+        hx, hdy, hw, hb = (f64(h[k]) for k in ("x", "dy", "w", "b"))
+
         def ref_train_fwd():
             return R.batch_norm(hx, None, None, hw, hb, training=True, eps=EPS)
 
