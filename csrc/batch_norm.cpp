@@ -9,11 +9,12 @@
 // mean = mean_hi + mean_lo split into two T values, so that data with a large offset
 // (1e4 + unit noise in float32) keeps float32 accuracy in y without double arithmetic.
 // Layout: x is (N, C, S) C-contiguous; channel c is N rows of S contiguous values, rows
-// C * S apart. Threads: OpenMP over channels, scheduled dynamically (a preempted thread
-// delays one channel, not half of them; results do not depend on the thread). Each
-// channel's passes run back to back, so passes after the first read it from cache. Inner loops are contiguous runs of
-// S, vectorized (omp simd reductions; AVX2/FMA clones picked at load time).
-// (N, C) input (S == 1) takes a channel-block path whose inner loops run over channels.
+// C * S apart. Threads: OpenMP over blocks of consecutive channels, scheduled dynamically
+// (a preempted thread delays one block, not half of them; results do not depend on the
+// thread). A block is sized to stay in cache (~256 KiB), so its passes after the first
+// read cache, and is walked sample-major, so memory streams in runs of (channels * S).
+// Inner loops are contiguous runs of S, vectorized (omp simd; AVX2/FMA clones picked at
+// load time). (N, C) input (S == 1) takes a path whose inner loops run over channels.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -42,134 +43,182 @@ PYDL_INLINE void split(double v, T& hi, T& lo) {
   lo = static_cast<T>(v - static_cast<double>(hi));
 }
 
-// ---------------------------------------------------------------- per channel (S > 1)
-// x points at channel c of sample 0; rows are `stride` apart, S values each.
+// ---------------------------------------------------------------- channel blocks (S > 1)
+// A block is cb consecutive channels; x points at channel c0 of sample 0, samples are
+// `stride` = C * S apart. Loops run sample-major (n, then channel, then s), so memory is
+// read in contiguous runs of cb * S values (long streams for the prefetcher even when S
+// is small); the block is sized to stay in cache between its passes.
 
 // Sums run in kLanes independent double accumulators (several vector registers, so the
 // adds pipeline instead of waiting on one dependency chain), combined in a fixed order.
 constexpr int kLanes = 16;
 
 template <typename T>
-PYDL_INLINE void channel_stats_impl(const T* x, int64_t N, int64_t stride, int64_t S,
-                                    double& mean_out, double& m2_out) {
-  double acc[kLanes] = {};
-  double tail = 0.0;
-  for (int64_t n = 0; n < N; ++n) {
-    const T* p = x + n * stride;
-    int64_t s = 0;
-    for (; s + kLanes <= S; s += kLanes)
+PYDL_INLINE double lanes_sum(const double* r) {
+  double t = 0.0;
+  for (int j = 0; j < kLanes; ++j) t += r[j];
+  return t;
+}
+
+// mean[j] and m2[j] = sum((x - mean)^2) of channels c0 + j, j < cb. acc: cb * kLanes doubles.
+template <typename T>
+PYDL_INLINE void block_stats_impl(const T* x, int64_t N, int64_t stride, int64_t S, int64_t cb,
+                                  double* mean, double* m2, double* acc) {
+  for (int64_t i = 0; i < cb * kLanes; ++i) acc[i] = 0.0;
+  for (int64_t j = 0; j < cb; ++j) mean[j] = 0.0;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < cb; ++j) {
+      const T* p = x + n * stride + j * S;
+      double r[kLanes];
+      for (int l = 0; l < kLanes; ++l) r[l] = acc[j * kLanes + l];
+      int64_t s = 0;
+      for (; s + kLanes <= S; s += kLanes)
 #pragma omp simd
-      for (int j = 0; j < kLanes; ++j) acc[j] += static_cast<double>(p[s + j]);
-    for (; s < S; ++s) tail += static_cast<double>(p[s]);
-  }
-  double sum = tail;
-  for (int j = 0; j < kLanes; ++j) sum += acc[j];
+        for (int l = 0; l < kLanes; ++l) r[l] += static_cast<double>(p[s + l]);
+      double t = mean[j];
+      for (; s < S; ++s) t += static_cast<double>(p[s]);
+      mean[j] = t;
+      for (int l = 0; l < kLanes; ++l) acc[j * kLanes + l] = r[l];
+    }
   const double M = static_cast<double>(N * S);
-  const double mean = sum / M;
-  double acc2[kLanes] = {};
-  double tail2 = 0.0;
-  for (int64_t n = 0; n < N; ++n) {
-    const T* p = x + n * stride;
-    int64_t s = 0;
-    for (; s + kLanes <= S; s += kLanes)
+  for (int64_t j = 0; j < cb; ++j) mean[j] = (mean[j] + lanes_sum<T>(acc + j * kLanes)) / M;
+  for (int64_t i = 0; i < cb * kLanes; ++i) acc[i] = 0.0;
+  for (int64_t j = 0; j < cb; ++j) m2[j] = 0.0;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < cb; ++j) {
+      const T* p = x + n * stride + j * S;
+      const double mu = mean[j];
+      double r[kLanes];
+      for (int l = 0; l < kLanes; ++l) r[l] = acc[j * kLanes + l];
+      int64_t s = 0;
+      for (; s + kLanes <= S; s += kLanes)
 #pragma omp simd
-      for (int j = 0; j < kLanes; ++j) {
-        const double d = static_cast<double>(p[s + j]) - mean;
-        acc2[j] += d * d;
+        for (int l = 0; l < kLanes; ++l) {
+          const double d = static_cast<double>(p[s + l]) - mu;
+          r[l] += d * d;
+        }
+      double t = m2[j];
+      for (; s < S; ++s) {
+        const double d = static_cast<double>(p[s]) - mu;
+        t += d * d;
       }
-    for (; s < S; ++s) {
-      const double d = static_cast<double>(p[s]) - mean;
-      tail2 += d * d;
+      m2[j] = t;
+      for (int l = 0; l < kLanes; ++l) acc[j * kLanes + l] = r[l];
     }
-  }
-  double m2 = tail2;
-  for (int j = 0; j < kLanes; ++j) m2 += acc2[j];
-  mean_out = mean;
-  m2_out = m2;
+  for (int64_t j = 0; j < cb; ++j) m2[j] += lanes_sum<T>(acc + j * kLanes);
 }
 
-// y = ((x - mean_hi) - mean_lo) * scale + shift, in T.
+// y = ((x - mean_hi) - mean_lo) * scale + shift, in T; par = {mh, ml, scale, shift} per channel.
 template <typename T>
-PYDL_INLINE void channel_apply_impl(const T* x, T* y, int64_t N, int64_t stride, int64_t S,
-                                    T mean_hi, T mean_lo, T scale, T shift) {
-  for (int64_t n = 0; n < N; ++n) {
-    const T* p = x + n * stride;
-    T* q = y + n * stride;
+PYDL_INLINE void block_apply_impl(const T* x, T* y, int64_t N, int64_t stride, int64_t S,
+                                  int64_t cb, const T* par) {
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < cb; ++j) {
+      const T* p = x + n * stride + j * S;
+      T* q = y + n * stride + j * S;
+      const T mh = par[4 * j], ml = par[4 * j + 1], sc = par[4 * j + 2], sh = par[4 * j + 3];
 #pragma omp simd
-    for (int64_t s = 0; s < S; ++s) q[s] = ((p[s] - mean_hi) - mean_lo) * scale + shift;
-  }
+      for (int64_t s = 0; s < S; ++s) q[s] = ((p[s] - mh) - ml) * sc + sh;
+    }
 }
 
-// sum(dy) and sum(dy * (x - mean)), in double.
+// sdy[j] = sum(dy), sdyx[j] = sum(dy * (x - mean)) in double. acc: 2 * cb * kLanes doubles.
 template <typename T>
-PYDL_INLINE void channel_bwd_sums_impl(const T* dy, const T* x, int64_t N, int64_t stride,
-                                       int64_t S, double mean, double& sdy, double& sdyx) {
-  double a[kLanes] = {}, b[kLanes] = {};
-  double ta = 0.0, tb = 0.0;
-  for (int64_t n = 0; n < N; ++n) {
-    const T* g = dy + n * stride;
-    const T* p = x + n * stride;
-    int64_t s = 0;
-    for (; s + kLanes <= S; s += kLanes)
-#pragma omp simd
-      for (int j = 0; j < kLanes; ++j) {
-        const double gd = static_cast<double>(g[s + j]);
-        a[j] += gd;
-        b[j] += gd * (static_cast<double>(p[s + j]) - mean);
+PYDL_INLINE void block_bwd_sums_impl(const T* dy, const T* x, int64_t N, int64_t stride,
+                                     int64_t S, int64_t cb, const double* mean, double* sdy,
+                                     double* sdyx, double* acc) {
+  for (int64_t i = 0; i < 2 * cb * kLanes; ++i) acc[i] = 0.0;
+  for (int64_t j = 0; j < cb; ++j) sdy[j] = sdyx[j] = 0.0;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < cb; ++j) {
+      const T* g = dy + n * stride + j * S;
+      const T* p = x + n * stride + j * S;
+      const double mu = mean[j];
+      double a[kLanes], b[kLanes];
+      for (int l = 0; l < kLanes; ++l) {
+        a[l] = acc[2 * j * kLanes + l];
+        b[l] = acc[(2 * j + 1) * kLanes + l];
       }
-    for (; s < S; ++s) {
-      const double gd = static_cast<double>(g[s]);
-      ta += gd;
-      tb += gd * (static_cast<double>(p[s]) - mean);
+      int64_t s = 0;
+      for (; s + kLanes <= S; s += kLanes)
+#pragma omp simd
+        for (int l = 0; l < kLanes; ++l) {
+          const double gd = static_cast<double>(g[s + l]);
+          a[l] += gd;
+          b[l] += gd * (static_cast<double>(p[s + l]) - mu);
+        }
+      double ta = sdy[j], tb = sdyx[j];
+      for (; s < S; ++s) {
+        const double gd = static_cast<double>(g[s]);
+        ta += gd;
+        tb += gd * (static_cast<double>(p[s]) - mu);
+      }
+      sdy[j] = ta;
+      sdyx[j] = tb;
+      for (int l = 0; l < kLanes; ++l) {
+        acc[2 * j * kLanes + l] = a[l];
+        acc[(2 * j + 1) * kLanes + l] = b[l];
+      }
     }
+  for (int64_t j = 0; j < cb; ++j) {
+    sdy[j] += lanes_sum<T>(acc + 2 * j * kLanes);
+    sdyx[j] += lanes_sum<T>(acc + (2 * j + 1) * kLanes);
   }
-  for (int j = 0; j < kLanes; ++j) {
-    ta += a[j];
-    tb += b[j];
-  }
-  sdy = ta;
-  sdyx = tb;
 }
 
-// dx = A * dy + B * ((x - mean_hi) - mean_lo) + K, in T.
+// dx = A * dy + B * ((x - mean_hi) - mean_lo) + K, in T; par = {mh, ml, A, B, K} per channel.
 template <typename T>
-PYDL_INLINE void channel_bwd_apply_impl(const T* dy, const T* x, T* dx, int64_t N, int64_t stride,
-                                        int64_t S, T mean_hi, T mean_lo, T A, T B, T K) {
-  for (int64_t n = 0; n < N; ++n) {
-    const T* g = dy + n * stride;
-    const T* p = x + n * stride;
-    T* q = dx + n * stride;
+PYDL_INLINE void block_bwd_apply_impl(const T* dy, const T* x, T* dx, int64_t N, int64_t stride,
+                                      int64_t S, int64_t cb, const T* par) {
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < cb; ++j) {
+      const T* g = dy + n * stride + j * S;
+      const T* p = x + n * stride + j * S;
+      T* q = dx + n * stride + j * S;
+      const T mh = par[5 * j], ml = par[5 * j + 1], A = par[5 * j + 2], B = par[5 * j + 3],
+              K = par[5 * j + 4];
 #pragma omp simd
-    for (int64_t s = 0; s < S; ++s) q[s] = A * g[s] + B * ((p[s] - mean_hi) - mean_lo) + K;
-  }
+      for (int64_t s = 0; s < S; ++s) q[s] = A * g[s] + B * ((p[s] - mh) - ml) + K;
+    }
 }
 
 // Non-template entry points so that each gets its AVX2/FMA clone (target_clones does not
 // apply to templates); the OpenMP loops stay in the callers.
-#define PYDL_BN_CHANNEL_FUNCS(T)                                                              \
-  PYDL_CLONES __attribute__((noinline)) void channel_stats(const T* x, int64_t N, int64_t st, \
-                                                           int64_t S, double& m, double& v) { \
-    channel_stats_impl<T>(x, N, st, S, m, v);                                                 \
-  }                                                                                           \
-  PYDL_CLONES __attribute__((noinline)) void channel_apply(const T* x, T* y, int64_t N,       \
-                                                           int64_t st, int64_t S, T mh, T ml, \
-                                                           T sc, T sh) {                      \
-    channel_apply_impl<T>(x, y, N, st, S, mh, ml, sc, sh);                                    \
-  }                                                                                           \
-  PYDL_CLONES __attribute__((noinline)) void channel_bwd_sums(                                \
-      const T* dy, const T* x, int64_t N, int64_t st, int64_t S, double m, double& a,         \
-      double& b) {                                                                            \
-    channel_bwd_sums_impl<T>(dy, x, N, st, S, m, a, b);                                       \
-  }                                                                                           \
-  PYDL_CLONES __attribute__((noinline)) void channel_bwd_apply(                               \
-      const T* dy, const T* x, T* dx, int64_t N, int64_t st, int64_t S, T mh, T ml, T A, T B, \
-      T K) {                                                                                  \
-    channel_bwd_apply_impl<T>(dy, x, dx, N, st, S, mh, ml, A, B, K);                          \
+#define PYDL_BN_BLOCK_FUNCS(T)                                                                 \
+  PYDL_CLONES __attribute__((noinline)) void block_stats(const T* x, int64_t N, int64_t st,    \
+                                                         int64_t S, int64_t cb, double* mean,  \
+                                                         double* m2, double* acc) {            \
+    block_stats_impl<T>(x, N, st, S, cb, mean, m2, acc);                                       \
+  }                                                                                            \
+  PYDL_CLONES __attribute__((noinline)) void block_apply(const T* x, T* y, int64_t N,          \
+                                                         int64_t st, int64_t S, int64_t cb,    \
+                                                         const T* par) {                       \
+    block_apply_impl<T>(x, y, N, st, S, cb, par);                                              \
+  }                                                                                            \
+  PYDL_CLONES __attribute__((noinline)) void block_bwd_sums(                                   \
+      const T* dy, const T* x, int64_t N, int64_t st, int64_t S, int64_t cb,                   \
+      const double* mean, double* sdy, double* sdyx, double* acc) {                            \
+    block_bwd_sums_impl<T>(dy, x, N, st, S, cb, mean, sdy, sdyx, acc);                         \
+  }                                                                                            \
+  PYDL_CLONES __attribute__((noinline)) void block_bwd_apply(                                  \
+      const T* dy, const T* x, T* dx, int64_t N, int64_t st, int64_t S, int64_t cb,            \
+      const T* par) {                                                                          \
+    block_bwd_apply_impl<T>(dy, x, dx, N, st, S, cb, par);                                     \
   }
 
-PYDL_BN_CHANNEL_FUNCS(float)
-PYDL_BN_CHANNEL_FUNCS(double)
-#undef PYDL_BN_CHANNEL_FUNCS
+PYDL_BN_BLOCK_FUNCS(float)
+PYDL_BN_BLOCK_FUNCS(double)
+#undef PYDL_BN_BLOCK_FUNCS
+
+// Channels per block: as many as fit kCacheBytes of streamed input (bytes_per_channel),
+// but at least 8 blocks when C allows, so that the threads balance.
+constexpr int64_t kCacheBytes = 256 * 1024;
+inline int64_t block_channels(int64_t C, int64_t bytes_per_channel) {
+  int64_t cb = bytes_per_channel > 0 ? kCacheBytes / bytes_per_channel : C;
+  const int64_t most = C / 8 > 1 ? C / 8 : 1;
+  if (cb > most) cb = most;
+  return cb < 1 ? 1 : cb;
+}
 
 // ---------------------------------------------------------------- drivers
 
@@ -238,16 +287,32 @@ void forward_train(const T* x, const T* w, const T* b, T* rm, T* rv, T* y, T* sa
     }
     return;
   }
-#pragma omp parallel for schedule(dynamic, 1) if (parallel_worth(d))
-  for (int64_t c = 0; c < C; ++c) {
-    double mean = 0.0, m2 = 0.0;
-    if (M > 0) channel_stats(x + c * S, N, C * S, S, mean, m2);
-    const double invstd = finish(c, mean, m2);
-    T mh, ml;
-    split(mean, mh, ml);
-    const T scale = static_cast<T>((w ? static_cast<double>(w[c]) : 1.0) * invstd);
-    const T shift = b ? b[c] : T(0);
-    if (M > 0) channel_apply(x + c * S, y + c * S, N, C * S, S, mh, ml, scale, shift);
+  const int64_t cb = block_channels(C, N * S * static_cast<int64_t>(sizeof(T)));
+  const int64_t nblocks = (C + cb - 1) / cb;
+#pragma omp parallel if (parallel_worth(d))
+  {
+    std::vector<double> scratch(static_cast<size_t>(cb) * (kLanes + 2));
+    std::vector<T> par(static_cast<size_t>(cb) * 4);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t blk = 0; blk < nblocks; ++blk) {
+      const int64_t c0 = blk * cb, nc = std::min(cb, C - c0);
+      double* mean = scratch.data();
+      double* m2 = mean + cb;
+      double* acc = m2 + cb;
+      if (M > 0) {
+        block_stats(x + c0 * S, N, C * S, S, nc, mean, m2, acc);
+      } else {
+        for (int64_t j = 0; j < nc; ++j) mean[j] = m2[j] = 0.0;
+      }
+      for (int64_t j = 0; j < nc; ++j) {
+        const int64_t c = c0 + j;
+        const double invstd = finish(c, mean[j], m2[j]);
+        split(mean[j], par[4 * j], par[4 * j + 1]);
+        par[4 * j + 2] = static_cast<T>((w ? static_cast<double>(w[c]) : 1.0) * invstd);
+        par[4 * j + 3] = b ? b[c] : T(0);
+      }
+      if (M > 0) block_apply(x + c0 * S, y + c0 * S, N, C * S, S, nc, par.data());
+    }
   }
 }
 
@@ -276,11 +341,18 @@ void forward_eval(const T* x, const T* w, const T* b, const T* rm, const T* rv, 
     }
     return;
   }
-#pragma omp parallel for schedule(dynamic, 1) if (parallel_worth(d))
-  for (int64_t c = 0; c < C; ++c) {
-    T mh, ml, scale, shift;
-    params(c, mh, ml, scale, shift);
-    channel_apply(x + c * S, y + c * S, N, C * S, S, mh, ml, scale, shift);
+  const int64_t cb = block_channels(C, N * S * static_cast<int64_t>(sizeof(T)));
+  const int64_t nblocks = (C + cb - 1) / cb;
+#pragma omp parallel if (parallel_worth(d))
+  {
+    std::vector<T> par(static_cast<size_t>(cb) * 4);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t blk = 0; blk < nblocks; ++blk) {
+      const int64_t c0 = blk * cb, nc = std::min(cb, C - c0);
+      for (int64_t j = 0; j < nc; ++j)
+        params(c0 + j, par[4 * j], par[4 * j + 1], par[4 * j + 2], par[4 * j + 3]);
+      block_apply(x + c0 * S, y + c0 * S, N, C * S, S, nc, par.data());
+    }
   }
 }
 
@@ -352,15 +424,32 @@ void backward(const T* dy, const T* x, const T* w, const T* mean_p, const T* inv
     }
     return;
   }
-#pragma omp parallel for schedule(dynamic, 1) if (parallel_worth(d))
-  for (int64_t c = 0; c < C; ++c) {
-    const double mean = static_cast<double>(mean_p[c]);
-    double sdy = 0.0, sdyx = 0.0;
-    if (need_sums && M > 0) channel_bwd_sums(dy + c * S, x + c * S, N, C * S, S, mean, sdy, sdyx);
-    T A, B, K, mh, ml;
-    coeffs(c, sdy, sdyx, A, B, K);
-    split(mean, mh, ml);
-    if (dx && M > 0) channel_bwd_apply(dy + c * S, x + c * S, dx + c * S, N, C * S, S, mh, ml, A, B, K);
+  const int64_t cb = block_channels(C, 2 * N * S * static_cast<int64_t>(sizeof(T)));
+  const int64_t nblocks = (C + cb - 1) / cb;
+#pragma omp parallel if (parallel_worth(d))
+  {
+    std::vector<double> scratch(static_cast<size_t>(cb) * (2 * kLanes + 3));
+    std::vector<T> par(static_cast<size_t>(cb) * 5);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t blk = 0; blk < nblocks; ++blk) {
+      const int64_t c0 = blk * cb, nc = std::min(cb, C - c0);
+      double* mean = scratch.data();
+      double* sdy = mean + cb;
+      double* sdyx = sdy + cb;
+      double* acc = sdyx + cb;
+      for (int64_t j = 0; j < nc; ++j) mean[j] = static_cast<double>(mean_p[c0 + j]);
+      if (need_sums && M > 0) {
+        block_bwd_sums(dy + c0 * S, x + c0 * S, N, C * S, S, nc, mean, sdy, sdyx, acc);
+      } else {
+        for (int64_t j = 0; j < nc; ++j) sdy[j] = sdyx[j] = 0.0;
+      }
+      for (int64_t j = 0; j < nc; ++j) {
+        T* pj = par.data() + 5 * j;
+        coeffs(c0 + j, sdy[j], sdyx[j], pj[2], pj[3], pj[4]);
+        split(mean[j], pj[0], pj[1]);
+      }
+      if (dx && M > 0) block_bwd_apply(dy + c0 * S, x + c0 * S, dx + c0 * S, N, C * S, S, nc, par.data());
+    }
   }
 }
 
