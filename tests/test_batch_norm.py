@@ -108,7 +108,9 @@ def test_running_buffers_match_torch(xp, dtype):
 def test_large_offset_data_keeps_accuracy(xp, dtype):
     # Unit noise on a large offset: 1e4 in float32, 1e9 in float64, where E[x^2] - E[x]^2
     # (even accumulated in float64 for the float64 case) would lose the variance.
-    offset, var_tol = (1e4, 1e-5) if dtype == np.float32 else (1e9, 1e-8)
+    # A naive float64 E[x^2] at 1e9 is off by ~1e2 (x^2 ~ 1e18), so 1e-6 still catches it
+    # while leaving room for the GPU's Chan merge of per-block partials (~1e-8 seen).
+    offset, var_tol = (1e4, 1e-5) if dtype == np.float32 else (1e9, 1e-6)
     rng = np.random.default_rng(3)
     x = xp.asarray((offset + rng.standard_normal((16, 3, 12, 11))).astype(dtype))
     rm, rv = xp.zeros(3, dtype), xp.ones(3, dtype)

@@ -88,9 +88,3 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training=Tr
     if output_mask[2]:
         gb = sum_dy
     return gx, gw, gb
-
-
-# Workaround until the package __init__ imports submodules via sys.modules: there,
-# `from . import batch_norm as _bn` finds this function (which shadows the submodule
-# after `from .batch_norm import *`) and reads `_bn.__all__`.
-batch_norm.__all__ = __all__
