@@ -33,7 +33,7 @@ namespace {
 constexpr int kBlock = 256;
 constexpr int kTileW = 32;             // direct kernels: tile width = threads in x
 constexpr int kTileRowsPerPass = 8;    // threads in y
-constexpr int kWChunk = 16;            // direct weight gradient: weights per pass
+constexpr int kMaxRows = 4;            // rows per thread: tile height TH <= 32
 constexpr size_t kSmemLimit = 48 * 1024;
 
 // Floor division for b > 0 (a may be negative).
@@ -157,11 +157,12 @@ struct Geo {
   int64_t N, C, H, W, K, kh, kw, Ho, Wo, sh, sw, ph, pw, dh, dw, groups;
 };
 
-// Forward. Block (32, 8) computes a TH x 32 tile of y[n, k]; thread (tx, ty) the rows
-// ty, ty+8, ... For each input channel of the group, the block stages the input patch
-// the tile reads, in_th x in_tw = ((TH-1)*sh + (kh-1)*dh + 1) x (31*sw + (kw-1)*dw + 1),
-// zero-padded, in shared memory (SMEM = false: read global memory with bounds checks,
-// for kernels whose patch does not fit).
+// Forward. Block (32, 8) computes a TH x 32 tile of y[n, k] (TH = 8, 16 or 32); thread
+// (tx, ty) the rows ty, ty+8, ... For each input channel of the group, the block stages the
+// input patch the tile reads, in_th x in_tw = ((TH-1)*sh + (kh-1)*dh + 1) x (31*sw +
+// (kw-1)*dw + 1), zero-padded, in shared memory (SMEM = false: read global memory with
+// bounds checks, for kernels whose patch does not fit). Each weight is loaded once per
+// channel and applied to all the thread's rows (registers).
 template <typename T, bool SMEM>
 __global__ void __launch_bounds__(kBlock) direct_forward_kernel(
     const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b, T* __restrict__ y,
@@ -173,11 +174,13 @@ __global__ void __launch_bounds__(kBlock) direct_forward_kernel(
   const int64_t oh0 = (blockIdx.x / tiles_w) * TH, ow0 = (blockIdx.x % tiles_w) * kTileW;
   const int64_t ih0 = oh0 * g.sh - g.ph, iw0 = ow0 * g.sw - g.pw;
   const int64_t ow = ow0 + tx;
-  constexpr int kMaxRows = 2;  // TH <= 16 = kMaxRows * kTileRowsPerPass
+  const int kh = (int)g.kh, kw = (int)g.kw, sh = (int)g.sh, sw = (int)g.sw, dh = (int)g.dh,
+            dw = (int)g.dw;
   for (int64_t nk = blockIdx.y; nk < g.N * g.K; nk += gridDim.y) {
     const int64_t n = nk / g.K, k = nk % g.K, grp = k / Kg;
     const T* wk = w + k * Cg * kk;
     T acc[kMaxRows];
+#pragma unroll
     for (int j = 0; j < kMaxRows; ++j) acc[j] = b ? b[k] : T(0);
     for (int64_t cg = 0; cg < Cg; ++cg) {
       const T* plane = x + ((n * g.C + grp * Cg + cg) * g.H) * g.W;
@@ -185,34 +188,36 @@ __global__ void __launch_bounds__(kBlock) direct_forward_kernel(
       if (SMEM) {
         __syncthreads();  // the previous channel's tile is no longer read
         for (int i = tid; i < in_th * in_tw; i += kBlock) {
-          const int r = i / in_tw, q = i % in_tw;
+          const int r = i / in_tw, q = i - r * in_tw;
           const int64_t ih = ih0 + r, iw = iw0 + q;
           tile[i] = (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) ? plane[ih * g.W + iw] : T(0);
         }
         __syncthreads();
       }
-      for (int j = 0; j < kMaxRows; ++j) {
-        const int ohl = ty + j * kTileRowsPerPass;
-        if (ohl >= TH) break;
-        T a = acc[j];
-        for (int ki = 0; ki < g.kh; ++ki) {
-          for (int kj = 0; kj < g.kw; ++kj) {
-            const T wv = wc[ki * g.kw + kj];
-            if (SMEM) {
-              a += wv * tile[(ohl * g.sh + ki * g.dh) * in_tw + tx * g.sw + kj * g.dw];
-            } else {
-              const int64_t ih = ih0 + ohl * g.sh + ki * g.dh, iw = iw0 + tx * g.sw + kj * g.dw;
-              if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) a += wv * plane[ih * g.W + iw];
+      for (int ki = 0; ki < kh; ++ki) {
+        for (int kj = 0; kj < kw; ++kj) {
+          const T wv = wc[ki * kw + kj];
+#pragma unroll
+          for (int j = 0; j < kMaxRows; ++j) {
+            const int ohl = ty + j * kTileRowsPerPass;
+            if (ohl < TH) {
+              if (SMEM) {
+                acc[j] += wv * tile[(ohl * sh + ki * dh) * in_tw + tx * sw + kj * dw];
+              } else {
+                const int64_t ih = ih0 + (int64_t)ohl * sh + (int64_t)ki * dh;
+                const int64_t iw = iw0 + (int64_t)tx * sw + (int64_t)kj * dw;
+                if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) acc[j] += wv * plane[ih * g.W + iw];
+              }
             }
           }
         }
-        acc[j] = a;
       }
     }
+#pragma unroll
     for (int j = 0; j < kMaxRows; ++j) {
-      const int64_t oh = oh0 + ty + j * kTileRowsPerPass;
-      if (ty + j * kTileRowsPerPass < TH && oh < g.Ho && ow < g.Wo)
-        y[((n * g.K + k) * g.Ho + oh) * g.Wo + ow] = acc[j];
+      const int ohl = ty + j * kTileRowsPerPass;
+      const int64_t oh = oh0 + ohl;
+      if (ohl < TH && oh < g.Ho && ow < g.Wo) y[((n * g.K + k) * g.Ho + oh) * g.Wo + ow] = acc[j];
     }
   }
 }
@@ -221,8 +226,9 @@ __global__ void __launch_bounds__(kBlock) direct_forward_kernel(
 // kj) with ih = oh*sh - ph + ki*dh, so dx[n,c,ih,iw] = sum_{k,ki,kj} w[k,c%Cg,ki,kj] *
 // dy[n,k,oh,ow] over oh = (ih + ph - ki*dh)/sh when that is an integer in [0,Ho) (same in
 // w). Block (32, 8) gathers a TH x 32 tile of dx[n, c]; for each k of the group it stages
-// the dy patch rows floor((ih0 + ph - (kh-1)*dh)/sh) ... (at most dy_th rows, dy_tw columns),
-// zero outside [0,Ho) x [0,Wo), so only the divisibility test remains in the loop.
+// the dy patch from row oh_lo = floor((ih0 + ph - (kh-1)*dh)/sh) (at most dy_th rows, dy_tw
+// columns), zero outside [0,Ho) x [0,Wo), so only the divisibility test remains in the loop.
+// Tile-relative offsets: tr = (ih + ph - ki*dh) - oh_lo*sh >= 0, and oh - oh_lo = tr / sh.
 template <typename T, bool SMEM>
 __global__ void __launch_bounds__(kBlock) direct_backward_input_kernel(
     const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx, Geo g, int TH, int dy_th,
@@ -234,11 +240,14 @@ __global__ void __launch_bounds__(kBlock) direct_backward_input_kernel(
   const int64_t ih0 = (blockIdx.x / tiles_w) * TH, iw0 = (blockIdx.x % tiles_w) * kTileW;
   const int64_t oh_lo = floordiv(ih0 + g.ph - (g.kh - 1) * g.dh, g.sh);
   const int64_t ow_lo = floordiv(iw0 + g.pw - (g.kw - 1) * g.dw, g.sw);
+  // rbase - ki*dh >= rbase - (kh-1)*dh >= 0 by the choice of oh_lo; the same for cbase.
+  const int64_t rbase = ih0 + g.ph - oh_lo * g.sh, cbase = iw0 + g.pw - ow_lo * g.sw;
   const int64_t iw = iw0 + tx;
-  constexpr int kMaxRows = 2;
+  const int kh = (int)g.kh, kw = (int)g.kw;
   for (int64_t nc = blockIdx.y; nc < g.N * g.C; nc += gridDim.y) {
     const int64_t n = nc / g.C, c = nc % g.C, grp = c / Cg, cg = c % Cg;
     T acc[kMaxRows];
+#pragma unroll
     for (int j = 0; j < kMaxRows; ++j) acc[j] = T(0);
     for (int64_t m = 0; m < Kg; ++m) {
       const int64_t k = grp * Kg + m;
@@ -247,94 +256,98 @@ __global__ void __launch_bounds__(kBlock) direct_backward_input_kernel(
       if (SMEM) {
         __syncthreads();
         for (int i = tid; i < dy_th * dy_tw; i += kBlock) {
-          const int r = i / dy_tw, q = i % dy_tw;
+          const int r = i / dy_tw, q = i - r * dy_tw;
           const int64_t oh = oh_lo + r, ow = ow_lo + q;
           tile[i] = (oh >= 0 && oh < g.Ho && ow >= 0 && ow < g.Wo) ? plane[oh * g.Wo + ow] : T(0);
         }
         __syncthreads();
       }
-      for (int j = 0; j < kMaxRows; ++j) {
-        const int ihl = ty + j * kTileRowsPerPass;
-        if (ihl >= TH) break;
-        const int64_t ih = ih0 + ihl;
-        T a = acc[j];
-        for (int ki = 0; ki < g.kh; ++ki) {
-          const int64_t t = ih + g.ph - ki * g.dh;
-          const int64_t oh = floordiv(t, g.sh);
-          if (oh * g.sh != t) continue;
-          for (int kj = 0; kj < g.kw; ++kj) {
-            const int64_t u = iw + g.pw - kj * g.dw;
-            const int64_t ow = floordiv(u, g.sw);
-            if (ow * g.sw != u) continue;
-            const T wv = wc[ki * g.kw + kj];
-            if (SMEM) {
-              a += wv * tile[(oh - oh_lo) * dy_tw + (ow - ow_lo)];
-            } else if (oh >= 0 && oh < g.Ho && ow >= 0 && ow < g.Wo) {
-              a += wv * plane[oh * g.Wo + ow];
+      for (int kj = 0; kj < kw; ++kj) {
+        const int64_t ur = cbase + tx - kj * g.dw;  // >= 0
+        if (ur % g.sw != 0) continue;
+        const int64_t owr = ur / g.sw;  // ow - ow_lo
+        for (int ki = 0; ki < kh; ++ki) {
+          const T wv = wc[ki * kw + kj];
+#pragma unroll
+          for (int j = 0; j < kMaxRows; ++j) {
+            const int ihl = ty + j * kTileRowsPerPass;
+            if (ihl < TH) {
+              const int64_t tr = rbase + ihl - ki * g.dh;  // >= 0
+              if (tr % g.sh == 0) {
+                const int64_t ohr = tr / g.sh;  // oh - oh_lo
+                if (SMEM) {
+                  acc[j] += wv * tile[ohr * dy_tw + owr];
+                } else {
+                  const int64_t oh = oh_lo + ohr, ow = ow_lo + owr;
+                  if (oh >= 0 && oh < g.Ho && ow >= 0 && ow < g.Wo) acc[j] += wv * plane[oh * g.Wo + ow];
+                }
+              }
             }
           }
         }
-        acc[j] = a;
       }
     }
+#pragma unroll
     for (int j = 0; j < kMaxRows; ++j) {
-      const int64_t ih = ih0 + ty + j * kTileRowsPerPass;
-      if (ty + j * kTileRowsPerPass < TH && ih < g.H && iw < g.W)
-        dx[((n * g.C + c) * g.H + ih) * g.W + iw] = acc[j];
+      const int ihl = ty + j * kTileRowsPerPass;
+      const int64_t ih = ih0 + ihl;
+      if (ihl < TH && ih < g.H && iw < g.W) dx[((n * g.C + c) * g.H + ih) * g.W + iw] = acc[j];
     }
   }
 }
 
 // Weight gradient (derivation): dw[k,cg,ki,kj] = sum_{n,oh,ow} dy[n,k,oh,ow] *
 // x[n, grp*Cg + cg, oh*sh - ph + ki*dh, ow*sw - pw + kj*dw]. Block (s, k) sums the s-th of
-// S fixed slices of the flat (n, oh, ow) range for kWChunk weights at a time (registers),
-// reduces over its threads in a fixed tree, and writes part[s, k, :]; reduce_partials then
-// adds the S slices in order. No atomics: bit-identical reruns.
-template <typename T>
-__global__ void __launch_bounds__(kBlock) direct_backward_weight_kernel(
+// S fixed slices of the flat (n, oh, ow) range for WC weights at a time (registers; WC = 9
+// covers a 3x3 depthwise kernel in one pass), reduces over its threads in a fixed tree, and
+// writes part[s, k, :]; reduce_partials then adds the S slices in order. No atomics:
+// bit-identical reruns.
+template <typename T, typename I, int WC>
+__global__ void __launch_bounds__(kBlock, WC <= 9 ? 2 : 1) direct_backward_weight_kernel(
     const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ part, Geo g, int64_t S) {
   __shared__ T red[kBlock];
   const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, kk = g.kh * g.kw, CKg = Cg * kk;
-  const int64_t P = g.Ho * g.Wo, E = g.N * P;
+  const int64_t P = g.Ho * g.Wo, E = g.N * P, HW = g.H * g.W;
   const int64_t s = blockIdx.x;
   const int64_t e0 = E * s / S, e1 = E * (s + 1) / S;
   for (int64_t k = blockIdx.y; k < g.K; k += gridDim.y) {
     const int64_t grp = k / Kg;
-    for (int64_t w0 = 0; w0 < CKg; w0 += kWChunk) {
-      int64_t coff[kWChunk];  // channel offset (plane index within the image) per weight
-      int64_t hoff[kWChunk], woff[kWChunk];
+    for (int64_t w0 = 0; w0 < CKg; w0 += WC) {
+      int64_t cbase[WC];  // offset of the weight's input plane within an image
+      int hoff[WC], woff[WC];  // ki*dh - ph, kj*dw - pw (< 2^31 by make_geo's checks)
 #pragma unroll
-      for (int j = 0; j < kWChunk; ++j) {
+      for (int j = 0; j < WC; ++j) {
         const int64_t wi = min(w0 + j, CKg - 1);
         const int64_t cg = wi / kk, q = wi % kk;
-        coff[j] = grp * Cg + cg;
-        hoff[j] = (q / g.kw) * g.dh - g.ph;
-        woff[j] = (q % g.kw) * g.dw - g.pw;
+        cbase[j] = (grp * Cg + cg) * HW;
+        hoff[j] = static_cast<int>((q / g.kw) * g.dh - g.ph);
+        woff[j] = static_cast<int>((q % g.kw) * g.dw - g.pw);
       }
-      T acc[kWChunk];
+      T acc[WC];
 #pragma unroll
-      for (int j = 0; j < kWChunk; ++j) acc[j] = T(0);
-      for (int64_t e = e0 + threadIdx.x; e < e1; e += kBlock) {
-        const int64_t n = e / P, p = e - n * P;
-        const int64_t oh = p / g.Wo, ow = p - oh * g.Wo;
-        const T v = dy[(n * g.K + k) * P + p];
-        const T* xn = x + n * g.C * g.H * g.W;
+      for (int j = 0; j < WC; ++j) acc[j] = T(0);
+      // I = int where E fits: the per-element decode is the hot integer work.
+      const I Pi = static_cast<I>(P), Wi = static_cast<I>(g.Wo);
+      for (I e = static_cast<I>(e0) + static_cast<I>(threadIdx.x); e < static_cast<I>(e1); e += kBlock) {
+        const I n = e / Pi, p = e - n * Pi;
+        const I oh = p / Wi, ow = p - oh * Wi;
+        const T v = dy[((int64_t)n * g.K + k) * P + p];
+        const T* xn = x + (int64_t)n * g.C * HW;
+        const int64_t ohs = (int64_t)oh * g.sh, ows = (int64_t)ow * g.sw;
 #pragma unroll
-        for (int j = 0; j < kWChunk; ++j) {
-          const int64_t ih = oh * g.sh + hoff[j], iw = ow * g.sw + woff[j];
-          if (w0 + j < CKg && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W)
-            acc[j] += v * xn[(coff[j] * g.H + ih) * g.W + iw];
+        for (int j = 0; j < WC; ++j) {
+          const int64_t ih = ohs + hoff[j], iw = ows + woff[j];
+          if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) acc[j] += v * xn[cbase[j] + ih * g.W + iw];
         }
       }
 #pragma unroll
-      for (int j = 0; j < kWChunk; ++j) {
+      for (int j = 0; j < WC; ++j) {
         const T r = block_sum(acc[j], red);
         if (threadIdx.x == 0 && w0 + j < CKg) part[(s * g.K + k) * CKg + w0 + j] = r;
       }
     }
   }
 }
-
 
 // ------------------------------------------------------------------ Winograd F(2x2, 3x3)
 // For 3x3, stride 1, dilation 1, groups 1 (float32): out[n,o] = sum_i g[o,i] (*) in[n,i]
@@ -375,24 +388,32 @@ __global__ void wino_weight_kernel(const T* __restrict__ w, T* __restrict__ U, i
   }
 }
 
-// V[xi, i, t] = (B^T d B)[xi]; one thread per (i, t), t fastest (coalesced stores).
+// V = (B^T d B) for every (i, t), one thread each, t fastest (coalesced stores). Layout
+// (S, 16, I, L): the tile range [0, S*L) is cut into S slices of L tiles (S = 1, L = Tn for
+// the forward), so that the weight gradient's GEMM can be batched over (slice, xi); tiles
+// t >= Tn of the last slice are written as zeros.
 template <typename T>
 __global__ void wino_input_kernel(const T* __restrict__ x, T* __restrict__ V, int64_t N,
                                   int64_t I, int64_t H, int64_t W, int64_t th, int64_t tw,
-                                  int64_t pt, int64_t pl) {
-  const int64_t Tn = N * th * tw, total = I * Tn;
+                                  int64_t pt, int64_t pl, int64_t S, int64_t L) {
+  const int64_t Tn = N * th * tw, Tp = S * L, total = I * Tp;
   for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total;
        idx += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t t = idx % Tn, i = idx / Tn;
-    const int64_t n = t / (th * tw), r = t % (th * tw);
-    const int64_t h0 = 2 * (r / tw) - pt, w0 = 2 * (r % tw) - pl;
-    const T* plane = x + (n * I + i) * H * W;
+    const int64_t t = idx % Tp, i = idx / Tp;
     T d[4][4];
-    for (int a = 0; a < 4; ++a)
-      for (int b = 0; b < 4; ++b) {
-        const int64_t h = h0 + a, ww = w0 + b;
-        d[a][b] = (h >= 0 && h < H && ww >= 0 && ww < W) ? plane[h * W + ww] : T(0);
-      }
+    if (t < Tn) {
+      const int64_t n = t / (th * tw), r = t % (th * tw);
+      const int64_t h0 = 2 * (r / tw) - pt, w0 = 2 * (r % tw) - pl;
+      const T* plane = x + (n * I + i) * H * W;
+      for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b) {
+          const int64_t h = h0 + a, ww = w0 + b;
+          d[a][b] = (h >= 0 && h < H && ww >= 0 && ww < W) ? plane[h * W + ww] : T(0);
+        }
+    } else {
+      for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b) d[a][b] = T(0);
+    }
     T e[4][4];  // B^T d
     for (int b = 0; b < 4; ++b) {
       e[0][b] = d[0][b] - d[2][b];
@@ -400,13 +421,78 @@ __global__ void wino_input_kernel(const T* __restrict__ x, T* __restrict__ V, in
       e[2][b] = d[2][b] - d[1][b];
       e[3][b] = d[1][b] - d[3][b];
     }
-    const int64_t stride = I * Tn;  // between consecutive xi
-    T* v = V + i * Tn + t;
+    const int64_t stride = I * L;  // between consecutive xi
+    T* v = V + ((t / L) * 16 * I + i) * L + t % L;
     for (int a = 0; a < 4; ++a) {  // (B^T d) B
       v[(a * 4 + 0) * stride] = e[a][0] - e[a][2];
       v[(a * 4 + 1) * stride] = e[a][1] + e[a][2];
       v[(a * 4 + 2) * stride] = e[a][2] - e[a][1];
       v[(a * 4 + 3) * stride] = e[a][1] - e[a][3];
+    }
+  }
+}
+
+// Weight gradient (derivation): y_t = A^T [U .* V_t] A with U = G g G^T is bilinear, so
+// dL/dU = sum_t (A dy_t A^T) .* V_t and dL/dg = G^T (dL/dU) G. Per (o, t) this kernel writes
+// Z = A dy_t A^T (dy_t: the 2x2 output tile, zero outside the output), layout (S, 16, O, L)
+// as V; then Ssum[xi] (O x I) = sum_t Z[xi] V[xi]^T is one GEMM batched over (slice, xi),
+// the slices are reduced in order, and wino_weight_grad_kernel applies G^T . G.
+template <typename T>
+__global__ void wino_dy_kernel(const T* __restrict__ dy, T* __restrict__ Z, int64_t N, int64_t O,
+                               int64_t Ho, int64_t Wo, int64_t th, int64_t tw, int64_t S,
+                               int64_t L) {
+  const int64_t Tn = N * th * tw, Tp = S * L, total = O * Tp;
+  for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t t = idx % Tp, o = idx / Tp;
+    T d[2][2] = {{T(0), T(0)}, {T(0), T(0)}};
+    if (t < Tn) {
+      const int64_t n = t / (th * tw), r = t % (th * tw);
+      const int64_t oh = 2 * (r / tw), ow = 2 * (r % tw);
+      const T* plane = dy + (n * O + o) * Ho * Wo;
+      for (int a = 0; a < 2; ++a)
+        for (int b = 0; b < 2; ++b)
+          if (oh + a < Ho && ow + b < Wo) d[a][b] = plane[(oh + a) * Wo + ow + b];
+    }
+    T q[4][2];  // A d, A = [1 0; 1 1; 1 -1; 0 -1]
+    for (int b = 0; b < 2; ++b) {
+      q[0][b] = d[0][b];
+      q[1][b] = d[0][b] + d[1][b];
+      q[2][b] = d[0][b] - d[1][b];
+      q[3][b] = -d[1][b];
+    }
+    const int64_t stride = O * L;
+    T* z = Z + ((t / L) * 16 * O + o) * L + t % L;
+    for (int a = 0; a < 4; ++a) {  // (A d) A^T
+      z[(a * 4 + 0) * stride] = q[a][0];
+      z[(a * 4 + 1) * stride] = q[a][0] + q[a][1];
+      z[(a * 4 + 2) * stride] = q[a][0] - q[a][1];
+      z[(a * 4 + 3) * stride] = -q[a][1];
+    }
+  }
+}
+
+// dw[o, i] = G^T Ssum[:, o, i] G (4x4 -> 3x3), Ssum layout (16, O, I).
+template <typename T>
+__global__ void wino_weight_grad_kernel(const T* __restrict__ Ssum, T* __restrict__ dw, int64_t O,
+                                        int64_t I) {
+  const int64_t total = O * I;
+  for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    T m[4][4];
+    for (int a = 0; a < 4; ++a)
+      for (int b = 0; b < 4; ++b) m[a][b] = Ssum[(a * 4 + b) * total + idx];
+    T r[3][4];  // G^T m, G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1]
+    for (int b = 0; b < 4; ++b) {
+      r[0][b] = m[0][b] + T(0.5) * (m[1][b] + m[2][b]);
+      r[1][b] = T(0.5) * (m[1][b] - m[2][b]);
+      r[2][b] = T(0.5) * (m[1][b] + m[2][b]) + m[3][b];
+    }
+    T* out = dw + idx * 9;  // dw (O, I, 3, 3): idx = o*I + i
+    for (int a = 0; a < 3; ++a) {  // (G^T m) G
+      out[a * 3 + 0] = r[a][0] + T(0.5) * (r[a][1] + r[a][2]);
+      out[a * 3 + 1] = T(0.5) * (r[a][1] - r[a][2]);
+      out[a * 3 + 2] = T(0.5) * (r[a][1] + r[a][2]) + r[a][3];
     }
   }
 }
@@ -450,10 +536,10 @@ bool fits32(int64_t v) { return v < (int64_t(1) << 31) - 1; }
 
 unsigned int grid_y(int64_t n) { return static_cast<unsigned int>(std::min<int64_t>(n, 65535)); }
 
-// Tile height for the direct kernels: 16 rows, else 8, else 0 (patch too big: no smem).
+// Tile height for the direct kernels: 32 rows, else 16, else 8, else 0 (patch too big: no smem).
 template <typename T, typename Rows>
 int pick_tile_rows(Rows rows_for, int64_t cols) {
-  for (int th : {16, 8}) {
+  for (int th : {32, 16, 8}) {
     const int64_t bytes = rows_for(th) * cols * static_cast<int64_t>(sizeof(T));
     if (bytes <= static_cast<int64_t>(kSmemLimit)) return th;
   }
@@ -537,6 +623,10 @@ Geo make_geo(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t kh, 
   PYDL_CHECK(groups >= 1 && C % groups == 0 && K % groups == 0,
              "conv2d: groups must divide C and K, got C=" << C << " K=" << K << " groups=" << groups);
   PYDL_CHECK(sh >= 1 && sw >= 1 && dh >= 1 && dw >= 1, "conv2d: stride and dilation must be >= 1");
+  const int64_t big = int64_t(1) << 30;  // the direct kernels keep these in int
+  PYDL_CHECK(kh < big && kw < big && sh < big && sw < big && dh < big && dw < big && ph < big &&
+                 pw < big && (kh - 1) * dh < big && (kw - 1) * dw < big,
+             "conv2d: kernel size, stride, padding and dilation must be < 2^30");
   return Geo{N, C, H, W, K, kh, kw, Ho, Wo, sh, sw, ph, pw, dh, dw, groups};
 }
 
@@ -546,7 +636,7 @@ void direct_forward(dptr x, dptr w, dptr b, dptr y, const Geo& g, dptr stream) {
   const int64_t in_tw = (kTileW - 1) * g.sw + (g.kw - 1) * g.dw + 1;
   auto rows = [&](int th) { return (th - 1) * g.sh + (g.kh - 1) * g.dh + 1; };
   const int th = pick_tile_rows<T>(rows, in_tw);
-  const int TH = th ? th : 16;
+  const int TH = th ? th : 32;
   const int64_t tiles_w = (g.Wo + kTileW - 1) / kTileW, tiles_h = (g.Ho + TH - 1) / TH;
   PYDL_CHECK(tiles_w * tiles_h < (int64_t(1) << 31), "conv2d: output too large for the direct kernel");
   dim3 grid(static_cast<unsigned>(tiles_w * tiles_h), grid_y(g.N * g.K));
@@ -571,7 +661,7 @@ void direct_backward_input(dptr dy, dptr w, dptr dx, const Geo& g, dptr stream) 
   const int64_t dy_tw = ((kTileW - 1) + (g.kw - 1) * g.dw) / g.sw + 2;
   auto rows = [&](int th) { return ((th - 1) + (g.kh - 1) * g.dh) / g.sh + 2; };
   const int th = pick_tile_rows<T>(rows, dy_tw);
-  const int TH = th ? th : 16;
+  const int TH = th ? th : 32;
   const int64_t tiles_w = (g.W + kTileW - 1) / kTileW, tiles_h = (g.H + TH - 1) / TH;
   PYDL_CHECK(tiles_w * tiles_h < (int64_t(1) << 31), "conv2d: input too large for the direct kernel");
   dim3 grid(static_cast<unsigned>(tiles_w * tiles_h), grid_y(g.N * g.C));
@@ -596,8 +686,16 @@ void direct_backward_weight(dptr dy, dptr x, dptr dw, dptr part, const Geo& g, i
   if (g.K * CKg == 0) return;
   PYDL_CHECK(S >= 1, "conv2d_backward_weight: expected S >= 1, got " << S);
   dim3 grid(static_cast<unsigned>(S), grid_y(g.K));
-  direct_backward_weight_kernel<T><<<grid, kBlock, 0, as_stream(stream)>>>(
-      as_ptr<const T>(dy), as_ptr<const T>(x), as_ptr<T>(part), g, S);
+  // Weights per pass: 9 fits a 3x3 kernel (depthwise) exactly, 16 otherwise.
+  const bool small = CKg <= 9, i32 = fits32(g.N * g.Ho * g.Wo + kBlock);
+  const T* dyp = as_ptr<const T>(dy);
+  const T* xp = as_ptr<const T>(x);
+  T* pp = as_ptr<T>(part);
+  cudaStream_t st = as_stream(stream);
+  if (small && i32) direct_backward_weight_kernel<T, int, 9><<<grid, kBlock, 0, st>>>(dyp, xp, pp, g, S);
+  else if (small) direct_backward_weight_kernel<T, int64_t, 9><<<grid, kBlock, 0, st>>>(dyp, xp, pp, g, S);
+  else if (i32) direct_backward_weight_kernel<T, int, 16><<<grid, kBlock, 0, st>>>(dyp, xp, pp, g, S);
+  else direct_backward_weight_kernel<T, int64_t, 16><<<grid, kBlock, 0, st>>>(dyp, xp, pp, g, S);
   PYDL_LAUNCH_CHECK();
   reduce_partials<T>(part, dw, g.K * CKg, S, false, stream);
 }
@@ -612,11 +710,31 @@ void wino_weight(dptr w, dptr U, int64_t O, int64_t I, bool flip, dptr stream) {
 
 template <typename T>
 void wino_input(dptr x, dptr V, int64_t N, int64_t I, int64_t H, int64_t W, int64_t th,
-                int64_t tw, int64_t pt, int64_t pl, dptr stream) {
-  const int64_t total = I * N * th * tw;
+                int64_t tw, int64_t pt, int64_t pl, int64_t S, int64_t L, dptr stream) {
+  PYDL_CHECK(S >= 1 && S * L >= N * th * tw, "conv2d_wino_input: S*L must cover the tiles");
+  const int64_t total = I * S * L;
   if (total == 0) return;
   wino_input_kernel<T><<<grid_for(total, kBlock), kBlock, 0, as_stream(stream)>>>(
-      as_ptr<const T>(x), as_ptr<T>(V), N, I, H, W, th, tw, pt, pl);
+      as_ptr<const T>(x), as_ptr<T>(V), N, I, H, W, th, tw, pt, pl, S, L);
+  PYDL_LAUNCH_CHECK();
+}
+
+template <typename T>
+void wino_dy(dptr dy, dptr Z, int64_t N, int64_t O, int64_t Ho, int64_t Wo, int64_t th,
+             int64_t tw, int64_t S, int64_t L, dptr stream) {
+  PYDL_CHECK(S >= 1 && S * L >= N * th * tw, "conv2d_wino_dy: S*L must cover the tiles");
+  const int64_t total = O * S * L;
+  if (total == 0) return;
+  wino_dy_kernel<T><<<grid_for(total, kBlock), kBlock, 0, as_stream(stream)>>>(
+      as_ptr<const T>(dy), as_ptr<T>(Z), N, O, Ho, Wo, th, tw, S, L);
+  PYDL_LAUNCH_CHECK();
+}
+
+template <typename T>
+void wino_weight_grad(dptr Ssum, dptr dw, int64_t O, int64_t I, dptr stream) {
+  if (O * I == 0) return;
+  wino_weight_grad_kernel<T><<<grid_for(O * I, kBlock), kBlock, 0, as_stream(stream)>>>(
+      as_ptr<const T>(Ssum), as_ptr<T>(dw), O, I);
   PYDL_LAUNCH_CHECK();
 }
 
@@ -701,10 +819,28 @@ void bind_conv_cuda(py::module_& m) {
     else wino_weight<float>(w, U, O, I, flip, stream);
   });
   m.def("conv2d_wino_input", [](dptr x, dptr V, int64_t N, int64_t I, int64_t H, int64_t W, int64_t th,
-                                int64_t tw, int64_t pt, int64_t pl, bool f64, dptr stream) {
+                                int64_t tw, int64_t pt, int64_t pl, int64_t S, int64_t L, bool f64,
+                                dptr stream) {
     py::gil_scoped_release nogil;
-    if (f64) wino_input<double>(x, V, N, I, H, W, th, tw, pt, pl, stream);
-    else wino_input<float>(x, V, N, I, H, W, th, tw, pt, pl, stream);
+    if (f64) wino_input<double>(x, V, N, I, H, W, th, tw, pt, pl, S, L, stream);
+    else wino_input<float>(x, V, N, I, H, W, th, tw, pt, pl, S, L, stream);
+  });
+  m.def("conv2d_wino_dy", [](dptr dy, dptr Z, int64_t N, int64_t O, int64_t Ho, int64_t Wo, int64_t th,
+                             int64_t tw, int64_t S, int64_t L, bool f64, dptr stream) {
+    py::gil_scoped_release nogil;
+    if (f64) wino_dy<double>(dy, Z, N, O, Ho, Wo, th, tw, S, L, stream);
+    else wino_dy<float>(dy, Z, N, O, Ho, Wo, th, tw, S, L, stream);
+  });
+  m.def("conv2d_wino_weight_grad", [](dptr Ssum, dptr dw, int64_t O, int64_t I, bool f64, dptr stream) {
+    py::gil_scoped_release nogil;
+    if (f64) wino_weight_grad<double>(Ssum, dw, O, I, stream);
+    else wino_weight_grad<float>(Ssum, dw, O, I, stream);
+  });
+  m.def("conv2d_reduce_partials", [](dptr part, dptr out, int64_t len, int64_t S, bool accumulate, bool f64,
+                                     dptr stream) {
+    py::gil_scoped_release nogil;
+    if (f64) reduce_partials<double>(part, out, len, S, accumulate, stream);
+    else reduce_partials<float>(part, out, len, S, accumulate, stream);
   });
   m.def("conv2d_wino_output", [](dptr M, dptr b, dptr y, int64_t N, int64_t O, int64_t Ho, int64_t Wo,
                                  int64_t th, int64_t tw, bool f64, dptr stream) {

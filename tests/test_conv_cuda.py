@@ -126,6 +126,17 @@ def test_chunked_im2col_matches_reference(cp, G, monkeypatch, dtype, limit):
     _check_conv(cp, rng, (5, 32, 6, 7), (32, 32, 3, 3), dtype, padding=1)  # Winograd in f32
 
 
+@pytest.mark.parametrize("slice_tiles", [7, 2048])
+def test_winograd_weight_gradient_slices(cp, G, monkeypatch, slice_tiles):
+    # The Winograd weight gradient cuts the tiles into slices (the last one partly empty)
+    # whose partial sums are reduced in order; small slices exercise many of them.
+    monkeypatch.setattr(G, "_WINO_SLICE_TILES", slice_tiles)
+    rng = np.random.default_rng(slice_tiles)
+    _check_conv(cp, rng, (3, 32, 9, 7), (40, 32, 3, 3), np.float32, padding=1)
+    monkeypatch.setattr(G, "_WORKSPACE_LIMIT", 1)  # and chunks of one image
+    _check_conv(cp, rng, (3, 32, 9, 7), (40, 32, 3, 3), np.float32, padding=(2, 0))
+
+
 def test_conv_transpose2d_matches_reference(cp):
     rng = np.random.default_rng(7)
     x, w, _, gx, gw, _ = _arrays(cp, rng, (2, 6, 5, 7), (6, 4, 3, 3), np.float32, bias=False)
