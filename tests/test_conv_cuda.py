@@ -126,7 +126,7 @@ def test_chunked_im2col_matches_reference(cp, G, monkeypatch, dtype, limit):
     _check_conv(cp, rng, (5, 32, 6, 7), (32, 32, 3, 3), dtype, padding=1)  # Winograd in f32
 
 
-@pytest.mark.parametrize("slice_tiles", [7, 2048])
+@pytest.mark.parametrize("slice_tiles", [7, 512])
 def test_winograd_weight_gradient_slices(cp, G, monkeypatch, slice_tiles):
     # The Winograd weight gradient cuts the tiles into slices (the last one partly empty)
     # whose partial sums are reduced in order; small slices exercise many of them.

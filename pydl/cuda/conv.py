@@ -12,11 +12,14 @@ Plans
   GEMM per group straight between the NCHW arrays.
 * float32 3x3 stride-1 convolutions (groups 1, >= 32 channels): Winograd F(2x2, 3x3)
   (our transform kernels + 16 GEMMs in one batched cuBLAS call) for the forward, the input
-  gradient and the weight gradient (2.25x fewer multiplies than im2col + GEMM).
+  gradient and the weight gradient (2.25x fewer multiplies than im2col + GEMM). Its
+  transforms only add, subtract and halve: the float32 results stay within ~1e-6 of the
+  float64 reference (normwise), like the GEMM path. float64 keeps the im2col path.
 * Otherwise im2col (our kernel) + cuBLAS GEMMs reached through CuPy (the build machines
   have no cuBLAS headers). Images are processed in chunks whose column buffer stays under
-  ``_WORKSPACE_LIMIT`` bytes (256 MiB; at least one image per chunk, so a single huge
-  image may exceed it). The workspace comes from CuPy's memory pool.
+  ``_WORKSPACE_LIMIT`` bytes (256 MiB, see ``set_workspace_limit``; at least one image
+  per chunk, so a single huge image may exceed it; the Winograd buffers obey the same cap).
+  The workspace comes from CuPy's memory pool.
   - forward: per chunk, for each group, a GEMM batched over the images with the weight's
     batch stride 0, writing straight into y (NCHW): y[n,g] = W_g @ col[n,g].
   - input gradient: dcol[n,g] = W_g^T @ dy[n,g] (batched over images), then col2im as a
@@ -41,7 +44,7 @@ from .. import _backend
 _WORKSPACE_LIMIT = 256 << 20
 
 # Winograd weight gradient: tiles per GEMM slice at least (tests lower it).
-_WINO_SLICE_TILES = 2048
+_WINO_SLICE_TILES = 512
 
 _INT32_MAX = 2**31 - 1
 _CUBLAS_OP_N = 0
@@ -49,6 +52,16 @@ _CUBLAS_OP_T = 1
 _CUBLAS_DEFAULT_MATH = 0
 _CUBLAS_TF32_TENSOR_OP_MATH = 3
 _MAX_BATCH = 65535  # cuBLAS batched GEMMs: keep the batch count within a grid dimension
+
+
+def set_workspace_limit(nbytes: int) -> None:
+    """Cap, in bytes, on the GPU workspace (im2col columns, Winograd tiles) of one call."""
+    global _WORKSPACE_LIMIT
+    _WORKSPACE_LIMIT = _backend.int_arg("nbytes", nbytes, minimum=1)
+
+
+def get_workspace_limit() -> int:
+    return _WORKSPACE_LIMIT
 
 
 def _use_direct(C: int, K: int, groups: int) -> bool:
