@@ -207,7 +207,11 @@ class _Gemm:
         cublas.setMathMode(h, self.mode)
         try:
             fn = cublas.dgemmStridedBatched if self.f64 else cublas.sgemmStridedBatched
-            fn(h, transa, transb, m, n, k, 1.0, A, lda, sA, B, ldb, sB, float(beta), C, ldc, sC, batch)
+            # CuPy's raw cuBLAS bindings take alpha and beta as host pointers (host pointer mode).
+            dt = np.float64 if self.f64 else np.float32
+            one, bet = np.array(1.0, dt), np.array(beta, dt)
+            fn(h, transa, transb, m, n, k, one.ctypes.data, A, lda, sA, B, ldb, sB, bet.ctypes.data,
+               C, ldc, sC, batch)
         finally:
             cublas.setMathMode(h, old)
 
