@@ -1,6 +1,603 @@
-// conv: CPU kernels (to be written).
+// conv: 2-D convolution (cross-correlation, PyTorch semantics) on the CPU.
+//
+// Math: y[n,k,oh,ow] = b[k] + sum_{c in group(k), i, j} w[k,c,i,j] * x[n,c,oh*sh-ph+i*dh, ow*sw-pw+j*dw]
+// (zero outside the image). ph/pw are the top/left padding; the bottom/right padding is
+// implied by the output size taken from y (asymmetric 'same' padding for even kernels).
+// Layout: NCHW, C-contiguous; w (K, C/groups, kh, kw).
+//
+// Paths:
+//  * depthwise (groups == C == K): a direct kernel, one (n, c) plane per OpenMP iteration,
+//    inner loops over a contiguous output row that the compiler vectorizes.
+//  * 1x1, stride 1, no padding: y[n, g] = W_g @ x[n, g], a GEMM straight on x.
+//  * otherwise im2col + GEMM over a bounded column buffer: the batch (and, for huge
+//    images, the output pixels) is cut into tiles whose columns (C*kh*kw rows by
+//    tile-width columns) plus one GEMM result fit under the workspace limit (default
+//    64 MiB). One GEMM per tile and group; several images share one GEMM (columns side by
+//    side) and a cheap permute puts the result back into NCHW. im2col / col2im run
+//    OpenMP-parallel between the GEMMs (OpenBLAS threads itself inside the GEMM).
+// Backward (derivation): with col the im2col matrix of x and Y_g = W_g col_g,
+//   dW_g = sum_tiles dY_g col_g^T,  dcol_g = W_g^T dY_g,  dx = col2im(dcol) (the adjoint
+//   of im2col: each column entry is added back to the pixel it was read from),
+//   db[k] = sum_{n,oh,ow} dy[n,k,oh,ow].
+// col2im gathers per (n, c) plane, one plane per thread: deterministic, no atomics.
+// The workspace is a per-thread buffer kept between calls (no page faults per call);
+// it never grows past the limit unless a single column of the matrix is larger.
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "blas.h"
 #include "common.h"
+#include "geometry.h"
 
 namespace pydl {
-void bind_conv(py::module_& m) { (void)m; }
+namespace {
+
+std::atomic<int64_t> g_ws_limit{int64_t(64) << 20};
+std::atomic<int64_t> g_ws_peak{0};
+
+// Per-thread workspace, grown on demand and kept: a fresh 64 MiB allocation per call
+// would cost thousands of page faults.
+struct Workspace {
+  std::vector<unsigned char> buf;
+  void* get(int64_t bytes) {
+    if ((int64_t)buf.size() < bytes) {
+      std::vector<unsigned char>().swap(buf);
+      buf.resize((size_t)bytes);
+    }
+    int64_t prev = g_ws_peak.load();
+    while (prev < bytes && !g_ws_peak.compare_exchange_weak(prev, bytes)) {
+    }
+    return buf.data();
+  }
+};
+thread_local Workspace t_ws;
+
+struct Geo {
+  int64_t N, C, H, W, K, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, G;
+  int64_t Cg() const { return C / G; }
+  int64_t Kg() const { return K / G; }
+  int64_t L() const { return Ho * Wo; }
+  int64_t HW() const { return H * W; }
+  int64_t R() const { return C * kh * kw; }  // rows of the column matrix, all groups
+  bool pointwise() const {
+    return kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && Ho == H && Wo == W;
+  }
+  bool depthwise() const { return G == C && K == C; }
+};
+
+// Valid output range [lo, hi) along one axis for tap offset off = t*d - p: the outputs o
+// with 0 <= o*s + off < in.
+inline void valid_range(int64_t off, int64_t s, int64_t in, int64_t out, int64_t& lo, int64_t& hi) {
+  lo = off >= 0 ? 0 : (-off + s - 1) / s;
+  hi = in - off <= 0 ? 0 : (in - off - 1) / s + 1;
+  lo = std::min(lo, out);
+  hi = std::min(std::max(hi, lo), out);
+}
+
+// A tile: images [n0, n0 + nb) with all output pixels, or one image with pixels [l0, l0 + lc).
+struct Tile {
+  int64_t n0, nb, l0, lc;
+  int64_t width() const { return nb * lc; }
+};
+
+// Tiles whose columns (rows x width) plus extra_rows x width fit under the limit.
+std::vector<Tile> make_tiles(const Geo& g, int64_t rows, int64_t extra_rows, int64_t elem,
+                             int64_t& max_width) {
+  const int64_t limit = g_ws_limit.load();
+  const int64_t per_col = (rows + extra_rows) * elem;
+  int64_t cols = std::max<int64_t>(1, limit / std::max<int64_t>(per_col, 1));
+  std::vector<Tile> t;
+  const int64_t L = g.L();
+  if (cols >= L) {
+    int64_t nb = std::max<int64_t>(1, std::min(g.N, cols / L));
+    for (int64_t n = 0; n < g.N; n += nb) t.push_back({n, std::min(nb, g.N - n), 0, L});
+  } else {
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t l = 0; l < L; l += cols) t.push_back({n, 1, l, std::min(cols, L - l)});
+  }
+  max_width = 0;
+  for (auto& x : t) max_width = std::max(max_width, x.width());
+  return t;
+}
+
+// col[r, j*lc + (l - l0)] = x[n0+j, c, oh*sh - ph + i*dh, ow*sw - pw + jj*dw], r = (c, i, jj).
+template <typename T>
+void im2col(const Geo& g, const T* x, const Tile& t, T* col) {
+  const int64_t R = g.R(), width = t.width(), kk = g.kh * g.kw;
+#pragma omp parallel for schedule(static) collapse(2)
+  for (int64_t j = 0; j < t.nb; ++j) {
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t c = r / kk, i = (r / g.kw) % g.kh, jj = r % g.kw;
+      const T* xc = x + ((t.n0 + j) * g.C + c) * g.HW();
+      T* dst = col + r * width + j * t.lc - t.l0;  // indexed by l in [l0, l0+lc)
+      const int64_t offh = i * g.dh - g.ph, offw = jj * g.dw - g.pw;
+      int64_t wlo, whi;
+      valid_range(offw, g.sw, g.W, g.Wo, wlo, whi);
+      const int64_t lend = t.l0 + t.lc;
+      for (int64_t oh = t.l0 / g.Wo; oh * g.Wo < lend; ++oh) {
+        const int64_t a = std::max(t.l0, oh * g.Wo) - oh * g.Wo;
+        const int64_t b = std::min(lend, (oh + 1) * g.Wo) - oh * g.Wo;
+        T* d = dst + oh * g.Wo;
+        const int64_t ih = oh * g.sh + offh;
+        if (ih < 0 || ih >= g.H) {
+          std::fill(d + a, d + b, T(0));
+          continue;
+        }
+        const T* src = xc + ih * g.W + offw;
+        const int64_t lo = std::max(a, std::min(wlo, b)), hi = std::max(lo, std::min(whi, b));
+        std::fill(d + a, d + lo, T(0));
+        if (g.sw == 1) {
+          std::memcpy(d + lo, src + lo, (size_t)(hi - lo) * sizeof(T));
+        } else {
+          for (int64_t ow = lo; ow < hi; ++ow) d[ow] = src[ow * g.sw];
+        }
+        std::fill(d + hi, d + b, T(0));
+      }
+    }
+  }
+}
+
+// dx[n0+j, c] += the column entries of tile t that were read from it (the adjoint of im2col).
+template <typename T>
+void col2im(const Geo& g, const T* col, const Tile& t, T* dx) {
+  const int64_t width = t.width();
+#pragma omp parallel for schedule(static) collapse(2)
+  for (int64_t j = 0; j < t.nb; ++j) {
+    for (int64_t c = 0; c < g.C; ++c) {
+      T* xc = dx + ((t.n0 + j) * g.C + c) * g.HW();
+      for (int64_t i = 0; i < g.kh; ++i) {
+        for (int64_t jj = 0; jj < g.kw; ++jj) {
+          const int64_t r = (c * g.kh + i) * g.kw + jj;
+          const T* src = col + r * width + j * t.lc - t.l0;
+          const int64_t offh = i * g.dh - g.ph, offw = jj * g.dw - g.pw;
+          int64_t wlo, whi;
+          valid_range(offw, g.sw, g.W, g.Wo, wlo, whi);
+          const int64_t lend = t.l0 + t.lc;
+          for (int64_t oh = t.l0 / g.Wo; oh * g.Wo < lend; ++oh) {
+            const int64_t ih = oh * g.sh + offh;
+            if (ih < 0 || ih >= g.H) continue;
+            const int64_t a = std::max(t.l0, oh * g.Wo) - oh * g.Wo;
+            const int64_t b = std::min(lend, (oh + 1) * g.Wo) - oh * g.Wo;
+            const int64_t lo = std::max(a, std::min(wlo, b)), hi = std::max(lo, std::min(whi, b));
+            const T* s = src + oh * g.Wo;
+            T* d = xc + ih * g.W + offw;
+            if (g.sw == 1) {
+              for (int64_t ow = lo; ow < hi; ++ow) d[ow] += s[ow];
+            } else {
+              for (int64_t ow = lo; ow < hi; ++ow) d[ow * g.sw] += s[ow];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- depthwise (groups == C == K)
+
+template <typename T>
+void dw_forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
+  const int64_t kk = g.kh * g.kw;
+#pragma omp parallel for schedule(static)
+  for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
+    const int64_t c = nc % g.C;
+    const T* xc = x + nc * g.HW();
+    const T* wc = w + c * kk;
+    T* yc = y + nc * g.L();
+    const T bias = b ? b[c] : T(0);
+    std::fill(yc, yc + g.L(), bias);
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int64_t offh = i * g.dh - g.ph;
+      int64_t hlo, hhi;
+      valid_range(offh, g.sh, g.H, g.Ho, hlo, hhi);
+      for (int64_t jj = 0; jj < g.kw; ++jj) {
+        const T wv = wc[i * g.kw + jj];
+        const int64_t offw = jj * g.dw - g.pw;
+        int64_t lo, hi;
+        valid_range(offw, g.sw, g.W, g.Wo, lo, hi);
+        for (int64_t oh = hlo; oh < hhi; ++oh) {
+          const T* src = xc + (oh * g.sh + offh) * g.W + offw;
+          T* d = yc + oh * g.Wo;
+          if (g.sw == 1) {
+            for (int64_t ow = lo; ow < hi; ++ow) d[ow] += wv * src[ow];
+          } else {
+            for (int64_t ow = lo; ow < hi; ++ow) d[ow] += wv * src[ow * g.sw];
+          }
+        }
+      }
+    }
+  }
+}
+
+// dx[n,c,ih,iw] = sum_{i,j} w[c,i,j] dy[n,c,oh,ow] over oh*sh+offh = ih, ow*sw+offw = iw.
+template <typename T>
+void dw_backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
+  const int64_t kk = g.kh * g.kw;
+#pragma omp parallel for schedule(static)
+  for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
+    const int64_t c = nc % g.C;
+    const T* yc = dy + nc * g.L();
+    const T* wc = w + c * kk;
+    T* xc = dx + nc * g.HW();
+    std::fill(xc, xc + g.HW(), T(0));
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int64_t offh = i * g.dh - g.ph;
+      int64_t hlo, hhi;
+      valid_range(offh, g.sh, g.H, g.Ho, hlo, hhi);
+      for (int64_t jj = 0; jj < g.kw; ++jj) {
+        const T wv = wc[i * g.kw + jj];
+        const int64_t offw = jj * g.dw - g.pw;
+        int64_t lo, hi;
+        valid_range(offw, g.sw, g.W, g.Wo, lo, hi);
+        for (int64_t oh = hlo; oh < hhi; ++oh) {
+          T* d = xc + (oh * g.sh + offh) * g.W + offw;
+          const T* s = yc + oh * g.Wo;
+          if (g.sw == 1) {
+            for (int64_t ow = lo; ow < hi; ++ow) d[ow] += wv * s[ow];
+          } else {
+            for (int64_t ow = lo; ow < hi; ++ow) d[ow * g.sw] += wv * s[ow];
+          }
+        }
+      }
+    }
+  }
+}
+
+// dw[c,i,j] = sum_{n,oh,ow} dy[n,c,oh,ow] x[n,c,oh*sh+offh,ow*sw+offw]; one channel per thread.
+template <typename T>
+void dw_backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
+  const int64_t kk = g.kh * g.kw;
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < g.C; ++c) {
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int64_t offh = i * g.dh - g.ph;
+      int64_t hlo, hhi;
+      valid_range(offh, g.sh, g.H, g.Ho, hlo, hhi);
+      for (int64_t jj = 0; jj < g.kw; ++jj) {
+        const int64_t offw = jj * g.dw - g.pw;
+        int64_t lo, hi;
+        valid_range(offw, g.sw, g.W, g.Wo, lo, hi);
+        T acc = 0;
+        for (int64_t n = 0; n < g.N; ++n) {
+          const T* xc = x + (n * g.C + c) * g.HW();
+          const T* yc = dy + (n * g.C + c) * g.L();
+          for (int64_t oh = hlo; oh < hhi; ++oh) {
+            const T* s = xc + (oh * g.sh + offh) * g.W + offw;
+            const T* d = yc + oh * g.Wo;
+            T row = 0;
+            if (g.sw == 1) {
+#pragma omp simd reduction(+ : row)
+              for (int64_t ow = lo; ow < hi; ++ow) row += d[ow] * s[ow];
+            } else {
+#pragma omp simd reduction(+ : row)
+              for (int64_t ow = lo; ow < hi; ++ow) row += d[ow] * s[ow * g.sw];
+            }
+            acc += row;
+          }
+        }
+        dw[c * kk + i * g.kw + jj] = acc;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- GEMM paths
+
+// out[n0+j, k, l0 + l] = tmp[k, j*lc + l] (+ bias[k]).
+template <typename T>
+void unpack(const Geo& g, const T* tmp, const Tile& t, const T* b, T* out) {
+  const int64_t width = t.width();
+#pragma omp parallel for schedule(static) collapse(2)
+  for (int64_t j = 0; j < t.nb; ++j) {
+    for (int64_t k = 0; k < g.K; ++k) {
+      const T* s = tmp + k * width + j * t.lc;
+      T* d = out + ((t.n0 + j) * g.K + k) * g.L() + t.l0;
+      if (b) {
+        const T bv = b[k];
+        for (int64_t l = 0; l < t.lc; ++l) d[l] = s[l] + bv;
+      } else {
+        std::memcpy(d, s, (size_t)t.lc * sizeof(T));
+      }
+    }
+  }
+}
+
+// tmp[k, j*lc + l] = dy[n0+j, k, l0 + l].
+template <typename T>
+void pack(const Geo& g, const T* dy, const Tile& t, T* tmp) {
+  const int64_t width = t.width();
+#pragma omp parallel for schedule(static) collapse(2)
+  for (int64_t j = 0; j < t.nb; ++j) {
+    for (int64_t k = 0; k < g.K; ++k) {
+      std::memcpy(tmp + k * width + j * t.lc, dy + ((t.n0 + j) * g.K + k) * g.L() + t.l0,
+                  (size_t)t.lc * sizeof(T));
+    }
+  }
+}
+
+template <typename T>
+void add_bias(const Geo& g, const T* b, T* y) {
+#pragma omp parallel for schedule(static)
+  for (int64_t nk = 0; nk < g.N * g.K; ++nk) {
+    const T bv = b[nk % g.K];
+    T* d = y + nk * g.L();
+    for (int64_t l = 0; l < g.L(); ++l) d[l] += bv;
+  }
+}
+
+// y[n0, k, l0 : l0 + lc] += b[k] for a one-image tile.
+template <typename T>
+void add_bias_tile(const Geo& g, const T* b, const Tile& t, T* y) {
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < g.K; ++k) {
+    const T bv = b[k];
+    T* d = y + (t.n0 * g.K + k) * g.L() + t.l0;
+    for (int64_t l = 0; l < t.lc; ++l) d[l] += bv;
+  }
+}
+
+template <typename T>
+void forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
+  if (g.N == 0) return;
+  if (g.depthwise()) return dw_forward(g, x, w, b, y);
+  const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
+  if (g.pointwise()) {
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t gi = 0; gi < g.G; ++gi)
+        gemm(false, false, Kg, L, Cg, T(1), w + gi * Kg * Cg, Cg, x + (n * g.C + gi * Cg) * L, L,
+             T(0), y + (n * g.K + gi * Kg) * L, L);
+    if (b) add_bias(g, b, y);
+    return;
+  }
+  int64_t maxw;
+  // The GEMM result needs its own K rows unless a tile is one image (written in place).
+  auto tiles = make_tiles(g, g.R(), g.K, sizeof(T), maxw);
+  const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });
+  T* col = static_cast<T*>(t_ws.get((g.R() + (any_batched ? g.K : 0)) * maxw * (int64_t)sizeof(T)));
+  T* tmp = col + g.R() * maxw;
+  for (const Tile& t : tiles) {
+    im2col(g, x, t, col);
+    const int64_t width = t.width();
+    for (int64_t gi = 0; gi < g.G; ++gi) {
+      const T* A = w + gi * Kg * Rg;
+      const T* B = col + gi * Rg * width;
+      if (t.nb == 1)
+        gemm(false, false, Kg, width, Rg, T(1), A, Rg, B, width, T(0),
+             y + (t.n0 * g.K + gi * Kg) * L + t.l0, L);
+      else
+        gemm(false, false, Kg, width, Rg, T(1), A, Rg, B, width, T(0), tmp + gi * Kg * width, width);
+    }
+    if (t.nb > 1)
+      unpack(g, tmp, t, b, y);
+    else if (b)
+      add_bias_tile(g, b, t, y);
+  }
+}
+
+template <typename T>
+void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
+  if (g.N == 0) return;
+  if (g.depthwise()) return dw_backward_input(g, dy, w, dx);
+  const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
+  if (g.pointwise()) {
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t gi = 0; gi < g.G; ++gi)
+        gemm(true, false, Cg, L, Kg, T(1), w + gi * Kg * Cg, Cg, dy + (n * g.K + gi * Kg) * L, L,
+             T(0), dx + (n * g.C + gi * Cg) * L, L);
+    return;
+  }
+  int64_t maxw;
+  auto tiles = make_tiles(g, g.R(), g.K, sizeof(T), maxw);
+  const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });
+  T* col = static_cast<T*>(t_ws.get((g.R() + (any_batched ? g.K : 0)) * maxw * (int64_t)sizeof(T)));
+  T* tmp = col + g.R() * maxw;
+  const int64_t planes = g.N * g.C, hw = g.HW();
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < planes; ++p) std::fill(dx + p * hw, dx + (p + 1) * hw, T(0));
+  for (const Tile& t : tiles) {
+    const int64_t width = t.width();
+    if (t.nb > 1) pack(g, dy, t, tmp);
+    for (int64_t gi = 0; gi < g.G; ++gi) {
+      const T* A = w + gi * Kg * Rg;
+      if (t.nb == 1)
+        gemm(true, false, Rg, width, Kg, T(1), A, Rg, dy + (t.n0 * g.K + gi * Kg) * L + t.l0, L, T(0),
+             col + gi * Rg * width, width);
+      else
+        gemm(true, false, Rg, width, Kg, T(1), A, Rg, tmp + gi * Kg * width, width, T(0),
+             col + gi * Rg * width, width);
+    }
+    col2im(g, col, t, dx);
+  }
+}
+
+template <typename T>
+void backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
+  const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
+  if (g.N == 0 || L == 0) {
+    std::fill(dw, dw + g.K * Rg, T(0));
+    return;
+  }
+  if (g.depthwise()) return dw_backward_weight(g, dy, x, dw);
+  if (g.pointwise()) {
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t gi = 0; gi < g.G; ++gi)
+        gemm(false, true, Kg, Cg, L, T(1), dy + (n * g.K + gi * Kg) * L, L, x + (n * g.C + gi * Cg) * L,
+             L, n ? T(1) : T(0), dw + gi * Kg * Cg, Cg);
+    return;
+  }
+  int64_t maxw;
+  auto tiles = make_tiles(g, g.R(), g.K, sizeof(T), maxw);
+  const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });
+  T* col = static_cast<T*>(t_ws.get((g.R() + (any_batched ? g.K : 0)) * maxw * (int64_t)sizeof(T)));
+  T* tmp = col + g.R() * maxw;
+  bool first = true;
+  for (const Tile& t : tiles) {
+    const int64_t width = t.width();
+    im2col(g, x, t, col);
+    if (t.nb > 1) pack(g, dy, t, tmp);
+    for (int64_t gi = 0; gi < g.G; ++gi) {
+      const T* B = col + gi * Rg * width;
+      if (t.nb == 1)
+        gemm(false, true, Kg, Rg, width, T(1), dy + (t.n0 * g.K + gi * Kg) * L + t.l0, L, B, width,
+             first ? T(0) : T(1), dw + gi * Kg * Rg, Rg);
+      else
+        gemm(false, true, Kg, Rg, width, T(1), tmp + gi * Kg * width, width, B, width,
+             first ? T(0) : T(1), dw + gi * Kg * Rg, Rg);
+    }
+    first = false;
+  }
+}
+
+template <typename T>
+void backward_bias(int64_t N, int64_t K, int64_t L, const T* dy, T* db) {
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < K; ++k) {
+    double acc = 0;  // float64 accumulation: sums over N*Ho*Wo terms
+    for (int64_t n = 0; n < N; ++n) {
+      const T* s = dy + (n * K + k) * L;
+      T part = 0;
+      for (int64_t l = 0; l < L; ++l) part += s[l];
+      acc += (double)part;
+    }
+    db[k] = (T)acc;
+  }
+}
+
+// ---------------------------------------------------------------- bindings
+
+Geo make_geo(const py::array& x, const py::array& w, const py::array& y, int64_t sh, int64_t sw,
+             int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t G) {
+  PYDL_CHECK(x.ndim() == 4 && w.ndim() == 4 && y.ndim() == 4, "conv: expected 4-D x, w and y");
+  PYDL_CHECK(sh >= 1 && sw >= 1 && dh >= 1 && dw >= 1 && ph >= 0 && pw >= 0 && G >= 1,
+             "conv: bad stride/padding/dilation/groups");
+  Geo g{x.shape(0), x.shape(1), x.shape(2), x.shape(3), w.shape(0), y.shape(2), y.shape(3),
+        w.shape(2), w.shape(3), sh, sw, ph, pw, dh, dw, G};
+  PYDL_CHECK(g.C % G == 0 && g.K % G == 0 && w.shape(1) * G == g.C, "conv: channels vs groups mismatch");
+  PYDL_CHECK(y.shape(0) == g.N && y.shape(1) == g.K, "conv: y has the wrong batch or channel count");
+  PYDL_CHECK(g.kh >= 1 && g.kw >= 1, "conv: empty kernel");
+  return g;
+}
+
+template <typename T>
+void check_dtype(const py::array& a, const char* name) {
+  PYDL_CHECK(py::isinstance<carray<T>>(a) && (a.flags() & py::array::c_style),
+             "conv: " << name << " must be C-contiguous with the dtype of the other arrays");
+}
+
+template <typename T>
+void fwd_t(py::array x, py::array w, py::object b, py::array y, int64_t sh, int64_t sw, int64_t ph,
+           int64_t pw, int64_t dh, int64_t dw, int64_t G) {
+  Geo g = make_geo(x, w, y, sh, sw, ph, pw, dh, dw, G);
+  check_dtype<T>(x, "x"), check_dtype<T>(w, "w"), check_dtype<T>(y, "y");
+  const T* bp = nullptr;
+  if (!b.is_none()) {
+    py::array ba = b.cast<py::array>();
+    check_dtype<T>(ba, "b");
+    PYDL_CHECK(ba.ndim() == 1 && ba.shape(0) == g.K, "conv: b must have shape (K,)");
+    bp = static_cast<const T*>(ba.data());
+  }
+  PYDL_CHECK(y.writeable(), "conv: y is read-only");
+  const T* xp = static_cast<const T*>(x.data());
+  const T* wp = static_cast<const T*>(w.data());
+  T* yp = static_cast<T*>(y.mutable_data());
+  py::gil_scoped_release nogil;
+  forward<T>(g, xp, wp, bp, yp);
+}
+
+template <typename T>
+void bwd_input_t(py::array dy, py::array w, py::array dx, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                 int64_t dh, int64_t dw, int64_t G) {
+  Geo g = make_geo(dx, w, dy, sh, sw, ph, pw, dh, dw, G);
+  check_dtype<T>(dy, "dy"), check_dtype<T>(w, "w"), check_dtype<T>(dx, "dx");
+  PYDL_CHECK(dx.writeable(), "conv: dx is read-only");
+  const T* dyp = static_cast<const T*>(dy.data());
+  const T* wp = static_cast<const T*>(w.data());
+  T* dxp = static_cast<T*>(dx.mutable_data());
+  py::gil_scoped_release nogil;
+  backward_input<T>(g, dyp, wp, dxp);
+}
+
+template <typename T>
+void bwd_weight_t(py::array dy, py::array x, py::array dwt, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                  int64_t dh, int64_t dw, int64_t G) {
+  Geo g = make_geo(x, dwt, dy, sh, sw, ph, pw, dh, dw, G);
+  check_dtype<T>(dy, "dy"), check_dtype<T>(x, "x"), check_dtype<T>(dwt, "dw");
+  PYDL_CHECK(dwt.writeable(), "conv: dw is read-only");
+  const T* dyp = static_cast<const T*>(dy.data());
+  const T* xp = static_cast<const T*>(x.data());
+  T* dwp = static_cast<T*>(dwt.mutable_data());
+  py::gil_scoped_release nogil;
+  backward_weight<T>(g, dyp, xp, dwp);
+}
+
+template <typename T>
+void bwd_bias_t(py::array dy, py::array db) {
+  PYDL_CHECK(dy.ndim() == 4 && db.ndim() == 1 && db.shape(0) == dy.shape(1), "conv: db must have shape (K,)");
+  check_dtype<T>(dy, "dy"), check_dtype<T>(db, "db");
+  PYDL_CHECK(db.writeable(), "conv: db is read-only");
+  const int64_t N = dy.shape(0), K = dy.shape(1), L = dy.shape(2) * dy.shape(3);
+  const T* dyp = static_cast<const T*>(dy.data());
+  T* dbp = static_cast<T*>(db.mutable_data());
+  py::gil_scoped_release nogil;
+  backward_bias<T>(N, K, L, dyp, dbp);
+}
+
+bool is_f64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
+
+}  // namespace
+
+void bind_conv(py::module_& m) {
+  using namespace py::literals;
+  m.def(
+      "conv2d_forward",
+      [](py::array x, py::array w, py::object b, py::array y, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+         int64_t dh, int64_t dw, int64_t G) {
+        (is_f64(x) ? fwd_t<double> : fwd_t<float>)(x, w, b, y, sh, sw, ph, pw, dh, dw, G);
+      },
+      "x"_a, "w"_a, "b"_a.none(true), "y"_a, "stride_h"_a, "stride_w"_a, "pad_h"_a, "pad_w"_a, "dil_h"_a,
+      "dil_w"_a, "groups"_a, "y = conv2d(x, w) + b; y preallocated (N, K, Ho, Wo), pad = top/left");
+  m.def(
+      "conv2d_backward_input",
+      [](py::array dy, py::array w, py::array dx, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
+         int64_t dw, int64_t G) {
+        (is_f64(dy) ? bwd_input_t<double> : bwd_input_t<float>)(dy, w, dx, sh, sw, ph, pw, dh, dw, G);
+      },
+      "dy"_a, "w"_a, "dx"_a, "stride_h"_a, "stride_w"_a, "pad_h"_a, "pad_w"_a, "dil_h"_a, "dil_w"_a,
+      "groups"_a, "dx (N, C, H, W) = gradient of conv2d w.r.t. x");
+  m.def(
+      "conv2d_backward_weight",
+      [](py::array dy, py::array x, py::array dwt, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
+         int64_t dw, int64_t G) {
+        (is_f64(dy) ? bwd_weight_t<double> : bwd_weight_t<float>)(dy, x, dwt, sh, sw, ph, pw, dh, dw, G);
+      },
+      "dy"_a, "x"_a, "dw"_a, "stride_h"_a, "stride_w"_a, "pad_h"_a, "pad_w"_a, "dil_h"_a, "dil_w"_a,
+      "groups"_a, "dw (K, C/groups, kh, kw) = gradient of conv2d w.r.t. w");
+  m.def(
+      "conv2d_backward_bias",
+      [](py::array dy, py::array db) { (is_f64(dy) ? bwd_bias_t<double> : bwd_bias_t<float>)(dy, db); },
+      "dy"_a, "db"_a, "db (K,) = sum of dy over N, Ho, Wo");
+  m.def(
+      "set_conv_workspace_limit",
+      [](int64_t bytes) {
+        PYDL_CHECK(bytes >= 1, "set_conv_workspace_limit: expected bytes >= 1, got " << bytes);
+        g_ws_limit.store(bytes);
+      },
+      "bytes"_a, "Cap on the im2col/col2im column buffer of one conv call (default 64 MiB).");
+  m.def("get_conv_workspace_limit", []() { return g_ws_limit.load(); });
+  m.def(
+      "conv_workspace_peak_bytes",
+      [](bool reset) {
+        int64_t p = g_ws_peak.load();
+        if (reset) g_ws_peak.store(0);
+        return p;
+      },
+      "reset"_a = false, "Largest workspace a conv call asked for (since the last reset).");
+}
+
 }  // namespace pydl
