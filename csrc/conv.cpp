@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #ifdef _OPENMP
@@ -106,48 +107,71 @@ std::vector<Tile> make_tiles(const Geo& g, int64_t rows, int64_t extra_rows, int
   return t;
 }
 
-// col[r, j*lc + (l - l0)] = x[n0+j, c, oh*sh - ph + i*dh, ow*sw - pw + jj*dw], r = (c, i, jj).
+// Thread partition [lo, hi) of n items, in chunks aligned to `align` items.
+inline void split(int64_t n, int64_t align, int64_t& lo, int64_t& hi) {
+#ifdef _OPENMP
+  const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+#else
+  const int64_t nt = 1, tid = 0;
+#endif
+  const int64_t chunks = (n + align - 1) / align;
+  lo = std::min(n, (chunks * tid / nt) * align);
+  hi = std::min(n, (chunks * (tid + 1) / nt) * align);
+}
+
+// One column-matrix row segment: d[l] = x_image[c, oh*sh + offh, ow*sw + offw] for l = oh*Wo + ow
+// in [lbeg, lend) (zero outside the image). d is indexed by l.
 template <typename T>
-void im2col(const Geo& g, const T* x, const Tile& t, T* col) {
-  const int64_t R = g.R(), width = t.width(), kk = g.kh * g.kw;
-#pragma omp parallel for schedule(static) collapse(2)
-  for (int64_t j = 0; j < t.nb; ++j) {
-    for (int64_t r = 0; r < R; ++r) {
+inline void im2col_segment(const Geo& g, const T* xc, int64_t i, int64_t jj, int64_t lbeg, int64_t lend,
+                           T* d0) {
+  const int64_t offh = i * g.dh - g.ph, offw = jj * g.dw - g.pw;
+  int64_t wlo, whi;
+  valid_range(offw, g.sw, g.W, g.Wo, wlo, whi);
+  for (int64_t oh = lbeg / g.Wo; oh * g.Wo < lend; ++oh) {
+    const int64_t a = std::max(lbeg, oh * g.Wo) - oh * g.Wo;
+    const int64_t b = std::min(lend, (oh + 1) * g.Wo) - oh * g.Wo;
+    T* d = d0 + oh * g.Wo;
+    const int64_t ih = oh * g.sh + offh;
+    if (ih < 0 || ih >= g.H) {
+      std::fill(d + a, d + b, T(0));
+      continue;
+    }
+    const T* src = xc + ih * g.W + offw;
+    const int64_t lo = std::max(a, std::min(wlo, b)), hi = std::max(lo, std::min(whi, b));
+    std::fill(d + a, d + lo, T(0));
+    if (g.sw == 1) {
+      std::memcpy(d + lo, src + lo, (size_t)(hi - lo) * sizeof(T));
+    } else {
+      for (int64_t ow = lo; ow < hi; ++ow) d[ow] = src[ow * g.sw];
+    }
+    std::fill(d + hi, d + b, T(0));
+  }
+}
+
+// Called by one thread: col[r, c] for rows [r0, r1) and tile columns [c0, c1), where tile
+// column c = j*lc + (l - l0) holds pixel l of image n0 + j, and r = (channel, i, jj).
+template <typename T>
+void im2col_block(const Geo& g, const T* x, const Tile& t, T* col, int64_t r0, int64_t r1, int64_t c0,
+                  int64_t c1) {
+  if (c0 >= c1) return;
+  const int64_t width = t.width(), kk = g.kh * g.kw;
+  for (int64_t j = c0 / t.lc; j * t.lc < c1; ++j) {
+    const int64_t lbeg = t.l0 + std::max<int64_t>(c0 - j * t.lc, 0);
+    const int64_t lend = t.l0 + std::min(c1 - j * t.lc, t.lc);
+    const T* xn = x + (t.n0 + j) * g.C * g.HW();
+    for (int64_t r = r0; r < r1; ++r) {
       const int64_t c = r / kk, i = (r / g.kw) % g.kh, jj = r % g.kw;
-      const T* xc = x + ((t.n0 + j) * g.C + c) * g.HW();
-      T* dst = col + r * width + j * t.lc - t.l0;  // indexed by l in [l0, l0+lc)
-      const int64_t offh = i * g.dh - g.ph, offw = jj * g.dw - g.pw;
-      int64_t wlo, whi;
-      valid_range(offw, g.sw, g.W, g.Wo, wlo, whi);
-      const int64_t lend = t.l0 + t.lc;
-      for (int64_t oh = t.l0 / g.Wo; oh * g.Wo < lend; ++oh) {
-        const int64_t a = std::max(t.l0, oh * g.Wo) - oh * g.Wo;
-        const int64_t b = std::min(lend, (oh + 1) * g.Wo) - oh * g.Wo;
-        T* d = dst + oh * g.Wo;
-        const int64_t ih = oh * g.sh + offh;
-        if (ih < 0 || ih >= g.H) {
-          std::fill(d + a, d + b, T(0));
-          continue;
-        }
-        const T* src = xc + ih * g.W + offw;
-        const int64_t lo = std::max(a, std::min(wlo, b)), hi = std::max(lo, std::min(whi, b));
-        std::fill(d + a, d + lo, T(0));
-        if (g.sw == 1) {
-          std::memcpy(d + lo, src + lo, (size_t)(hi - lo) * sizeof(T));
-        } else {
-          for (int64_t ow = lo; ow < hi; ++ow) d[ow] = src[ow * g.sw];
-        }
-        std::fill(d + hi, d + b, T(0));
-      }
+      im2col_segment(g, xn + c * g.HW(), i, jj, lbeg, lend, col + r * width + j * t.lc - t.l0);
     }
   }
 }
 
-// dx[n0+j, c] += the column entries of tile t that were read from it (the adjoint of im2col).
+// dx[n0+j, c] += the column entries of tile t that were read from it (the adjoint of
+// im2col); called inside a parallel region, each (image, channel) plane owned by one thread.
 template <typename T>
 void col2im(const Geo& g, const T* col, const Tile& t, T* dx) {
   const int64_t width = t.width();
-#pragma omp parallel for schedule(static) collapse(2)
+#pragma omp for schedule(static) collapse(2)
   for (int64_t j = 0; j < t.nb; ++j) {
     for (int64_t c = 0; c < g.C; ++c) {
       T* xc = dx + ((t.n0 + j) * g.C + c) * g.HW();
@@ -178,7 +202,6 @@ void col2im(const Geo& g, const T* col, const Tile& t, T* dx) {
     }
   }
 }
-
 // ---------------------------------------------------------------- depthwise (groups == C == K)
 
 template <typename T>
@@ -288,58 +311,52 @@ void dw_backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
 }
 
 // ---------------------------------------------------------------- GEMM paths
+// Threading: OpenBLAS runs single-threaded (set once, below) and every GEMM is split by
+// OpenMP into independent column (or row) blocks, each thread packing its own im2col
+// block right before multiplying it. One thread pool, no nested parallelism, no
+// oversubscription, and no intra-GEMM synchronization; results do not depend on timing.
 
-// out[n0+j, k, l0 + l] = tmp[k, j*lc + l] (+ bias[k]).
+void blas_single_thread() {
+  static std::once_flag once;
+  std::call_once(once, [] { scipy_openblas_set_num_threads(1); });
+}
+
+// Tile columns [c0, c1) of the GEMM result tmp (K x width) -> y[n0 + j, k, l0 + l] (+ bias).
 template <typename T>
-void unpack(const Geo& g, const T* tmp, const Tile& t, const T* b, T* out) {
+void unpack_cols(const Geo& g, const T* tmp, const Tile& t, const T* b, T* y, int64_t c0, int64_t c1) {
   const int64_t width = t.width();
-#pragma omp parallel for schedule(static) collapse(2)
-  for (int64_t j = 0; j < t.nb; ++j) {
+  for (int64_t j = c0 / t.lc; j * t.lc < c1; ++j) {
+    const int64_t a = std::max<int64_t>(c0 - j * t.lc, 0), e = std::min(c1 - j * t.lc, t.lc);
     for (int64_t k = 0; k < g.K; ++k) {
       const T* s = tmp + k * width + j * t.lc;
-      T* d = out + ((t.n0 + j) * g.K + k) * g.L() + t.l0;
-      if (b) {
-        const T bv = b[k];
-        for (int64_t l = 0; l < t.lc; ++l) d[l] = s[l] + bv;
-      } else {
-        std::memcpy(d, s, (size_t)t.lc * sizeof(T));
-      }
+      T* d = y + ((t.n0 + j) * g.K + k) * g.L() + t.l0;
+      const T bv = b ? b[k] : T(0);
+      for (int64_t l = a; l < e; ++l) d[l] = s[l] + bv;
     }
   }
 }
 
-// tmp[k, j*lc + l] = dy[n0+j, k, l0 + l].
+// tmp[k, c] = dy[n0 + j, k, l0 + l] for tile columns [c0, c1).
 template <typename T>
-void pack(const Geo& g, const T* dy, const Tile& t, T* tmp) {
+void pack_cols(const Geo& g, const T* dy, const Tile& t, T* tmp, int64_t c0, int64_t c1) {
   const int64_t width = t.width();
-#pragma omp parallel for schedule(static) collapse(2)
-  for (int64_t j = 0; j < t.nb; ++j) {
-    for (int64_t k = 0; k < g.K; ++k) {
-      std::memcpy(tmp + k * width + j * t.lc, dy + ((t.n0 + j) * g.K + k) * g.L() + t.l0,
-                  (size_t)t.lc * sizeof(T));
-    }
+  for (int64_t j = c0 / t.lc; j * t.lc < c1; ++j) {
+    const int64_t a = std::max<int64_t>(c0 - j * t.lc, 0), e = std::min(c1 - j * t.lc, t.lc);
+    for (int64_t k = 0; k < g.K; ++k)
+      std::memcpy(tmp + k * width + j * t.lc + a, dy + ((t.n0 + j) * g.K + k) * g.L() + t.l0 + a,
+                  (size_t)(e - a) * sizeof(T));
   }
 }
 
-template <typename T>
-void add_bias(const Geo& g, const T* b, T* y) {
-#pragma omp parallel for schedule(static)
-  for (int64_t nk = 0; nk < g.N * g.K; ++nk) {
-    const T bv = b[nk % g.K];
-    T* d = y + nk * g.L();
-    for (int64_t l = 0; l < g.L(); ++l) d[l] += bv;
-  }
-}
-
-// y[n0, k, l0 : l0 + lc] += b[k] for a one-image tile.
-template <typename T>
-void add_bias_tile(const Geo& g, const T* b, const Tile& t, T* y) {
-#pragma omp parallel for schedule(static)
-  for (int64_t k = 0; k < g.K; ++k) {
-    const T bv = b[k];
-    T* d = y + (t.n0 * g.K + k) * g.L() + t.l0;
-    for (int64_t l = 0; l < t.lc; ++l) d[l] += bv;
-  }
+// Work items of the 1x1 path: (image, group, column block), enough blocks to feed every thread.
+inline int64_t col_parts(int64_t items, int64_t L) {
+#ifdef _OPENMP
+  const int64_t nt = omp_get_max_threads();
+#else
+  const int64_t nt = 1;
+#endif
+  if (items >= 2 * nt) return 1;
+  return std::max<int64_t>(1, std::min((2 * nt + items - 1) / items, L / 64));
 }
 
 template <typename T>
@@ -348,35 +365,52 @@ void forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
   if (g.depthwise()) return dw_forward(g, x, w, b, y);
   const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
   if (g.pointwise()) {
-    for (int64_t n = 0; n < g.N; ++n)
-      for (int64_t gi = 0; gi < g.G; ++gi)
-        gemm(false, false, Kg, L, Cg, T(1), w + gi * Kg * Cg, Cg, x + (n * g.C + gi * Cg) * L, L,
-             T(0), y + (n * g.K + gi * Kg) * L, L);
-    if (b) add_bias(g, b, y);
+    const int64_t parts = col_parts(g.N * g.G, L), items = g.N * g.G * parts;
+#pragma omp parallel for schedule(static)
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t n = it / (g.G * parts), gi = (it / parts) % g.G, p = it % parts;
+      const int64_t c0 = L * p / parts, c1 = L * (p + 1) / parts;
+      T* yp = y + (n * g.K + gi * Kg) * L;
+      gemm(false, false, Kg, c1 - c0, Cg, T(1), w + gi * Kg * Cg, Cg, x + (n * g.C + gi * Cg) * L + c0, L,
+           T(0), yp + c0, L);
+      if (b)
+        for (int64_t k = 0; k < Kg; ++k)
+          for (int64_t l = c0; l < c1; ++l) yp[k * L + l] += b[gi * Kg + k];
+    }
     return;
   }
   int64_t maxw;
-  // The GEMM result needs its own K rows unless a tile is one image (written in place).
   auto tiles = make_tiles(g, g.R(), g.K, sizeof(T), maxw);
   const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });
   T* col = static_cast<T*>(t_ws.get((g.R() + (any_batched ? g.K : 0)) * maxw * (int64_t)sizeof(T)));
   T* tmp = col + g.R() * maxw;
+#pragma omp parallel
   for (const Tile& t : tiles) {
-    im2col(g, x, t, col);
+    // Each thread: im2col of its own columns, then its slice of every group's GEMM.
     const int64_t width = t.width();
-    for (int64_t gi = 0; gi < g.G; ++gi) {
-      const T* A = w + gi * Kg * Rg;
-      const T* B = col + gi * Rg * width;
-      if (t.nb == 1)
-        gemm(false, false, Kg, width, Rg, T(1), A, Rg, B, width, T(0),
-             y + (t.n0 * g.K + gi * Kg) * L + t.l0, L);
-      else
-        gemm(false, false, Kg, width, Rg, T(1), A, Rg, B, width, T(0), tmp + gi * Kg * width, width);
+    int64_t c0, c1;
+    split(width, 16, c0, c1);
+    if (c0 < c1) {
+      im2col_block(g, x, t, col, 0, g.R(), c0, c1);
+      for (int64_t gi = 0; gi < g.G; ++gi) {
+        const T* A = w + gi * Kg * Rg;
+        const T* B = col + gi * Rg * width + c0;
+        if (t.nb == 1)
+          gemm(false, false, Kg, c1 - c0, Rg, T(1), A, Rg, B, width, T(0),
+               y + (t.n0 * g.K + gi * Kg) * L + t.l0 + c0, L);
+        else
+          gemm(false, false, Kg, c1 - c0, Rg, T(1), A, Rg, B, width, T(0), tmp + gi * Kg * width + c0, width);
+      }
+      if (t.nb > 1) {
+        unpack_cols(g, tmp, t, b, y, c0, c1);
+      } else if (b) {
+        for (int64_t k = 0; k < g.K; ++k) {
+          T* d = y + (t.n0 * g.K + k) * L + t.l0;
+          for (int64_t l = c0; l < c1; ++l) d[l] += b[k];
+        }
+      }
     }
-    if (t.nb > 1)
-      unpack(g, tmp, t, b, y);
-    else if (b)
-      add_bias_tile(g, b, t, y);
+#pragma omp barrier
   }
 }
 
@@ -386,10 +420,14 @@ void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
   if (g.depthwise()) return dw_backward_input(g, dy, w, dx);
   const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
   if (g.pointwise()) {
-    for (int64_t n = 0; n < g.N; ++n)
-      for (int64_t gi = 0; gi < g.G; ++gi)
-        gemm(true, false, Cg, L, Kg, T(1), w + gi * Kg * Cg, Cg, dy + (n * g.K + gi * Kg) * L, L,
-             T(0), dx + (n * g.C + gi * Cg) * L, L);
+    const int64_t parts = col_parts(g.N * g.G, L), items = g.N * g.G * parts;
+#pragma omp parallel for schedule(static)
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t n = it / (g.G * parts), gi = (it / parts) % g.G, p = it % parts;
+      const int64_t c0 = L * p / parts, c1 = L * (p + 1) / parts;
+      gemm(true, false, Cg, c1 - c0, Kg, T(1), w + gi * Kg * Cg, Cg, dy + (n * g.K + gi * Kg) * L + c0, L,
+           T(0), dx + (n * g.C + gi * Cg) * L + c0, L);
+    }
     return;
   }
   int64_t maxw;
@@ -398,21 +436,30 @@ void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
   T* col = static_cast<T*>(t_ws.get((g.R() + (any_batched ? g.K : 0)) * maxw * (int64_t)sizeof(T)));
   T* tmp = col + g.R() * maxw;
   const int64_t planes = g.N * g.C, hw = g.HW();
-#pragma omp parallel for schedule(static)
-  for (int64_t p = 0; p < planes; ++p) std::fill(dx + p * hw, dx + (p + 1) * hw, T(0));
-  for (const Tile& t : tiles) {
-    const int64_t width = t.width();
-    if (t.nb > 1) pack(g, dy, t, tmp);
-    for (int64_t gi = 0; gi < g.G; ++gi) {
-      const T* A = w + gi * Kg * Rg;
-      if (t.nb == 1)
-        gemm(true, false, Rg, width, Kg, T(1), A, Rg, dy + (t.n0 * g.K + gi * Kg) * L + t.l0, L, T(0),
-             col + gi * Rg * width, width);
-      else
-        gemm(true, false, Rg, width, Kg, T(1), A, Rg, tmp + gi * Kg * width, width, T(0),
-             col + gi * Rg * width, width);
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < planes; ++p) std::fill(dx + p * hw, dx + (p + 1) * hw, T(0));
+    for (const Tile& t : tiles) {
+      // dcol = W^T dY by column blocks, then col2im by (image, channel) planes.
+      const int64_t width = t.width();
+      int64_t c0, c1;
+      split(width, 16, c0, c1);
+      if (c0 < c1) {
+        if (t.nb > 1) pack_cols(g, dy, t, tmp, c0, c1);
+        for (int64_t gi = 0; gi < g.G; ++gi) {
+          const T* A = w + gi * Kg * Rg;
+          if (t.nb == 1)
+            gemm(true, false, Rg, c1 - c0, Kg, T(1), A, Rg, dy + (t.n0 * g.K + gi * Kg) * L + t.l0 + c0, L,
+                 T(0), col + gi * Rg * width + c0, width);
+          else
+            gemm(true, false, Rg, c1 - c0, Kg, T(1), A, Rg, tmp + gi * Kg * width + c0, width, T(0),
+                 col + gi * Rg * width + c0, width);
+        }
+      }
+#pragma omp barrier
+      col2im(g, col, t, dx);  // ends with the implicit barrier of omp for
     }
-    col2im(g, col, t, dx);
   }
 }
 
@@ -425,10 +472,16 @@ void backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
   }
   if (g.depthwise()) return dw_backward_weight(g, dy, x, dw);
   if (g.pointwise()) {
-    for (int64_t n = 0; n < g.N; ++n)
-      for (int64_t gi = 0; gi < g.G; ++gi)
-        gemm(false, true, Kg, Cg, L, T(1), dy + (n * g.K + gi * Kg) * L, L, x + (n * g.C + gi * Cg) * L,
-             L, n ? T(1) : T(0), dw + gi * Kg * Cg, Cg);
+    // dW_g[:, c0:c1] = sum_n dY[n, g] X[n, g, c0:c1]^T: thread blocks over (group, channels).
+    const int64_t parts = col_parts(g.G, Cg), items = g.G * parts;
+#pragma omp parallel for schedule(static)
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t gi = it / parts, p = it % parts;
+      const int64_t c0 = Cg * p / parts, c1 = Cg * (p + 1) / parts;
+      for (int64_t n = 0; n < g.N; ++n)
+        gemm(false, true, Kg, c1 - c0, L, T(1), dy + (n * g.K + gi * Kg) * L, L,
+             x + (n * g.C + gi * Cg + c0) * L, L, n ? T(1) : T(0), dw + gi * Kg * Cg + c0, Cg);
+    }
     return;
   }
   int64_t maxw;
@@ -436,24 +489,34 @@ void backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
   const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });
   T* col = static_cast<T*>(t_ws.get((g.R() + (any_batched ? g.K : 0)) * maxw * (int64_t)sizeof(T)));
   T* tmp = col + g.R() * maxw;
-  bool first = true;
-  for (const Tile& t : tiles) {
-    const int64_t width = t.width();
-    im2col(g, x, t, col);
-    if (t.nb > 1) pack(g, dy, t, tmp);
-    for (int64_t gi = 0; gi < g.G; ++gi) {
-      const T* B = col + gi * Rg * width;
-      if (t.nb == 1)
-        gemm(false, true, Kg, Rg, width, T(1), dy + (t.n0 * g.K + gi * Kg) * L + t.l0, L, B, width,
-             first ? T(0) : T(1), dw + gi * Kg * Rg, Rg);
-      else
-        gemm(false, true, Kg, Rg, width, T(1), tmp + gi * Kg * width, width, B, width,
-             first ? T(0) : T(1), dw + gi * Kg * Rg, Rg);
+#pragma omp parallel
+  {
+    // The reduction runs over columns, so threads own rows of col (= columns of dW):
+    // dW[:, r0:r1] += dY col[r0:r1]^T, no cross-thread sums.
+    int64_t r0, r1;
+    split(g.R(), 8, r0, r1);
+    bool first = true;
+    for (const Tile& t : tiles) {
+      const int64_t width = t.width();
+      if (t.nb > 1) {
+        int64_t c0, c1;
+        split(width, 16, c0, c1);
+        pack_cols(g, dy, t, tmp, c0, c1);
+      }
+      im2col_block(g, x, t, col, r0, r1, 0, width);
+#pragma omp barrier
+      for (int64_t gi = 0; gi < g.G; ++gi) {
+        const int64_t a = std::max(r0, gi * Rg), e = std::min(r1, (gi + 1) * Rg);
+        if (a >= e) continue;
+        const T* A = t.nb == 1 ? dy + (t.n0 * g.K + gi * Kg) * L + t.l0 : tmp + gi * Kg * width;
+        gemm(false, true, Kg, e - a, width, T(1), A, t.nb == 1 ? L : width, col + a * width, width,
+             first ? T(0) : T(1), dw + gi * Kg * Rg + (a - gi * Rg), Rg);
+      }
+      first = false;
+#pragma omp barrier
     }
-    first = false;
   }
 }
-
 template <typename T>
 void backward_bias(int64_t N, int64_t K, int64_t L, const T* dy, T* db) {
 #pragma omp parallel for schedule(static)
@@ -506,6 +569,7 @@ void fwd_t(py::array x, py::array w, py::object b, py::array y, int64_t sh, int6
   const T* xp = static_cast<const T*>(x.data());
   const T* wp = static_cast<const T*>(w.data());
   T* yp = static_cast<T*>(y.mutable_data());
+  blas_single_thread();
   py::gil_scoped_release nogil;
   forward<T>(g, xp, wp, bp, yp);
 }
@@ -519,6 +583,7 @@ void bwd_input_t(py::array dy, py::array w, py::array dx, int64_t sh, int64_t sw
   const T* dyp = static_cast<const T*>(dy.data());
   const T* wp = static_cast<const T*>(w.data());
   T* dxp = static_cast<T*>(dx.mutable_data());
+  blas_single_thread();
   py::gil_scoped_release nogil;
   backward_input<T>(g, dyp, wp, dxp);
 }
@@ -532,6 +597,7 @@ void bwd_weight_t(py::array dy, py::array x, py::array dwt, int64_t sh, int64_t 
   const T* dyp = static_cast<const T*>(dy.data());
   const T* xp = static_cast<const T*>(x.data());
   T* dwp = static_cast<T*>(dwt.mutable_data());
+  blas_single_thread();
   py::gil_scoped_release nogil;
   backward_weight<T>(g, dyp, xp, dwp);
 }
@@ -544,6 +610,7 @@ void bwd_bias_t(py::array dy, py::array db) {
   const int64_t N = dy.shape(0), K = dy.shape(1), L = dy.shape(2) * dy.shape(3);
   const T* dyp = static_cast<const T*>(dy.data());
   T* dbp = static_cast<T*>(db.mutable_data());
+  blas_single_thread();
   py::gil_scoped_release nogil;
   backward_bias<T>(N, K, L, dyp, dbp);
 }
