@@ -203,118 +203,295 @@ void col2im(const Geo& g, const T* col, const Tile& t, T* dx) {
   }
 }
 // ---------------------------------------------------------------- depthwise (groups == C == K)
+// One (image, channel) plane per call; the plane (a few KiB) stays in L1 across the kh*kw
+// passes, and the inner loop over a contiguous output row vectorizes. Compiled for a
+// portable baseline plus an AVX2/FMA clone picked at load time.
+
+// Valid output ranges of every kernel tap, computed once per call (not per plane).
+struct TapRanges {
+  std::vector<int64_t> hlo, hhi, wlo, whi;
+  explicit TapRanges(const Geo& g) : hlo(g.kh), hhi(g.kh), wlo(g.kw), whi(g.kw) {
+    for (int64_t i = 0; i < g.kh; ++i) valid_range(i * g.dh - g.ph, g.sh, g.H, g.Ho, hlo[i], hhi[i]);
+    for (int64_t j = 0; j < g.kw; ++j) valid_range(j * g.dw - g.pw, g.sw, g.W, g.Wo, wlo[j], whi[j]);
+  }
+};
+
+template <typename T>
+__attribute__((always_inline)) inline void dw_fwd_plane_impl(const Geo& g, const TapRanges& tr, const T* xc,
+                                                             const T* wc, T bias, T* yc) {
+  std::fill(yc, yc + g.L(), bias);
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t offh = i * g.dh - g.ph;
+    for (int64_t jj = 0; jj < g.kw; ++jj) {
+      const T wv = wc[i * g.kw + jj];
+      const int64_t offw = jj * g.dw - g.pw, lo = tr.wlo[jj], hi = tr.whi[jj];
+      for (int64_t oh = tr.hlo[i]; oh < tr.hhi[i]; ++oh) {
+        const T* src = xc + (oh * g.sh + offh) * g.W + offw;
+        T* d = yc + oh * g.Wo;
+        if (g.sw == 1) {
+          for (int64_t ow = lo; ow < hi; ++ow) d[ow] += wv * src[ow];
+        } else {
+          for (int64_t ow = lo; ow < hi; ++ow) d[ow] += wv * src[ow * g.sw];
+        }
+      }
+    }
+  }
+}
+
+// dx[ih, iw] = sum_{i,j} w[i,j] dy[oh, ow] over oh*sh + offh = ih, ow*sw + offw = iw (scatter
+// within the plane this thread owns).
+template <typename T>
+__attribute__((always_inline)) inline void dw_bwd_input_plane_impl(const Geo& g, const TapRanges& tr,
+                                                                   const T* yc, const T* wc, T* xc) {
+  std::fill(xc, xc + g.HW(), T(0));
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t offh = i * g.dh - g.ph;
+    for (int64_t jj = 0; jj < g.kw; ++jj) {
+      const T wv = wc[i * g.kw + jj];
+      const int64_t offw = jj * g.dw - g.pw, lo = tr.wlo[jj], hi = tr.whi[jj];
+      for (int64_t oh = tr.hlo[i]; oh < tr.hhi[i]; ++oh) {
+        T* d = xc + (oh * g.sh + offh) * g.W + offw;
+        const T* s = yc + oh * g.Wo;
+        if (g.sw == 1) {
+          for (int64_t ow = lo; ow < hi; ++ow) d[ow] += wv * s[ow];
+        } else {
+          for (int64_t ow = lo; ow < hi; ++ow) d[ow * g.sw] += wv * s[ow];
+        }
+      }
+    }
+  }
+}
+
+// acc[i*kw + j] += sum_{oh,ow} dy[oh, ow] x[oh*sh + offh, ow*sw + offw] for one plane.
+template <typename T>
+__attribute__((always_inline)) inline void dw_bwd_weight_plane_impl(const Geo& g, const TapRanges& tr,
+                                                                    const T* yc, const T* xc, T* acc) {
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t offh = i * g.dh - g.ph;
+    for (int64_t jj = 0; jj < g.kw; ++jj) {
+      const int64_t offw = jj * g.dw - g.pw, lo = tr.wlo[jj], hi = tr.whi[jj];
+      T sum = 0;
+      for (int64_t oh = tr.hlo[i]; oh < tr.hhi[i]; ++oh) {
+        const T* s = xc + (oh * g.sh + offh) * g.W + offw;
+        const T* d = yc + oh * g.Wo;
+        if (g.sw == 1) {
+#pragma omp simd reduction(+ : sum)
+          for (int64_t ow = lo; ow < hi; ++ow) sum += d[ow] * s[ow];
+        } else {
+#pragma omp simd reduction(+ : sum)
+          for (int64_t ow = lo; ow < hi; ++ow) sum += d[ow] * s[ow * g.sw];
+        }
+      }
+      acc[i * g.kw + jj] += sum;
+    }
+  }
+}
+
+// Stride 1: the plane is copied into a zero-padded scratch of row pitch Wp = Wo + dw*(kw-1),
+// so every tap is ONE long contiguous loop over the flat output grid (oh*Wp + ow; the Wp-Wo
+// extra columns per row are computed and dropped): no edge cases, full-width vectors.
+struct Flat {
+  int64_t Hp, Wp, nq;  // padded rows and pitch, flat output length (Ho-1)*Wp + Wo
+  explicit Flat(const Geo& g)
+      : Hp(g.Ho + g.dh * (g.kh - 1)), Wp(g.Wo + g.dw * (g.kw - 1)), nq((g.Ho - 1) * Wp + g.Wo) {}
+  int64_t Ho_pitch() const { return nq; }  // dy on the Wp-pitch grid
+};
+
+// xp[r, c] = x[r - ph, c - pw] (zero outside).
+template <typename T>
+__attribute__((always_inline)) inline void flat_pad(const Geo& g, const Flat& f, const T* xc, T* xp) {
+  for (int64_t r = 0; r < f.Hp; ++r) {
+    T* d = xp + r * f.Wp;
+    const int64_t ih = r - g.ph;
+    if (ih < 0 || ih >= g.H) {
+      std::fill(d, d + f.Wp, T(0));
+      continue;
+    }
+    const int64_t a = std::min(std::max<int64_t>(g.pw, 0), f.Wp);
+    const int64_t e = std::min(f.Wp, g.pw + g.W);
+    std::fill(d, d + a, T(0));
+    if (e > a) std::memcpy(d + a, xc + ih * g.W + (a - g.pw), (size_t)(e - a) * sizeof(T));
+    std::fill(d + std::max(a, e), d + f.Wp, T(0));
+  }
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void dw_fwd_flat_impl(const Geo& g, const Flat& f, const T* xc,
+                                                            const T* wc, T bias, T* yc, T* __restrict xp, T* __restrict acc) {
+  flat_pad(g, f, xc, xp);
+  for (int64_t q = 0; q < f.nq; ++q) acc[q] = bias;
+  for (int64_t i = 0; i < g.kh; ++i)
+    for (int64_t jj = 0; jj < g.kw; ++jj) {
+      const T wv = wc[i * g.kw + jj];
+      const T* s = xp + i * g.dh * f.Wp + jj * g.dw;
+      for (int64_t q = 0; q < f.nq; ++q) acc[q] += wv * s[q];
+    }
+  for (int64_t oh = 0; oh < g.Ho; ++oh) std::memcpy(yc + oh * g.Wo, acc + oh * f.Wp, (size_t)g.Wo * sizeof(T));
+}
+
+// Adjoint: scatter dy (on the Wp-pitch grid, zero in the dropped columns) into the padded
+// plane, then crop.
+template <typename T>
+__attribute__((always_inline)) inline void dw_bwd_input_flat_impl(const Geo& g, const Flat& f, const T* yc,
+                                                                  const T* wc, T* xc, T* __restrict xp, T* __restrict dyg) {
+  for (int64_t oh = 0; oh < g.Ho; ++oh) {
+    std::memcpy(dyg + oh * f.Wp, yc + oh * g.Wo, (size_t)g.Wo * sizeof(T));
+    if (oh + 1 < g.Ho) std::fill(dyg + oh * f.Wp + g.Wo, dyg + (oh + 1) * f.Wp, T(0));
+  }
+  std::fill(xp, xp + f.Hp * f.Wp, T(0));
+  for (int64_t i = 0; i < g.kh; ++i)
+    for (int64_t jj = 0; jj < g.kw; ++jj) {
+      const T wv = wc[i * g.kw + jj];
+      T* d = xp + i * g.dh * f.Wp + jj * g.dw;
+      for (int64_t q = 0; q < f.nq; ++q) d[q] += wv * dyg[q];
+    }
+  for (int64_t ih = 0; ih < g.H; ++ih) {
+    T* d = xc + ih * g.W;
+    const int64_t r = ih + g.ph;
+    const int64_t a = std::max<int64_t>(0, -g.pw), e = std::min(g.W, f.Wp - g.pw);
+    if (r >= f.Hp || e <= a) {
+      std::fill(d, d + g.W, T(0));
+      continue;
+    }
+    std::fill(d, d + a, T(0));
+    std::memcpy(d + a, xp + r * f.Wp + a + g.pw, (size_t)(e - a) * sizeof(T));
+    std::fill(d + e, d + g.W, T(0));
+  }
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void dw_bwd_weight_flat_impl(const Geo& g, const Flat& f, const T* yc,
+                                                                   const T* xc, T* acc, T* __restrict xp, T* __restrict dyg) {
+  flat_pad(g, f, xc, xp);
+  for (int64_t oh = 0; oh < g.Ho; ++oh) {
+    std::memcpy(dyg + oh * f.Wp, yc + oh * g.Wo, (size_t)g.Wo * sizeof(T));
+    if (oh + 1 < g.Ho) std::fill(dyg + oh * f.Wp + g.Wo, dyg + (oh + 1) * f.Wp, T(0));
+  }
+  for (int64_t i = 0; i < g.kh; ++i)
+    for (int64_t jj = 0; jj < g.kw; ++jj) {
+      const T* s = xp + i * g.dh * f.Wp + jj * g.dw;
+      T sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t q = 0; q < f.nq; ++q) sum += dyg[q] * s[q];
+      acc[i * g.kw + jj] += sum;
+    }
+}
+
+#define PYDL_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#define PYDL_DW_PLANES(T)                                                                              \
+  PYDL_CLONES void dw_fwd_plane(const Geo& g, const TapRanges& tr, const T* xc, const T* wc, T bias,   \
+                                T* yc) {                                                               \
+    dw_fwd_plane_impl<T>(g, tr, xc, wc, bias, yc);                                                     \
+  }                                                                                                    \
+  PYDL_CLONES void dw_bwd_input_plane(const Geo& g, const TapRanges& tr, const T* yc, const T* wc,     \
+                                      T* xc) {                                                         \
+    dw_bwd_input_plane_impl<T>(g, tr, yc, wc, xc);                                                     \
+  }                                                                                                    \
+  PYDL_CLONES void dw_bwd_weight_plane(const Geo& g, const TapRanges& tr, const T* yc, const T* xc,    \
+                                       T* acc) {                                                       \
+    dw_bwd_weight_plane_impl<T>(g, tr, yc, xc, acc);                                                   \
+  }                                                                                                    \
+  PYDL_CLONES void dw_fwd_flat(const Geo& g, const Flat& f, const T* xc, const T* wc, T bias, T* yc,   \
+                               T* xp, T* acc) {                                                        \
+    dw_fwd_flat_impl<T>(g, f, xc, wc, bias, yc, xp, acc);                                              \
+  }                                                                                                    \
+  PYDL_CLONES void dw_bwd_input_flat(const Geo& g, const Flat& f, const T* yc, const T* wc, T* xc,     \
+                                     T* xp, T* dyg) {                                                  \
+    dw_bwd_input_flat_impl<T>(g, f, yc, wc, xc, xp, dyg);                                              \
+  }                                                                                                    \
+  PYDL_CLONES void dw_bwd_weight_flat(const Geo& g, const Flat& f, const T* yc, const T* xc, T* acc,   \
+                                      T* xp, T* dyg) {                                                 \
+    dw_bwd_weight_flat_impl<T>(g, f, yc, xc, acc, xp, dyg);                                            \
+  }
+PYDL_DW_PLANES(float)
+PYDL_DW_PLANES(double)
+#undef PYDL_DW_PLANES
+#undef PYDL_CLONES
+
+// The flat stride-1 path needs two plane-sized scratch buffers per thread; huge planes take
+// the row-wise path instead.
+inline bool use_flat(const Geo& g, const Flat& f, int64_t elem) {
+  return g.sh == 1 && g.sw == 1 && (f.Hp * f.Wp + f.nq) * elem <= (int64_t(4) << 20);
+}
 
 template <typename T>
 void dw_forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
+  const TapRanges tr(g);
+  const Flat f(g);
+  const bool flat = use_flat(g, f, sizeof(T));
   const int64_t kk = g.kh * g.kw;
-#pragma omp parallel for schedule(static)
-  for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
-    const int64_t c = nc % g.C;
-    const T* xc = x + nc * g.HW();
-    const T* wc = w + c * kk;
-    T* yc = y + nc * g.L();
-    const T bias = b ? b[c] : T(0);
-    std::fill(yc, yc + g.L(), bias);
-    for (int64_t i = 0; i < g.kh; ++i) {
-      const int64_t offh = i * g.dh - g.ph;
-      int64_t hlo, hhi;
-      valid_range(offh, g.sh, g.H, g.Ho, hlo, hhi);
-      for (int64_t jj = 0; jj < g.kw; ++jj) {
-        const T wv = wc[i * g.kw + jj];
-        const int64_t offw = jj * g.dw - g.pw;
-        int64_t lo, hi;
-        valid_range(offw, g.sw, g.W, g.Wo, lo, hi);
-        for (int64_t oh = hlo; oh < hhi; ++oh) {
-          const T* src = xc + (oh * g.sh + offh) * g.W + offw;
-          T* d = yc + oh * g.Wo;
-          if (g.sw == 1) {
-            for (int64_t ow = lo; ow < hi; ++ow) d[ow] += wv * src[ow];
-          } else {
-            for (int64_t ow = lo; ow < hi; ++ow) d[ow] += wv * src[ow * g.sw];
-          }
-        }
-      }
+#pragma omp parallel
+  {
+    std::vector<T> scratch(flat ? f.Hp * f.Wp + f.nq : 0);
+#pragma omp for schedule(static)
+    for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
+      const int64_t c = nc % g.C;
+      if (flat)
+        dw_fwd_flat(g, f, x + nc * g.HW(), w + c * kk, b ? b[c] : T(0), y + nc * g.L(), scratch.data(),
+                    scratch.data() + f.Hp * f.Wp);
+      else
+        dw_fwd_plane(g, tr, x + nc * g.HW(), w + c * kk, b ? b[c] : T(0), y + nc * g.L());
     }
   }
 }
 
-// dx[n,c,ih,iw] = sum_{i,j} w[c,i,j] dy[n,c,oh,ow] over oh*sh+offh = ih, ow*sw+offw = iw.
 template <typename T>
 void dw_backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
+  const TapRanges tr(g);
+  const Flat f(g);
+  const bool flat = use_flat(g, f, sizeof(T));
   const int64_t kk = g.kh * g.kw;
-#pragma omp parallel for schedule(static)
-  for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
-    const int64_t c = nc % g.C;
-    const T* yc = dy + nc * g.L();
-    const T* wc = w + c * kk;
-    T* xc = dx + nc * g.HW();
-    std::fill(xc, xc + g.HW(), T(0));
-    for (int64_t i = 0; i < g.kh; ++i) {
-      const int64_t offh = i * g.dh - g.ph;
-      int64_t hlo, hhi;
-      valid_range(offh, g.sh, g.H, g.Ho, hlo, hhi);
-      for (int64_t jj = 0; jj < g.kw; ++jj) {
-        const T wv = wc[i * g.kw + jj];
-        const int64_t offw = jj * g.dw - g.pw;
-        int64_t lo, hi;
-        valid_range(offw, g.sw, g.W, g.Wo, lo, hi);
-        for (int64_t oh = hlo; oh < hhi; ++oh) {
-          T* d = xc + (oh * g.sh + offh) * g.W + offw;
-          const T* s = yc + oh * g.Wo;
-          if (g.sw == 1) {
-            for (int64_t ow = lo; ow < hi; ++ow) d[ow] += wv * s[ow];
-          } else {
-            for (int64_t ow = lo; ow < hi; ++ow) d[ow * g.sw] += wv * s[ow];
-          }
-        }
-      }
+#pragma omp parallel
+  {
+    std::vector<T> scratch(flat ? f.Hp * f.Wp + f.Ho_pitch() : 0);
+#pragma omp for schedule(static)
+    for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
+      if (flat)
+        dw_bwd_input_flat(g, f, dy + nc * g.L(), w + (nc % g.C) * kk, dx + nc * g.HW(), scratch.data(),
+                          scratch.data() + f.Hp * f.Wp);
+      else
+        dw_bwd_input_plane(g, tr, dy + nc * g.L(), w + (nc % g.C) * kk, dx + nc * g.HW());
     }
   }
 }
 
-// dw[c,i,j] = sum_{n,oh,ow} dy[n,c,oh,ow] x[n,c,oh*sh+offh,ow*sw+offw]; one channel per thread.
+// dw[c] = sum over images of the plane correlations; one channel per thread (no cross-thread sums).
 template <typename T>
 void dw_backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
+  const TapRanges tr(g);
   const int64_t kk = g.kh * g.kw;
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < g.C; ++c) {
-    for (int64_t i = 0; i < g.kh; ++i) {
-      const int64_t offh = i * g.dh - g.ph;
-      int64_t hlo, hhi;
-      valid_range(offh, g.sh, g.H, g.Ho, hlo, hhi);
-      for (int64_t jj = 0; jj < g.kw; ++jj) {
-        const int64_t offw = jj * g.dw - g.pw;
-        int64_t lo, hi;
-        valid_range(offw, g.sw, g.W, g.Wo, lo, hi);
-        T acc = 0;
-        for (int64_t n = 0; n < g.N; ++n) {
-          const T* xc = x + (n * g.C + c) * g.HW();
-          const T* yc = dy + (n * g.C + c) * g.L();
-          for (int64_t oh = hlo; oh < hhi; ++oh) {
-            const T* s = xc + (oh * g.sh + offh) * g.W + offw;
-            const T* d = yc + oh * g.Wo;
-            T row = 0;
-            if (g.sw == 1) {
-#pragma omp simd reduction(+ : row)
-              for (int64_t ow = lo; ow < hi; ++ow) row += d[ow] * s[ow];
-            } else {
-#pragma omp simd reduction(+ : row)
-              for (int64_t ow = lo; ow < hi; ++ow) row += d[ow] * s[ow * g.sw];
-            }
-            acc += row;
-          }
-        }
-        dw[c * kk + i * g.kw + jj] = acc;
+  const Flat f(g);
+  const bool flat = use_flat(g, f, sizeof(T));
+#pragma omp parallel
+  {
+    std::vector<T> scratch(flat ? f.Hp * f.Wp + f.Ho_pitch() : 0);
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < g.C; ++c) {
+      T* acc = dw + c * kk;
+      std::fill(acc, acc + kk, T(0));
+      for (int64_t n = 0; n < g.N; ++n) {
+        const T* yc = dy + (n * g.C + c) * g.L();
+        const T* xc = x + (n * g.C + c) * g.HW();
+        if (flat)
+          dw_bwd_weight_flat(g, f, yc, xc, acc, scratch.data(), scratch.data() + f.Hp * f.Wp);
+        else
+          dw_bwd_weight_plane(g, tr, yc, xc, acc);
       }
     }
   }
 }
-
 // ---------------------------------------------------------------- GEMM paths
 // Threading: OpenBLAS runs single-threaded (set once, below) and every GEMM is split by
 // OpenMP into independent column (or row) blocks, each thread packing its own im2col
 // block right before multiplying it. One thread pool, no nested parallelism, no
 // oversubscription, and no intra-GEMM synchronization; results do not depend on timing.
+
+int64_t g_panel_bytes = 192 << 10;
+
+// Columns per panel: rows x panel x elem ~ g_panel_bytes (half of a 512 KiB L2), multiple of 16.
+inline int64_t panel_cols(int64_t rows, int64_t elem) {
+  return std::max<int64_t>(16, g_panel_bytes / (rows * elem) / 16 * 16);
+}
 
 void blas_single_thread() {
   static std::once_flag once;
@@ -388,9 +565,12 @@ void forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
   for (const Tile& t : tiles) {
     // Each thread: im2col of its own columns, then its slice of every group's GEMM.
     const int64_t width = t.width();
-    int64_t c0, c1;
-    split(width, 16, c0, c1);
-    if (c0 < c1) {
+    int64_t c0_, c1_;
+    split(width, 16, c0_, c1_);
+    // Panels of columns small enough that im2col's output is still in L2 for the GEMM.
+    const int64_t P = panel_cols(g.R(), sizeof(T));
+    for (int64_t c0 = c0_; c0 < c1_; c0 += P) {
+      const int64_t c1 = std::min(c1_, c0 + P);
       im2col_block(g, x, t, col, 0, g.R(), c0, c1);
       for (int64_t gi = 0; gi < g.G; ++gi) {
         const T* A = w + gi * Kg * Rg;
@@ -503,16 +683,21 @@ void backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
         split(width, 16, c0, c1);
         pack_cols(g, dy, t, tmp, c0, c1);
       }
-      im2col_block(g, x, t, col, r0, r1, 0, width);
 #pragma omp barrier
-      for (int64_t gi = 0; gi < g.G; ++gi) {
-        const int64_t a = std::max(r0, gi * Rg), e = std::min(r1, (gi + 1) * Rg);
-        if (a >= e) continue;
-        const T* A = t.nb == 1 ? dy + (t.n0 * g.K + gi * Kg) * L + t.l0 : tmp + gi * Kg * width;
-        gemm(false, true, Kg, e - a, width, T(1), A, t.nb == 1 ? L : width, col + a * width, width,
-             first ? T(0) : T(1), dw + gi * Kg * Rg + (a - gi * Rg), Rg);
+      // Panels of columns: im2col of this thread's rows, then accumulate into dW.
+      const int64_t P = panel_cols(std::max<int64_t>(r1 - r0, 1), sizeof(T));
+      for (int64_t c0 = 0; c0 < width; c0 += P) {
+        const int64_t c1 = std::min(width, c0 + P);
+        im2col_block(g, x, t, col, r0, r1, c0, c1);
+        for (int64_t gi = 0; gi < g.G; ++gi) {
+          const int64_t a = std::max(r0, gi * Rg), e = std::min(r1, (gi + 1) * Rg);
+          if (a >= e) continue;
+          const T* A = t.nb == 1 ? dy + (t.n0 * g.K + gi * Kg) * L + t.l0 : tmp + gi * Kg * width;
+          gemm(false, true, Kg, e - a, c1 - c0, T(1), A + c0, t.nb == 1 ? L : width, col + a * width + c0, width,
+               first ? T(0) : T(1), dw + gi * Kg * Rg + (a - gi * Rg), Rg);
+        }
+        first = false;
       }
-      first = false;
 #pragma omp barrier
     }
   }
@@ -656,6 +841,7 @@ void bind_conv(py::module_& m) {
         g_ws_limit.store(bytes);
       },
       "bytes"_a, "Cap on the im2col/col2im column buffer of one conv call (default 64 MiB).");
+  m.def("_set_conv_panel_bytes", [](int64_t b) { g_panel_bytes = std::max<int64_t>(b, 1); });
   m.def("get_conv_workspace_limit", []() { return g_ws_limit.load(); });
   m.def(
       "conv_workspace_peak_bytes",
