@@ -127,6 +127,30 @@ inline void im2col_segment(const Geo& g, const T* xc, int64_t i, int64_t jj, int
   const int64_t offh = i * g.dh - g.ph, offw = jj * g.dw - g.pw;
   int64_t wlo, whi;
   valid_range(offw, g.sw, g.W, g.Wo, wlo, whi);
+  if (g.sh == 1 && g.sw == 1 && g.Wo == g.W) {
+    // Stride 1 and output width = input width ('same'-like): the row is the input plane
+    // shifted by offh*W + offw. One copy, then zero the rows outside the image and the
+    // |offw| columns per row that wrapped around from the neighbouring row.
+    int64_t hlo, hhi;
+    valid_range(offh, 1, g.H, g.Ho, hlo, hhi);
+    const int64_t shift = offh * g.W + offw;
+    const int64_t qa = std::min(lend, std::max(lbeg, hlo * g.Wo));
+    const int64_t qb = std::max(qa, std::min(lend, hhi * g.Wo));
+    std::fill(d0 + lbeg, d0 + qa, T(0));
+    std::fill(d0 + qb, d0 + lend, T(0));
+    const int64_t ca = std::max(qa, -shift), cb = std::min(qb, g.HW() - shift);  // stay inside x
+    if (ca < cb) std::memcpy(d0 + ca, xc + ca + shift, (size_t)(cb - ca) * sizeof(T));
+    if (qa < qb) {
+      for (int64_t oh = qa / g.Wo; oh * g.Wo < qb; ++oh) {
+        const int64_t a = std::max(qa, oh * g.Wo) - oh * g.Wo;
+        const int64_t b = std::min(qb, (oh + 1) * g.Wo) - oh * g.Wo;
+        T* d = d0 + oh * g.Wo;
+        for (int64_t ow = a; ow < std::min(wlo, b); ++ow) d[ow] = T(0);
+        for (int64_t ow = std::max(whi, a); ow < b; ++ow) d[ow] = T(0);
+      }
+    }
+    return;
+  }
   for (int64_t oh = lbeg / g.Wo; oh * g.Wo < lend; ++oh) {
     const int64_t a = std::max(lbeg, oh * g.Wo) - oh * g.Wo;
     const int64_t b = std::min(lend, (oh + 1) * g.Wo) - oh * g.Wo;
@@ -486,13 +510,6 @@ void dw_backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
 // block right before multiplying it. One thread pool, no nested parallelism, no
 // oversubscription, and no intra-GEMM synchronization; results do not depend on timing.
 
-int64_t g_panel_bytes = 192 << 10;
-
-// Columns per panel: rows x panel x elem ~ g_panel_bytes (half of a 512 KiB L2), multiple of 16.
-inline int64_t panel_cols(int64_t rows, int64_t elem) {
-  return std::max<int64_t>(16, g_panel_bytes / (rows * elem) / 16 * 16);
-}
-
 void blas_single_thread() {
   static std::once_flag once;
   std::call_once(once, [] { scipy_openblas_set_num_threads(1); });
@@ -565,12 +582,10 @@ void forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
   for (const Tile& t : tiles) {
     // Each thread: im2col of its own columns, then its slice of every group's GEMM.
     const int64_t width = t.width();
-    int64_t c0_, c1_;
-    split(width, 16, c0_, c1_);
-    // Panels of columns small enough that im2col's output is still in L2 for the GEMM.
-    const int64_t P = panel_cols(g.R(), sizeof(T));
-    for (int64_t c0 = c0_; c0 < c1_; c0 += P) {
-      const int64_t c1 = std::min(c1_, c0 + P);
+    // (Smaller L2-sized panels measured no faster: OpenBLAS prefers wide GEMMs.)
+    int64_t c0, c1;
+    split(width, 16, c0, c1);
+    if (c0 < c1) {
       im2col_block(g, x, t, col, 0, g.R(), c0, c1);
       for (int64_t gi = 0; gi < g.G; ++gi) {
         const T* A = w + gi * Kg * Rg;
@@ -684,10 +699,9 @@ void backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
         pack_cols(g, dy, t, tmp, c0, c1);
       }
 #pragma omp barrier
-      // Panels of columns: im2col of this thread's rows, then accumulate into dW.
-      const int64_t P = panel_cols(std::max<int64_t>(r1 - r0, 1), sizeof(T));
-      for (int64_t c0 = 0; c0 < width; c0 += P) {
-        const int64_t c1 = std::min(width, c0 + P);
+      // im2col of this thread's rows, then accumulate into its columns of dW.
+      {
+        const int64_t c0 = 0, c1 = width;
         im2col_block(g, x, t, col, r0, r1, c0, c1);
         for (int64_t gi = 0; gi < g.G; ++gi) {
           const int64_t a = std::max(r0, gi * Rg), e = std::min(r1, (gi + 1) * Rg);
@@ -841,7 +855,6 @@ void bind_conv(py::module_& m) {
         g_ws_limit.store(bytes);
       },
       "bytes"_a, "Cap on the im2col/col2im column buffer of one conv call (default 64 MiB).");
-  m.def("_set_conv_panel_bytes", [](int64_t b) { g_panel_bytes = std::max<int64_t>(b, 1); });
   m.def("get_conv_workspace_limit", []() { return g_ws_limit.load(); });
   m.def(
       "conv_workspace_peak_bytes",
