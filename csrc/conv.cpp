@@ -226,6 +226,12 @@ void col2im(const Geo& g, const T* col, const Tile& t, T* dx) {
     }
   }
 }
+// Threads only pay off above some work: small problems run on the calling thread (a fork/join
+// costs microseconds, far more on a loaded machine).
+inline bool parallel_pays(const Geo& g) {
+  return g.N * g.K * g.L() * g.Cg() * g.kh * g.kw > (int64_t(1) << 17);
+}
+
 // ---------------------------------------------------------------- depthwise (groups == C == K)
 // One (image, channel) plane per call; the plane (a few KiB) stays in L1 across the kh*kw
 // passes, and the inner loop over a contiguous output row vectorizes. Compiled for a
@@ -444,7 +450,7 @@ void dw_forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
   const Flat f(g);
   const bool flat = use_flat(g, f, sizeof(T));
   const int64_t kk = g.kh * g.kw;
-#pragma omp parallel
+#pragma omp parallel if (parallel_pays(g))
   {
     std::vector<T> scratch(flat ? f.Hp * f.Wp + f.nq : 0);
 #pragma omp for schedule(static)
@@ -465,7 +471,7 @@ void dw_backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
   const Flat f(g);
   const bool flat = use_flat(g, f, sizeof(T));
   const int64_t kk = g.kh * g.kw;
-#pragma omp parallel
+#pragma omp parallel if (parallel_pays(g))
   {
     std::vector<T> scratch(flat ? f.Hp * f.Wp + f.Ho_pitch() : 0);
 #pragma omp for schedule(static)
@@ -486,7 +492,7 @@ void dw_backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
   const int64_t kk = g.kh * g.kw;
   const Flat f(g);
   const bool flat = use_flat(g, f, sizeof(T));
-#pragma omp parallel
+#pragma omp parallel if (parallel_pays(g))
   {
     std::vector<T> scratch(flat ? f.Hp * f.Wp + f.Ho_pitch() : 0);
 #pragma omp for schedule(static)
@@ -560,7 +566,7 @@ void forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
   const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
   if (g.pointwise()) {
     const int64_t parts = col_parts(g.N * g.G, L), items = g.N * g.G * parts;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_pays(g))
     for (int64_t it = 0; it < items; ++it) {
       const int64_t n = it / (g.G * parts), gi = (it / parts) % g.G, p = it % parts;
       const int64_t c0 = L * p / parts, c1 = L * (p + 1) / parts;
@@ -578,7 +584,7 @@ void forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
   const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });
   T* col = static_cast<T*>(t_ws.get((g.R() + (any_batched ? g.K : 0)) * maxw * (int64_t)sizeof(T)));
   T* tmp = col + g.R() * maxw;
-#pragma omp parallel
+#pragma omp parallel if (parallel_pays(g))
   for (const Tile& t : tiles) {
     // Each thread: im2col of its own columns, then its slice of every group's GEMM.
     const int64_t width = t.width();
@@ -616,7 +622,7 @@ void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
   const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
   if (g.pointwise()) {
     const int64_t parts = col_parts(g.N * g.G, L), items = g.N * g.G * parts;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_pays(g))
     for (int64_t it = 0; it < items; ++it) {
       const int64_t n = it / (g.G * parts), gi = (it / parts) % g.G, p = it % parts;
       const int64_t c0 = L * p / parts, c1 = L * (p + 1) / parts;
@@ -631,7 +637,7 @@ void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
   T* col = static_cast<T*>(t_ws.get((g.R() + (any_batched ? g.K : 0)) * maxw * (int64_t)sizeof(T)));
   T* tmp = col + g.R() * maxw;
   const int64_t planes = g.N * g.C, hw = g.HW();
-#pragma omp parallel
+#pragma omp parallel if (parallel_pays(g))
   {
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < planes; ++p) std::fill(dx + p * hw, dx + (p + 1) * hw, T(0));
@@ -669,7 +675,7 @@ void backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
   if (g.pointwise()) {
     // dW_g[:, c0:c1] = sum_n dY[n, g] X[n, g, c0:c1]^T: thread blocks over (group, channels).
     const int64_t parts = col_parts(g.G, Cg), items = g.G * parts;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_pays(g))
     for (int64_t it = 0; it < items; ++it) {
       const int64_t gi = it / parts, p = it % parts;
       const int64_t c0 = Cg * p / parts, c1 = Cg * (p + 1) / parts;
@@ -684,7 +690,7 @@ void backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
   const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });
   T* col = static_cast<T*>(t_ws.get((g.R() + (any_batched ? g.K : 0)) * maxw * (int64_t)sizeof(T)));
   T* tmp = col + g.R() * maxw;
-#pragma omp parallel
+#pragma omp parallel if (parallel_pays(g))
   {
     // The reduction runs over columns, so threads own rows of col (= columns of dW):
     // dW[:, r0:r1] += dY col[r0:r1]^T, no cross-thread sums.
@@ -718,7 +724,7 @@ void backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
 }
 template <typename T>
 void backward_bias(int64_t N, int64_t K, int64_t L, const T* dy, T* db) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * K * L > (1 << 15))
   for (int64_t k = 0; k < K; ++k) {
     double acc = 0;  // float64 accumulation: sums over N*Ho*Wo terms
     for (int64_t n = 0; n < N; ++n) {
