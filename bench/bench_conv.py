@@ -106,13 +106,16 @@ def _workspace_case(rng, torch):
         return y
 
     def check():
-        return rel_error(run()[:1], R.conv2d(x[:1], w, padding=1))  # first image only
+        err = rel_error(run()[:1], R.conv2d(x[:1], w, padding=1))  # first image only
+        print(f"conv2d workspace: batch 256 peak {extra['ws_peak_mib']} MiB <= cap {extra['ws_cap_mib']} MiB: "
+              f"{extra['ws_peak_mib'] <= extra['ws_cap_mib']}")
+        return err
 
     tf = None
     if torch is not None:
         tx, tw = torch.from_numpy(x), torch.from_numpy(w)
         tf = lambda: torch.nn.functional.conv2d(tx, tw, None, 1, 1)  # noqa: E731
-    return Case("conv2d", "256x64x56x56 k64 3x3 p1 (workspace)", "fwd", run=run, torch=tf, check=check,
+    return Case("conv2d", "256x64x56x56 k64 3x3 p1 (ws cap)", "fwd", run=run, torch=tf, check=check,
                 flops=flops, extra=extra)
 
 
