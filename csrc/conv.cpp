@@ -41,6 +41,7 @@ namespace {
 
 std::atomic<int64_t> g_ws_limit{int64_t(64) << 20};
 std::atomic<int64_t> g_ws_peak{0};
+int64_t g_tile_bytes = int64_t(4) << 20;  // private knob: _cpu._set_conv_tile_bytes
 
 // Per-thread workspace, grown on demand and kept: a fresh 64 MiB allocation per call
 // would cost thousands of page faults.
@@ -90,7 +91,9 @@ struct Tile {
 // Tiles whose columns (rows x width) plus extra_rows x width fit under the limit.
 std::vector<Tile> make_tiles(const Geo& g, int64_t rows, int64_t extra_rows, int64_t elem,
                              int64_t& max_width) {
-  const int64_t limit = g_ws_limit.load();
+  // The cap bounds memory; the cache target keeps a tile's columns in cache between
+  // im2col and the GEMM (a 58 MB tile would round-trip through DRAM).
+  const int64_t limit = std::min(g_ws_limit.load(), g_tile_bytes);
   const int64_t per_col = (rows + extra_rows) * elem;
   int64_t cols = std::max<int64_t>(1, limit / std::max<int64_t>(per_col, 1));
   std::vector<Tile> t;
@@ -861,6 +864,7 @@ void bind_conv(py::module_& m) {
         g_ws_limit.store(bytes);
       },
       "bytes"_a, "Cap on the im2col/col2im column buffer of one conv call (default 64 MiB).");
+  m.def("_set_conv_tile_bytes", [](int64_t b) { g_tile_bytes = std::max<int64_t>(b, 1); });
   m.def("get_conv_workspace_limit", []() { return g_ws_limit.load(); });
   m.def(
       "conv_workspace_peak_bytes",
