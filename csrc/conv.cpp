@@ -6,22 +6,27 @@
 // Layout: NCHW, C-contiguous; w (K, C/groups, kh, kw).
 //
 // Paths:
-//  * depthwise (groups == C == K): a direct kernel, one (n, c) plane per OpenMP iteration,
-//    inner loops over a contiguous output row that the compiler vectorizes.
+//  * depthwise (groups == C == K): a direct kernel, one (n, c) plane per OpenMP iteration;
+//    at stride 1 the plane is zero-padded into a scratch so each tap is one long
+//    contiguous vector loop. AVX2/FMA clones picked at load time.
 //  * 1x1, stride 1, no padding: y[n, g] = W_g @ x[n, g], a GEMM straight on x.
-//  * otherwise im2col + GEMM over a bounded column buffer: the batch (and, for huge
-//    images, the output pixels) is cut into tiles whose columns (C*kh*kw rows by
-//    tile-width columns) plus one GEMM result fit under the workspace limit (default
-//    64 MiB). One GEMM per tile and group; several images share one GEMM (columns side by
-//    side) and a cheap permute puts the result back into NCHW. im2col / col2im run
-//    OpenMP-parallel between the GEMMs (OpenBLAS threads itself inside the GEMM).
+//  * otherwise im2col + GEMM over a bounded column buffer: the batch (and, for big images,
+//    the output pixels) is cut into tiles whose columns (C*kh*kw rows x tile width) plus one
+//    GEMM result fit under the workspace cap (default 64 MiB, and a 4 MiB cache target so
+//    the columns are still in cache when the GEMM reads them). One GEMM per tile and group;
+//    several small images share one GEMM (columns side by side) and a cheap permute puts
+//    the result back into NCHW.
+// Threading: ONE pool (OpenMP). OpenBLAS is switched to one thread and every GEMM is cut
+// into per-thread column (forward, grad input) or row (grad weight) blocks, each thread
+// running im2col for its own block right before multiplying it: no nested pools, no
+// oversubscription, no intra-GEMM synchronization. Small problems stay on one thread.
 // Backward (derivation): with col the im2col matrix of x and Y_g = W_g col_g,
 //   dW_g = sum_tiles dY_g col_g^T,  dcol_g = W_g^T dY_g,  dx = col2im(dcol) (the adjoint
 //   of im2col: each column entry is added back to the pixel it was read from),
-//   db[k] = sum_{n,oh,ow} dy[n,k,oh,ow].
+//   db[k] = sum_{n,oh,ow} dy[n,k,oh,ow] (float64 accumulation).
 // col2im gathers per (n, c) plane, one plane per thread: deterministic, no atomics.
 // The workspace is a per-thread buffer kept between calls (no page faults per call);
-// it never grows past the limit unless a single column of the matrix is larger.
+// it never grows past the cap unless a single column of the matrix is larger.
 #include <algorithm>
 #include <atomic>
 #include <cstring>
