@@ -1,6 +1,884 @@
-// conv: CPU kernels (to be written).
+// conv: 2-D convolution (cross-correlation, PyTorch semantics) on the CPU.
+//
+// Math: y[n,k,oh,ow] = b[k] + sum_{c in group(k), i, j} w[k,c,i,j] * x[n,c,oh*sh-ph+i*dh, ow*sw-pw+j*dw]
+// (zero outside the image). ph/pw are the top/left padding; the bottom/right padding is
+// implied by the output size taken from y (asymmetric 'same' padding for even kernels).
+// Layout: NCHW, C-contiguous; w (K, C/groups, kh, kw).
+//
+// Paths:
+//  * depthwise (groups == C == K): a direct kernel, one (n, c) plane per OpenMP iteration;
+//    at stride 1 the plane is zero-padded into a scratch so each tap is one long
+//    contiguous vector loop. AVX2/FMA clones picked at load time.
+//  * 1x1, stride 1, no padding: y[n, g] = W_g @ x[n, g], a GEMM straight on x.
+//  * otherwise im2col + GEMM over a bounded column buffer: the batch (and, for big images,
+//    the output pixels) is cut into tiles whose columns (C*kh*kw rows x tile width) plus one
+//    GEMM result fit under the workspace cap (default 64 MiB, and a 4 MiB cache target so
+//    the columns are still in cache when the GEMM reads them). One GEMM per tile and group;
+//    several small images share one GEMM (columns side by side) and a cheap permute puts
+//    the result back into NCHW.
+// Threading: ONE pool (OpenMP). OpenBLAS is switched to one thread and every GEMM is cut
+// into per-thread column (forward, grad input) or row (grad weight) blocks, each thread
+// running im2col for its own block right before multiplying it: no nested pools, no
+// oversubscription, no intra-GEMM synchronization. Small problems stay on one thread.
+// Backward (derivation): with col the im2col matrix of x and Y_g = W_g col_g,
+//   dW_g = sum_tiles dY_g col_g^T,  dcol_g = W_g^T dY_g,  dx = col2im(dcol) (the adjoint
+//   of im2col: each column entry is added back to the pixel it was read from),
+//   db[k] = sum_{n,oh,ow} dy[n,k,oh,ow] (float64 accumulation).
+// col2im gathers per (n, c) plane, one plane per thread: deterministic, no atomics.
+// The workspace is a per-thread buffer kept between calls (no page faults per call);
+// it never grows past the cap unless a single column of the matrix is larger.
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "blas.h"
 #include "common.h"
+#include "geometry.h"
 
 namespace pydl {
-void bind_conv(py::module_& m) { (void)m; }
+namespace {
+
+std::atomic<int64_t> g_ws_limit{int64_t(64) << 20};
+std::atomic<int64_t> g_ws_peak{0};
+int64_t g_tile_bytes = int64_t(4) << 20;  // private knob: _cpu._set_conv_tile_bytes
+
+// Per-thread workspace, grown on demand and kept: a fresh 64 MiB allocation per call
+// would cost thousands of page faults.
+struct Workspace {
+  std::vector<unsigned char> buf;
+  void* get(int64_t bytes) {
+    if ((int64_t)buf.size() < bytes) {
+      std::vector<unsigned char>().swap(buf);
+      buf.resize((size_t)bytes);
+    }
+    int64_t prev = g_ws_peak.load();
+    while (prev < bytes && !g_ws_peak.compare_exchange_weak(prev, bytes)) {
+    }
+    return buf.data();
+  }
+};
+thread_local Workspace t_ws;
+
+struct Geo {
+  int64_t N, C, H, W, K, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, G;
+  int64_t Cg() const { return C / G; }
+  int64_t Kg() const { return K / G; }
+  int64_t L() const { return Ho * Wo; }
+  int64_t HW() const { return H * W; }
+  int64_t R() const { return C * kh * kw; }  // rows of the column matrix, all groups
+  bool pointwise() const {
+    return kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && Ho == H && Wo == W;
+  }
+  bool depthwise() const { return G == C && K == C; }
+};
+
+// Valid output range [lo, hi) along one axis for tap offset off = t*d - p: the outputs o
+// with 0 <= o*s + off < in.
+inline void valid_range(int64_t off, int64_t s, int64_t in, int64_t out, int64_t& lo, int64_t& hi) {
+  lo = off >= 0 ? 0 : (-off + s - 1) / s;
+  hi = in - off <= 0 ? 0 : (in - off - 1) / s + 1;
+  lo = std::min(lo, out);
+  hi = std::min(std::max(hi, lo), out);
+}
+
+// A tile: images [n0, n0 + nb) with all output pixels, or one image with pixels [l0, l0 + lc).
+struct Tile {
+  int64_t n0, nb, l0, lc;
+  int64_t width() const { return nb * lc; }
+};
+
+// Tiles whose columns (rows x width) plus extra_rows x width fit under the limit.
+std::vector<Tile> make_tiles(const Geo& g, int64_t rows, int64_t extra_rows, int64_t elem,
+                             int64_t& max_width) {
+  // The cap bounds memory; the cache target keeps a tile's columns in cache between
+  // im2col and the GEMM (a 58 MB tile would round-trip through DRAM).
+  const int64_t limit = std::min(g_ws_limit.load(), g_tile_bytes);
+  const int64_t per_col = (rows + extra_rows) * elem;
+  int64_t cols = std::max<int64_t>(1, limit / std::max<int64_t>(per_col, 1));
+  std::vector<Tile> t;
+  const int64_t L = g.L();
+  if (cols >= L) {
+    int64_t nb = std::max<int64_t>(1, std::min(g.N, cols / L));
+    for (int64_t n = 0; n < g.N; n += nb) t.push_back({n, std::min(nb, g.N - n), 0, L});
+  } else {
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t l = 0; l < L; l += cols) t.push_back({n, 1, l, std::min(cols, L - l)});
+  }
+  max_width = 0;
+  for (auto& x : t) max_width = std::max(max_width, x.width());
+  return t;
+}
+
+// Thread partition [lo, hi) of n items, in chunks aligned to `align` items.
+inline void split(int64_t n, int64_t align, int64_t& lo, int64_t& hi) {
+#ifdef _OPENMP
+  const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+#else
+  const int64_t nt = 1, tid = 0;
+#endif
+  const int64_t chunks = (n + align - 1) / align;
+  lo = std::min(n, (chunks * tid / nt) * align);
+  hi = std::min(n, (chunks * (tid + 1) / nt) * align);
+}
+
+// One column-matrix row segment: d[l] = x_image[c, oh*sh + offh, ow*sw + offw] for l = oh*Wo + ow
+// in [lbeg, lend) (zero outside the image). d is indexed by l.
+template <typename T>
+inline void im2col_segment(const Geo& g, const T* xc, int64_t i, int64_t jj, int64_t lbeg, int64_t lend,
+                           T* d0) {
+  const int64_t offh = i * g.dh - g.ph, offw = jj * g.dw - g.pw;
+  int64_t wlo, whi;
+  valid_range(offw, g.sw, g.W, g.Wo, wlo, whi);
+  if (g.sh == 1 && g.sw == 1 && g.Wo == g.W) {
+    // Stride 1 and output width = input width ('same'-like): the row is the input plane
+    // shifted by offh*W + offw. One copy, then zero the rows outside the image and the
+    // |offw| columns per row that wrapped around from the neighbouring row.
+    int64_t hlo, hhi;
+    valid_range(offh, 1, g.H, g.Ho, hlo, hhi);
+    const int64_t shift = offh * g.W + offw;
+    const int64_t qa = std::min(lend, std::max(lbeg, hlo * g.Wo));
+    const int64_t qb = std::max(qa, std::min(lend, hhi * g.Wo));
+    std::fill(d0 + lbeg, d0 + qa, T(0));
+    std::fill(d0 + qb, d0 + lend, T(0));
+    const int64_t ca = std::max(qa, -shift), cb = std::min(qb, g.HW() - shift);  // stay inside x
+    if (ca < cb) std::memcpy(d0 + ca, xc + ca + shift, (size_t)(cb - ca) * sizeof(T));
+    if (qa < qb) {
+      for (int64_t oh = qa / g.Wo; oh * g.Wo < qb; ++oh) {
+        const int64_t a = std::max(qa, oh * g.Wo) - oh * g.Wo;
+        const int64_t b = std::min(qb, (oh + 1) * g.Wo) - oh * g.Wo;
+        T* d = d0 + oh * g.Wo;
+        for (int64_t ow = a; ow < std::min(wlo, b); ++ow) d[ow] = T(0);
+        for (int64_t ow = std::max(whi, a); ow < b; ++ow) d[ow] = T(0);
+      }
+    }
+    return;
+  }
+  for (int64_t oh = lbeg / g.Wo; oh * g.Wo < lend; ++oh) {
+    const int64_t a = std::max(lbeg, oh * g.Wo) - oh * g.Wo;
+    const int64_t b = std::min(lend, (oh + 1) * g.Wo) - oh * g.Wo;
+    T* d = d0 + oh * g.Wo;
+    const int64_t ih = oh * g.sh + offh;
+    if (ih < 0 || ih >= g.H) {
+      std::fill(d + a, d + b, T(0));
+      continue;
+    }
+    const T* src = xc + ih * g.W + offw;
+    const int64_t lo = std::max(a, std::min(wlo, b)), hi = std::max(lo, std::min(whi, b));
+    std::fill(d + a, d + lo, T(0));
+    if (g.sw == 1) {
+      std::memcpy(d + lo, src + lo, (size_t)(hi - lo) * sizeof(T));
+    } else {
+      for (int64_t ow = lo; ow < hi; ++ow) d[ow] = src[ow * g.sw];
+    }
+    std::fill(d + hi, d + b, T(0));
+  }
+}
+
+// Called by one thread: col[r, c] for rows [r0, r1) and tile columns [c0, c1), where tile
+// column c = j*lc + (l - l0) holds pixel l of image n0 + j, and r = (channel, i, jj).
+template <typename T>
+void im2col_block(const Geo& g, const T* x, const Tile& t, T* col, int64_t r0, int64_t r1, int64_t c0,
+                  int64_t c1) {
+  if (c0 >= c1) return;
+  const int64_t width = t.width(), kk = g.kh * g.kw;
+  for (int64_t j = c0 / t.lc; j * t.lc < c1; ++j) {
+    const int64_t lbeg = t.l0 + std::max<int64_t>(c0 - j * t.lc, 0);
+    const int64_t lend = t.l0 + std::min(c1 - j * t.lc, t.lc);
+    const T* xn = x + (t.n0 + j) * g.C * g.HW();
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t c = r / kk, i = (r / g.kw) % g.kh, jj = r % g.kw;
+      im2col_segment(g, xn + c * g.HW(), i, jj, lbeg, lend, col + r * width + j * t.lc - t.l0);
+    }
+  }
+}
+
+// dx[n0+j, c] += the column entries of tile t that were read from it (the adjoint of
+// im2col); called inside a parallel region, each (image, channel) plane owned by one thread.
+template <typename T>
+void col2im(const Geo& g, const T* col, const Tile& t, T* dx) {
+  const int64_t width = t.width();
+#pragma omp for schedule(static) collapse(2)
+  for (int64_t j = 0; j < t.nb; ++j) {
+    for (int64_t c = 0; c < g.C; ++c) {
+      T* xc = dx + ((t.n0 + j) * g.C + c) * g.HW();
+      for (int64_t i = 0; i < g.kh; ++i) {
+        for (int64_t jj = 0; jj < g.kw; ++jj) {
+          const int64_t r = (c * g.kh + i) * g.kw + jj;
+          const T* src = col + r * width + j * t.lc - t.l0;
+          const int64_t offh = i * g.dh - g.ph, offw = jj * g.dw - g.pw;
+          int64_t wlo, whi;
+          valid_range(offw, g.sw, g.W, g.Wo, wlo, whi);
+          const int64_t lend = t.l0 + t.lc;
+          for (int64_t oh = t.l0 / g.Wo; oh * g.Wo < lend; ++oh) {
+            const int64_t ih = oh * g.sh + offh;
+            if (ih < 0 || ih >= g.H) continue;
+            const int64_t a = std::max(t.l0, oh * g.Wo) - oh * g.Wo;
+            const int64_t b = std::min(lend, (oh + 1) * g.Wo) - oh * g.Wo;
+            const int64_t lo = std::max(a, std::min(wlo, b)), hi = std::max(lo, std::min(whi, b));
+            const T* s = src + oh * g.Wo;
+            T* d = xc + ih * g.W + offw;
+            if (g.sw == 1) {
+              for (int64_t ow = lo; ow < hi; ++ow) d[ow] += s[ow];
+            } else {
+              for (int64_t ow = lo; ow < hi; ++ow) d[ow * g.sw] += s[ow];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+// Threads only pay off above some work: small problems run on the calling thread (a fork/join
+// costs microseconds, far more on a loaded machine).
+inline bool parallel_pays(const Geo& g) {
+  return g.N * g.K * g.L() * g.Cg() * g.kh * g.kw > (int64_t(1) << 17);
+}
+
+// ---------------------------------------------------------------- depthwise (groups == C == K)
+// One (image, channel) plane per call; the plane (a few KiB) stays in L1 across the kh*kw
+// passes, and the inner loop over a contiguous output row vectorizes. Compiled for a
+// portable baseline plus an AVX2/FMA clone picked at load time.
+
+// Valid output ranges of every kernel tap, computed once per call (not per plane).
+struct TapRanges {
+  std::vector<int64_t> hlo, hhi, wlo, whi;
+  explicit TapRanges(const Geo& g) : hlo(g.kh), hhi(g.kh), wlo(g.kw), whi(g.kw) {
+    for (int64_t i = 0; i < g.kh; ++i) valid_range(i * g.dh - g.ph, g.sh, g.H, g.Ho, hlo[i], hhi[i]);
+    for (int64_t j = 0; j < g.kw; ++j) valid_range(j * g.dw - g.pw, g.sw, g.W, g.Wo, wlo[j], whi[j]);
+  }
+};
+
+template <typename T>
+__attribute__((always_inline)) inline void dw_fwd_plane_impl(const Geo& g, const TapRanges& tr, const T* xc,
+                                                             const T* wc, T bias, T* yc) {
+  std::fill(yc, yc + g.L(), bias);
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t offh = i * g.dh - g.ph;
+    for (int64_t jj = 0; jj < g.kw; ++jj) {
+      const T wv = wc[i * g.kw + jj];
+      const int64_t offw = jj * g.dw - g.pw, lo = tr.wlo[jj], hi = tr.whi[jj];
+      for (int64_t oh = tr.hlo[i]; oh < tr.hhi[i]; ++oh) {
+        const T* src = xc + (oh * g.sh + offh) * g.W + offw;
+        T* d = yc + oh * g.Wo;
+        if (g.sw == 1) {
+          for (int64_t ow = lo; ow < hi; ++ow) d[ow] += wv * src[ow];
+        } else {
+          for (int64_t ow = lo; ow < hi; ++ow) d[ow] += wv * src[ow * g.sw];
+        }
+      }
+    }
+  }
+}
+
+// dx[ih, iw] = sum_{i,j} w[i,j] dy[oh, ow] over oh*sh + offh = ih, ow*sw + offw = iw (scatter
+// within the plane this thread owns).
+template <typename T>
+__attribute__((always_inline)) inline void dw_bwd_input_plane_impl(const Geo& g, const TapRanges& tr,
+                                                                   const T* yc, const T* wc, T* xc) {
+  std::fill(xc, xc + g.HW(), T(0));
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t offh = i * g.dh - g.ph;
+    for (int64_t jj = 0; jj < g.kw; ++jj) {
+      const T wv = wc[i * g.kw + jj];
+      const int64_t offw = jj * g.dw - g.pw, lo = tr.wlo[jj], hi = tr.whi[jj];
+      for (int64_t oh = tr.hlo[i]; oh < tr.hhi[i]; ++oh) {
+        T* d = xc + (oh * g.sh + offh) * g.W + offw;
+        const T* s = yc + oh * g.Wo;
+        if (g.sw == 1) {
+          for (int64_t ow = lo; ow < hi; ++ow) d[ow] += wv * s[ow];
+        } else {
+          for (int64_t ow = lo; ow < hi; ++ow) d[ow * g.sw] += wv * s[ow];
+        }
+      }
+    }
+  }
+}
+
+// acc[i*kw + j] += sum_{oh,ow} dy[oh, ow] x[oh*sh + offh, ow*sw + offw] for one plane.
+template <typename T>
+__attribute__((always_inline)) inline void dw_bwd_weight_plane_impl(const Geo& g, const TapRanges& tr,
+                                                                    const T* yc, const T* xc, T* acc) {
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t offh = i * g.dh - g.ph;
+    for (int64_t jj = 0; jj < g.kw; ++jj) {
+      const int64_t offw = jj * g.dw - g.pw, lo = tr.wlo[jj], hi = tr.whi[jj];
+      T sum = 0;
+      for (int64_t oh = tr.hlo[i]; oh < tr.hhi[i]; ++oh) {
+        const T* s = xc + (oh * g.sh + offh) * g.W + offw;
+        const T* d = yc + oh * g.Wo;
+        if (g.sw == 1) {
+#pragma omp simd reduction(+ : sum)
+          for (int64_t ow = lo; ow < hi; ++ow) sum += d[ow] * s[ow];
+        } else {
+#pragma omp simd reduction(+ : sum)
+          for (int64_t ow = lo; ow < hi; ++ow) sum += d[ow] * s[ow * g.sw];
+        }
+      }
+      acc[i * g.kw + jj] += sum;
+    }
+  }
+}
+
+// Stride 1: the plane is copied into a zero-padded scratch of row pitch Wp = Wo + dw*(kw-1),
+// so every tap is ONE long contiguous loop over the flat output grid (oh*Wp + ow; the Wp-Wo
+// extra columns per row are computed and dropped): no edge cases, full-width vectors.
+struct Flat {
+  int64_t Hp, Wp, nq;  // padded rows and pitch, flat output length (Ho-1)*Wp + Wo
+  explicit Flat(const Geo& g)
+      : Hp(g.Ho + g.dh * (g.kh - 1)), Wp(g.Wo + g.dw * (g.kw - 1)), nq((g.Ho - 1) * Wp + g.Wo) {}
+  int64_t Ho_pitch() const { return nq; }  // dy on the Wp-pitch grid
+};
+
+// xp[r, c] = x[r - ph, c - pw] (zero outside).
+template <typename T>
+__attribute__((always_inline)) inline void flat_pad(const Geo& g, const Flat& f, const T* xc, T* xp) {
+  for (int64_t r = 0; r < f.Hp; ++r) {
+    T* d = xp + r * f.Wp;
+    const int64_t ih = r - g.ph;
+    if (ih < 0 || ih >= g.H) {
+      std::fill(d, d + f.Wp, T(0));
+      continue;
+    }
+    const int64_t a = std::min(std::max<int64_t>(g.pw, 0), f.Wp);
+    const int64_t e = std::min(f.Wp, g.pw + g.W);
+    std::fill(d, d + a, T(0));
+    if (e > a) std::memcpy(d + a, xc + ih * g.W + (a - g.pw), (size_t)(e - a) * sizeof(T));
+    std::fill(d + std::max(a, e), d + f.Wp, T(0));
+  }
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void dw_fwd_flat_impl(const Geo& g, const Flat& f, const T* xc,
+                                                            const T* wc, T bias, T* yc, T* __restrict xp, T* __restrict acc) {
+  flat_pad(g, f, xc, xp);
+  for (int64_t q = 0; q < f.nq; ++q) acc[q] = bias;
+  for (int64_t i = 0; i < g.kh; ++i)
+    for (int64_t jj = 0; jj < g.kw; ++jj) {
+      const T wv = wc[i * g.kw + jj];
+      const T* s = xp + i * g.dh * f.Wp + jj * g.dw;
+      for (int64_t q = 0; q < f.nq; ++q) acc[q] += wv * s[q];
+    }
+  for (int64_t oh = 0; oh < g.Ho; ++oh) std::memcpy(yc + oh * g.Wo, acc + oh * f.Wp, (size_t)g.Wo * sizeof(T));
+}
+
+// Adjoint: scatter dy (on the Wp-pitch grid, zero in the dropped columns) into the padded
+// plane, then crop.
+template <typename T>
+__attribute__((always_inline)) inline void dw_bwd_input_flat_impl(const Geo& g, const Flat& f, const T* yc,
+                                                                  const T* wc, T* xc, T* __restrict xp, T* __restrict dyg) {
+  for (int64_t oh = 0; oh < g.Ho; ++oh) {
+    std::memcpy(dyg + oh * f.Wp, yc + oh * g.Wo, (size_t)g.Wo * sizeof(T));
+    if (oh + 1 < g.Ho) std::fill(dyg + oh * f.Wp + g.Wo, dyg + (oh + 1) * f.Wp, T(0));
+  }
+  std::fill(xp, xp + f.Hp * f.Wp, T(0));
+  for (int64_t i = 0; i < g.kh; ++i)
+    for (int64_t jj = 0; jj < g.kw; ++jj) {
+      const T wv = wc[i * g.kw + jj];
+      T* d = xp + i * g.dh * f.Wp + jj * g.dw;
+      for (int64_t q = 0; q < f.nq; ++q) d[q] += wv * dyg[q];
+    }
+  for (int64_t ih = 0; ih < g.H; ++ih) {
+    T* d = xc + ih * g.W;
+    const int64_t r = ih + g.ph;
+    const int64_t a = std::max<int64_t>(0, -g.pw), e = std::min(g.W, f.Wp - g.pw);
+    if (r >= f.Hp || e <= a) {
+      std::fill(d, d + g.W, T(0));
+      continue;
+    }
+    std::fill(d, d + a, T(0));
+    std::memcpy(d + a, xp + r * f.Wp + a + g.pw, (size_t)(e - a) * sizeof(T));
+    std::fill(d + e, d + g.W, T(0));
+  }
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void dw_bwd_weight_flat_impl(const Geo& g, const Flat& f, const T* yc,
+                                                                   const T* xc, T* acc, T* __restrict xp, T* __restrict dyg) {
+  flat_pad(g, f, xc, xp);
+  for (int64_t oh = 0; oh < g.Ho; ++oh) {
+    std::memcpy(dyg + oh * f.Wp, yc + oh * g.Wo, (size_t)g.Wo * sizeof(T));
+    if (oh + 1 < g.Ho) std::fill(dyg + oh * f.Wp + g.Wo, dyg + (oh + 1) * f.Wp, T(0));
+  }
+  for (int64_t i = 0; i < g.kh; ++i)
+    for (int64_t jj = 0; jj < g.kw; ++jj) {
+      const T* s = xp + i * g.dh * f.Wp + jj * g.dw;
+      T sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t q = 0; q < f.nq; ++q) sum += dyg[q] * s[q];
+      acc[i * g.kw + jj] += sum;
+    }
+}
+
+#define PYDL_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#define PYDL_DW_PLANES(T)                                                                              \
+  PYDL_CLONES void dw_fwd_plane(const Geo& g, const TapRanges& tr, const T* xc, const T* wc, T bias,   \
+                                T* yc) {                                                               \
+    dw_fwd_plane_impl<T>(g, tr, xc, wc, bias, yc);                                                     \
+  }                                                                                                    \
+  PYDL_CLONES void dw_bwd_input_plane(const Geo& g, const TapRanges& tr, const T* yc, const T* wc,     \
+                                      T* xc) {                                                         \
+    dw_bwd_input_plane_impl<T>(g, tr, yc, wc, xc);                                                     \
+  }                                                                                                    \
+  PYDL_CLONES void dw_bwd_weight_plane(const Geo& g, const TapRanges& tr, const T* yc, const T* xc,    \
+                                       T* acc) {                                                       \
+    dw_bwd_weight_plane_impl<T>(g, tr, yc, xc, acc);                                                   \
+  }                                                                                                    \
+  PYDL_CLONES void dw_fwd_flat(const Geo& g, const Flat& f, const T* xc, const T* wc, T bias, T* yc,   \
+                               T* xp, T* acc) {                                                        \
+    dw_fwd_flat_impl<T>(g, f, xc, wc, bias, yc, xp, acc);                                              \
+  }                                                                                                    \
+  PYDL_CLONES void dw_bwd_input_flat(const Geo& g, const Flat& f, const T* yc, const T* wc, T* xc,     \
+                                     T* xp, T* dyg) {                                                  \
+    dw_bwd_input_flat_impl<T>(g, f, yc, wc, xc, xp, dyg);                                              \
+  }                                                                                                    \
+  PYDL_CLONES void dw_bwd_weight_flat(const Geo& g, const Flat& f, const T* yc, const T* xc, T* acc,   \
+                                      T* xp, T* dyg) {                                                 \
+    dw_bwd_weight_flat_impl<T>(g, f, yc, xc, acc, xp, dyg);                                            \
+  }
+PYDL_DW_PLANES(float)
+PYDL_DW_PLANES(double)
+#undef PYDL_DW_PLANES
+#undef PYDL_CLONES
+
+// The flat stride-1 path needs two plane-sized scratch buffers per thread; huge planes take
+// the row-wise path instead.
+inline bool use_flat(const Geo& g, const Flat& f, int64_t elem) {
+  return g.sh == 1 && g.sw == 1 && (f.Hp * f.Wp + f.nq) * elem <= (int64_t(4) << 20);
+}
+
+template <typename T>
+void dw_forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
+  const TapRanges tr(g);
+  const Flat f(g);
+  const bool flat = use_flat(g, f, sizeof(T));
+  const int64_t kk = g.kh * g.kw;
+#pragma omp parallel if (parallel_pays(g))
+  {
+    std::vector<T> scratch(flat ? f.Hp * f.Wp + f.nq : 0);
+#pragma omp for schedule(static)
+    for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
+      const int64_t c = nc % g.C;
+      if (flat)
+        dw_fwd_flat(g, f, x + nc * g.HW(), w + c * kk, b ? b[c] : T(0), y + nc * g.L(), scratch.data(),
+                    scratch.data() + f.Hp * f.Wp);
+      else
+        dw_fwd_plane(g, tr, x + nc * g.HW(), w + c * kk, b ? b[c] : T(0), y + nc * g.L());
+    }
+  }
+}
+
+template <typename T>
+void dw_backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
+  const TapRanges tr(g);
+  const Flat f(g);
+  const bool flat = use_flat(g, f, sizeof(T));
+  const int64_t kk = g.kh * g.kw;
+#pragma omp parallel if (parallel_pays(g))
+  {
+    std::vector<T> scratch(flat ? f.Hp * f.Wp + f.Ho_pitch() : 0);
+#pragma omp for schedule(static)
+    for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
+      if (flat)
+        dw_bwd_input_flat(g, f, dy + nc * g.L(), w + (nc % g.C) * kk, dx + nc * g.HW(), scratch.data(),
+                          scratch.data() + f.Hp * f.Wp);
+      else
+        dw_bwd_input_plane(g, tr, dy + nc * g.L(), w + (nc % g.C) * kk, dx + nc * g.HW());
+    }
+  }
+}
+
+// dw[c] = sum over images of the plane correlations; one channel per thread (no cross-thread sums).
+template <typename T>
+void dw_backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
+  const TapRanges tr(g);
+  const int64_t kk = g.kh * g.kw;
+  const Flat f(g);
+  const bool flat = use_flat(g, f, sizeof(T));
+#pragma omp parallel if (parallel_pays(g))
+  {
+    std::vector<T> scratch(flat ? f.Hp * f.Wp + f.Ho_pitch() : 0);
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < g.C; ++c) {
+      T* acc = dw + c * kk;
+      std::fill(acc, acc + kk, T(0));
+      for (int64_t n = 0; n < g.N; ++n) {
+        const T* yc = dy + (n * g.C + c) * g.L();
+        const T* xc = x + (n * g.C + c) * g.HW();
+        if (flat)
+          dw_bwd_weight_flat(g, f, yc, xc, acc, scratch.data(), scratch.data() + f.Hp * f.Wp);
+        else
+          dw_bwd_weight_plane(g, tr, yc, xc, acc);
+      }
+    }
+  }
+}
+// ---------------------------------------------------------------- GEMM paths
+// Threading: OpenBLAS runs single-threaded (set once, below) and every GEMM is split by
+// OpenMP into independent column (or row) blocks, each thread packing its own im2col
+// block right before multiplying it. One thread pool, no nested parallelism, no
+// oversubscription, and no intra-GEMM synchronization; results do not depend on timing.
+
+void blas_single_thread() {
+  static std::once_flag once;
+  std::call_once(once, [] { scipy_openblas_set_num_threads(1); });
+}
+
+// Tile columns [c0, c1) of the GEMM result tmp (K x width) -> y[n0 + j, k, l0 + l] (+ bias).
+template <typename T>
+void unpack_cols(const Geo& g, const T* tmp, const Tile& t, const T* b, T* y, int64_t c0, int64_t c1) {
+  const int64_t width = t.width();
+  for (int64_t j = c0 / t.lc; j * t.lc < c1; ++j) {
+    const int64_t a = std::max<int64_t>(c0 - j * t.lc, 0), e = std::min(c1 - j * t.lc, t.lc);
+    for (int64_t k = 0; k < g.K; ++k) {
+      const T* s = tmp + k * width + j * t.lc;
+      T* d = y + ((t.n0 + j) * g.K + k) * g.L() + t.l0;
+      const T bv = b ? b[k] : T(0);
+      for (int64_t l = a; l < e; ++l) d[l] = s[l] + bv;
+    }
+  }
+}
+
+// tmp[k, c] = dy[n0 + j, k, l0 + l] for tile columns [c0, c1).
+template <typename T>
+void pack_cols(const Geo& g, const T* dy, const Tile& t, T* tmp, int64_t c0, int64_t c1) {
+  const int64_t width = t.width();
+  for (int64_t j = c0 / t.lc; j * t.lc < c1; ++j) {
+    const int64_t a = std::max<int64_t>(c0 - j * t.lc, 0), e = std::min(c1 - j * t.lc, t.lc);
+    for (int64_t k = 0; k < g.K; ++k)
+      std::memcpy(tmp + k * width + j * t.lc + a, dy + ((t.n0 + j) * g.K + k) * g.L() + t.l0 + a,
+                  (size_t)(e - a) * sizeof(T));
+  }
+}
+
+// Work items of the 1x1 path: (image, group, column block), enough blocks to feed every thread.
+inline int64_t col_parts(int64_t items, int64_t L) {
+#ifdef _OPENMP
+  const int64_t nt = omp_get_max_threads();
+#else
+  const int64_t nt = 1;
+#endif
+  if (items >= 2 * nt) return 1;
+  return std::max<int64_t>(1, std::min((2 * nt + items - 1) / items, L / 64));
+}
+
+template <typename T>
+void forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
+  if (g.N == 0) return;
+  if (g.depthwise()) return dw_forward(g, x, w, b, y);
+  const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
+  if (g.pointwise()) {
+    const int64_t parts = col_parts(g.N * g.G, L), items = g.N * g.G * parts;
+#pragma omp parallel for schedule(static) if (parallel_pays(g))
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t n = it / (g.G * parts), gi = (it / parts) % g.G, p = it % parts;
+      const int64_t c0 = L * p / parts, c1 = L * (p + 1) / parts;
+      T* yp = y + (n * g.K + gi * Kg) * L;
+      gemm(false, false, Kg, c1 - c0, Cg, T(1), w + gi * Kg * Cg, Cg, x + (n * g.C + gi * Cg) * L + c0, L,
+           T(0), yp + c0, L);
+      if (b)
+        for (int64_t k = 0; k < Kg; ++k)
+          for (int64_t l = c0; l < c1; ++l) yp[k * L + l] += b[gi * Kg + k];
+    }
+    return;
+  }
+  int64_t maxw;
+  auto tiles = make_tiles(g, g.R(), g.K, sizeof(T), maxw);
+  const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });
+  T* col = static_cast<T*>(t_ws.get((g.R() + (any_batched ? g.K : 0)) * maxw * (int64_t)sizeof(T)));
+  T* tmp = col + g.R() * maxw;
+#pragma omp parallel if (parallel_pays(g))
+  for (const Tile& t : tiles) {
+    // Each thread: im2col of its own columns, then its slice of every group's GEMM.
+    const int64_t width = t.width();
+    // (Smaller L2-sized panels measured no faster: OpenBLAS prefers wide GEMMs.)
+    int64_t c0, c1;
+    split(width, 16, c0, c1);
+    if (c0 < c1) {
+      im2col_block(g, x, t, col, 0, g.R(), c0, c1);
+      for (int64_t gi = 0; gi < g.G; ++gi) {
+        const T* A = w + gi * Kg * Rg;
+        const T* B = col + gi * Rg * width + c0;
+        if (t.nb == 1)
+          gemm(false, false, Kg, c1 - c0, Rg, T(1), A, Rg, B, width, T(0),
+               y + (t.n0 * g.K + gi * Kg) * L + t.l0 + c0, L);
+        else
+          gemm(false, false, Kg, c1 - c0, Rg, T(1), A, Rg, B, width, T(0), tmp + gi * Kg * width + c0, width);
+      }
+      if (t.nb > 1) {
+        unpack_cols(g, tmp, t, b, y, c0, c1);
+      } else if (b) {
+        for (int64_t k = 0; k < g.K; ++k) {
+          T* d = y + (t.n0 * g.K + k) * L + t.l0;
+          for (int64_t l = c0; l < c1; ++l) d[l] += b[k];
+        }
+      }
+    }
+#pragma omp barrier
+  }
+}
+
+template <typename T>
+void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
+  if (g.N == 0) return;
+  if (g.depthwise()) return dw_backward_input(g, dy, w, dx);
+  const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
+  if (g.pointwise()) {
+    const int64_t parts = col_parts(g.N * g.G, L), items = g.N * g.G * parts;
+#pragma omp parallel for schedule(static) if (parallel_pays(g))
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t n = it / (g.G * parts), gi = (it / parts) % g.G, p = it % parts;
+      const int64_t c0 = L * p / parts, c1 = L * (p + 1) / parts;
+      gemm(true, false, Cg, c1 - c0, Kg, T(1), w + gi * Kg * Cg, Cg, dy + (n * g.K + gi * Kg) * L + c0, L,
+           T(0), dx + (n * g.C + gi * Cg) * L + c0, L);
+    }
+    return;
+  }
+  int64_t maxw;
+  auto tiles = make_tiles(g, g.R(), g.K, sizeof(T), maxw);
+  const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });
+  T* col = static_cast<T*>(t_ws.get((g.R() + (any_batched ? g.K : 0)) * maxw * (int64_t)sizeof(T)));
+  T* tmp = col + g.R() * maxw;
+  const int64_t planes = g.N * g.C, hw = g.HW();
+#pragma omp parallel if (parallel_pays(g))
+  {
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < planes; ++p) std::fill(dx + p * hw, dx + (p + 1) * hw, T(0));
+    for (const Tile& t : tiles) {
+      // dcol = W^T dY by column blocks, then col2im by (image, channel) planes.
+      const int64_t width = t.width();
+      int64_t c0, c1;
+      split(width, 16, c0, c1);
+      if (c0 < c1) {
+        if (t.nb > 1) pack_cols(g, dy, t, tmp, c0, c1);
+        for (int64_t gi = 0; gi < g.G; ++gi) {
+          const T* A = w + gi * Kg * Rg;
+          if (t.nb == 1)
+            gemm(true, false, Rg, c1 - c0, Kg, T(1), A, Rg, dy + (t.n0 * g.K + gi * Kg) * L + t.l0 + c0, L,
+                 T(0), col + gi * Rg * width + c0, width);
+          else
+            gemm(true, false, Rg, c1 - c0, Kg, T(1), A, Rg, tmp + gi * Kg * width + c0, width, T(0),
+                 col + gi * Rg * width + c0, width);
+        }
+      }
+#pragma omp barrier
+      col2im(g, col, t, dx);  // ends with the implicit barrier of omp for
+    }
+  }
+}
+
+template <typename T>
+void backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
+  const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
+  if (g.N == 0 || L == 0) {
+    std::fill(dw, dw + g.K * Rg, T(0));
+    return;
+  }
+  if (g.depthwise()) return dw_backward_weight(g, dy, x, dw);
+  if (g.pointwise()) {
+    // dW_g[:, c0:c1] = sum_n dY[n, g] X[n, g, c0:c1]^T: thread blocks over (group, channels).
+    const int64_t parts = col_parts(g.G, Cg), items = g.G * parts;
+#pragma omp parallel for schedule(static) if (parallel_pays(g))
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t gi = it / parts, p = it % parts;
+      const int64_t c0 = Cg * p / parts, c1 = Cg * (p + 1) / parts;
+      for (int64_t n = 0; n < g.N; ++n)
+        gemm(false, true, Kg, c1 - c0, L, T(1), dy + (n * g.K + gi * Kg) * L, L,
+             x + (n * g.C + gi * Cg + c0) * L, L, n ? T(1) : T(0), dw + gi * Kg * Cg + c0, Cg);
+    }
+    return;
+  }
+  int64_t maxw;
+  auto tiles = make_tiles(g, g.R(), g.K, sizeof(T), maxw);
+  const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });
+  T* col = static_cast<T*>(t_ws.get((g.R() + (any_batched ? g.K : 0)) * maxw * (int64_t)sizeof(T)));
+  T* tmp = col + g.R() * maxw;
+#pragma omp parallel if (parallel_pays(g))
+  {
+    // The reduction runs over columns, so threads own rows of col (= columns of dW):
+    // dW[:, r0:r1] += dY col[r0:r1]^T, no cross-thread sums.
+    int64_t r0, r1;
+    split(g.R(), 8, r0, r1);
+    bool first = true;
+    for (const Tile& t : tiles) {
+      const int64_t width = t.width();
+      if (t.nb > 1) {
+        int64_t c0, c1;
+        split(width, 16, c0, c1);
+        pack_cols(g, dy, t, tmp, c0, c1);
+      }
+#pragma omp barrier
+      // im2col of this thread's rows, then accumulate into its columns of dW.
+      {
+        const int64_t c0 = 0, c1 = width;
+        im2col_block(g, x, t, col, r0, r1, c0, c1);
+        for (int64_t gi = 0; gi < g.G; ++gi) {
+          const int64_t a = std::max(r0, gi * Rg), e = std::min(r1, (gi + 1) * Rg);
+          if (a >= e) continue;
+          const T* A = t.nb == 1 ? dy + (t.n0 * g.K + gi * Kg) * L + t.l0 : tmp + gi * Kg * width;
+          gemm(false, true, Kg, e - a, c1 - c0, T(1), A + c0, t.nb == 1 ? L : width, col + a * width + c0, width,
+               first ? T(0) : T(1), dw + gi * Kg * Rg + (a - gi * Rg), Rg);
+        }
+        first = false;
+      }
+#pragma omp barrier
+    }
+  }
+}
+template <typename T>
+void backward_bias(int64_t N, int64_t K, int64_t L, const T* dy, T* db) {
+#pragma omp parallel for schedule(static) if (N * K * L > (1 << 15))
+  for (int64_t k = 0; k < K; ++k) {
+    double acc = 0;  // float64 accumulation: sums over N*Ho*Wo terms
+    for (int64_t n = 0; n < N; ++n) {
+      const T* s = dy + (n * K + k) * L;
+      T part = 0;
+      for (int64_t l = 0; l < L; ++l) part += s[l];
+      acc += (double)part;
+    }
+    db[k] = (T)acc;
+  }
+}
+
+// ---------------------------------------------------------------- bindings
+
+Geo make_geo(const py::array& x, const py::array& w, const py::array& y, int64_t sh, int64_t sw,
+             int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t G) {
+  PYDL_CHECK(x.ndim() == 4 && w.ndim() == 4 && y.ndim() == 4, "conv: expected 4-D x, w and y");
+  PYDL_CHECK(sh >= 1 && sw >= 1 && dh >= 1 && dw >= 1 && ph >= 0 && pw >= 0 && G >= 1,
+             "conv: bad stride/padding/dilation/groups");
+  Geo g{x.shape(0), x.shape(1), x.shape(2), x.shape(3), w.shape(0), y.shape(2), y.shape(3),
+        w.shape(2), w.shape(3), sh, sw, ph, pw, dh, dw, G};
+  PYDL_CHECK(g.C % G == 0 && g.K % G == 0 && w.shape(1) * G == g.C, "conv: channels vs groups mismatch");
+  PYDL_CHECK(y.shape(0) == g.N && y.shape(1) == g.K, "conv: y has the wrong batch or channel count");
+  PYDL_CHECK(g.kh >= 1 && g.kw >= 1, "conv: empty kernel");
+  return g;
+}
+
+template <typename T>
+void check_dtype(const py::array& a, const char* name) {
+  PYDL_CHECK(py::isinstance<carray<T>>(a) && (a.flags() & py::array::c_style),
+             "conv: " << name << " must be C-contiguous with the dtype of the other arrays");
+}
+
+template <typename T>
+void fwd_t(py::array x, py::array w, py::object b, py::array y, int64_t sh, int64_t sw, int64_t ph,
+           int64_t pw, int64_t dh, int64_t dw, int64_t G) {
+  Geo g = make_geo(x, w, y, sh, sw, ph, pw, dh, dw, G);
+  check_dtype<T>(x, "x"), check_dtype<T>(w, "w"), check_dtype<T>(y, "y");
+  const T* bp = nullptr;
+  if (!b.is_none()) {
+    py::array ba = b.cast<py::array>();
+    check_dtype<T>(ba, "b");
+    PYDL_CHECK(ba.ndim() == 1 && ba.shape(0) == g.K, "conv: b must have shape (K,)");
+    bp = static_cast<const T*>(ba.data());
+  }
+  PYDL_CHECK(y.writeable(), "conv: y is read-only");
+  const T* xp = static_cast<const T*>(x.data());
+  const T* wp = static_cast<const T*>(w.data());
+  T* yp = static_cast<T*>(y.mutable_data());
+  blas_single_thread();
+  py::gil_scoped_release nogil;
+  forward<T>(g, xp, wp, bp, yp);
+}
+
+template <typename T>
+void bwd_input_t(py::array dy, py::array w, py::array dx, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                 int64_t dh, int64_t dw, int64_t G) {
+  Geo g = make_geo(dx, w, dy, sh, sw, ph, pw, dh, dw, G);
+  check_dtype<T>(dy, "dy"), check_dtype<T>(w, "w"), check_dtype<T>(dx, "dx");
+  PYDL_CHECK(dx.writeable(), "conv: dx is read-only");
+  const T* dyp = static_cast<const T*>(dy.data());
+  const T* wp = static_cast<const T*>(w.data());
+  T* dxp = static_cast<T*>(dx.mutable_data());
+  blas_single_thread();
+  py::gil_scoped_release nogil;
+  backward_input<T>(g, dyp, wp, dxp);
+}
+
+template <typename T>
+void bwd_weight_t(py::array dy, py::array x, py::array dwt, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                  int64_t dh, int64_t dw, int64_t G) {
+  Geo g = make_geo(x, dwt, dy, sh, sw, ph, pw, dh, dw, G);
+  check_dtype<T>(dy, "dy"), check_dtype<T>(x, "x"), check_dtype<T>(dwt, "dw");
+  PYDL_CHECK(dwt.writeable(), "conv: dw is read-only");
+  const T* dyp = static_cast<const T*>(dy.data());
+  const T* xp = static_cast<const T*>(x.data());
+  T* dwp = static_cast<T*>(dwt.mutable_data());
+  blas_single_thread();
+  py::gil_scoped_release nogil;
+  backward_weight<T>(g, dyp, xp, dwp);
+}
+
+template <typename T>
+void bwd_bias_t(py::array dy, py::array db) {
+  PYDL_CHECK(dy.ndim() == 4 && db.ndim() == 1 && db.shape(0) == dy.shape(1), "conv: db must have shape (K,)");
+  check_dtype<T>(dy, "dy"), check_dtype<T>(db, "db");
+  PYDL_CHECK(db.writeable(), "conv: db is read-only");
+  const int64_t N = dy.shape(0), K = dy.shape(1), L = dy.shape(2) * dy.shape(3);
+  const T* dyp = static_cast<const T*>(dy.data());
+  T* dbp = static_cast<T*>(db.mutable_data());
+  blas_single_thread();
+  py::gil_scoped_release nogil;
+  backward_bias<T>(N, K, L, dyp, dbp);
+}
+
+bool is_f64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
+
+}  // namespace
+
+void bind_conv(py::module_& m) {
+  using namespace py::literals;
+  m.def(
+      "conv2d_forward",
+      [](py::array x, py::array w, py::object b, py::array y, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+         int64_t dh, int64_t dw, int64_t G) {
+        (is_f64(x) ? fwd_t<double> : fwd_t<float>)(x, w, b, y, sh, sw, ph, pw, dh, dw, G);
+      },
+      "x"_a, "w"_a, "b"_a.none(true), "y"_a, "stride_h"_a, "stride_w"_a, "pad_h"_a, "pad_w"_a, "dil_h"_a,
+      "dil_w"_a, "groups"_a, "y = conv2d(x, w) + b; y preallocated (N, K, Ho, Wo), pad = top/left");
+  m.def(
+      "conv2d_backward_input",
+      [](py::array dy, py::array w, py::array dx, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
+         int64_t dw, int64_t G) {
+        (is_f64(dy) ? bwd_input_t<double> : bwd_input_t<float>)(dy, w, dx, sh, sw, ph, pw, dh, dw, G);
+      },
+      "dy"_a, "w"_a, "dx"_a, "stride_h"_a, "stride_w"_a, "pad_h"_a, "pad_w"_a, "dil_h"_a, "dil_w"_a,
+      "groups"_a, "dx (N, C, H, W) = gradient of conv2d w.r.t. x");
+  m.def(
+      "conv2d_backward_weight",
+      [](py::array dy, py::array x, py::array dwt, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
+         int64_t dw, int64_t G) {
+        (is_f64(dy) ? bwd_weight_t<double> : bwd_weight_t<float>)(dy, x, dwt, sh, sw, ph, pw, dh, dw, G);
+      },
+      "dy"_a, "x"_a, "dw"_a, "stride_h"_a, "stride_w"_a, "pad_h"_a, "pad_w"_a, "dil_h"_a, "dil_w"_a,
+      "groups"_a, "dw (K, C/groups, kh, kw) = gradient of conv2d w.r.t. w");
+  m.def(
+      "conv2d_backward_bias",
+      [](py::array dy, py::array db) { (is_f64(dy) ? bwd_bias_t<double> : bwd_bias_t<float>)(dy, db); },
+      "dy"_a, "db"_a, "db (K,) = sum of dy over N, Ho, Wo");
+  m.def(
+      "set_conv_workspace_limit",
+      [](int64_t bytes) {
+        PYDL_CHECK(bytes >= 1, "set_conv_workspace_limit: expected bytes >= 1, got " << bytes);
+        g_ws_limit.store(bytes);
+      },
+      "bytes"_a, "Cap on the im2col/col2im column buffer of one conv call (default 64 MiB).");
+  m.def("_set_conv_tile_bytes", [](int64_t b) { g_tile_bytes = std::max<int64_t>(b, 1); });
+  m.def("get_conv_workspace_limit", []() { return g_ws_limit.load(); });
+  m.def(
+      "conv_workspace_peak_bytes",
+      [](bool reset) {
+        int64_t p = g_ws_peak.load();
+        if (reset) g_ws_peak.store(0);
+        return p;
+      },
+      "reset"_a = false, "Largest workspace a conv call asked for (since the last reset).");
+}
+
 }  // namespace pydl

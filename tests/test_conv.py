@@ -1,0 +1,352 @@
+"""conv2d / conv_transpose2d: forward and backward parity with the float64 NumPy reference
+on seeded sweeps of awkward configurations, finite-difference checks, the bounded
+workspace, and bad-input errors. One body per test, parametrized by backend and dtype."""
+import numpy as np
+import pytest
+
+import pydl.functional as F
+import pydl.reference as R
+from pydl import _backend
+
+from conftest import assert_close, numerical_grad, rand, to_numpy
+
+DEFAULT_LIMIT = 64 << 20
+
+
+@pytest.fixture(autouse=True)
+def restore_workspace_limit():
+    yield
+    F.set_conv_workspace_limit(DEFAULT_LIMIT)
+
+
+def _random_config(rng):
+    """A random valid conv2d configuration: (x shape, weight shape, kwargs)."""
+    while True:
+        kind = rng.choice(["dense", "grouped", "depthwise", "depthwise_mult", "pointwise"])
+        g = 1
+        if kind == "dense":
+            c, k = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+        elif kind == "grouped":
+            g = int(rng.integers(2, 4))
+            c, k = g * int(rng.integers(1, 3)), g * int(rng.integers(1, 3))
+        else:
+            c = g = int(rng.integers(1, 5))
+            k = c * (2 if kind == "depthwise_mult" else 1)
+        kh, kw = (1, 1) if kind == "pointwise" else (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
+        stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        dilation = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+        pk = rng.choice(["int", "pair", "same", "valid"])
+        if kind == "pointwise" and rng.random() < 0.7:
+            stride, dilation, pk = (1, 1), (1, 1), "valid"
+        if pk == "same":
+            padding, stride = "same", (1, 1)
+        elif pk == "valid":
+            padding = "valid"
+        elif pk == "int":
+            padding = int(rng.integers(0, 3))
+        else:
+            padding = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+        n = int(rng.choice([0, 1, 2, 3]))
+        h, w = int(rng.integers(1, 11)), int(rng.integers(1, 11))
+        kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=g)
+        try:
+            R.conv2d(np.zeros((1, c, h, w)), np.zeros((k, c // g, kh, kw)), **kwargs)
+        except ValueError:
+            continue
+        return (n, c, h, w), (k, c // g, kh, kw), kwargs
+
+
+def _configs(seed, count):
+    rng = np.random.default_rng(seed)
+    named = [
+        ((2, 3, 7, 5), (4, 3, 3, 3), dict(stride=1, padding=1)),
+        ((1, 4, 9, 8), (4, 1, 3, 3), dict(padding=1, groups=4)),                  # depthwise
+        ((2, 3, 6, 7), (6, 1, 3, 2), dict(padding=(1, 0), groups=3)),             # depthwise multiplier 2
+        ((2, 6, 5, 7), (4, 6, 1, 1), dict()),                                     # 1x1 fast path
+        ((2, 6, 5, 7), (4, 3, 1, 1), dict(groups=2)),                             # grouped 1x1
+        ((1, 2, 8, 9), (3, 2, 2, 4), dict(padding="same", dilation=(2, 1))),     # even kernel 'same'
+        ((1, 2, 8, 9), (3, 2, 4, 2), dict(padding="valid")),
+        ((2, 2, 11, 10), (3, 2, 2, 2), dict(stride=(4, 3), padding=1)),           # stride > kernel
+        ((0, 3, 5, 5), (2, 3, 3, 3), dict(padding=1)),                            # empty batch
+        ((1, 5, 4, 13), (5, 1, 3, 3), dict(stride=2, padding=2, dilation=2, groups=5)),
+    ]
+    return named + [_random_config(rng) for _ in range(count)]
+
+
+def _make(rng, xs, ws, dtype, xp, bias=True):
+    x = rand(rng, xs, dtype, xp)
+    w = rand(rng, ws, dtype, xp)
+    b = rand(rng, (ws[0],), dtype, xp) if bias else None
+    return x, w, b
+
+
+# ---------------------------------------------------------------- conv2d parity
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_conv2d_forward_matches_reference(xp, dtype, seed):
+    rng = np.random.default_rng(100 + seed)
+    for xs, ws, kw in _configs(seed, 30):
+        x, w, b = _make(rng, xs, ws, dtype, xp, bias=rng.random() < 0.7)
+        y = F.conv2d(x, w, b, **kw)
+        assert y.dtype == dtype and type(y) is type(x)
+        want = R.conv2d(to_numpy(x), to_numpy(w), to_numpy(b), **kw)
+        assert_close(y, want, dtype)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_conv2d_backward_matches_reference(xp, dtype, seed):
+    rng = np.random.default_rng(200 + seed)
+    for xs, ws, kw in _configs(seed, 30):
+        x, w, _ = _make(rng, xs, ws, dtype, xp, bias=False)
+        yshape = R.conv2d(np.zeros(xs), np.zeros(ws), **kw).shape
+        dy = rand(rng, yshape, dtype, xp)
+        mask = tuple(bool(v) for v in rng.random(3) < 0.8)
+        got = F.conv2d_backward(dy, x, w, output_mask=mask, **kw)
+        want = R.conv2d_backward(to_numpy(dy), to_numpy(x), to_numpy(w), **kw)
+        for m, g, wnt in zip(mask, got, want):
+            if m:
+                assert g.dtype == dtype
+                assert_close(g, wnt, dtype)
+            else:
+                assert g is None
+
+
+def test_conv2d_chunked_workspace_matches_reference(xp, dtype):
+    """Tiny workspace caps force batch chunks and, below one image, pixel-range tiles."""
+    rng = np.random.default_rng(3)
+    configs = [((5, 3, 9, 7), (4, 3, 3, 2), dict(padding=1)),
+               ((4, 4, 6, 11), (6, 2, 2, 3), dict(stride=(2, 1), padding=(0, 2), dilation=(1, 2), groups=2)),
+               ((3, 2, 8, 8), (3, 2, 4, 4), dict(padding="same"))]
+    for xs, ws, kw in configs:
+        x, w, b = _make(rng, xs, ws, dtype, xp)
+        yshape = R.conv2d(np.zeros(xs), np.zeros(ws), **kw).shape
+        dy = rand(rng, yshape, dtype, xp)
+        want_y = R.conv2d(to_numpy(x), to_numpy(w), to_numpy(b), **kw)
+        want_g = R.conv2d_backward(to_numpy(dy), to_numpy(x), to_numpy(w), **kw)
+        for limit in (1, 300, 2000, 9000, 12000, 24000):  # 12000/24000: a last, smaller batch chunk
+            F.set_conv_workspace_limit(limit)
+            assert F.get_conv_workspace_limit() == limit
+            assert_close(F.conv2d(x, w, b, **kw), want_y, dtype)
+            for g, wnt in zip(F.conv2d_backward(dy, x, w, **kw), want_g):
+                assert_close(g, wnt, dtype)
+
+
+def test_conv2d_workspace_peak_stays_under_cap():
+    """The CPU column buffer never exceeds the cap, whatever the batch size."""
+    cpu = _backend.cpu()
+    rng = np.random.default_rng(4)
+    x = rand(rng, (64, 8, 20, 20), np.float32)
+    w = rand(rng, (8, 8, 3, 3), np.float32)
+    for limit in (64 << 10, 256 << 10):
+        F.set_conv_workspace_limit(limit)
+        cpu.conv_workspace_peak_bytes(True)
+        y = F.conv2d(x, w, padding=1)
+        F.conv2d_backward(y, x, w, padding=1)
+        F.conv_transpose2d(x, w, padding=1)
+        peak = cpu.conv_workspace_peak_bytes()
+        # one image's columns (8*9 rows x 400 pixels x 4 B = 115 KB) needs chunking at 64 KiB
+        assert 0 < peak <= limit
+    assert_close(y, R.conv2d(x, w, padding=1), np.float32)
+
+
+def test_conv2d_noncontiguous_inputs(xp, dtype):
+    rng = np.random.default_rng(5)
+    xb = rand(rng, (3, 8, 9, 14), dtype, xp)
+    wb = rand(rng, (6, 5, 3, 4), dtype, xp)
+    x = xb[::2, ::2, :, ::2]          # (2, 4, 9, 7), strided
+    w = wb[:, ::2].transpose(0, 1, 3, 2)[:, :, :3, :]  # (6, 3, 3, 3), permuted view
+    w = w[:, :2]                      # (6, 2, 3, 3) for groups=2
+    b = rand(rng, (12,), dtype, xp)[::2]
+    assert not x.flags.c_contiguous and not w.flags.c_contiguous
+    kw = dict(stride=(1, 2), padding=1, groups=2)
+    y = F.conv2d(x, w, b, **kw)
+    assert_close(y, R.conv2d(to_numpy(x), to_numpy(w), to_numpy(b), **kw), dtype)
+    dy = xp.asarray(rand(rng, (y.shape[0], y.shape[1], y.shape[3], y.shape[2]), dtype, xp)).transpose(0, 1, 3, 2)
+    got = F.conv2d_backward(dy, x, w, **kw)
+    want = R.conv2d_backward(to_numpy(dy), to_numpy(x), to_numpy(w), **kw)
+    for g, wnt in zip(got, want):
+        assert_close(g, wnt, dtype)
+
+
+def test_conv2d_inputs_unmodified(xp, dtype):
+    rng = np.random.default_rng(6)
+    for xs, ws, kw in [((2, 4, 6, 5), (4, 1, 3, 3), dict(padding=1, groups=4)),
+                       ((2, 3, 6, 5), (2, 3, 2, 3), dict(stride=2)),
+                       ((2, 3, 6, 5), (2, 3, 1, 1), dict())]:
+        x, w, b = _make(rng, xs, ws, dtype, xp)
+        copies = [to_numpy(a).copy() for a in (x, w, b)]
+        y = F.conv2d(x, w, b, **kw)
+        dy = rand(rng, y.shape, dtype, xp)
+        dyc = to_numpy(dy).copy()
+        F.conv2d_backward(dy, x, w, **kw)
+        F.conv_transpose2d(x, w.transpose(1, 0, 2, 3) if kw.get("groups", 1) == 1 else w, None,
+                           **({} if kw.get("groups", 1) == 1 else dict(groups=4)))
+        for a, c in zip((x, w, b, dy), copies + [dyc]):
+            np.testing.assert_array_equal(to_numpy(a), c)
+
+
+def test_same_padding_puts_extra_on_bottom_right(xp, dtype):
+    """'same' with an even kernel pads (k-1)//2 on top/left and the rest bottom/right, as PyTorch."""
+    x = xp.zeros((1, 1, 4, 4), dtype=dtype)
+    x[0, 0, 0, 0] = 1  # a delta at the top-left corner
+    w = xp.asarray(np.arange(1, 5, dtype=dtype).reshape(1, 1, 2, 2))
+    y = to_numpy(F.conv2d(x, w, padding="same"))
+    assert y.shape == (1, 1, 4, 4)
+    # pad top/left 0: the delta is seen only by output (0, 0) through tap (0, 0).
+    want = np.zeros((1, 1, 4, 4))
+    want[0, 0, 0, 0] = 1
+    np.testing.assert_array_equal(y, want)
+
+
+# ---------------------------------------------------------------- conv_transpose2d parity
+
+def _transpose_configs(seed, count):
+    rng = np.random.default_rng(seed)
+    out = [((2, 4, 5, 3), (4, 3, 3, 3), dict(stride=2, padding=1, output_padding=1)),
+           ((1, 4, 4, 4), (4, 1, 3, 3), dict(stride=1, padding=1, groups=4)),
+           ((2, 4, 3, 5), (4, 2, 2, 3), dict(stride=(3, 2), padding=(0, 1), output_padding=(2, 0), groups=2)),
+           ((1, 3, 4, 4), (3, 2, 1, 1), dict(output_padding=1, dilation=2)),   # output_padding < dilation
+           ((0, 2, 3, 3), (2, 2, 3, 3), dict())]
+    while len(out) < count + 5:
+        g = int(rng.integers(1, 3))
+        cin, cog = g * int(rng.integers(1, 3)), int(rng.integers(1, 3))
+        kh, kw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        s = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        d = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+        p = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+        op = (int(rng.integers(0, max(s[0], d[0]))), int(rng.integers(0, max(s[1], d[1]))))
+        xs = (int(rng.integers(0, 3)), cin, int(rng.integers(1, 7)), int(rng.integers(1, 7)))
+        kwargs = dict(stride=s, padding=p, output_padding=op, groups=g, dilation=d)
+        try:
+            R.conv_transpose2d(np.zeros((1,) + xs[1:]), np.zeros((cin, cog, kh, kw)), **kwargs)
+        except ValueError:
+            continue
+        out.append((xs, (cin, cog, kh, kw), kwargs))
+    return out
+
+
+def test_conv_transpose2d_matches_reference(xp, dtype):
+    rng = np.random.default_rng(7)
+    for xs, ws, kw in _transpose_configs(7, 25):
+        x, w, _ = _make(rng, xs, ws, dtype, xp, bias=False)
+        b = rand(rng, (ws[1] * kw.get("groups", 1),), dtype, xp)
+        y = F.conv_transpose2d(x, w, b, **kw)
+        want = R.conv_transpose2d(to_numpy(x), to_numpy(w), to_numpy(b), **kw)
+        assert_close(y, want, dtype)
+        dy = rand(rng, want.shape, dtype, xp)
+        got = F.conv_transpose2d_backward(dy, x, w, **kw)
+        wantg = R.conv_transpose2d_backward(to_numpy(dy), to_numpy(x), to_numpy(w), **kw)
+        for g, wnt in zip(got, wantg):
+            assert_close(g, wnt, dtype)
+
+
+# ---------------------------------------------------------------- finite differences
+
+FD_CONV = [((1, 2, 5, 4), (3, 2, 3, 2), dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2))),
+           ((2, 4, 4, 5), (4, 1, 3, 3), dict(padding=1, groups=4)),
+           ((1, 2, 4, 4), (2, 2, 2, 2), dict(padding="same"))]
+FD_TRANSPOSE = [((1, 2, 3, 2), (2, 3, 3, 2), dict(stride=2, padding=1, output_padding=(1, 0))),
+                ((1, 4, 3, 3), (4, 1, 2, 3), dict(stride=(1, 2), groups=2, dilation=(2, 1)))]
+
+
+def _fd_check(fwd, xs, ws, bshape, kw, grads_fn_backend, xp):
+    rng = np.random.default_rng(8)
+    x, w = rng.uniform(-1, 1, xs), rng.uniform(-1, 1, ws)
+    b = rng.uniform(-1, 1, bshape)
+    dy = rng.uniform(-1, 1, fwd(x, w, b, **kw).shape)
+    num = (numerical_grad(lambda v: fwd(v, w, b, **kw), x, dy),
+           numerical_grad(lambda v: fwd(x, v, b, **kw), w, dy),
+           numerical_grad(lambda v: fwd(x, w, v, **kw), b, dy))
+    got = grads_fn_backend(xp.asarray(dy), xp.asarray(x), xp.asarray(w), **kw)
+    for g, n in zip(got, num):
+        assert_close(g, n, np.float64, factor=1e4)  # central differences: O(eps^2) + rounding
+
+
+@pytest.mark.parametrize("case", range(len(FD_CONV)))
+def test_conv2d_reference_backward_matches_finite_differences(case):
+    xs, ws, kw = FD_CONV[case]
+    _fd_check(R.conv2d, xs, ws, (ws[0],), kw, R.conv2d_backward, np)
+
+
+@pytest.mark.parametrize("case", range(len(FD_CONV)))
+def test_conv2d_backward_matches_finite_differences(xp, case):
+    xs, ws, kw = FD_CONV[case]
+    fwd = lambda x, w, b, **k: to_numpy(F.conv2d(xp.asarray(x), xp.asarray(w), xp.asarray(b), **k))  # noqa: E731
+    _fd_check(fwd, xs, ws, (ws[0],), kw, F.conv2d_backward, xp)
+
+
+@pytest.mark.parametrize("case", range(len(FD_TRANSPOSE)))
+def test_conv_transpose2d_reference_backward_matches_finite_differences(case):
+    xs, ws, kw = FD_TRANSPOSE[case]
+    bshape = (ws[1] * kw.get("groups", 1),)
+    _fd_check(R.conv_transpose2d, xs, ws, bshape, kw, R.conv_transpose2d_backward, np)
+
+
+@pytest.mark.parametrize("case", range(len(FD_TRANSPOSE)))
+def test_conv_transpose2d_backward_matches_finite_differences(xp, case):
+    xs, ws, kw = FD_TRANSPOSE[case]
+    bshape = (ws[1] * kw.get("groups", 1),)
+    fwd = lambda x, w, b, **k: to_numpy(F.conv_transpose2d(xp.asarray(x), xp.asarray(w), xp.asarray(b), **k))  # noqa: E731
+    _fd_check(fwd, xs, ws, bshape, kw, F.conv_transpose2d_backward, xp)
+
+
+def test_reference_matches_pytorch():
+    """The oracle itself against PyTorch (when installed), float64."""
+    torch = pytest.importorskip("torch")
+    tF = torch.nn.functional
+    rng = np.random.default_rng(9)
+    for xs, ws, kw in _configs(9, 20):
+        if kw.get("padding") == "same" and (ws[2] % 2 == 0 or ws[3] % 2 == 0):
+            continue  # PyTorch warns (and tests run with -W error)
+        x, w, b = rng.uniform(-1, 1, xs), rng.uniform(-1, 1, ws), rng.uniform(-1, 1, ws[0])
+        np.testing.assert_allclose(R.conv2d(x, w, b, **kw), tF.conv2d(*map(torch.from_numpy, (x, w, b)), **kw).numpy(),
+                                   rtol=1e-10, atol=1e-10)
+    for xs, ws, kw in _transpose_configs(10, 10):
+        x, w = rng.uniform(-1, 1, xs), rng.uniform(-1, 1, ws)
+        np.testing.assert_allclose(R.conv_transpose2d(x, w, **kw),
+                                   tF.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(w), **kw).numpy(),
+                                   rtol=1e-10, atol=1e-10)
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_bad_inputs_raise(xp, dtype):
+    rng = np.random.default_rng(11)
+    x = rand(rng, (2, 4, 5, 5), dtype, xp)
+    w = rand(rng, (6, 4, 3, 3), dtype, xp)
+    other = np.float64 if dtype == np.float32 else np.float32
+
+    def raises(exc, match, fn, *a, **k):
+        with pytest.raises(exc, match=match):
+            fn(*a, **k)
+
+    raises(TypeError, "x: expected dtype float32 or float64, got int64", F.conv2d, xp.zeros((1, 4, 5, 5), dtype=np.int64), w)
+    raises(TypeError, "weight: expected dtype", F.conv2d, x, w.astype(other))
+    raises(TypeError, "bias: expected dtype", F.conv2d, x, w, xp.zeros(6, dtype=other))
+    raises(TypeError, "x: expected a numpy.ndarray", F.conv2d, [[1.0]], w)
+    raises(TypeError, "stride: expected an int", F.conv2d, x, w, stride=1.5)
+    raises(ValueError, "x: expected a 4-D array", F.conv2d, x[0], w)
+    raises(ValueError, "weight: expected a 4-D array", F.conv2d, x, w[0])
+    raises(ValueError, r"weight: expected shape \(K, 4, kh, kw\)", F.conv2d, x, w[:, :3])
+    raises(ValueError, "x: expected channels divisible by groups=3", F.conv2d, x, w, groups=3)
+    raises(ValueError, "weight: expected out channels divisible by groups=4", F.conv2d, x, w[:, :1], groups=4)
+    raises(ValueError, "groups: expected an int >= 1", F.conv2d, x, w, groups=0)
+    raises(ValueError, r"bias: expected shape \(6,\)", F.conv2d, x, w, xp.zeros(5, dtype=dtype))
+    raises(ValueError, "padding: expected an int >= 0, got -1", F.conv2d, x, w, padding=-1)
+    raises(ValueError, "stride: expected an int >= 1, got 0", F.conv2d, x, w, stride=0)
+    raises(ValueError, "padding: 'same' is not supported for strided", F.conv2d, x, w, stride=2, padding="same")
+    raises(ValueError, "padding: expected an int, a pair, 'same' or 'valid'", F.conv2d, x, w, padding="full")
+    raises(ValueError, r"x: input size \(H=5, W=5\) with padding 0 and dilated kernel 7x7 gives output size",
+           F.conv2d, x, w, dilation=3)
+    raises(ValueError, r"grad_out: expected shape \(2, 6, 3, 3\)", F.conv2d_backward, xp.zeros((2, 6, 3, 4), dtype=dtype), x, w)
+    raises(TypeError, "grad_out: expected dtype", F.conv2d_backward, xp.zeros((2, 6, 3, 3), dtype=other), x, w)
+    raises(ValueError, "output_mask: expected three bools", F.conv2d_backward, xp.zeros((2, 6, 3, 3), dtype=dtype), x, w,
+           output_mask=(True, False))
+    wt = rand(rng, (4, 3, 3, 3), dtype, xp)
+    raises(ValueError, "output_padding: expected a value smaller than either stride or dilation",
+           F.conv_transpose2d, x, wt, stride=2, output_padding=2)
+    raises(ValueError, r"weight: expected shape \(4, C_out / groups", F.conv_transpose2d, x, w)
+    raises(ValueError, r"x: input size \(H=5, W=5\).*gives output size", F.conv_transpose2d, x, wt, padding=5)
+    raises(ValueError, r"bias: expected shape \(6,\)", F.conv_transpose2d, x, rand(rng, (4, 3, 3, 3), dtype, xp),
+           xp.zeros(5, dtype=dtype), groups=2)
+    raises(ValueError, "nbytes: expected an int >= 1", F.set_conv_workspace_limit, 0)
