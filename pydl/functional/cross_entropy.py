@@ -52,9 +52,10 @@ def _split(shape, axis):
 def _softmax(x, axis, log):
     xp = _backend.array_module(x=x)
     _backend.check_float("x", x)
-    outer, L, inner = _split(x.shape, axis)
+    shape = x.shape  # (ascontiguousarray makes a 0-d array 1-d)
+    outer, L, inner = _split(shape, axis)
     x = _backend.contiguous(x, xp)
-    y = _backend.empty(x.shape, x.dtype, xp)
+    y = _backend.empty(shape, x.dtype, xp)
     _backend.kernels(xp, "cross_entropy").softmax_forward(x, y, outer, L, inner, log)
     return y
 
@@ -97,10 +98,11 @@ def _softmax_backward(grad_out, y, axis, log):
     _backend.check_float("y", y)
     _backend.check_same_dtype("y", y, grad_out=grad_out)
     _backend.check_shape("grad_out", grad_out, y.shape)
-    outer, L, inner = _split(y.shape, axis)
+    shape = y.shape
+    outer, L, inner = _split(shape, axis)
     grad_out = _backend.contiguous(grad_out, xp)
     y = _backend.contiguous(y, xp)
-    dx = _backend.empty(y.shape, y.dtype, xp)
+    dx = _backend.empty(shape, y.dtype, xp)
     _backend.kernels(xp, "cross_entropy").softmax_backward(grad_out, y, dx, outer, L, inner, log)
     return dx
 
@@ -159,6 +161,9 @@ def _ce_args(logits, target, weight, ignore_index, reduction, label_smoothing, *
     else:
         raise TypeError(f"target: expected dtype int64 (class indices) or {logits.dtype} (class "
                         f"probabilities, the dtype of logits), got {target.dtype}")
+    if prob and ignore_index != -100:
+        raise ValueError(f"ignore_index: not supported with class-probability targets (as in PyTorch), "
+                         f"expected the default -100, got {ignore_index}")
     shape = tuple(logits.shape)
     if len(shape) == 0:
         raise ValueError("logits: expected shape (C,), (N, C) or (N, C, d1, ...), got shape ()")
@@ -236,7 +241,7 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
         Per-class weight w_c (a rescaling of each class's loss).
     ignore_index : int
         Class-index targets equal to it contribute 0 and do not count in 'mean'.
-        Unused with probability targets.
+        Must stay -100 with probability targets (PyTorch's rule).
     reduction : {'none', 'mean', 'sum'}
     label_smoothing : float in [0, 1]
         e: the target becomes (1 - e) * target + e / C over the C classes.

@@ -13,14 +13,15 @@ __all__ = ["softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
 
 def softmax(x, axis=-1):
     x = np.asarray(x, dtype=np.float64)
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True, initial=-np.inf))
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
 def log_softmax(x, axis=-1):
     x = np.asarray(x, dtype=np.float64)
-    z = x - np.max(x, axis=axis, keepdims=True)
-    return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
+    z = x - np.max(x, axis=axis, keepdims=True, initial=-np.inf)
+    with np.errstate(divide="ignore"):  # log(0) only for an empty axis (empty result)
+        return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
 
 
 def softmax_backward(grad_out, y, axis=-1):
