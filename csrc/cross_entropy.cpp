@@ -44,11 +44,6 @@ namespace {
 
 #define PYDL_INLINE inline __attribute__((always_inline))
 #define PYDL_LAMBDA_INLINE __attribute__((always_inline))
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PYDL_CLONES __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define PYDL_CLONES
-#endif
 
 // ---------------------------------------------------------------- vectorizable exp
 // exp(x), accurate for x <= 0 (what softmax needs; above 88 / 709 it says inf): x = k ln2 + r, |r| <= ln2/2,
@@ -397,33 +392,49 @@ PYDL_INLINE void ce_prob_bwd_rows_impl(const Rows<T, 2>& rows, const CeArgs<T>& 
   });
 }
 
-// Per-dtype entry points compiled twice (AVX2/FMA and baseline); OpenMP regions stay
-// outside them because outlined OpenMP bodies are not cloned.
-#define PYDL_CE_CLONES(T)                                                                              \
-  PYDL_CLONES void softmax_fwd_rows(const Rows<T, 1>& a, bool log, int64_t r0, int64_t r1) {           \
-    softmax_fwd_rows_impl(a, log, r0, r1);                                                             \
-  }                                                                                                    \
-  PYDL_CLONES void softmax_bwd_rows(const Rows<T, 2>& a, bool log, int64_t r0, int64_t r1) {           \
-    softmax_bwd_rows_impl(a, log, r0, r1);                                                             \
-  }                                                                                                    \
-  PYDL_CLONES void ce_fwd_rows(const Rows<T, 1>& rw, const CeArgs<T>& a, int64_t ch, int64_t r0,       \
-                               int64_t r1) {                                                           \
-    ce_fwd_rows_impl(rw, a, ch, r0, r1);                                                               \
-  }                                                                                                    \
-  PYDL_CLONES void ce_bwd_rows(const Rows<T, 1>& rw, const CeArgs<T>& a, int64_t r0, int64_t r1) {     \
-    ce_bwd_rows_impl(rw, a, r0, r1);                                                                   \
-  }                                                                                                    \
-  PYDL_CLONES void ce_prob_fwd_rows(const Rows<T, 2>& rw, const CeArgs<T>& a, int64_t ch, int64_t r0,  \
-                                    int64_t r1) {                                                      \
-    ce_prob_fwd_rows_impl(rw, a, ch, r0, r1);                                                          \
-  }                                                                                                    \
-  PYDL_CLONES void ce_prob_bwd_rows(const Rows<T, 2>& rw, const CeArgs<T>& a, int64_t r0, int64_t r1) { \
-    ce_prob_bwd_rows_impl(rw, a, r0, r1);                                                              \
+// Per-dtype entry points compiled twice, AVX2+FMA and the baseline, picked at run time
+// by CPU features (target_clones' "arch=haswell" would test the CPU model, not its
+// features). OpenMP regions stay outside them: outlined OpenMP bodies are not cloned.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define PYDL_X86_CLONES 1
+inline bool cpu_has_avx2_fma() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+}
+#define PYDL_DISPATCH(fn, ...) (cpu_has_avx2_fma() ? fn##_avx2(__VA_ARGS__) : fn##_base(__VA_ARGS__))
+#else
+#define PYDL_DISPATCH(fn, ...) fn##_base(__VA_ARGS__)
+#endif
+
+#define PYDL_CE_VARIANT(T, ATTR, SUF)                                                                      \
+  ATTR void softmax_fwd_rows##SUF(const Rows<T, 1>& a, bool log, int64_t r0, int64_t r1) {                 \
+    softmax_fwd_rows_impl(a, log, r0, r1);                                                                 \
+  }                                                                                                        \
+  ATTR void softmax_bwd_rows##SUF(const Rows<T, 2>& a, bool log, int64_t r0, int64_t r1) {                 \
+    softmax_bwd_rows_impl(a, log, r0, r1);                                                                 \
+  }                                                                                                        \
+  ATTR void ce_fwd_rows##SUF(const Rows<T, 1>& rw, const CeArgs<T>& a, int64_t ch, int64_t r0, int64_t r1) { \
+    ce_fwd_rows_impl(rw, a, ch, r0, r1);                                                                   \
+  }                                                                                                        \
+  ATTR void ce_bwd_rows##SUF(const Rows<T, 1>& rw, const CeArgs<T>& a, int64_t r0, int64_t r1) {           \
+    ce_bwd_rows_impl(rw, a, r0, r1);                                                                       \
+  }                                                                                                        \
+  ATTR void ce_prob_fwd_rows##SUF(const Rows<T, 2>& rw, const CeArgs<T>& a, int64_t ch, int64_t r0,        \
+                                  int64_t r1) {                                                            \
+    ce_prob_fwd_rows_impl(rw, a, ch, r0, r1);                                                              \
+  }                                                                                                        \
+  ATTR void ce_prob_bwd_rows##SUF(const Rows<T, 2>& rw, const CeArgs<T>& a, int64_t r0, int64_t r1) {      \
+    ce_prob_bwd_rows_impl(rw, a, r0, r1);                                                                  \
   }
 
-PYDL_CE_CLONES(float)
-PYDL_CE_CLONES(double)
-#undef PYDL_CE_CLONES
+PYDL_CE_VARIANT(float, , _base)
+PYDL_CE_VARIANT(double, , _base)
+#ifdef PYDL_X86_CLONES
+PYDL_CE_VARIANT(float, __attribute__((target("avx2,fma"))), _avx2)
+PYDL_CE_VARIANT(double, __attribute__((target("avx2,fma"))), _avx2)
+#endif
+#undef PYDL_CE_VARIANT
+
 
 // ---------------------------------------------------------------- bindings
 
@@ -439,7 +450,7 @@ void softmax_forward(const carray<T>& x, carray<T>& y, int64_t outer, int64_t L,
   if (L == 0) return;
   Rows<T, 1> a{{in_ptr(x)}, out_ptr(y), L, inner};
   py::gil_scoped_release nogil;
-  parallel_chunks(outer * inner, L, [&](int64_t, int64_t r0, int64_t r1) { softmax_fwd_rows(a, log, r0, r1); });
+  parallel_chunks(outer * inner, L, [&](int64_t, int64_t r0, int64_t r1) { PYDL_DISPATCH(softmax_fwd_rows, a, log, r0, r1); });
 }
 
 template <typename T>
@@ -452,7 +463,7 @@ void softmax_backward(const carray<T>& dy, const carray<T>& y, carray<T>& dx, in
   if (L == 0) return;
   Rows<T, 2> a{{in_ptr(dy), in_ptr(y)}, out_ptr(dx), L, inner};
   py::gil_scoped_release nogil;
-  parallel_chunks(outer * inner, L, [&](int64_t, int64_t r0, int64_t r1) { softmax_bwd_rows(a, log, r0, r1); });
+  parallel_chunks(outer * inner, L, [&](int64_t, int64_t r0, int64_t r1) { PYDL_DISPATCH(softmax_bwd_rows, a, log, r0, r1); });
 }
 
 template <typename T>
@@ -510,9 +521,9 @@ void ce_forward(const carray<T>& logits, const py::array& target, const carray<T
     py::gil_scoped_release nogil;
     parallel_chunks(rows, C, [&](int64_t ch, int64_t r0, int64_t r1) {
       if constexpr (PROB)
-        ce_prob_fwd_rows(rw, a, ch, r0, r1);
+        PYDL_DISPATCH(ce_prob_fwd_rows, rw, a, ch, r0, r1);
       else
-        ce_fwd_rows(rw, a, ch, r0, r1);
+        PYDL_DISPATCH(ce_fwd_rows, rw, a, ch, r0, r1);
     });
   }
   double lsum = 0, wtot = 0, bad = 0;
@@ -569,9 +580,9 @@ void ce_backward(const carray<T>& grad, const carray<T>& logits, const py::array
   py::gil_scoped_release nogil;
   parallel_chunks(rows, C, [&](int64_t, int64_t r0, int64_t r1) {
     if constexpr (PROB)
-      ce_prob_bwd_rows(rw, a, r0, r1);
+      PYDL_DISPATCH(ce_prob_bwd_rows, rw, a, r0, r1);
     else
-      ce_bwd_rows(rw, a, r0, r1);
+      PYDL_DISPATCH(ce_bwd_rows, rw, a, r0, r1);
   });
 }
 
