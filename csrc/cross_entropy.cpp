@@ -293,7 +293,7 @@ PYDL_INLINE void ce_fwd_rows_impl(const Rows<T, 1>& rows, const CeArgs<T>& a, in
     if (a.eps > 0) l += smooth * (a.wsum * ls + sm);
     st[0] = m;
     st[1] = ls;
-    st[2] = 0;
+    st[2] = keep * wt + smooth * a.wsum;  // S = sum_c q_c, for the backward
     if (a.loss) a.loss[r] = l;
     lsum += double(l);
     wtot += double(wt);
@@ -305,8 +305,9 @@ PYDL_INLINE void ce_fwd_rows_impl(const Rows<T, 1>& rows, const CeArgs<T>& a, in
 
 // Index targets, backward. loss_i = -sum_c q_c log p_c with
 // q_c = (1-e) w_t delta_ct + (e/C) w_c, and d(-log p_k)/dx_c = p_c - delta_kc, so
-// dloss/dx_c = p_c sum_k q_k - q_c = p_c (a + b W) - a delta_ct - b w_c,
-// a = g (1-e) w_t, b = g e / C, g = grad_loss (times 1/D for 'mean'). Ignored rows: 0.
+// dloss/dx_c = p_c S - q_c = p_c g S - b w_c - a delta_ct with S = sum_k q_k (saved
+// by the forward), a = g (1-e) w_t, b = g e / C, g = grad_loss (times 1/D for 'mean').
+// Ignored rows: 0.
 template <typename T>
 PYDL_INLINE void ce_bwd_rows_impl(const Rows<T, 1>& rows, const CeArgs<T>& a, int64_t r0, int64_t r1) {
   const int64_t C = a.C;
@@ -325,7 +326,7 @@ PYDL_INLINE void ce_bwd_rows_impl(const Rows<T, 1>& rows, const CeArgs<T>& a, in
     const T wt = w ? w[t] : T(1);
     const T ca = g * T(1 - a.eps) * wt;
     const T cb = g * T(a.eps / double(C));
-    const T cp = ca + cb * a.wsum;
+    const T cp = g * st[2];
     if (w && a.eps > 0) {
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) dx[c] = vexp((x[c] - m) - ls) * cp - cb * w[c];
