@@ -28,6 +28,12 @@ def _arrays(shape, device, dtype=np.float32, seed=0):
     return x, t, x, t
 
 
+def _cupy_one(dtype):
+    import cupy
+
+    return cupy.ones((), dtype=dtype)  # grad_loss already on the device: no copy per call
+
+
 def _torch_ce(torch, x, t, device):
     dev = "cuda" if device == "cuda" else "cpu"
     tx = torch.tensor(x, device=dev, requires_grad=True)
@@ -62,9 +68,11 @@ def cases(device, quick):
         def fwd(dx=dx, dt=dt):
             return F.cross_entropy(dx, dt)
 
-        def fwd_bwd(dx=dx, dt=dt):
+        one = dx.dtype.type(1) if device == "cpu" else _cupy_one(dx.dtype)
+
+        def fwd_bwd(dx=dx, dt=dt, one=one):
             loss, saved = F.cross_entropy_forward(dx, dt)
-            return loss, F.cross_entropy_backward(1.0, dx, dt, saved=saved)
+            return loss, F.cross_entropy_backward(one, dx, dt, saved=saved)
 
         def check_fwd(x=x, t=t, fwd=fwd):
             return max_rel_error([(fwd(), R.cross_entropy(x.astype(np.float64), t))])

@@ -171,7 +171,6 @@ void parallel_chunks(int64_t rows, int64_t L, F&& fn) {
   const int64_t per = std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(L, 1));
   const int64_t nchunks = (rows + per - 1) / per;
   const bool par = rows * std::max<int64_t>(L, 1) >= (int64_t(1) << 15) && nchunks > 1;
-  (void)par;
 #pragma omp parallel for schedule(static) if (par)
   for (int64_t ch = 0; ch < nchunks; ++ch) fn(ch, ch * per, std::min(rows, (ch + 1) * per));
 }
