@@ -97,9 +97,17 @@ PYDL_INLINE double vexp(double x) {
 
 // ---------------------------------------------------------------- row primitives
 
+// Rows shorter than this run scalar: the set-up and the lane merge of a SIMD reduction
+// cost more than they save there (C = 10 classes).
+constexpr int64_t kShortRow = 16;
+
 template <typename T>
 PYDL_INLINE T row_max(const T* x, int64_t n) {
   T m = -std::numeric_limits<T>::infinity();
+  if (n < kShortRow) {
+    for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+    return m;
+  }
 #pragma omp simd reduction(max : m)
   for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
   return m;
@@ -108,6 +116,10 @@ PYDL_INLINE T row_max(const T* x, int64_t n) {
 template <typename T>
 PYDL_INLINE T row_sumexp(const T* x, int64_t n, T m) {
   T s = 0;
+  if (n < kShortRow) {
+    for (int64_t i = 0; i < n; ++i) s += vexp(x[i] - m);
+    return s;
+  }
 #pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < n; ++i) s += vexp(x[i] - m);
   return s;

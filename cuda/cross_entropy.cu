@@ -46,6 +46,17 @@ struct V16<double> {
   using type = double2;
 };
 
+// Vector components by constant index (after unrolling), so vectors stay in registers
+// (taking a local vector's address would put it in local memory).
+__device__ __forceinline__ float comp(const float4& v, int j) { return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w; }
+__device__ __forceinline__ double comp(const double2& v, int j) { return j == 0 ? v.x : v.y; }
+__device__ __forceinline__ void set_comp(float4& v, int j, float x) {
+  if (j == 0) v.x = x; else if (j == 1) v.y = x; else if (j == 2) v.z = x; else v.w = x;
+}
+__device__ __forceinline__ void set_comp(double2& v, int j, double x) {
+  if (j == 0) v.x = x; else v.y = x;
+}
+
 __device__ __forceinline__ float dexp(float x) { return expf(x); }
 __device__ __forceinline__ double dexp(double x) { return exp(x); }
 __device__ __forceinline__ float dlog(float x) { return logf(x); }
@@ -87,12 +98,9 @@ __device__ __forceinline__ void row_loop(const T* __restrict__ a, const T* __res
     V va = *reinterpret_cast<const V*>(a + c0);
     V vb = va;
     if (NIN > 1) vb = *reinterpret_cast<const V*>(b + c0);
-    V vo;
-    const T* pa = reinterpret_cast<const T*>(&va);
-    const T* pb = reinterpret_cast<const T*>(&vb);
-    T* po = reinterpret_cast<T*>(&vo);
+    V vo = va;
 #pragma unroll
-    for (int j = 0; j < N; ++j) po[j] = f(c0 + j, pa[j], pb[j]);
+    for (int j = 0; j < N; ++j) set_comp(vo, j, f(c0 + j, comp(va, j), comp(vb, j)));
     if (OUT) *reinterpret_cast<V*>(out + c0) = vo;
   }
   for (int64_t c = head + nv * N + lane; c < n; c += G) one(c);
