@@ -20,7 +20,10 @@
 //
 // Threads: OpenMP over fixed chunks of rows (the chunking depends only on the sizes,
 // not on the thread count). Inside a row, `omp simd` loops with an inlined polynomial
-// exp vectorize (AVX2/FMA clone picked at load time, SSE2 baseline otherwise).
+// exp vectorize (an AVX2/FMA build of every row function, picked at run time from the
+// CPU's features; the SSE2 baseline otherwise); rows under 16 elements run scalar.
+// The forward keeps per row (m, ls, S = sum_c q_c) for the backward, which is then
+// elementwise: dloss/dx_c = g (p_c S - q_c).
 // Reductions across rows (the loss sum, the weight sum) run per chunk in row order,
 // then over chunks in chunk order: bit-identical results for any thread count.
 #include <algorithm>

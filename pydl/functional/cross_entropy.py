@@ -24,8 +24,8 @@ CrossEntropySaved.__doc__ = """What cross_entropy_forward hands to cross_entropy
 
 stats : ndarray, shape (R, 3), logits' dtype
     Per element (R = N * d1 * ...): the row max m, ls = log sum_c exp(x_c - m) (so
-    logsumexp = m + ls, kept apart to stay exact in float32) and, for probability
-    targets, S = sum_c q_c, the total mass of the (weighted, smoothed) target.
+    logsumexp = m + ls, kept apart to stay exact in float32) and S = sum_c q_c, the
+    total mass of the (weighted, smoothed) target distribution q (0 where ignored).
 norm : ndarray, shape (2,), float64
     [gradient scale (1 / divisor for reduction='mean', else 1), number of invalid targets].
 """
