@@ -263,7 +263,9 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
       number of elements N * d1 * ... (not by the weights).
 
     Batch 0 gives NaN for 'mean' and 0 for 'sum'. Stable for logits of any finite
-    magnitude (max-shifted log-sum-exp). Invalid class indices raise ValueError.
+    magnitude (max-shifted log-sum-exp). Invalid class indices raise ValueError: the
+    kernel counts them as it goes (treating them as ignored, never reading out of
+    bounds), so on the GPU the forward waits for that count (one synchronization).
     """
     return cross_entropy_forward(logits, target, weight, ignore_index, reduction, label_smoothing)[0]
 
