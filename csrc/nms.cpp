@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <numeric>
 #include <vector>
 
@@ -57,27 +58,56 @@ inline bool suppresses(const T* a, T area_a, const T* b, T area_b, double thr) {
   return static_cast<double>(iou) > thr;
 }
 
-// Greedy order: NaN scores first, then decreasing score, ties to the lower index.
+// Unsigned keys whose ascending order is the greedy order: NaN first, then decreasing score
+// (-0.0 ties with +0.0). The GPU uses the same map (cuda/nms.cu).
+inline uint32_t desc_key(float s) {
+  if (std::isnan(s)) return 0u;
+  if (s == 0.0f) s = 0.0f;
+  uint32_t u;
+  std::memcpy(&u, &s, sizeof u);
+  return ~((u & 0x80000000u) ? ~u : (u | 0x80000000u));
+}
+inline uint64_t desc_key(double s) {
+  if (std::isnan(s)) return 0u;
+  if (s == 0.0) s = 0.0;
+  uint64_t u;
+  std::memcpy(&u, &s, sizeof u);
+  return ~((u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull));
+}
+
+// Greedy order by a stable LSD radix sort (8-bit digits) of the keys: equal scores keep the
+// lower index first. Digits shared by every key (common in the high bytes) are skipped.
 template <typename T>
 std::vector<int64_t> score_order(const T* scores, int64_t n) {
-  struct Key {
-    T s;
-    int64_t i;
-    bool nan;
-  };
-  std::vector<Key> keys(n);
-  for (int64_t i = 0; i < n; ++i) keys[i] = {scores[i], i, std::isnan(scores[i])};
-  std::sort(keys.begin(), keys.end(), [](const Key& a, const Key& b) {
-    if (a.nan != b.nan) return a.nan;
-    if (!a.nan) {
-      if (a.s > b.s) return true;
-      if (b.s > a.s) return false;
+  using K = decltype(desc_key(T(0)));
+  constexpr int kDigits = sizeof(K);
+  std::vector<K> key(n), key2(n);
+  std::vector<int64_t> idx(n), idx2(n);
+  std::vector<int64_t> hist(kDigits * 256, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    const K k = desc_key(scores[i]);
+    key[i] = k;
+    idx[i] = i;
+    for (int d = 0; d < kDigits; ++d) ++hist[d * 256 + ((k >> (8 * d)) & 0xff)];
+  }
+  for (int d = 0; d < kDigits; ++d) {
+    int64_t* h = hist.data() + d * 256;
+    if (h[(key[0] >> (8 * d)) & 0xff] == n) continue;  // one bucket holds everything
+    int64_t sum = 0;
+    for (int b = 0; b < 256; ++b) {
+      const int64_t c = h[b];
+      h[b] = sum;
+      sum += c;
     }
-    return a.i < b.i;  // equal scores (-0.0 == 0.0): lower index first
-  });
-  std::vector<int64_t> order(n);
-  for (int64_t k = 0; k < n; ++k) order[k] = keys[k].i;
-  return order;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t at = h[(key[i] >> (8 * d)) & 0xff]++;
+      key2[at] = key[i];
+      idx2[at] = idx[i];
+    }
+    key.swap(key2);
+    idx.swap(idx2);
+  }
+  return idx;
 }
 
 // Uniform grid over the boxes that can overlap something, CSR lists of box ids per cell.

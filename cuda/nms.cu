@@ -11,15 +11,19 @@
 //     (NaN -> 0, -0.0 -> +0.0); values = 0..n-1. cub stable radix sort -> order (ties keep
 //     the lower index first).
 //  2. gather_kernel: boxes, areas and categories in sorted order (ranks).
-//  3. Rows are processed in chunks of R ranks (R * ceil(n/64) mask words at most 2^23, 64 MiB:
-//     memory is linear in n). For each chunk:
-//     a. mask_kernel: block (column block cb, row block rb >= chunk start), 64 threads, one row
-//        each: bit k of mask[row][cb] says row suppresses rank cb*64+k (only later ranks).
-//        Rows already removed by earlier chunks, and columns already removed, are skipped.
-//     b. scan_kernel (one block): walks the chunk's row blocks in order; thread 0 resolves the
-//        64 rows of a block with the diagonal words (lowest pending bit = next kept box), writes
-//        kept indices to out; then all threads OR the kept rows' words into the global
-//        `removed` bitset for every later column word (one thread per word, no atomics).
+//  3. Ranks are processed in chunks of kChunk = 512 (8 row blocks of 64). Memory: the mask of
+//     one chunk, 512 * ceil(n/64) words (64 bytes per box): linear in n. For each chunk:
+//     a. mask_kernel: block (column block cb, row block rb of the chunk, cb >= rb), 64 threads,
+//        one row (rank) each: bit k of mask[row][cb] says row suppresses rank cb*64+k (later
+//        ranks only). Rows already removed by earlier chunks, and removed columns, are skipped.
+//     b. scan_kernel (one block of 512): copies the chunk's in-chunk words (512 x 8) and ranks
+//        to shared memory, then per row block: thread 0 resolves its 64 rows with the diagonal
+//        word (lowest pending bit = next kept box; its word removes later ones), writes kept
+//        indices to out and the kept rows to a list; then one thread per (kept row, later
+//        in-chunk word) ORs into the shared removed words (shared atomicOr: order-free).
+//     c. propagate_kernel: removed[c] |= OR of the kept rows' words, for every word after the
+//        chunk, in parallel over (32-word tile, 64-row slice): 256 threads = 32 words x 8 rows
+//        in flight, one global atomicOr per word and slice (bitwise OR: deterministic).
 //  Thread mapping of box_iou_kernel: one thread per output element, grid-stride.
 #include <cub/cub.cuh>
 
@@ -34,8 +38,9 @@ namespace {
 
 using u64 = unsigned long long;
 constexpr int kWord = 64;                  // boxes per mask word
-constexpr int kScanThreads = 512;
-constexpr int64_t kMaskBudgetWords = int64_t(1) << 23;  // 64 MiB of mask per chunk
+constexpr int kChunk = 512;                // ranks per chunk
+constexpr int kChunkBlocks = kChunk / kWord;
+constexpr int kScanThreads = 512;          // >= (kChunkBlocks - 1) * kWord: one (row, word) pair each
 
 template <typename T>
 struct alignas(4 * sizeof(T)) Box4 {
@@ -167,48 +172,91 @@ __global__ void mask_kernel(const Box4<T>* __restrict__ sboxes, const T* __restr
   mask[(i - r0) * nwords + cb] = word;
 }
 
-// One block: resolves ranks [r0, r1) in order and removes what the kept ones suppress.
-__global__ void scan_kernel(const u64* __restrict__ mask, u64* removed, const int64_t* __restrict__ order,
-                            int64_t n, int64_t nwords, int64_t r0, int64_t r1, int64_t* out, int64_t* count) {
-  __shared__ u64 diag[kWord];
+// One block: resolves the ranks [r0, r0 + kChunk) in order (see 3b above).
+__global__ void __launch_bounds__(kScanThreads) scan_kernel(const u64* __restrict__ mask,
+                                                            const u64* __restrict__ removed,
+                                                            const int64_t* __restrict__ order, int64_t n,
+                                                            int64_t nwords, int64_t r0, int64_t* out,
+                                                            int64_t* count, int64_t* kept_rows,
+                                                            int64_t* kept_count) {
+  __shared__ u64 sm[kChunk][kChunkBlocks];  // the chunk's own words: rows x in-chunk column blocks
+  __shared__ u64 srem[kChunkBlocks];        // removed bits of the chunk's ranks
+  __shared__ int64_t sorder[kChunk];
   __shared__ u64 kept_bits;
   const int t = threadIdx.x;
-  int64_t cnt = 0;
+  const int64_t cb0 = r0 / kWord;
+  const int nb = static_cast<int>(min(int64_t(kChunkBlocks), nwords - cb0));  // each holds >= 1 rank < n
+  if (t < kChunkBlocks) srem[t] = t < nb ? removed[cb0 + t] : ~0ull;
+  __syncthreads();
+  // Exactly the words mask_kernel wrote: pending rows (removed[] has not changed since), w >= b.
+  for (int e = t; e < kChunk * kChunkBlocks; e += blockDim.x) {
+    const int row = e / kChunkBlocks, w = e % kChunkBlocks, b = row / kWord;
+    u64 v = 0;
+    if (b < nb && w >= b && w < nb && r0 + row < n && !((srem[b] >> (row % kWord)) & 1ull))
+      v = mask[row * nwords + cb0 + w];
+    sm[row][w] = v;
+  }
+  for (int row = t; row < kChunk; row += blockDim.x) sorder[row] = (r0 + row < n) ? order[r0 + row] : -1;
+  __syncthreads();
+  int64_t cnt = 0, kc = 0;  // thread 0's
   if (t == 0) cnt = *count;
-  for (int64_t rb = r0 / kWord; rb * kWord < r1; ++rb) {
-    const int64_t base = rb * kWord;
-    const int64_t nrows = min(int64_t(kWord), n - base);
-    const u64 valid = nrows == kWord ? ~0ull : ((1ull << nrows) - 1);
-    const u64 rem = removed[rb];  // final for this block: only earlier blocks write it
-    if ((rem & valid) == valid) continue;  // uniform: every thread read the same word
-    if (t < kWord) {
-      diag[t] = (t < nrows && !((rem >> t) & 1ull)) ? mask[(base + t - r0) * nwords + rb] : 0ull;
-    }
-    __syncthreads();
+  for (int b = 0; b < nb; ++b) {
     if (t == 0) {
-      u64 cur = rem | ~valid;
+      const int64_t nrows = min(int64_t(kWord), n - (cb0 + b) * kWord);
+      const u64 valid = nrows == kWord ? ~0ull : ((1ull << nrows) - 1);
+      u64 cur = srem[b] | ~valid;
       u64 kept = 0;
       while (cur != ~0ull) {
         const int k = __ffsll(static_cast<long long>(~cur)) - 1;  // lowest pending rank: kept
         kept |= 1ull << k;
-        cur |= diag[k] | (1ull << k);  // diag[k] only holds ranks after k
-        out[cnt++] = order[base + k];
+        cur |= sm[b * kWord + k][b] | (1ull << k);  // the diagonal word holds later ranks only
+        out[cnt++] = sorder[b * kWord + k];
+        kept_rows[kc++] = b * kWord + k;
       }
       kept_bits = kept;
     }
     __syncthreads();
     const u64 kept = kept_bits;
-    for (int64_t c = rb + 1 + t; c < nwords; c += blockDim.x) {
-      u64 acc = 0;
-      for (u64 bits = kept; bits; bits &= bits - 1) {
-        const int k = __ffsll(static_cast<long long>(bits)) - 1;
-        acc |= mask[(base + k - r0) * nwords + c];
+    for (int p = t; p < (nb - b - 1) * kWord; p += blockDim.x) {
+      const int w = b + 1 + p / kWord, k = p % kWord;
+      if ((kept >> k) & 1ull) {
+        const u64 v = sm[b * kWord + k][w];
+        if (v) atomicOr(&srem[w], v);
       }
-      if (acc) removed[c] |= acc;  // one thread per word
     }
-    __syncthreads();  // removed[] and kept_bits settled before the next block reads them
+    __syncthreads();  // srem and kept_bits settled before the next row block
   }
-  if (t == 0) *count = cnt;
+  if (t == 0) {
+    *count = cnt;
+    *kept_count = kc;
+  }
+}
+
+// grid (32-word tiles from c_begin, 64-row slices of the kept list), 256 threads = 8 x 32.
+__global__ void __launch_bounds__(256) propagate_kernel(const u64* __restrict__ mask, u64* removed,
+                                                        const int64_t* __restrict__ kept_rows,
+                                                        const int64_t* __restrict__ kept_count,
+                                                        int64_t nwords, int64_t c_begin) {
+  __shared__ u64 part[8][32];
+  const int64_t kc = *kept_count;
+  const int64_t k0 = int64_t(blockIdx.y) * kWord;
+  if (k0 >= kc) return;  // uniform
+  const int lane = threadIdx.x / 32, x = threadIdx.x % 32;
+  const int64_t c = c_begin + int64_t(blockIdx.x) * 32 + x;
+  u64 acc = 0;
+  if (c < nwords) {
+    const int64_t k1 = min(kc, k0 + kWord);
+#pragma unroll 4
+    for (int64_t k = k0 + lane; k < k1; k += 8) acc |= mask[kept_rows[k] * nwords + c];
+  }
+  part[lane][x] = acc;
+  __syncthreads();
+  if (lane == 0 && c < nwords) {
+    u64 v = 0;
+#pragma unroll
+    for (int l = 0; l < 8; ++l) v |= part[l][x];
+    if (v) atomicOr(&removed[c], v);
+  }
 }
 
 template <typename T>
@@ -228,18 +276,10 @@ __global__ void box_iou_kernel(const T* __restrict__ b1, int64_t n, const T* __r
 
 int64_t align_up(int64_t v) { return (v + 255) / 256 * 256; }
 
-int64_t chunk_rows(int64_t n) {
-  const int64_t nwords = (n + kWord - 1) / kWord;
-  int64_t r = kMaskBudgetWords / nwords / kWord * kWord;
-  if (r < kWord) r = kWord;
-  if (r > nwords * kWord) r = nwords * kWord;
-  return r;
-}
-
 template <typename T>
 struct Layout {
   using K = typename KeyOf<T>::type;
-  int64_t keys_in, keys_out, vals_in, order, sboxes, sarea, scls, removed, mask, cub, total;
+  int64_t keys_in, keys_out, vals_in, order, sboxes, sarea, scls, removed, mask, kept, cub, total;
   size_t cub_bytes = 0;
   explicit Layout(int64_t n) {
     const int64_t nwords = (n + kWord - 1) / kWord;
@@ -260,7 +300,8 @@ struct Layout {
     sarea = take(n * sizeof(T));
     scls = take(n * 8);
     removed = take(nwords * 8);
-    mask = take(chunk_rows(n) * nwords * 8);
+    mask = take(int64_t(kChunk) * nwords * 8);
+    kept = take((kChunk + 1) * 8);  // kept rows of a chunk, then their count
     cub = take(static_cast<int64_t>(cub_bytes));
     total = off;
   }
@@ -296,18 +337,23 @@ void nms_forward(dptr boxes, dptr scores, dptr idxs, int64_t n, double thr, dptr
   PYDL_CUDA_CHECK(cudaMemsetAsync(removed, 0, nwords * 8, s));
   PYDL_CUDA_CHECK(cudaMemsetAsync(as_ptr<int64_t>(count), 0, 8, s));
 
-  const int64_t R = chunk_rows(n);
-  for (int64_t r0 = 0; r0 < nwords * kWord; r0 += R) {
-    const int64_t r1 = std::min(r0 + R, nwords * kWord);
-    const int64_t row_blocks = (r1 - r0) / kWord;
-    const int64_t col_blocks = nwords - r0 / kWord;
-    PYDL_CHECK(row_blocks <= 65535 && col_blocks <= 0x7fffffffLL, "nms: too many boxes (" << n << ")");
-    dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(row_blocks));
+  int64_t* kept_rows = reinterpret_cast<int64_t*>(w + L.kept);
+  int64_t* kept_count = kept_rows + kChunk;
+  for (int64_t r0 = 0; r0 < n; r0 += kChunk) {
+    const int64_t cb0 = r0 / kWord;
+    const int64_t row_blocks = std::min<int64_t>(kChunkBlocks, nwords - cb0);
+    dim3 grid(static_cast<unsigned>(nwords - cb0), static_cast<unsigned>(row_blocks));
     mask_kernel<T><<<grid, kWord, 0, s>>>(sboxes, sarea, scls, removed, n, nwords, r0, thr, mask);
     PYDL_LAUNCH_CHECK();
-    scan_kernel<<<1, kScanThreads, 0, s>>>(mask, removed, order, n, nwords, r0, r1, as_ptr<int64_t>(out),
-                                           as_ptr<int64_t>(count));
+    scan_kernel<<<1, kScanThreads, 0, s>>>(mask, removed, order, n, nwords, r0, as_ptr<int64_t>(out),
+                                           as_ptr<int64_t>(count), kept_rows, kept_count);
     PYDL_LAUNCH_CHECK();
+    const int64_t c_begin = cb0 + row_blocks;
+    if (c_begin < nwords) {
+      dim3 pgrid(static_cast<unsigned>((nwords - c_begin + 31) / 32), static_cast<unsigned>(kChunkBlocks));
+      propagate_kernel<<<pgrid, 256, 0, s>>>(mask, removed, kept_rows, kept_count, nwords, c_begin);
+      PYDL_LAUNCH_CHECK();
+    }
   }
 }
 
