@@ -116,22 +116,36 @@ struct Grid {
   int64_t gx = 1, gy = 1;
   double x0 = 0, y0 = 0, sx = 0, sy = 0;
   std::vector<int64_t> begin, end, ids;
+  std::vector<int32_t> span;  // per box: first and last cell column, first and last cell row
 
-  // Monotone in v (floor of a monotone map, then a clamp): overlapping ranges share a cell.
-  static int64_t cell(double v, double v0, double s, int64_t g) {
-    const double c = std::floor((v - v0) * s);
+  // Monotone in v (a monotone map, truncated after the clamp, so = floor): overlapping ranges
+  // share a cell.
+  static int32_t cell(double v, double v0, double s, int64_t g) {
+    const double c = (v - v0) * s;
     if (!(c > 0)) return 0;
-    if (c >= static_cast<double>(g - 1)) return g - 1;
-    return static_cast<int64_t>(c);
+    if (c >= static_cast<double>(g - 1)) return static_cast<int32_t>(g - 1);
+    return static_cast<int32_t>(c);
   }
-  int64_t cx(T v) const { return cell(static_cast<double>(v), x0, sx, gx); }
-  int64_t cy(T v) const { return cell(static_cast<double>(v), y0, sy, gy); }
 
-  // order: boxes by rank, so each cell lists its boxes by decreasing score.
-  void build(const T* boxes, const std::vector<int64_t>& order, const std::vector<char>& valid) {
+  int64_t set_spans(const T* boxes, const std::vector<char>& valid, int64_t n) {
+    int64_t total = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      if (!valid[i]) continue;
+      const T* b = boxes + 4 * i;
+      int32_t* sp = span.data() + 4 * i;
+      sp[0] = cell(double(b[0]), x0, sx, gx);
+      sp[1] = cell(double(b[2]), x0, sx, gx);
+      sp[2] = cell(double(b[1]), y0, sy, gy);
+      sp[3] = cell(double(b[3]), y0, sy, gy);
+      total += int64_t(sp[1] - sp[0] + 1) * (sp[3] - sp[2] + 1);
+    }
+    return total;
+  }
+
+  void build(const T* boxes, const std::vector<char>& valid, int64_t n) {
     double minx = INFINITY, miny = INFINITY, maxx = -INFINITY, maxy = -INFINITY, sw = 0, sh = 0;
     int64_t m = 0;
-    for (int64_t i : order) {
+    for (int64_t i = 0; i < n; ++i) {
       if (!valid[i]) continue;
       const T* b = boxes + 4 * i;
       minx = std::min(minx, double(b[0]));
@@ -153,38 +167,32 @@ struct Grid {
     gx = cells_along(maxx - minx, sw / std::max<int64_t>(m, 1));
     gy = cells_along(maxy - miny, sh / std::max<int64_t>(m, 1));
     while (gx * gy > 4 * m + 16) (gx >= gy ? gx : gy) = std::max<int64_t>(1, (gx >= gy ? gx : gy) / 2);
-    // Skewed sizes: coarsen until the lists stay linear in m.
-    std::vector<int64_t> count;
-    for (;;) {
+    span.resize(4 * n);
+    int64_t total;
+    for (;;) {  // skewed sizes: coarsen until the lists stay linear in m
       sx = gx > 1 ? gx / (maxx - minx) : 0.0;
       sy = gy > 1 ? gy / (maxy - miny) : 0.0;
-      int64_t total = 0;
-      for (int64_t i : order) {
-        if (!valid[i]) continue;
-        const T* b = boxes + 4 * i;
-        total += (cx(b[2]) - cx(b[0]) + 1) * (cy(b[3]) - cy(b[1]) + 1);
-      }
+      total = set_spans(boxes, valid, n);
       if (total <= 16 * m + 64 || (gx == 1 && gy == 1)) break;
       gx = std::max<int64_t>(1, gx / 2);
       gy = std::max<int64_t>(1, gy / 2);
     }
     const int64_t ncell = gx * gy;
-    count.assign(ncell + 1, 0);
-    for (int64_t i : order) {
+    begin.assign(ncell + 1, 0);
+    for (int64_t i = 0; i < n; ++i) {
       if (!valid[i]) continue;
-      const T* b = boxes + 4 * i;
-      for (int64_t y = cy(b[1]), ye = cy(b[3]); y <= ye; ++y)
-        for (int64_t x = cx(b[0]), xe = cx(b[2]); x <= xe; ++x) ++count[y * gx + x + 1];
+      const int32_t* sp = span.data() + 4 * i;
+      for (int64_t y = sp[2]; y <= sp[3]; ++y)
+        for (int64_t x = sp[0]; x <= sp[1]; ++x) ++begin[y * gx + x + 1];
     }
-    for (int64_t c = 0; c < ncell; ++c) count[c + 1] += count[c];
-    begin.assign(count.begin(), count.end() - 1);
-    end = begin;
-    ids.resize(count[ncell]);
-    for (int64_t i : order) {
+    for (int64_t c = 0; c < ncell; ++c) begin[c + 1] += begin[c];
+    end.assign(begin.begin(), begin.end() - 1);
+    ids.resize(total);
+    for (int64_t i = 0; i < n; ++i) {
       if (!valid[i]) continue;
-      const T* b = boxes + 4 * i;
-      for (int64_t y = cy(b[1]), ye = cy(b[3]); y <= ye; ++y)
-        for (int64_t x = cx(b[0]), xe = cx(b[2]); x <= xe; ++x) ids[end[y * gx + x]++] = i;
+      const int32_t* sp = span.data() + 4 * i;
+      for (int64_t y = sp[2]; y <= sp[3]; ++y)
+        for (int64_t x = sp[0]; x <= sp[1]; ++x) ids[end[y * gx + x]++] = i;
     }
   }
 };
@@ -223,7 +231,7 @@ int64_t nms_forward(const T* boxes, const T* scores, const int64_t* cls, int64_t
                std::isfinite(b[3]) && b[2] > b[0] && b[3] > b[1];
   }
   Grid<T> grid;
-  grid.build(boxes, order, valid);
+  grid.build(boxes, valid, n);
   std::vector<int64_t> stamp(n, -1);  // the last kept box that tested j (j may sit in many cells)
   for (int64_t a = 0; a < n; ++a) {
     const int64_t i = order[a];
@@ -233,8 +241,9 @@ int64_t nms_forward(const T* boxes, const T* scores, const int64_t* cls, int64_t
     if (!valid[i]) continue;
     const T* bi = boxes + 4 * i;
     const T ai = area[i];
-    for (int64_t y = grid.cy(bi[1]), ye = grid.cy(bi[3]); y <= ye; ++y) {
-      for (int64_t x = grid.cx(bi[0]), xe = grid.cx(bi[2]); x <= xe; ++x) {
+    const int32_t* sp = grid.span.data() + 4 * i;
+    for (int64_t y = sp[2]; y <= sp[3]; ++y) {
+      for (int64_t x = sp[0]; x <= sp[1]; ++x) {
         const int64_t c = y * grid.gx + x;
         int64_t w = grid.begin[c];
         for (int64_t r = grid.begin[c], re = grid.end[c]; r < re; ++r) {
