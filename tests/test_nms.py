@@ -67,6 +67,26 @@ def test_nms_matches_reference(xp, dtype, kind, n, thr):
     check_nms(xp, boxes, scores, thr)
 
 
+@pytest.mark.parametrize("n", [511, 513, 1100])
+def test_nms_across_chunks(xp, dtype, n):
+    """Past 512 ranks the GPU works in chunks (removals carried between them)."""
+    rng = np.random.default_rng(n)
+    boxes, scores = clustered(rng, n, dtype, per=30, size=300.0)
+    check_nms(xp, boxes, scores, 0.5)
+    idxs = rng.integers(0, 4, n).astype(np.int64)
+    got = to_numpy(pydl.ops.batched_nms(xp.asarray(boxes), xp.asarray(scores), xp.asarray(idxs), 0.4))
+    np.testing.assert_array_equal(got, R.batched_nms(boxes, scores, idxs, 0.4))
+
+
+def test_identical_boxes_across_chunks(xp, dtype):
+    n = 700
+    boxes = np.tile(np.array([[3, 4, 30, 40]], dtype), (n, 1))
+    scores = np.random.default_rng(0).random(n).astype(dtype)
+    np.testing.assert_array_equal(check_nms(xp, boxes, scores, 0.5), [np.argmax(scores)])
+    boxes[:, 2] = boxes[:, 0]  # all zero-area: nothing suppresses anything
+    assert len(check_nms(xp, boxes, scores, 0.5)) == n
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_nms_matches_torchvision(xp, dtype, seed):
     torch, tvops = _torchvision()
