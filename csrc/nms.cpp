@@ -8,7 +8,8 @@
 // Layout: boxes (N, 4) row-major (x1, y1, x2, y2); scores (N,); optional category ids (N,) int64.
 //
 // Algorithm: sort once, then walk boxes in that order; a kept box only visits the boxes that
-// share a cell of a uniform grid with it (CSR lists, compacted as boxes get decided). For
+// share a cell of a uniform grid with it (CSR lists, compacted as boxes get decided). With
+// categories (batched_nms), each category gets its own walk and grid. For
 // iou_threshold >= 0 this is exact: a pair sharing no cell has no x- or y-overlap, so inter = 0
 // and iou is 0 or 0/0 = NaN, never > thr. Boxes that cannot overlap anything (zero or negative
 // extent, non-finite coordinates) stay out of the grid. A negative threshold falls back to the
@@ -127,9 +128,10 @@ struct Grid {
     return static_cast<int32_t>(c);
   }
 
-  int64_t set_spans(const T* boxes, const std::vector<char>& valid, int64_t n) {
+  int64_t set_spans(const T* boxes, const std::vector<char>& valid, const int64_t* mem, int64_t n) {
     int64_t total = 0;
-    for (int64_t i = 0; i < n; ++i) {
+    for (int64_t a = 0; a < n; ++a) {
+      const int64_t i = mem[a];
       if (!valid[i]) continue;
       const T* b = boxes + 4 * i;
       int32_t* sp = span.data() + 4 * i;
@@ -142,10 +144,12 @@ struct Grid {
     return total;
   }
 
-  void build(const T* boxes, const std::vector<char>& valid, int64_t n) {
+  // Over the boxes mem[0..n) (ids < the size of valid); span holds every id's cells.
+  void build(const T* boxes, const std::vector<char>& valid, const int64_t* mem, int64_t n) {
     double minx = INFINITY, miny = INFINITY, maxx = -INFINITY, maxy = -INFINITY, sw = 0, sh = 0;
     int64_t m = 0;
-    for (int64_t i = 0; i < n; ++i) {
+    for (int64_t a = 0; a < n; ++a) {
+      const int64_t i = mem[a];
       if (!valid[i]) continue;
       const T* b = boxes + 4 * i;
       minx = std::min(minx, double(b[0]));
@@ -167,19 +171,20 @@ struct Grid {
     gx = cells_along(maxx - minx, sw / std::max<int64_t>(m, 1));
     gy = cells_along(maxy - miny, sh / std::max<int64_t>(m, 1));
     while (gx * gy > 4 * m + 16) (gx >= gy ? gx : gy) = std::max<int64_t>(1, (gx >= gy ? gx : gy) / 2);
-    span.resize(4 * n);
+    span.resize(4 * valid.size());
     int64_t total;
     for (;;) {  // skewed sizes: coarsen until the lists stay linear in m
       sx = gx > 1 ? gx / (maxx - minx) : 0.0;
       sy = gy > 1 ? gy / (maxy - miny) : 0.0;
-      total = set_spans(boxes, valid, n);
+      total = set_spans(boxes, valid, mem, n);
       if (total <= 16 * m + 64 || (gx == 1 && gy == 1)) break;
       gx = std::max<int64_t>(1, gx / 2);
       gy = std::max<int64_t>(1, gy / 2);
     }
     const int64_t ncell = gx * gy;
     begin.assign(ncell + 1, 0);
-    for (int64_t i = 0; i < n; ++i) {
+    for (int64_t a = 0; a < n; ++a) {
+      const int64_t i = mem[a];
       if (!valid[i]) continue;
       const int32_t* sp = span.data() + 4 * i;
       for (int64_t y = sp[2]; y <= sp[3]; ++y)
@@ -188,7 +193,8 @@ struct Grid {
     for (int64_t c = 0; c < ncell; ++c) begin[c + 1] += begin[c];
     end.assign(begin.begin(), begin.end() - 1);
     ids.resize(total);
-    for (int64_t i = 0; i < n; ++i) {
+    for (int64_t a = 0; a < n; ++a) {
+      const int64_t i = mem[a];
       if (!valid[i]) continue;
       const int32_t* sp = span.data() + 4 * i;
       for (int64_t y = sp[2]; y <= sp[3]; ++y)
@@ -197,47 +203,29 @@ struct Grid {
   }
 };
 
-// Writes the kept indices to out[0..count) by decreasing score; returns count.
+// Greedy NMS among the boxes mem[0..m), given by decreasing score: sets kept[i] for the kept ones.
 template <typename T>
-int64_t nms_forward(const T* boxes, const T* scores, const int64_t* cls, int64_t n, double thr,
-                    int64_t* out) {
-  if (n <= 0) return 0;
-  const std::vector<int64_t> order = score_order(scores, n);
-  std::vector<T> area(n);
-  for (int64_t i = 0; i < n; ++i) area[i] = box_area(boxes + 4 * i);
-  std::vector<char> decided(n, 0);  // kept or suppressed
-  int64_t count = 0;
-
+void greedy(const T* boxes, const T* area, const int64_t* mem, int64_t m, double thr,
+            const std::vector<char>& valid, std::vector<char>& decided, std::vector<char>& kept,
+            std::vector<int64_t>& stamp, Grid<T>& grid) {
   if (!(thr >= 0)) {  // every pair may suppress: the plain all-pairs walk
-    for (int64_t a = 0; a < n; ++a) {
-      const int64_t i = order[a];
+    for (int64_t a = 0; a < m; ++a) {
+      const int64_t i = mem[a];
       if (decided[i]) continue;
-      decided[i] = 1;
-      out[count++] = i;
+      decided[i] = kept[i] = 1;
       const T* bi = boxes + 4 * i;
-      for (int64_t b = a + 1; b < n; ++b) {
-        const int64_t j = order[b];
-        if (decided[j] || (cls && cls[j] != cls[i])) continue;
-        if (suppresses(bi, area[i], boxes + 4 * j, area[j], thr)) decided[j] = 1;
+      for (int64_t b = a + 1; b < m; ++b) {
+        const int64_t j = mem[b];
+        if (!decided[j] && suppresses(bi, area[i], boxes + 4 * j, area[j], thr)) decided[j] = 1;
       }
     }
-    return count;
+    return;
   }
-
-  std::vector<char> valid(n);
-  for (int64_t i = 0; i < n; ++i) {
-    const T* b = boxes + 4 * i;
-    valid[i] = std::isfinite(b[0]) && std::isfinite(b[1]) && std::isfinite(b[2]) &&
-               std::isfinite(b[3]) && b[2] > b[0] && b[3] > b[1];
-  }
-  Grid<T> grid;
-  grid.build(boxes, valid, n);
-  std::vector<int64_t> stamp(n, -1);  // the last kept box that tested j (j may sit in many cells)
-  for (int64_t a = 0; a < n; ++a) {
-    const int64_t i = order[a];
+  grid.build(boxes, valid, mem, m);
+  for (int64_t a = 0; a < m; ++a) {
+    const int64_t i = mem[a];
     if (decided[i]) continue;
-    decided[i] = 1;
-    out[count++] = i;
+    decided[i] = kept[i] = 1;
     if (!valid[i]) continue;
     const T* bi = boxes + 4 * i;
     const T ai = area[i];
@@ -249,9 +237,9 @@ int64_t nms_forward(const T* boxes, const T* scores, const int64_t* cls, int64_t
         for (int64_t r = grid.begin[c], re = grid.end[c]; r < re; ++r) {
           const int64_t j = grid.ids[r];
           if (decided[j]) continue;  // drop decided boxes from the list
-          if (stamp[j] != i) {
+          if (stamp[j] != i) {        // j may sit in several of i's cells: test it once
             stamp[j] = i;
-            if ((!cls || cls[j] == cls[i]) && suppresses(bi, ai, boxes + 4 * j, area[j], thr)) {
+            if (suppresses(bi, ai, boxes + 4 * j, area[j], thr)) {
               decided[j] = 1;
               continue;
             }
@@ -262,6 +250,40 @@ int64_t nms_forward(const T* boxes, const T* scores, const int64_t* cls, int64_t
       }
     }
   }
+}
+
+// Writes the kept indices to out[0..count) by decreasing score; returns count. With categories,
+// each category runs its own greedy (on its own grid), then the kept flags are read in rank order.
+template <typename T>
+int64_t nms_forward(const T* boxes, const T* scores, const int64_t* cls, int64_t n, double thr,
+                    int64_t* out) {
+  if (n <= 0) return 0;
+  const std::vector<int64_t> order = score_order(scores, n);
+  std::vector<T> area(n);
+  std::vector<char> valid(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const T* b = boxes + 4 * i;
+    area[i] = box_area(b);
+    valid[i] = std::isfinite(b[0]) && std::isfinite(b[1]) && std::isfinite(b[2]) &&
+               std::isfinite(b[3]) && b[2] > b[0] && b[3] > b[1];
+  }
+  std::vector<char> decided(n, 0), kept(n, 0);
+  std::vector<int64_t> stamp(n, -1);
+  Grid<T> grid;
+  if (!cls) {
+    greedy(boxes, area.data(), order.data(), n, thr, valid, decided, kept, stamp, grid);
+  } else {
+    std::vector<int64_t> grouped(order);  // by category, rank order inside each
+    std::stable_sort(grouped.begin(), grouped.end(), [cls](int64_t a, int64_t b) { return cls[a] < cls[b]; });
+    for (int64_t g0 = 0, g1; g0 < n; g0 = g1) {
+      for (g1 = g0 + 1; g1 < n && cls[grouped[g1]] == cls[grouped[g0]]; ++g1) {
+      }
+      greedy(boxes, area.data(), grouped.data() + g0, g1 - g0, thr, valid, decided, kept, stamp, grid);
+    }
+  }
+  int64_t count = 0;
+  for (int64_t a = 0; a < n; ++a)
+    if (kept[order[a]]) out[count++] = order[a];
   return count;
 }
 
