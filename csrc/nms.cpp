@@ -24,11 +24,12 @@
 
 #include "common.h"
 
-// IoU must round exactly as the reference and torchvision: no fused multiply-adds.
+// IoU must round exactly as the reference and torchvision: no fused multiply-adds. No FP traps
+// either (the default assumes them and then will not if-convert the min/max selects of box_iou).
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
+#pragma GCC optimize("fp-contract=off", "no-trapping-math")
 #endif
 
 namespace pydl {
@@ -311,7 +312,9 @@ void box_iou_forward(const T* b1, int64_t n, const T* b2, int64_t m, T* out) {
       const T h = max_(T(0), min_(ay2, y2[j]) - max_(ay1, y1[j]));
       const T inter = w * h;
       const T uni = (ai + ar[j]) - inter;
-      o[j] = (uni == T(0)) ? T(0) : inter / uni;
+      const bool empty = uni == T(0);
+      const T q = inter / (empty ? T(1) : uni);  // no speculated 0/0: the loop vectorizes
+      o[j] = empty ? T(0) : q;
     }
   }
 }
