@@ -24,11 +24,10 @@
 //     c. propagate_kernel: removed[c] |= OR of the kept rows' words, for every word after the
 //        chunk, in parallel over (32-word tile, 64-row slice): 256 threads = 32 words x 8 rows
 //        in flight, one global atomicOr per word and slice (bitwise OR: deterministic).
-//  Thread mapping of box_iou_kernel: one thread per output element, grid-stride.
+//  box_iou_kernel: a block per (row of boxes1, tile of 256 columns), grid-stride both ways.
 #include <cub/cub.cuh>
 
 #include <algorithm>
-
 #include <cstdint>
 
 #include "common.cuh"
@@ -259,16 +258,19 @@ __global__ void __launch_bounds__(256) propagate_kernel(const u64* __restrict__ 
   }
 }
 
+// grid (column tiles, rows), both grid-stride: a block's threads share one boxes1 row.
 template <typename T>
 __global__ void box_iou_kernel(const T* __restrict__ b1, int64_t n, const T* __restrict__ b2, int64_t m,
                                T* __restrict__ out) {
-  const int64_t total = n * m;
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t i = e / m, j = e - i * m;
-    const Box4<T> a = load_box(b1 + 4 * i), b = load_box(b2 + 4 * j);
-    T inter, uni;
-    inter_union(a, area_of(a), b, area_of(b), inter, uni);
-    out[e] = (uni == T(0)) ? T(0) : div_rn(inter, uni);
+  for (int64_t i = blockIdx.y; i < n; i += gridDim.y) {
+    const Box4<T> a = load_box(b1 + 4 * i);
+    const T aa = area_of(a);
+    for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < m; j += int64_t(gridDim.x) * blockDim.x) {
+      const Box4<T> b = load_box(b2 + 4 * j);
+      T inter, uni;
+      inter_union(a, aa, b, area_of(b), inter, uni);
+      out[i * m + j] = (uni == T(0)) ? T(0) : div_rn(inter, uni);
+    }
   }
 }
 
@@ -359,8 +361,11 @@ void nms_forward(dptr boxes, dptr scores, dptr idxs, int64_t n, double thr, dptr
 
 template <typename T>
 void box_iou_forward(dptr b1, int64_t n, dptr b2, int64_t m, dptr out, dptr stream) {
-  box_iou_kernel<T><<<grid_for(n * m, 256), 256, 0, as_stream(stream)>>>(as_ptr<const T>(b1), n, as_ptr<const T>(b2),
-                                                                         m, as_ptr<T>(out));
+  const int64_t tiles = std::min<int64_t>((m + 255) / 256, 1024);
+  const int64_t rows = std::min<int64_t>(n, 65535);
+  dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(rows));
+  box_iou_kernel<T><<<grid, 256, 0, as_stream(stream)>>>(as_ptr<const T>(b1), n, as_ptr<const T>(b2), m,
+                                                         as_ptr<T>(out));
   PYDL_LAUNCH_CHECK();
 }
 
