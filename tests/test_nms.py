@@ -166,6 +166,22 @@ def test_nan_box_neither_suppresses_nor_is_suppressed(xp, dtype):
     np.testing.assert_array_equal(check_nms(xp, boxes, scores, 0.5), [1, 0, 3])
 
 
+def test_skewed_sizes_and_huge_coordinates(xp, dtype):
+    """Tiny boxes under a few huge ones (the CPU grid coarsens), and coordinates whose areas
+    overflow to inf (IoU 0 or NaN: no suppression), mixed with ordinary boxes."""
+    rng = np.random.default_rng(17)
+    tiny, s1 = clustered(rng, 300, dtype, per=5, size=1000.0)
+    tiny[:, 2:] = tiny[:, :2] + (tiny[:, 2:] - tiny[:, :2]) * 0.05
+    huge = np.array([[-5, -5, 1100, 1100], [0, 0, 1000, 990], [10, -3, 1005, 1000]], dtype)
+    big = np.finfo(dtype).max / 4
+    wild = np.array([[-big, -big, big, big], [-big, 0, big, 1], [0, 0, big, big]], dtype)
+    huge = np.concatenate([huge, huge + 1, huge + 2])  # 9 boxes over every cell: > 16 entries/box
+    for boxes in (np.concatenate([tiny, huge]), np.concatenate([tiny, huge, wild])):
+        scores = rng.random(len(boxes)).astype(dtype)
+        for thr in (0.0, 0.3, 0.9):
+            check_nms(xp, boxes, scores, thr)
+
+
 def test_negative_zero_ties_with_zero(xp, dtype):
     boxes = np.array([[0, 0, 1, 1], [5, 5, 6, 6], [9, 9, 10, 10]], dtype)
     scores = np.array([0.0, -0.0, 0.0], dtype)
