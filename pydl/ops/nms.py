@@ -114,8 +114,3 @@ def box_iou(boxes1, boxes2):
     boxes2 = _backend.contiguous(boxes2, xp)
     _backend.kernels(xp, "nms").box_iou(boxes1, boxes2, out)
     return out
-
-
-# The package __init__ does `from .nms import *` and then `from . import nms as _nms`, which
-# finds this function (it shadows the submodule) and reads its __all__: give it one.
-nms.__all__ = __all__

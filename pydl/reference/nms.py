@@ -97,8 +97,3 @@ def box_iou(boxes1, boxes2):
         with np.errstate(invalid="ignore", divide="ignore"):
             out[i] = np.where(union == 0, out.dtype.type(0), inter / union)
     return out
-
-
-# The package __init__ does `from .nms import *` and then `from . import nms as _nms`, which
-# finds this function (it shadows the submodule) and reads its __all__: give it one.
-nms.__all__ = __all__
