@@ -207,8 +207,12 @@ void max_pool2d_forward(carray<T> x, carray<T> y, py::object indices, int64_t kh
 }
 
 // dx = 0; dx[argmax[o]] += dy[o] per plane (the derivative of a max is 1 at the element chosen).
+// The window geometry is only checked here (the GPU gather needs it to find covering outputs).
 template <typename T>
-void max_pool2d_backward(carray<T> dy, carray<int64_t> indices, carray<T> dx) {
+void max_pool2d_backward(carray<T> dy, carray<int64_t> indices, carray<T> dx, int64_t kh, int64_t kw,
+                         int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw) {
+  PYDL_CHECK(kh >= 1 && kw >= 1 && sh >= 1 && sw >= 1 && dh >= 1 && dw >= 1 && ph >= 0 && pw >= 0,
+             "max_pool2d_backward: bad window");
   PYDL_CHECK(dy.ndim() == 4 && dx.ndim() == 4 && indices.ndim() == 4,
              "max_pool2d_backward: arrays must be 4-D");
   for (int a = 0; a < 4; ++a)
@@ -499,7 +503,8 @@ void bind_typed(py::module_& m) {
         py::arg("dh"), py::arg("dw"),
         "y (and indices unless None) <- max pooling of x (N, C, H, W); y's shape gives the output size");
   m.def("max_pool2d_backward", &max_pool2d_backward<T>, py::arg("dy"), py::arg("indices"), py::arg("dx"),
-        "dx <- scatter of dy to the argmax indices");
+        py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
+        py::arg("dh"), py::arg("dw"), "dx <- scatter of dy to the argmax indices");
   m.def("avg_pool2d_forward", &avg_pool2d_forward<T>, py::arg("x"), py::arg("y"), py::arg("kh"),
         py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
         py::arg("count_include_pad"), py::arg("divisor_override"),

@@ -119,37 +119,40 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     return _ret(y, squeeze)
 
 
-def max_pool2d_backward(grad_out, indices, input_shape):
-    """Gradient of ``max_pool2d`` with respect to its input.
+def max_pool2d_backward(grad_out, indices, x_shape, kernel_size, stride=None, padding=0, dilation=1,
+                        ceil_mode=False):
+    """Gradient of ``max_pool2d`` with respect to its input (PyTorch's
+    ``max_pool2d_with_indices_backward``).
 
     Parameters
     ----------
     grad_out : ndarray, shape (N, C, OH, OW) or (C, OH, OW)
     indices : ndarray of int64, grad_out's shape
-        The argmax that ``max_pool2d(..., return_indices=True)`` returned.
-    input_shape : tuple
+        The argmax that ``max_pool2d(..., return_indices=True)`` returned with this geometry.
+    x_shape : tuple
         ``x.shape`` of the forward input, (N, C, H, W) or (C, H, W).
+    kernel_size, stride, padding, dilation, ceil_mode
+        As given to ``max_pool2d`` (the GPU gathers, for every input element, over the outputs
+        whose window covers it, and needs the geometry for that).
 
     Returns
     -------
-    grad_x : ndarray, shape ``input_shape``
+    grad_x : ndarray, shape ``x_shape``
         ``grad_x[n, c].flat[indices[n, c, i, j]] += grad_out[n, c, i, j]``: every output's gradient
-        goes to the element its forward chose (entries -1, empty windows, pass nothing).
+        goes to the element its forward chose (entries -1, empty windows, pass nothing). Indices
+        out of range raise ValueError on the CPU; the GPU never reads or writes out of bounds but
+        ignores an index that lies outside its window instead of raising.
     """
     xp = _backend.array_module(grad_out=grad_out, indices=indices)
-    shape4, squeeze = _shape4("input_shape", input_shape)
-    _backend.check_float("grad_out", grad_out, ndim=3 if squeeze else 4)
+    shape4, squeeze = _shape4("x_shape", x_shape)
+    k, s, p, d, out = _window(shape4[2:], kernel_size, stride, padding, dilation, ceil_mode)
+    dy = _backend.contiguous(_grad("grad_out", grad_out, shape4, out, squeeze), xp)
     if indices.dtype != np.int64:
         raise TypeError(f"indices: expected dtype int64, got {indices.dtype}")
     _backend.check_shape("indices", indices, grad_out.shape)
-    if tuple(grad_out.shape[:-2]) != tuple(input_shape[:-2]):
-        raise ValueError(f"grad_out: expected leading dimensions {tuple(input_shape[:-2])} of input_shape, "
-                         f"got shape {tuple(grad_out.shape)}")
-    n4 = shape4[:2] + tuple(grad_out.shape[-2:])
-    dy = _backend.contiguous(grad_out.reshape(n4), xp)
-    ind = _backend.contiguous(indices.reshape(n4), xp)
+    ind = _backend.contiguous(indices.reshape(dy.shape), xp)
     dx = _backend.empty(shape4, dy.dtype, xp)
-    _backend.kernels(xp, "pool").max_pool2d_backward(dy, ind, dx)
+    _backend.kernels(xp, "pool").max_pool2d_backward(dy, ind, dx, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1])
     return _ret(dx, squeeze)
 
 

@@ -66,8 +66,10 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     return _ret(y, squeeze)
 
 
-def max_pool2d_backward(grad_out, indices, input_shape):
-    shape4, squeeze = _shape4("input_shape", input_shape)
+def max_pool2d_backward(grad_out, indices, x_shape, kernel_size, stride=None, padding=0, dilation=1,
+                        ceil_mode=False):
+    # The indices say everything: scatter-add each gradient to its argmax.
+    shape4, squeeze = _shape4("x_shape", x_shape)
     dy = np.asarray(grad_out, dtype=np.float64).reshape(shape4[:2] + tuple(grad_out.shape[-2:]))
     ind = np.asarray(indices).reshape(dy.shape)
     N, C, H, W = shape4
