@@ -153,6 +153,62 @@ PYDL_SIMD_CLONES void max_forward_plane(const T* plane, T* y, int64_t* ind, I* t
   }
 }
 
+// NaN-propagating max: v replaces m when larger or NaN (once m is NaN it stays NaN).
+template <typename T>
+inline T nan_max(T m, T v) {
+  return ((v > m) | (v != v)) ? v : m;
+}
+
+// Max pooling without indices is separable: r = max over the window rows (contiguous, fully
+// vectorized), then y = max over the window columns of r. The value is the same as the
+// direct scan (the max, or NaN if the window holds one).
+template <typename T, int S>
+PYDL_SIMD_CLONES void max_forward_plane_sep(const T* plane, T* y, T* r, const Axis& ah,
+                                            const Axis& aw, int64_t c_lo, int64_t c_hi) {
+  const int64_t W = aw.in, OH = ah.out, OW = aw.out, kw = aw.k, pw = aw.p, dw = aw.d;
+  const int64_t s = S ? S : aw.s;
+  for (int64_t oh = 0; oh < OH; ++oh) {
+    T* __restrict o = y + oh * OW;
+    const int64_t ih0 = ah.start(oh), ilo = ah.tap_lo(oh), ihi = ah.tap_hi(oh);
+    if (ilo >= ihi) {
+      for (int64_t ow = 0; ow < OW; ++ow) o[ow] = neg_inf<T>();
+      continue;
+    }
+    // Vertical pass over the window's rows.
+    const T* __restrict r0 = plane + (ih0 + ilo * ah.d) * W;
+    const T* rv = r0;
+    if (ihi - ilo > 1) {
+      const T* __restrict r1 = plane + (ih0 + (ilo + 1) * ah.d) * W;
+      T* __restrict rr = r;
+      for (int64_t w = 0; w < W; ++w) rr[w] = nan_max(r0[w], r1[w]);
+      for (int64_t i = ilo + 2; i < ihi; ++i) {
+        const T* __restrict ri = plane + (ih0 + i * ah.d) * W;
+        for (int64_t w = 0; w < W; ++w) rr[w] = nan_max(rr[w], ri[w]);
+      }
+      rv = r;
+    }
+    // Horizontal pass: interior columns branch-free, borders clipped.
+    const int64_t n = c_hi - c_lo;
+    if (n > 0) {
+      T* __restrict oi = o + c_lo;
+      const T* __restrict rp = rv + c_lo * s - pw;
+      for (int64_t q = 0; q < n; ++q) oi[q] = rp[q * s];
+      for (int64_t j = 1; j < kw; ++j) {
+        const T* __restrict rj = rp + j * dw;
+        for (int64_t q = 0; q < n; ++q) oi[q] = nan_max(oi[q], rj[q * s]);
+      }
+    }
+    for (int64_t ow = 0; ow < OW; ++ow) {
+      if (ow == c_lo) ow = c_hi;
+      if (ow >= OW) break;
+      const int64_t iw0 = aw.start(ow), jlo = aw.tap_lo(ow), jhi = aw.tap_hi(ow);
+      T m = neg_inf<T>();
+      for (int64_t j = jlo; j < jhi; ++j) m = nan_max(m, rv[iw0 + j * dw]);
+      o[ow] = m;
+    }
+  }
+}
+
 template <typename T, typename I, int S, bool IDX>
 void max_forward_impl(const T* x, T* y, int64_t* ind, int64_t planes, const Axis& ah,
                       const Axis& aw) {
@@ -163,10 +219,15 @@ void max_forward_impl(const T* x, T* y, int64_t* ind, int64_t planes, const Axis
   {
     // int32 argmax while a row is being built (vectorizes with float), int64 on the way out.
     std::vector<I> tmp(std::is_same<I, int64_t>::value ? 0 : aw.out);
+    std::vector<T> rbuf(IDX ? 0 : aw.in);
 #pragma omp for schedule(static)
-    for (int64_t pl = 0; pl < planes; ++pl)
-      max_forward_plane<T, I, S, IDX>(x + pl * HW, y + pl * OHW, IDX ? ind + pl * OHW : nullptr,
-                                      tmp.data(), ah, aw, c_lo, c_hi);
+    for (int64_t pl = 0; pl < planes; ++pl) {
+      if constexpr (!IDX)
+        max_forward_plane_sep<T, S>(x + pl * HW, y + pl * OHW, rbuf.data(), ah, aw, c_lo, c_hi);
+      else
+        max_forward_plane<T, I, S, IDX>(x + pl * HW, y + pl * OHW, ind + pl * OHW, tmp.data(), ah,
+                                        aw, c_lo, c_hi);
+    }
   }
 }
 

@@ -139,6 +139,11 @@ def test_max_pool2d_nan_propagates_and_wins_the_index(xp, dtype):
     assert np.isfinite(y[0, 0, 1, 1])
     yr, ir = R.max_pool2d(x, 2, return_indices=True)
     assert np.array_equal(ind, ir) and np.array_equal(np.isnan(y), np.isnan(yr))
+    # Without indices (a separate, separable CPU path) NaN propagates the same way.
+    y_only = to_numpy(F.max_pool2d(xp.asarray(x), 2))
+    assert np.array_equal(y_only, y, equal_nan=True)
+    y3 = to_numpy(F.max_pool2d(xp.asarray(x), 3, 1, 1))
+    assert np.array_equal(y3, R.max_pool2d(x, 3, 1, 1), equal_nan=True)
     if torch is not None:
         _, it = TF.max_pool2d(torch.from_numpy(x), 2, return_indices=True)
         assert np.array_equal(ind, it.numpy())
