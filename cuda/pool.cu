@@ -184,6 +184,34 @@ avg_pool2d_forward_kernel(const T* __restrict__ x, T* __restrict__ y, I total, I
   }
 }
 
+// The 2x2 / stride 2 / no padding case over even-sized rows (the common downsampling layer):
+// R outputs per thread from one 2R-wide vector load per input row, one R-wide vector store.
+// Every window is full, so the divisor is 4 (or the override).
+template <typename T, typename I, int R>
+__global__ void __launch_bounds__(kBlock)
+avg_pool2d_forward_2x2_kernel(const T* __restrict__ x, T* __restrict__ y, I total, I OWR, int64_t W,
+                              T div) {
+  const I stride = static_cast<I>(gridDim.x) * blockDim.x;
+  for (I i = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const I q = i % OWR;
+    const I t = i / OWR;  // = n*C*OH + c*OH + oh: input rows 2t and 2t+1 (H == 2*OH)
+    const T* p0 = x + static_cast<int64_t>(t) * 2 * W + static_cast<int64_t>(q) * 2 * R;
+    const Vec<T, 2 * R> a = *reinterpret_cast<const Vec<T, 2 * R>*>(p0);
+    const Vec<T, 2 * R> b = *reinterpret_cast<const Vec<T, 2 * R>*>(p0 + W);
+    Vec<T, R> o;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {  // the generic kernel's summation order, so both agree bitwise
+      T acc = T(0);
+      acc += a.v[2 * r];
+      acc += a.v[2 * r + 1];
+      acc += b.v[2 * r];
+      acc += b.v[2 * r + 1];
+      o.v[r] = acc / div;
+    }
+    *reinterpret_cast<Vec<T, R>*>(y + static_cast<int64_t>(t) * OWR * R + static_cast<int64_t>(q) * R) = o;
+  }
+}
+
 // y = sum(window) / div, so dx[h, w] = sum over the windows covering (h, w) of dy / div.
 template <typename T, typename I, int V>
 __global__ void __launch_bounds__(kBlock)
@@ -386,7 +414,27 @@ void avg_pool2d_forward(dptr x, dptr y, int64_t N, int64_t C, int64_t H, int64_t
   if (total == 0) return;
   const Win w{kh, kw, sh, sw, ph, pw, 1, 1};
   cudaStream_t st = as_stream(stream);
-  if (total < kI32 && N * C * H * W < kI32)
+  const bool narrow = total < kI32 && N * C * H * W < kI32;
+  if (narrow && kh == 2 && kw == 2 && sh == 2 && sw == 2 && ph == 0 && pw == 0 && H == 2 * OH &&
+      W == 2 * OW) {
+    // Full windows only: the divisor is 4 or the override. R outputs per thread, 16-byte loads
+    // where the row length and the pointers allow.
+    const T div = static_cast<T>(divisor_override ? divisor_override : 4);
+    int r = 16 / (2 * static_cast<int>(sizeof(T)));
+    while (r > 1 && !(W % (2 * r) == 0 && x % (2 * r * sizeof(T)) == 0 && y % (r * sizeof(T)) == 0)) r /= 2;
+    if (W % (2 * r) == 0 && x % (2 * r * sizeof(T)) == 0 && y % (r * sizeof(T)) == 0) {
+      const int64_t rows = N * C * OH, owr = OW / r, t = rows * owr;
+      if (r == 2)
+        avg_pool2d_forward_2x2_kernel<T, uint32_t, 2><<<grid_for(t, kBlock), kBlock, 0, st>>>(
+            as_ptr<const T>(x), as_ptr<T>(y), static_cast<uint32_t>(t), static_cast<uint32_t>(owr), W, div);
+      else
+        avg_pool2d_forward_2x2_kernel<T, uint32_t, 1><<<grid_for(t, kBlock), kBlock, 0, st>>>(
+            as_ptr<const T>(x), as_ptr<T>(y), static_cast<uint32_t>(t), static_cast<uint32_t>(owr), W, div);
+      PYDL_LAUNCH_CHECK();
+      return;
+    }
+  }
+  if (narrow)
     launch_avg_fwd<T, uint32_t>(as_ptr<const T>(x), as_ptr<T>(y), total, OH, OW, H, W, w,
                                 count_include_pad, divisor_override, st);
   else

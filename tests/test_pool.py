@@ -42,6 +42,8 @@ AVG_CONFIGS = [
     ((1, 3, 13, 6), (3, 1), (3, 1), (1, 0), False),
     ((2, 4, 10, 9), 4, 3, 2, True),
     ((1, 1, 1, 1), 1, 1, 0, False),
+    ((2, 3, 6, 10), 2, 2, 0, False),        # 2x2 fast path, rows not a multiple of 4 (GPU)
+    ((1, 2, 7, 9), 2, 2, 0, True),          # odd sizes: the last windows are clipped
 ]
 
 
