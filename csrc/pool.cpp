@@ -406,7 +406,15 @@ PYDL_SIMD_CLONES void avg_backward_plane(const T* gy_plane, T* plane, T* g, cons
     const int64_t n = c_hi - c_lo;
     for (int64_t ih = ih0 + ilo; ih < ih0 + ihi; ++ih) {
       T* row = plane + ih * W;
-      if (n > 0) {
+      if (n > 0 && S == 2 && kw == 2) {  // 2-wide, stride-2 windows tile the row: one pass
+        T* __restrict dp = row + c_lo * 2 - pw;
+        const T* __restrict gi = g + c_lo;
+        for (int64_t q = 0; q < n; ++q) {
+          const T v = gi[q];
+          dp[2 * q] += v;
+          dp[2 * q + 1] += v;
+        }
+      } else if (n > 0) {
         for (int64_t j = 0; j < kw; ++j) {
           T* __restrict dp = row + c_lo * s - pw + j;
           const T* __restrict gi = g + c_lo;
