@@ -13,7 +13,9 @@
 // (dx[argmax] += dy, dx[window] += dy/divisor) are race-free and deterministic.
 // Vectorization: within a row of outputs, the columns whose window lies inside the image run a
 // branch-free loop over ow (stride 1 and 2 are compile-time constants so strided loads vectorize);
-// the few border columns take a clipped scalar path.
+// the few border columns take a clipped scalar path. Max pooling without indices is done
+// separably (max over the window rows, then over the columns), which needs far fewer operations;
+// with indices it scans the taps in PyTorch's order to pick the same argmax.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
