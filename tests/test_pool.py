@@ -398,3 +398,41 @@ def test_bad_backward_inputs_raise(xp):
         F.global_avg_pool2d_backward(y, x.shape)
     with pytest.raises(ValueError, match=r"grad_out: expected shape \(1, 3, 3, 3\)"):
         F.adaptive_avg_pool2d_backward(y, (1, 3, 6, 6))
+
+
+def _random_window(rng):
+    k = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
+    s = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+    p = (int(rng.integers(0, k[0] // 2 + 1)), int(rng.integers(0, k[1] // 2 + 1)))
+    d = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+    shape = (int(rng.integers(1, 3)), int(rng.integers(1, 3)), int(rng.integers(1, 12)), int(rng.integers(1, 12)))
+    return shape, k, s, p, d, bool(rng.integers(0, 2))
+
+
+def test_random_configs_match_reference(xp, dtype):
+    # Seeded sweep over windows, strides, paddings, dilations and ceil mode, with ties (small
+    # integers): values, argmax and both backwards against the reference.
+    rng = np.random.default_rng(14)
+    checked = 0
+    while checked < 60:
+        shape, k, s, p, d, ceil = _random_window(rng)
+        try:
+            R.max_pool2d(np.zeros(shape), k, s, p, d, ceil)
+        except ValueError:
+            continue  # the window does not fit: covered by test_bad_inputs_raise
+        checked += 1
+        x = rng.integers(-3, 4, size=shape).astype(dtype)
+        y, ind = F.max_pool2d(xp.asarray(x), k, s, p, d, ceil, return_indices=True)
+        want, want_ind = R.max_pool2d(x.astype(np.float64), k, s, p, d, ceil, return_indices=True)
+        assert np.array_equal(to_numpy(y), want) and np.array_equal(to_numpy(ind), want_ind)
+        assert np.array_equal(to_numpy(F.max_pool2d(xp.asarray(x), k, s, p, d, ceil)), want)
+        dy = rng.standard_normal(want.shape)
+        dx = F.max_pool2d_backward(xp.asarray(dy.astype(dtype)), ind, shape, k, s, p, d, ceil)
+        want_dx = R.max_pool2d_backward(dy.astype(dtype).astype(np.float64), want_ind, shape, k, s, p, d, ceil)
+        assert_close(dx, want_dx, dtype)
+        inc, div = bool(rng.integers(0, 2)), [None, 3][int(rng.integers(0, 2))]
+        a = F.avg_pool2d(xp.asarray(x), k, s, p, ceil, inc, div)
+        assert_close(a, R.avg_pool2d(x.astype(np.float64), k, s, p, ceil, inc, div), dtype)
+        ga = rng.standard_normal(a.shape).astype(dtype)
+        assert_close(F.avg_pool2d_backward(xp.asarray(ga), shape, k, s, p, ceil, inc, div),
+                     R.avg_pool2d_backward(ga.astype(np.float64), shape, k, s, p, ceil, inc, div), dtype)

@@ -35,7 +35,9 @@ def _as4d(name, x):
 
 
 def _shape4(name, shape):
-    """A 3-D or 4-D shape tuple (e.g. ``x.shape``) as (4-tuple, squeeze)."""
+    """A 3-D or 4-D shape tuple (``x.shape``, or the array x itself) as (4-tuple, squeeze)."""
+    if hasattr(shape, "shape") and hasattr(shape, "dtype"):
+        shape = shape.shape
     try:
         shape = tuple(int(_backend.int_arg(name, s, 0)) for s in shape)
     except TypeError as e:
