@@ -59,6 +59,9 @@ struct Axis {
 #define PYDL_SIMD_CLONES
 #endif
 
+// Small problems run on the calling thread: waking the team costs more than the work.
+inline bool parallel_worth(int64_t elements) { return elements >= (int64_t(1) << 15); }
+
 template <typename T>
 constexpr T neg_inf() { return -std::numeric_limits<T>::infinity(); }
 
@@ -217,7 +220,7 @@ void max_forward_impl(const T* x, T* y, int64_t* ind, int64_t planes, const Axis
   const int64_t HW = ah.in * aw.in, OHW = ah.out * aw.out;
   int64_t c_lo, c_hi;
   aw.interior(c_lo, c_hi);
-#pragma omp parallel
+#pragma omp parallel if (parallel_worth(planes * (ah.in * aw.in + ah.out * aw.out)))
   {
     // int32 argmax while a row is being built (vectorizes with float), int64 on the way out.
     std::vector<I> tmp(std::is_same<I, int64_t>::value ? 0 : aw.out);
@@ -290,7 +293,7 @@ void max_pool2d_backward(carray<T> dy, carray<int64_t> indices, carray<T> dx, in
   int64_t bad = 0;
   {
     py::gil_scoped_release release;
-#pragma omp parallel for schedule(static) reduction(+ : bad)
+#pragma omp parallel for schedule(static) if (parallel_worth(planes * (HW + OHW))) reduction(+ : bad)
     for (int64_t pl = 0; pl < planes; ++pl) {
       T* dp = d + pl * HW;
       const T* gp = g + pl * OHW;
@@ -384,7 +387,7 @@ void avg_forward_impl(const T* x, T* y, int64_t planes, const Axis& ah, const Ax
   aw.interior(c_lo, c_hi);
   const AvgDiv<T> div(ah, aw, include_pad, divisor_override);
   const int64_t HW = ah.in * aw.in, OHW = ah.out * aw.out;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(planes * (ah.in * aw.in + ah.out * aw.out)))
   for (int64_t pl = 0; pl < planes; ++pl)
     avg_forward_plane<T, S>(x + pl * HW, y + pl * OHW, ah, aw, div.hc.data(), div.wc.data(), c_lo, c_hi);
 }
@@ -440,7 +443,7 @@ void avg_backward_impl(const T* dy, T* dx, int64_t planes, const Axis& ah, const
   aw.interior(c_lo, c_hi);
   const AvgDiv<T> div(ah, aw, include_pad, divisor_override);
   const int64_t HW = ah.in * aw.in, OHW = ah.out * aw.out;
-#pragma omp parallel
+#pragma omp parallel if (parallel_worth(planes * (ah.in * aw.in + ah.out * aw.out)))
   {
     std::vector<T> gbuf(aw.out);
 #pragma omp for schedule(static)
@@ -517,7 +520,7 @@ void adaptive_avg_pool2d_forward(carray<T> x, carray<T> y) {
   T* yp = out_ptr(y);
   if (planes == 0) return;
   py::gil_scoped_release release;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(planes * (H * W + OH * OW)))
   for (int64_t pl = 0; pl < planes; ++pl) {
     const T* plane = xp + pl * H * W;
     for (int64_t oh = 0; oh < OH; ++oh) {
@@ -545,7 +548,7 @@ void adaptive_avg_pool2d_backward(carray<T> dy, carray<T> dx) {
   T* dp = out_ptr(dx);
   if (planes == 0) return;
   py::gil_scoped_release release;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(planes * (H * W + OH * OW)))
   for (int64_t pl = 0; pl < planes; ++pl) {
     T* plane = dp + pl * H * W;
     const T* g = gp + pl * OH * OW;
