@@ -34,13 +34,16 @@ struct Axis {
   int64_t in, out, k, s, p, d;
   int64_t start(int64_t o) const { return o * s - p; }
   // Taps [tap_lo, tap_hi) of window o that fall inside [0, in).
+  // (Called per output row and border column: no division without dilation.)
   int64_t tap_lo(int64_t o) const {
     int64_t a = start(o);
-    return a >= 0 ? 0 : (-a + d - 1) / d;
+    if (a >= 0) return 0;
+    return d == 1 ? -a : (-a + d - 1) / d;
   }
   int64_t tap_hi(int64_t o) const {
     int64_t r = in - start(o);
-    return r <= 0 ? 0 : std::min(k, (r + d - 1) / d);
+    if (r <= 0) return 0;
+    return std::min(k, d == 1 ? r : (r + d - 1) / d);
   }
   // Outputs [lo, hi) whose whole window is inside the image (no clipping needed).
   void interior(int64_t& lo, int64_t& hi) const {
@@ -293,7 +296,8 @@ void max_pool2d_backward(carray<T> dy, carray<int64_t> indices, carray<T> dx, in
   int64_t bad = 0;
   {
     py::gil_scoped_release release;
-#pragma omp parallel for schedule(static) if (parallel_worth(planes * (HW + OHW))) reduction(+ : bad)
+#pragma omp parallel for schedule(static) if (parallel_worth(planes * (HW + OHW))) \
+    reduction(+ : bad)
     for (int64_t pl = 0; pl < planes; ++pl) {
       T* dp = d + pl * HW;
       const T* gp = g + pl * OHW;
@@ -387,7 +391,8 @@ void avg_forward_impl(const T* x, T* y, int64_t planes, const Axis& ah, const Ax
   aw.interior(c_lo, c_hi);
   const AvgDiv<T> div(ah, aw, include_pad, divisor_override);
   const int64_t HW = ah.in * aw.in, OHW = ah.out * aw.out;
-#pragma omp parallel for schedule(static) if (parallel_worth(planes * (ah.in * aw.in + ah.out * aw.out)))
+#pragma omp parallel for schedule(static) \
+    if (parallel_worth(planes * (ah.in * aw.in + ah.out * aw.out)))
   for (int64_t pl = 0; pl < planes; ++pl)
     avg_forward_plane<T, S>(x + pl * HW, y + pl * OHW, ah, aw, div.hc.data(), div.wc.data(), c_lo, c_hi);
 }
