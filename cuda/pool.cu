@@ -35,6 +35,27 @@ struct alignas(sizeof(T) * V) Vec {
   T v[V];
 };
 
+// Division of a thread's flat index by a size fixed at launch. 32-bit: a multiply-high, an add
+// and a shift (the invariant-divisor method of Granlund and Montgomery; exact for n, d < 2^31,
+// which the host guarantees before choosing it); 64-bit: a plain division.
+template <typename I>
+struct Div;
+template <>
+struct Div<uint32_t> {
+  uint32_t d, m, s;
+  explicit Div(int64_t dd) : d(static_cast<uint32_t>(dd)), m(0), s(0) {
+    while ((uint64_t(1) << s) < d) ++s;
+    m = static_cast<uint32_t>(((uint64_t(1) << 32) * ((uint64_t(1) << s) - d)) / d + 1);
+  }
+  __device__ __forceinline__ uint32_t div(uint32_t n) const { return (__umulhi(n, m) + n) >> s; }
+};
+template <>
+struct Div<int64_t> {
+  int64_t d;
+  explicit Div(int64_t dd) : d(dd) {}
+  __device__ __forceinline__ int64_t div(int64_t n) const { return n / d; }
+};
+
 struct Win {  // the pooling window, both axes
   int kh, kw, sh, sw, ph, pw, dh, dw;
 };
@@ -44,14 +65,14 @@ struct Win {  // the pooling window, both axes
 template <typename T, typename I, int K, bool IDX>
 __global__ void __launch_bounds__(kBlock)
 max_pool2d_forward_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t* __restrict__ ind,
-                          I total, I OH, I OW, int64_t H, int64_t W, Win win) {
+                          I total, Div<I> dOH, Div<I> dOW, int64_t H, int64_t W, Win win) {
   const int KH = K ? K : win.kh, KW = K ? K : win.kw;
   const I stride = static_cast<I>(gridDim.x) * blockDim.x;
   for (I i = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
-    const I ow = i % OW;
-    const I t = i / OW;
-    const I oh = t % OH;
-    const I nc = t / OH;
+    const I t = dOW.div(i);
+    const I ow = i - t * dOW.d;
+    const I nc = dOH.div(t);
+    const I oh = t - nc * dOH.d;
     const T* __restrict__ plane = x + static_cast<int64_t>(nc) * H * W;
     const int64_t h0 = static_cast<int64_t>(oh) * win.sh - win.ph;
     const int64_t w0 = static_cast<int64_t>(ow) * win.sw - win.pw;
@@ -95,14 +116,14 @@ __device__ __forceinline__ void covering(int64_t pos_lo, int64_t pos_hi, int64_t
 template <typename T, typename I, int V>
 __global__ void __launch_bounds__(kBlock)
 max_pool2d_backward_kernel(const T* __restrict__ dy, const int64_t* __restrict__ ind,
-                           T* __restrict__ dx, I total, I H, I WV, int64_t W, int64_t OH,
+                           T* __restrict__ dx, I total, Div<I> dH, Div<I> dWV, int64_t W, int64_t OH,
                            int64_t OW, Win win) {
   const I stride = static_cast<I>(gridDim.x) * blockDim.x;
   for (I i = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
-    const I wq = i % WV;
-    const I t = i / WV;
-    const I h = t % H;
-    const I nc = t / H;
+    const I t = dWV.div(i);
+    const I wq = i - t * dWV.d;
+    const I nc = dH.div(t);
+    const I h = t - nc * dH.d;
     const int64_t w0 = static_cast<int64_t>(wq) * V;
     const int64_t hw0 = static_cast<int64_t>(h) * W + w0;  // flat index of this thread's first element
     int64_t oh_lo, oh_hi, ow_lo, ow_hi;
@@ -124,7 +145,7 @@ max_pool2d_backward_kernel(const T* __restrict__ dy, const int64_t* __restrict__
         }
       }
     }
-    *reinterpret_cast<Vec<T, V>*>(dx + static_cast<int64_t>(nc) * H * W + hw0) = acc;
+    *reinterpret_cast<Vec<T, V>*>(dx + static_cast<int64_t>(nc) * dH.d * W + hw0) = acc;
   }
 }
 
@@ -150,15 +171,15 @@ __device__ __forceinline__ int64_t avg_window(int64_t oh, int64_t ow, int64_t H,
 
 template <typename T, typename I, int K>
 __global__ void __launch_bounds__(kBlock)
-avg_pool2d_forward_kernel(const T* __restrict__ x, T* __restrict__ y, I total, I OH, I OW,
+avg_pool2d_forward_kernel(const T* __restrict__ x, T* __restrict__ y, I total, Div<I> dOH, Div<I> dOW,
                           int64_t H, int64_t W, Win win, bool include_pad, int64_t divisor_override) {
   const int KH = K ? K : win.kh, KW = K ? K : win.kw;
   const I stride = static_cast<I>(gridDim.x) * blockDim.x;
   for (I i = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
-    const I ow = i % OW;
-    const I t = i / OW;
-    const I oh = t % OH;
-    const I nc = t / OH;
+    const I t = dOW.div(i);
+    const I ow = i - t * dOW.d;
+    const I nc = dOH.div(t);
+    const I oh = t - nc * dOH.d;
     int64_t hs, he, ws, we;
     const int64_t div = avg_window(oh, ow, H, W, win, include_pad, divisor_override, hs, he, ws, we);
     if (hs >= he || ws >= we) {  // window entirely in the padding
@@ -189,12 +210,12 @@ avg_pool2d_forward_kernel(const T* __restrict__ x, T* __restrict__ y, I total, I
 // Every window is full, so the divisor is 4 (or the override).
 template <typename T, typename I, int R>
 __global__ void __launch_bounds__(kBlock)
-avg_pool2d_forward_2x2_kernel(const T* __restrict__ x, T* __restrict__ y, I total, I OWR, int64_t W,
+avg_pool2d_forward_2x2_kernel(const T* __restrict__ x, T* __restrict__ y, I total, Div<I> dOWR, int64_t W,
                               T div) {
   const I stride = static_cast<I>(gridDim.x) * blockDim.x;
   for (I i = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
-    const I q = i % OWR;
-    const I t = i / OWR;  // = n*C*OH + c*OH + oh: input rows 2t and 2t+1 (H == 2*OH)
+    const I t = dOWR.div(i);  // = n*C*OH + c*OH + oh: input rows 2t and 2t+1 (H == 2*OH)
+    const I q = i - t * dOWR.d;
     const T* p0 = x + static_cast<int64_t>(t) * 2 * W + static_cast<int64_t>(q) * 2 * R;
     const Vec<T, 2 * R> a = *reinterpret_cast<const Vec<T, 2 * R>*>(p0);
     const Vec<T, 2 * R> b = *reinterpret_cast<const Vec<T, 2 * R>*>(p0 + W);
@@ -208,22 +229,22 @@ avg_pool2d_forward_2x2_kernel(const T* __restrict__ x, T* __restrict__ y, I tota
       acc += b.v[2 * r + 1];
       o.v[r] = acc / div;
     }
-    *reinterpret_cast<Vec<T, R>*>(y + static_cast<int64_t>(t) * OWR * R + static_cast<int64_t>(q) * R) = o;
+    *reinterpret_cast<Vec<T, R>*>(y + (static_cast<int64_t>(t) * dOWR.d + q) * R) = o;
   }
 }
 
 // y = sum(window) / div, so dx[h, w] = sum over the windows covering (h, w) of dy / div.
 template <typename T, typename I, int V>
 __global__ void __launch_bounds__(kBlock)
-avg_pool2d_backward_kernel(const T* __restrict__ dy, T* __restrict__ dx, I total, I H, I WV,
+avg_pool2d_backward_kernel(const T* __restrict__ dy, T* __restrict__ dx, I total, Div<I> dH, Div<I> dWV,
                            int64_t W, int64_t OH, int64_t OW, Win win, bool include_pad,
                            int64_t divisor_override) {
   const I stride = static_cast<I>(gridDim.x) * blockDim.x;
   for (I i = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
-    const I wq = i % WV;
-    const I t = i / WV;
-    const I h = t % H;
-    const I nc = t / H;
+    const I t = dWV.div(i);
+    const I wq = i - t * dWV.d;
+    const I nc = dH.div(t);
+    const I h = t - nc * dH.d;
     const int64_t w0 = static_cast<int64_t>(wq) * V;
     int64_t oh_lo, oh_hi, ow_lo, ow_hi;
     covering(h, h, win.kh, win.sh, win.ph, 1, OH, oh_lo, oh_hi);
@@ -235,7 +256,7 @@ avg_pool2d_backward_kernel(const T* __restrict__ dy, T* __restrict__ dx, I total
     for (int64_t oh = oh_lo; oh <= oh_hi; ++oh) {
       for (int64_t ow = ow_lo; ow <= ow_hi; ++ow) {
         int64_t hs, he, ws, we;
-        const int64_t div = avg_window(oh, ow, H, W, win, include_pad, divisor_override, hs, he, ws, we);
+        const int64_t div = avg_window(oh, ow, dH.d, W, win, include_pad, divisor_override, hs, he, ws, we);
         if (h < hs || h >= he) continue;
         const T gv = __ldg(g + oh * OW + ow) / static_cast<T>(div);
 #pragma unroll
@@ -243,7 +264,7 @@ avg_pool2d_backward_kernel(const T* __restrict__ dy, T* __restrict__ dx, I total
           if (w0 + v >= ws && w0 + v < we) acc.v[v] += gv;
       }
     }
-    *reinterpret_cast<Vec<T, V>*>(dx + (static_cast<int64_t>(nc) * H + h) * W + w0) = acc;
+    *reinterpret_cast<Vec<T, V>*>(dx + (static_cast<int64_t>(nc) * dH.d + h) * W + w0) = acc;
   }
 }
 
@@ -318,7 +339,8 @@ template <typename T, typename I, bool IDX>
 void launch_max_fwd(const T* x, T* y, int64_t* ind, int64_t total, int64_t OH, int64_t OW,
                     int64_t H, int64_t W, const Win& w, cudaStream_t st) {
   const unsigned g = grid_for(total, kBlock);
-  const I t = static_cast<I>(total), oh = static_cast<I>(OH), ow = static_cast<I>(OW);
+  const I t = static_cast<I>(total);
+  const Div<I> oh(OH), ow(OW);
   if (w.kh == 3 && w.kw == 3)
     max_pool2d_forward_kernel<T, I, 3, IDX><<<g, kBlock, 0, st>>>(x, y, ind, t, oh, ow, H, W, w);
   else if (w.kh == 2 && w.kw == 2)
@@ -356,7 +378,7 @@ void launch_max_bwd(const T* dy, const int64_t* ind, T* dx, int64_t planes, int6
                     int64_t OH, int64_t OW, const Win& w, cudaStream_t st) {
   const int64_t total = planes * H * (W / V);
   max_pool2d_backward_kernel<T, I, V><<<grid_for(total, kBlock), kBlock, 0, st>>>(
-      dy, ind, dx, static_cast<I>(total), static_cast<I>(H), static_cast<I>(W / V), W, OH, OW, w);
+      dy, ind, dx, static_cast<I>(total), Div<I>(H), Div<I>(W / V), W, OH, OW, w);
   PYDL_LAUNCH_CHECK();
 }
 
@@ -394,7 +416,8 @@ template <typename T, typename I>
 void launch_avg_fwd(const T* x, T* y, int64_t total, int64_t OH, int64_t OW, int64_t H, int64_t W,
                     const Win& w, bool inc, int64_t div, cudaStream_t st) {
   const unsigned g = grid_for(total, kBlock);
-  const I t = static_cast<I>(total), oh = static_cast<I>(OH), ow = static_cast<I>(OW);
+  const I t = static_cast<I>(total);
+  const Div<I> oh(OH), ow(OW);
   if (w.kh == 2 && w.kw == 2)
     avg_pool2d_forward_kernel<T, I, 2><<<g, kBlock, 0, st>>>(x, y, t, oh, ow, H, W, w, inc, div);
   else if (w.kh == 3 && w.kw == 3)
@@ -426,10 +449,10 @@ void avg_pool2d_forward(dptr x, dptr y, int64_t N, int64_t C, int64_t H, int64_t
       const int64_t rows = N * C * OH, owr = OW / r, t = rows * owr;
       if (r == 2)
         avg_pool2d_forward_2x2_kernel<T, uint32_t, 2><<<grid_for(t, kBlock), kBlock, 0, st>>>(
-            as_ptr<const T>(x), as_ptr<T>(y), static_cast<uint32_t>(t), static_cast<uint32_t>(owr), W, div);
+            as_ptr<const T>(x), as_ptr<T>(y), static_cast<uint32_t>(t), Div<uint32_t>(owr), W, div);
       else
         avg_pool2d_forward_2x2_kernel<T, uint32_t, 1><<<grid_for(t, kBlock), kBlock, 0, st>>>(
-            as_ptr<const T>(x), as_ptr<T>(y), static_cast<uint32_t>(t), static_cast<uint32_t>(owr), W, div);
+            as_ptr<const T>(x), as_ptr<T>(y), static_cast<uint32_t>(t), Div<uint32_t>(owr), W, div);
       PYDL_LAUNCH_CHECK();
       return;
     }
@@ -447,7 +470,7 @@ void launch_avg_bwd(const T* dy, T* dx, int64_t planes, int64_t H, int64_t W, in
                     int64_t OW, const Win& w, bool inc, int64_t div, cudaStream_t st) {
   const int64_t total = planes * H * (W / V);
   avg_pool2d_backward_kernel<T, I, V><<<grid_for(total, kBlock), kBlock, 0, st>>>(
-      dy, dx, static_cast<I>(total), static_cast<I>(H), static_cast<I>(W / V), W, OH, OW, w, inc, div);
+      dy, dx, static_cast<I>(total), Div<I>(H), Div<I>(W / V), W, OH, OW, w, inc, div);
   PYDL_LAUNCH_CHECK();
 }
 
