@@ -14,8 +14,9 @@
 //   backward (all): GATHER, one thread per V consecutive input elements of a row (V = 4/2/1 as the
 //     row length and alignment allow, one vector store): each sums the outputs whose windows cover
 //     it. No atomics, so results are deterministic and bit-identical across runs.
-// Index math: 32-bit unsigned divisions when every array has < 2^31 elements, else 64-bit;
-// flat offsets are always formed in 64 bits.
+// Index math: when every array has < 2^31 elements, thread indices are 32-bit and are split into
+// (plane, row, column) by multiply-shift division (Div<uint32_t>); otherwise 64-bit division.
+// Flat memory offsets are always formed in 64 bits.
 #include <cmath>
 #include <cstdint>
 #include <limits>
