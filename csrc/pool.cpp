@@ -289,7 +289,7 @@ void max_pool2d_backward(carray<T> dy, carray<int64_t> indices, carray<T> dx, in
   PYDL_CHECK(dx.shape(0) == dy.shape(0) && dx.shape(1) == dy.shape(1),
              "max_pool2d_backward: dx and dy disagree on N, C");
   const int64_t planes = dx.shape(0) * dx.shape(1);
-  const int64_t HW = dx.shape(2) * dx.shape(3), OHW = dy.shape(2) * dy.shape(3);
+  const int64_t W = dx.shape(3), HW = dx.shape(2) * W, OHW = dy.shape(2) * dy.shape(3);
   const T* g = in_ptr(dy);
   const int64_t* ind = in_ptr(indices);
   T* d = out_ptr(dx);
@@ -302,12 +302,34 @@ void max_pool2d_backward(carray<T> dy, carray<int64_t> indices, carray<T> dx, in
       T* dp = d + pl * HW;
       const T* gp = g + pl * OHW;
       const int64_t* ip = ind + pl * OHW;
-      std::memset(dp, 0, sizeof(T) * HW);
+      if (HW <= 4096) {  // the plane stays in L1: zero it, then scatter
+        std::memset(dp, 0, sizeof(T) * HW);
+        for (int64_t q = 0; q < OHW; ++q) {
+          const int64_t k = ip[q];
+          if (static_cast<uint64_t>(k) < static_cast<uint64_t>(HW)) dp[k] += gp[q];
+          else bad += (k != -1);
+        }
+        continue;
+      }
+      // A large plane is zeroed lazily, just ahead of the scatter: argmaxes advance through the
+      // plane with the output rows, so zeroing and adds hit the same cache lines back to back.
+      // An index at or past the frontier first pushes it a row beyond itself, so every element
+      // is zeroed before its first add, whatever order the indices come in.
+      int64_t frontier = 0;
       for (int64_t q = 0; q < OHW; ++q) {
         const int64_t k = ip[q];
-        if (static_cast<uint64_t>(k) < static_cast<uint64_t>(HW)) dp[k] += gp[q];
-        else bad += (k != -1);
+        if (static_cast<uint64_t>(k) < static_cast<uint64_t>(HW)) {
+          if (k >= frontier) {
+            const int64_t nf = std::min(HW, k + W);
+            std::memset(dp + frontier, 0, sizeof(T) * (nf - frontier));
+            frontier = nf;
+          }
+          dp[k] += gp[q];
+        } else {
+          bad += (k != -1);
+        }
       }
+      std::memset(dp + frontier, 0, sizeof(T) * (HW - frontier));
     }
   }
   PYDL_CHECK(bad == 0, "max_pool2d_backward: indices out of range [0, H*W) for the given input shape ("

@@ -436,3 +436,19 @@ def test_random_configs_match_reference(xp, dtype):
         ga = rng.standard_normal(a.shape).astype(dtype)
         assert_close(F.avg_pool2d_backward(xp.asarray(ga), shape, k, s, p, ceil, inc, div),
                      R.avg_pool2d_backward(ga.astype(np.float64), shape, k, s, p, ceil, inc, div), dtype)
+
+
+def test_max_pool2d_backward_large_planes_and_arbitrary_indices(xp, dtype):
+    # Planes above 4096 elements take the CPU's lazily zeroed scatter: forward indices, then
+    # in-range indices in arbitrary order (backward is a pure scatter: each goes where it says).
+    rng = np.random.default_rng(15)
+    shape = (1, 2, 70, 65)
+    x = distinct(rng, shape, dtype, xp)
+    y, ind = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+    dy = rand(rng, y.shape, dtype, xp)
+    want = R.max_pool2d_backward(to_numpy(dy).astype(np.float64), to_numpy(ind), shape, 3, 2, 1)
+    assert_close(F.max_pool2d_backward(dy, ind, shape, 3, 2, 1), want, dtype)
+    if xp is np:  # the GPU gathers only from the windows covering an element
+        shuffled = rng.integers(0, 70 * 65, size=y.shape).astype(np.int64)
+        want = R.max_pool2d_backward(to_numpy(dy).astype(np.float64), shuffled, shape, 3, 2, 1)
+        assert_close(F.max_pool2d_backward(dy, shuffled, shape, 3, 2, 1), want, dtype)
