@@ -1,6 +1,629 @@
-// pool: CPU kernels (to be written).
+// pool: CPU kernels for 2-D max, average and adaptive average pooling, forward and backward.
+//
+// Math, per (n, c) plane, for output (oh, ow) and taps (i, j) of the window:
+//   tap position   h = oh*sh - ph + i*dh,  w = ow*sw - pw + j*dw   (taps outside the image skipped)
+//   max:           y = max over taps; argmax = h*W + w of the FIRST maximum in (i, j) scan order,
+//                  except that a NaN always wins (the last NaN seen), exactly as PyTorch.
+//   avg:           y = sum over taps / divisor, divisor = window size clipped to the padded image
+//                  (count_include_pad), the number of taps inside the image, or divisor_override.
+//   adaptive avg:  window rows [floor(oh*H/OH), ceil((oh+1)*H/OH)), same for columns; the mean.
+// Layout: NCHW, C-contiguous; indices int64, flat within a plane (h*W + w), -1 for a window that
+// holds no element of the image (possible only with dilation; no gradient flows there).
+// Threads: OpenMP over the N*C planes. A plane belongs to one thread, so the backward scatters
+// (dx[argmax] += dy, dx[window] += dy/divisor) are race-free and deterministic.
+// Vectorization: within a row of outputs, the columns whose window lies inside the image run a
+// branch-free loop over ow (stride 1 and 2 are compile-time constants so strided loads vectorize);
+// the few border columns take a clipped scalar path. Max pooling without indices is done
+// separably (max over the window rows, then over the columns), which needs far fewer operations;
+// with indices it scans the taps in PyTorch's order to pick the same argmax.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
 #include "common.h"
+#include "geometry.h"
 
 namespace pydl {
-void bind_pool(py::module_& m) { (void)m; }
+namespace {
+
+// One spatial axis of the pooling window.
+struct Axis {
+  int64_t in, out, k, s, p, d;
+  int64_t start(int64_t o) const { return o * s - p; }
+  // Taps [tap_lo, tap_hi) of window o that fall inside [0, in).
+  // (Called per output row and border column: no division without dilation.)
+  int64_t tap_lo(int64_t o) const {
+    int64_t a = start(o);
+    if (a >= 0) return 0;
+    return d == 1 ? -a : (-a + d - 1) / d;
+  }
+  int64_t tap_hi(int64_t o) const {
+    int64_t r = in - start(o);
+    if (r <= 0) return 0;
+    return std::min(k, d == 1 ? r : (r + d - 1) / d);
+  }
+  // Outputs [lo, hi) whose whole window is inside the image (no clipping needed).
+  void interior(int64_t& lo, int64_t& hi) const {
+    lo = std::min(out, (p + s - 1) / s);
+    int64_t num = in - 1 - (k - 1) * d + p;
+    hi = num < 0 ? 0 : std::min(out, num / s + 1);
+    if (hi < lo) hi = lo;
+  }
+};
+
+// Hot per-plane kernels get an AVX2 clone next to the portable baseline (chosen at load time);
+// the OpenMP loops stay outside them because outlined parallel bodies are not cloned.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define PYDL_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define PYDL_SIMD_CLONES
+#endif
+
+// Small problems run on the calling thread: waking the team costs more than the work.
+inline bool parallel_worth(int64_t elements) { return elements >= (int64_t(1) << 15); }
+
+template <typename T>
+constexpr T neg_inf() { return -std::numeric_limits<T>::infinity(); }
+
+// ------------------------------------------------------------------------------- max pooling
+
+// Interior columns of one output row: n outputs starting at column ow0, taps rows [ilo, ihi).
+// The first tap initializes, later taps replace when (v > m) or v is NaN: PyTorch's rule.
+template <typename T, typename I, int S, bool IDX>
+inline void max_row_interior(const T* plane, int64_t W, int64_t ih0, int64_t ilo, int64_t ihi,
+                             int64_t dh, int64_t ow0, int64_t n, int64_t s_rt, int64_t pw,
+                             int64_t kw, int64_t dw, T* __restrict o, I* __restrict id) {
+  const int64_t s = S ? S : s_rt;
+  bool first = true;
+  for (int64_t i = ilo; i < ihi; ++i) {
+    const int64_t ih = ih0 + i * dh;
+    for (int64_t j = 0; j < kw; ++j) {
+      const int64_t off = ih * W + ow0 * s - pw + j * dw;  // flat index of output ow0's tap
+      const T* __restrict xp = plane + off;
+      const I base = static_cast<I>(off);
+      const I st = static_cast<I>(s);
+      if (first) {
+        for (int64_t q = 0; q < n; ++q) {
+          o[q] = xp[q * s];
+          if (IDX) id[q] = base + static_cast<I>(q) * st;
+        }
+        first = false;
+      } else {
+        for (int64_t q = 0; q < n; ++q) {
+          const T v = xp[q * s];
+          const T m = o[q];
+          const bool c = (v > m) | (v != v);
+          o[q] = c ? v : m;
+          if (IDX) id[q] = c ? base + static_cast<I>(q) * st : id[q];
+        }
+      }
+    }
+  }
+}
+
+// One plane of max pooling. Compiled twice (AVX2 and baseline), picked at load time.
+template <typename T, typename I, int S, bool IDX>
+PYDL_SIMD_CLONES void max_forward_plane(const T* plane, T* y, int64_t* ind, I* tmp, const Axis& ah,
+                                        const Axis& aw, int64_t c_lo, int64_t c_hi) {
+  const int64_t W = aw.in, OH = ah.out, OW = aw.out;
+  for (int64_t oh = 0; oh < OH; ++oh) {
+    T* o = y + oh * OW;
+    int64_t* oind = IDX ? ind + oh * OW : nullptr;
+    I* id = nullptr;
+    if (IDX) {
+      if constexpr (std::is_same<I, int64_t>::value) id = oind;
+      else id = tmp;
+    }
+    const int64_t ih0 = ah.start(oh), ilo = ah.tap_lo(oh), ihi = ah.tap_hi(oh);
+    if (ilo >= ihi) {
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        o[ow] = neg_inf<T>();
+        if (IDX) id[ow] = -1;
+      }
+    } else {
+      if (c_hi > c_lo)
+        max_row_interior<T, I, S, IDX>(plane, W, ih0, ilo, ihi, ah.d, c_lo, c_hi - c_lo, aw.s,
+                                       aw.p, aw.k, aw.d, o + c_lo, IDX ? id + c_lo : nullptr);
+      // Border columns: clipped windows, same scan order.
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        if (ow == c_lo) ow = c_hi;
+        if (ow >= OW) break;
+        const int64_t iw0 = aw.start(ow), jlo = aw.tap_lo(ow), jhi = aw.tap_hi(ow);
+        if (jlo >= jhi) {
+          o[ow] = neg_inf<T>();
+          if (IDX) id[ow] = -1;
+          continue;
+        }
+        T m = neg_inf<T>();
+        int64_t best = (ih0 + ilo * ah.d) * W + iw0 + jlo * aw.d;
+        for (int64_t i = ilo; i < ihi; ++i) {
+          const int64_t row = (ih0 + i * ah.d) * W;
+          for (int64_t j = jlo; j < jhi; ++j) {
+            const int64_t k = row + iw0 + j * aw.d;
+            const T v = plane[k];
+            if ((v > m) || (v != v)) {
+              m = v;
+              best = k;
+            }
+          }
+        }
+        o[ow] = m;
+        if (IDX) id[ow] = static_cast<I>(best);
+      }
+    }
+    if constexpr (!std::is_same<I, int64_t>::value) {
+      if (IDX)
+        for (int64_t ow = 0; ow < OW; ++ow) oind[ow] = id[ow];
+    }
+  }
+}
+
+// NaN-propagating max: v replaces m when larger or NaN (once m is NaN it stays NaN).
+template <typename T>
+inline T nan_max(T m, T v) {
+  return ((v > m) | (v != v)) ? v : m;
+}
+
+// Max pooling without indices is separable: r = max over the window rows (contiguous, fully
+// vectorized), then y = max over the window columns of r. The value is the same as the
+// direct scan (the max, or NaN if the window holds one).
+template <typename T, int S>
+PYDL_SIMD_CLONES void max_forward_plane_sep(const T* plane, T* y, T* r, const Axis& ah,
+                                            const Axis& aw, int64_t c_lo, int64_t c_hi) {
+  const int64_t W = aw.in, OH = ah.out, OW = aw.out, kw = aw.k, pw = aw.p, dw = aw.d;
+  const int64_t s = S ? S : aw.s;
+  for (int64_t oh = 0; oh < OH; ++oh) {
+    T* __restrict o = y + oh * OW;
+    const int64_t ih0 = ah.start(oh), ilo = ah.tap_lo(oh), ihi = ah.tap_hi(oh);
+    if (ilo >= ihi) {
+      for (int64_t ow = 0; ow < OW; ++ow) o[ow] = neg_inf<T>();
+      continue;
+    }
+    // Vertical pass over the window's rows.
+    const T* __restrict r0 = plane + (ih0 + ilo * ah.d) * W;
+    const T* rv = r0;
+    if (ihi - ilo > 1) {
+      const T* __restrict r1 = plane + (ih0 + (ilo + 1) * ah.d) * W;
+      T* __restrict rr = r;
+      for (int64_t w = 0; w < W; ++w) rr[w] = nan_max(r0[w], r1[w]);
+      for (int64_t i = ilo + 2; i < ihi; ++i) {
+        const T* __restrict ri = plane + (ih0 + i * ah.d) * W;
+        for (int64_t w = 0; w < W; ++w) rr[w] = nan_max(rr[w], ri[w]);
+      }
+      rv = r;
+    }
+    // Horizontal pass: interior columns branch-free, borders clipped.
+    const int64_t n = c_hi - c_lo;
+    if (n > 0) {
+      T* __restrict oi = o + c_lo;
+      const T* __restrict rp = rv + c_lo * s - pw;
+      for (int64_t q = 0; q < n; ++q) oi[q] = rp[q * s];
+      for (int64_t j = 1; j < kw; ++j) {
+        const T* __restrict rj = rp + j * dw;
+        for (int64_t q = 0; q < n; ++q) oi[q] = nan_max(oi[q], rj[q * s]);
+      }
+    }
+    for (int64_t ow = 0; ow < OW; ++ow) {
+      if (ow == c_lo) ow = c_hi;
+      if (ow >= OW) break;
+      const int64_t iw0 = aw.start(ow), jlo = aw.tap_lo(ow), jhi = aw.tap_hi(ow);
+      T m = neg_inf<T>();
+      for (int64_t j = jlo; j < jhi; ++j) m = nan_max(m, rv[iw0 + j * dw]);
+      o[ow] = m;
+    }
+  }
+}
+
+template <typename T, typename I, int S, bool IDX>
+void max_forward_impl(const T* x, T* y, int64_t* ind, int64_t planes, const Axis& ah,
+                      const Axis& aw) {
+  const int64_t HW = ah.in * aw.in, OHW = ah.out * aw.out;
+  int64_t c_lo, c_hi;
+  aw.interior(c_lo, c_hi);
+#pragma omp parallel if (parallel_worth(planes * (ah.in * aw.in + ah.out * aw.out)))
+  {
+    // int32 argmax while a row is being built (vectorizes with float), int64 on the way out.
+    std::vector<I> tmp(std::is_same<I, int64_t>::value ? 0 : aw.out);
+    std::vector<T> rbuf(IDX ? 0 : aw.in);
+#pragma omp for schedule(static)
+    for (int64_t pl = 0; pl < planes; ++pl) {
+      if constexpr (!IDX)
+        max_forward_plane_sep<T, S>(x + pl * HW, y + pl * OHW, rbuf.data(), ah, aw, c_lo, c_hi);
+      else
+        max_forward_plane<T, I, S, IDX>(x + pl * HW, y + pl * OHW, ind + pl * OHW, tmp.data(), ah,
+                                        aw, c_lo, c_hi);
+    }
+  }
+}
+
+template <typename T, typename I, bool IDX>
+void max_forward_s(const T* x, T* y, int64_t* ind, int64_t planes, const Axis& ah, const Axis& aw) {
+  if (aw.s == 1) max_forward_impl<T, I, 1, IDX>(x, y, ind, planes, ah, aw);
+  else if (aw.s == 2) max_forward_impl<T, I, 2, IDX>(x, y, ind, planes, ah, aw);
+  else max_forward_impl<T, I, 0, IDX>(x, y, ind, planes, ah, aw);
+}
+
+template <typename T>
+void max_pool2d_forward(carray<T> x, carray<T> y, py::object indices, int64_t kh, int64_t kw,
+                        int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw) {
+  PYDL_CHECK(x.ndim() == 4 && y.ndim() == 4, "max_pool2d_forward: x and y must be 4-D");
+  PYDL_CHECK(kh >= 1 && kw >= 1 && sh >= 1 && sw >= 1 && dh >= 1 && dw >= 1 && ph >= 0 && pw >= 0,
+             "max_pool2d_forward: bad window");
+  const int64_t N = x.shape(0), C = x.shape(1);
+  PYDL_CHECK(y.shape(0) == N && y.shape(1) == C, "max_pool2d_forward: y shape");
+  Axis ah{x.shape(2), y.shape(2), kh, sh, ph, dh};
+  Axis aw{x.shape(3), y.shape(3), kw, sw, pw, dw};
+  const T* xp = in_ptr(x);
+  T* yp = out_ptr(y);
+  int64_t* ip = nullptr;
+  if (!indices.is_none()) {
+    auto ind = indices.cast<carray<int64_t>>();
+    PYDL_CHECK(ind.ndim() == 4 && ind.shape(0) == N && ind.shape(1) == C &&
+                   ind.shape(2) == ah.out && ind.shape(3) == aw.out,
+               "max_pool2d_forward: indices must have y's shape");
+    ip = out_ptr(ind);
+  }
+  const int64_t planes = N * C;
+  if (planes == 0 || ah.out == 0 || aw.out == 0) return;
+  const bool narrow = std::is_same<T, float>::value && ah.in * aw.in < (int64_t(1) << 31);
+  py::gil_scoped_release release;
+  if (!ip) max_forward_s<T, int64_t, false>(xp, yp, nullptr, planes, ah, aw);
+  else if (narrow) max_forward_s<T, int32_t, true>(xp, yp, ip, planes, ah, aw);
+  else max_forward_s<T, int64_t, true>(xp, yp, ip, planes, ah, aw);
+}
+
+// dx = 0; dx[argmax[o]] += dy[o] per plane (the derivative of a max is 1 at the element chosen).
+// The window geometry is only checked here (the GPU gather needs it to find covering outputs).
+template <typename T>
+void max_pool2d_backward(carray<T> dy, carray<int64_t> indices, carray<T> dx, int64_t kh, int64_t kw,
+                         int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw) {
+  PYDL_CHECK(kh >= 1 && kw >= 1 && sh >= 1 && sw >= 1 && dh >= 1 && dw >= 1 && ph >= 0 && pw >= 0,
+             "max_pool2d_backward: bad window");
+  PYDL_CHECK(dy.ndim() == 4 && dx.ndim() == 4 && indices.ndim() == 4,
+             "max_pool2d_backward: arrays must be 4-D");
+  for (int a = 0; a < 4; ++a)
+    PYDL_CHECK(indices.shape(a) == dy.shape(a), "max_pool2d_backward: indices must have dy's shape");
+  PYDL_CHECK(dx.shape(0) == dy.shape(0) && dx.shape(1) == dy.shape(1),
+             "max_pool2d_backward: dx and dy disagree on N, C");
+  const int64_t planes = dx.shape(0) * dx.shape(1);
+  const int64_t W = dx.shape(3), HW = dx.shape(2) * W, OHW = dy.shape(2) * dy.shape(3);
+  const T* g = in_ptr(dy);
+  const int64_t* ind = in_ptr(indices);
+  T* d = out_ptr(dx);
+  int64_t bad = 0;
+  {
+    py::gil_scoped_release release;
+#pragma omp parallel for schedule(static) if (parallel_worth(planes * (HW + OHW))) \
+    reduction(+ : bad)
+    for (int64_t pl = 0; pl < planes; ++pl) {
+      T* dp = d + pl * HW;
+      const T* gp = g + pl * OHW;
+      const int64_t* ip = ind + pl * OHW;
+      if (HW <= 4096) {  // the plane stays in L1: zero it, then scatter
+        std::memset(dp, 0, sizeof(T) * HW);
+        for (int64_t q = 0; q < OHW; ++q) {
+          const int64_t k = ip[q];
+          if (static_cast<uint64_t>(k) < static_cast<uint64_t>(HW)) dp[k] += gp[q];
+          else bad += (k != -1);
+        }
+        continue;
+      }
+      // A large plane is zeroed lazily, just ahead of the scatter: argmaxes advance through the
+      // plane with the output rows, so zeroing and adds hit the same cache lines back to back.
+      // An index at or past the frontier first pushes it a row beyond itself, so every element
+      // is zeroed before its first add, whatever order the indices come in.
+      int64_t frontier = 0;
+      for (int64_t q = 0; q < OHW; ++q) {
+        const int64_t k = ip[q];
+        if (static_cast<uint64_t>(k) < static_cast<uint64_t>(HW)) {
+          if (k >= frontier) {
+            const int64_t nf = std::min(HW, k + W);
+            std::memset(dp + frontier, 0, sizeof(T) * (nf - frontier));
+            frontier = nf;
+          }
+          dp[k] += gp[q];
+        } else {
+          bad += (k != -1);
+        }
+      }
+      std::memset(dp + frontier, 0, sizeof(T) * (HW - frontier));
+    }
+  }
+  PYDL_CHECK(bad == 0, "max_pool2d_backward: indices out of range [0, H*W) for the given input shape ("
+                           << bad << " entries)");
+}
+
+// --------------------------------------------------------------------------- average pooling
+
+// Divisors of one axis, as T: per output, the window size clipped to the padded image
+// (count_include_pad) or the number of taps inside the image.
+template <typename T>
+std::vector<T> axis_counts(const Axis& a, bool include_pad) {
+  std::vector<T> c(a.out);
+  for (int64_t o = 0; o < a.out; ++o) {
+    const int64_t s = a.start(o);
+    const int64_t e = std::min(s + a.k, a.in + a.p);
+    c[o] = static_cast<T>(include_pad ? e - s : a.tap_hi(o) - a.tap_lo(o));
+  }
+  return c;
+}
+
+// Per-axis divisors (hc per output row, wc per output column); the divisor is hc[oh] * wc[ow].
+template <typename T>
+struct AvgDiv {
+  std::vector<T> hc, wc;
+  AvgDiv(const Axis& ah, const Axis& aw, bool include_pad, int64_t divisor_override)
+      : hc(axis_counts<T>(ah, include_pad)), wc(axis_counts<T>(aw, include_pad)) {
+    if (divisor_override) {
+      std::fill(hc.begin(), hc.end(), static_cast<T>(divisor_override));
+      std::fill(wc.begin(), wc.end(), T(1));
+    }
+  }
+};
+
+template <typename T, int S>
+PYDL_SIMD_CLONES void avg_forward_plane(const T* plane, T* y, const Axis& ah, const Axis& aw,
+                                        const T* hc, const T* wd, int64_t c_lo, int64_t c_hi) {
+  const int64_t W = aw.in, OH = ah.out, OW = aw.out, kw = aw.k, pw = aw.p;
+  const int64_t s = S ? S : aw.s;
+  for (int64_t oh = 0; oh < OH; ++oh) {
+    T* __restrict o = y + oh * OW;
+    const int64_t ih0 = ah.start(oh), ilo = ah.tap_lo(oh), ihi = ah.tap_hi(oh);
+    if (ilo >= ihi) {  // window entirely in the padding: 0, as PyTorch
+      for (int64_t ow = 0; ow < OW; ++ow) o[ow] = T(0);
+      continue;
+    }
+    const T hd = hc[oh];
+    // Interior: sum the taps into the output row, then divide.
+    const int64_t n = c_hi - c_lo;
+    if (n > 0) {
+      T* __restrict oi = o + c_lo;
+      for (int64_t q = 0; q < n; ++q) oi[q] = T(0);
+      for (int64_t ih = ih0 + ilo; ih < ih0 + ihi; ++ih) {
+        for (int64_t j = 0; j < kw; ++j) {
+          const T* __restrict xp = plane + ih * W + c_lo * s - pw + j;
+          for (int64_t q = 0; q < n; ++q) oi[q] += xp[q * s];
+        }
+      }
+      for (int64_t q = 0; q < n; ++q) oi[q] = oi[q] / (hd * wd[c_lo + q]);
+    }
+    for (int64_t ow = 0; ow < OW; ++ow) {
+      if (ow == c_lo) ow = c_hi;
+      if (ow >= OW) break;
+      const int64_t iw0 = aw.start(ow), jlo = aw.tap_lo(ow), jhi = aw.tap_hi(ow);
+      if (jlo >= jhi) {
+        o[ow] = T(0);
+        continue;
+      }
+      T acc = T(0);
+      for (int64_t ih = ih0 + ilo; ih < ih0 + ihi; ++ih)
+        for (int64_t j = jlo; j < jhi; ++j) acc += plane[ih * W + iw0 + j];
+      o[ow] = acc / (hd * wd[ow]);
+    }
+  }
+}
+
+template <typename T, int S>
+void avg_forward_impl(const T* x, T* y, int64_t planes, const Axis& ah, const Axis& aw,
+                      bool include_pad, int64_t divisor_override) {
+  int64_t c_lo, c_hi;
+  aw.interior(c_lo, c_hi);
+  const AvgDiv<T> div(ah, aw, include_pad, divisor_override);
+  const int64_t HW = ah.in * aw.in, OHW = ah.out * aw.out;
+#pragma omp parallel for schedule(static) \
+    if (parallel_worth(planes * (ah.in * aw.in + ah.out * aw.out)))
+  for (int64_t pl = 0; pl < planes; ++pl)
+    avg_forward_plane<T, S>(x + pl * HW, y + pl * OHW, ah, aw, div.hc.data(), div.wc.data(), c_lo, c_hi);
+}
+
+// Backward: y = sum(window)/div, so dx[h, w] = sum over windows covering (h, w) of dy/div.
+// Each plane: dx = 0, g = dy/div for one output row, then g is added to every tap of its
+// window (a scatter inside a plane that this thread alone owns: no races, fixed order).
+template <typename T, int S>
+PYDL_SIMD_CLONES void avg_backward_plane(const T* gy_plane, T* plane, T* g, const Axis& ah,
+                                         const Axis& aw, const T* hc, const T* wc, int64_t c_lo,
+                                         int64_t c_hi) {
+  const int64_t W = aw.in, OH = ah.out, OW = aw.out, kw = aw.k, pw = aw.p;
+  const int64_t s = S ? S : aw.s;
+  std::memset(plane, 0, sizeof(T) * ah.in * W);
+  for (int64_t oh = 0; oh < OH; ++oh) {
+    const int64_t ih0 = ah.start(oh), ilo = ah.tap_lo(oh), ihi = ah.tap_hi(oh);
+    if (ilo >= ihi) continue;
+    const T* __restrict gy = gy_plane + oh * OW;
+    const T hd = hc[oh];
+    for (int64_t ow = 0; ow < OW; ++ow) g[ow] = gy[ow] / (hd * wc[ow]);
+    const int64_t n = c_hi - c_lo;
+    for (int64_t ih = ih0 + ilo; ih < ih0 + ihi; ++ih) {
+      T* row = plane + ih * W;
+      if (n > 0 && S == 2 && kw == 2) {  // 2-wide, stride-2 windows tile the row: one pass
+        T* __restrict dp = row + c_lo * 2 - pw;
+        const T* __restrict gi = g + c_lo;
+        for (int64_t q = 0; q < n; ++q) {
+          const T v = gi[q];
+          dp[2 * q] += v;
+          dp[2 * q + 1] += v;
+        }
+      } else if (n > 0) {
+        for (int64_t j = 0; j < kw; ++j) {
+          T* __restrict dp = row + c_lo * s - pw + j;
+          const T* __restrict gi = g + c_lo;
+          for (int64_t q = 0; q < n; ++q) dp[q * s] += gi[q];
+        }
+      }
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        if (ow == c_lo) ow = c_hi;
+        if (ow >= OW) break;
+        const int64_t iw0 = aw.start(ow), jlo = aw.tap_lo(ow), jhi = aw.tap_hi(ow);
+        for (int64_t j = jlo; j < jhi; ++j) row[iw0 + j] += g[ow];
+      }
+    }
+  }
+}
+
+template <typename T, int S>
+void avg_backward_impl(const T* dy, T* dx, int64_t planes, const Axis& ah, const Axis& aw,
+                       bool include_pad, int64_t divisor_override) {
+  int64_t c_lo, c_hi;
+  aw.interior(c_lo, c_hi);
+  const AvgDiv<T> div(ah, aw, include_pad, divisor_override);
+  const int64_t HW = ah.in * aw.in, OHW = ah.out * aw.out;
+#pragma omp parallel if (parallel_worth(planes * (ah.in * aw.in + ah.out * aw.out)))
+  {
+    std::vector<T> gbuf(aw.out);
+#pragma omp for schedule(static)
+    for (int64_t pl = 0; pl < planes; ++pl)
+      avg_backward_plane<T, S>(dy + pl * OHW, dx + pl * HW, gbuf.data(), ah, aw, div.hc.data(),
+                               div.wc.data(), c_lo, c_hi);
+  }
+}
+
+template <typename T>
+void avg_pool2d_forward(carray<T> x, carray<T> y, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                        int64_t ph, int64_t pw, bool count_include_pad, int64_t divisor_override) {
+  PYDL_CHECK(x.ndim() == 4 && y.ndim() == 4, "avg_pool2d_forward: x and y must be 4-D");
+  PYDL_CHECK(kh >= 1 && kw >= 1 && sh >= 1 && sw >= 1 && ph >= 0 && pw >= 0 && divisor_override >= 0,
+             "avg_pool2d_forward: bad window");
+  PYDL_CHECK(y.shape(0) == x.shape(0) && y.shape(1) == x.shape(1), "avg_pool2d_forward: y shape");
+  Axis ah{x.shape(2), y.shape(2), kh, sh, ph, 1};
+  Axis aw{x.shape(3), y.shape(3), kw, sw, pw, 1};
+  const int64_t planes = x.shape(0) * x.shape(1);
+  const T* xp = in_ptr(x);
+  T* yp = out_ptr(y);
+  if (planes == 0 || ah.out == 0 || aw.out == 0) return;
+  py::gil_scoped_release release;
+  if (sw == 1) avg_forward_impl<T, 1>(xp, yp, planes, ah, aw, count_include_pad, divisor_override);
+  else if (sw == 2) avg_forward_impl<T, 2>(xp, yp, planes, ah, aw, count_include_pad, divisor_override);
+  else avg_forward_impl<T, 0>(xp, yp, planes, ah, aw, count_include_pad, divisor_override);
+}
+
+template <typename T>
+void avg_pool2d_backward(carray<T> dy, carray<T> dx, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                         int64_t ph, int64_t pw, bool count_include_pad, int64_t divisor_override) {
+  PYDL_CHECK(dy.ndim() == 4 && dx.ndim() == 4, "avg_pool2d_backward: dy and dx must be 4-D");
+  PYDL_CHECK(kh >= 1 && kw >= 1 && sh >= 1 && sw >= 1 && ph >= 0 && pw >= 0 && divisor_override >= 0,
+             "avg_pool2d_backward: bad window");
+  PYDL_CHECK(dy.shape(0) == dx.shape(0) && dy.shape(1) == dx.shape(1), "avg_pool2d_backward: dy shape");
+  Axis ah{dx.shape(2), dy.shape(2), kh, sh, ph, 1};
+  Axis aw{dx.shape(3), dy.shape(3), kw, sw, pw, 1};
+  const int64_t planes = dx.shape(0) * dx.shape(1);
+  const T* gp = in_ptr(dy);
+  T* dp = out_ptr(dx);
+  if (planes == 0 || ah.in == 0 || aw.in == 0) return;
+  py::gil_scoped_release release;
+  if (sw == 1) avg_backward_impl<T, 1>(gp, dp, planes, ah, aw, count_include_pad, divisor_override);
+  else if (sw == 2) avg_backward_impl<T, 2>(gp, dp, planes, ah, aw, count_include_pad, divisor_override);
+  else avg_backward_impl<T, 0>(gp, dp, planes, ah, aw, count_include_pad, divisor_override);
+}
+
+// ------------------------------------------------------------------ adaptive average pooling
+
+// Sum of n contiguous values in double, four partial sums to break the add chain.
+template <typename T>
+inline double row_sum(const T* p, int64_t n) {
+  double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+  int64_t q = 0;
+  for (; q + 4 <= n; q += 4) {
+    a0 += p[q];
+    a1 += p[q + 1];
+    a2 += p[q + 2];
+    a3 += p[q + 3];
+  }
+  for (; q < n; ++q) a0 += p[q];
+  return (a0 + a1) + (a2 + a3);
+}
+
+template <typename T>
+void adaptive_avg_pool2d_forward(carray<T> x, carray<T> y) {
+  PYDL_CHECK(x.ndim() == 4 && y.ndim() == 4, "adaptive_avg_pool2d_forward: x and y must be 4-D");
+  PYDL_CHECK(y.shape(0) == x.shape(0) && y.shape(1) == x.shape(1), "adaptive_avg_pool2d_forward: y shape");
+  const int64_t H = x.shape(2), W = x.shape(3), OH = y.shape(2), OW = y.shape(3);
+  const int64_t planes = x.shape(0) * x.shape(1);
+  PYDL_CHECK(planes == 0 || (H >= 1 && W >= 1 && OH >= 1 && OW >= 1),
+             "adaptive_avg_pool2d_forward: empty image or output");
+  const T* xp = in_ptr(x);
+  T* yp = out_ptr(y);
+  if (planes == 0) return;
+  py::gil_scoped_release release;
+#pragma omp parallel for schedule(static) if (parallel_worth(planes * (H * W + OH * OW)))
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    const T* plane = xp + pl * H * W;
+    for (int64_t oh = 0; oh < OH; ++oh) {
+      const int64_t hs = adaptive_start(oh, OH, H), he = adaptive_end(oh, OH, H);
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        const int64_t ws = adaptive_start(ow, OW, W), we = adaptive_end(ow, OW, W);
+        double acc = 0;
+        for (int64_t h = hs; h < he; ++h) acc += row_sum(plane + h * W + ws, we - ws);
+        yp[(pl * OH + oh) * OW + ow] = static_cast<T>(acc / static_cast<double>((he - hs) * (we - ws)));
+      }
+    }
+  }
+}
+
+// y = mean(window), so dx[h, w] = sum over windows covering (h, w) of dy / window size.
+template <typename T>
+void adaptive_avg_pool2d_backward(carray<T> dy, carray<T> dx) {
+  PYDL_CHECK(dy.ndim() == 4 && dx.ndim() == 4, "adaptive_avg_pool2d_backward: dy and dx must be 4-D");
+  PYDL_CHECK(dy.shape(0) == dx.shape(0) && dy.shape(1) == dx.shape(1), "adaptive_avg_pool2d_backward: dy shape");
+  const int64_t H = dx.shape(2), W = dx.shape(3), OH = dy.shape(2), OW = dy.shape(3);
+  const int64_t planes = dx.shape(0) * dx.shape(1);
+  PYDL_CHECK(planes == 0 || (H >= 1 && W >= 1 && OH >= 1 && OW >= 1),
+             "adaptive_avg_pool2d_backward: empty image or output");
+  const T* gp = in_ptr(dy);
+  T* dp = out_ptr(dx);
+  if (planes == 0) return;
+  py::gil_scoped_release release;
+#pragma omp parallel for schedule(static) if (parallel_worth(planes * (H * W + OH * OW)))
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    T* plane = dp + pl * H * W;
+    const T* g = gp + pl * OH * OW;
+    if (OH == 1 && OW == 1) {  // global pooling: a broadcast
+      const T v = static_cast<T>(g[0] / static_cast<double>(H * W));
+      std::fill(plane, plane + H * W, v);
+      continue;
+    }
+    std::memset(plane, 0, sizeof(T) * H * W);
+    for (int64_t oh = 0; oh < OH; ++oh) {
+      const int64_t hs = adaptive_start(oh, OH, H), he = adaptive_end(oh, OH, H);
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        const int64_t ws = adaptive_start(ow, OW, W), we = adaptive_end(ow, OW, W);
+        const T v = static_cast<T>(g[oh * OW + ow] / static_cast<double>((he - hs) * (we - ws)));
+        for (int64_t h = hs; h < he; ++h)
+          for (int64_t w = ws; w < we; ++w) plane[h * W + w] += v;
+      }
+    }
+  }
+}
+
+template <typename T>
+void bind_typed(py::module_& m) {
+  m.def("max_pool2d_forward", &max_pool2d_forward<T>, py::arg("x"), py::arg("y"), py::arg("indices"),
+        py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
+        py::arg("dh"), py::arg("dw"),
+        "y (and indices unless None) <- max pooling of x (N, C, H, W); y's shape gives the output size");
+  m.def("max_pool2d_backward", &max_pool2d_backward<T>, py::arg("dy"), py::arg("indices"), py::arg("dx"),
+        py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
+        py::arg("dh"), py::arg("dw"), "dx <- scatter of dy to the argmax indices");
+  m.def("avg_pool2d_forward", &avg_pool2d_forward<T>, py::arg("x"), py::arg("y"), py::arg("kh"),
+        py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
+        py::arg("count_include_pad"), py::arg("divisor_override"),
+        "y <- average pooling of x; divisor_override 0 means none");
+  m.def("avg_pool2d_backward", &avg_pool2d_backward<T>, py::arg("dy"), py::arg("dx"), py::arg("kh"),
+        py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
+        py::arg("count_include_pad"), py::arg("divisor_override"), "dx <- gradient of average pooling");
+  m.def("adaptive_avg_pool2d_forward", &adaptive_avg_pool2d_forward<T>, py::arg("x"), py::arg("y"),
+        "y <- adaptive average pooling of x to y's spatial size");
+  m.def("adaptive_avg_pool2d_backward", &adaptive_avg_pool2d_backward<T>, py::arg("dy"), py::arg("dx"),
+        "dx <- gradient of adaptive average pooling");
+}
+
+}  // namespace
+
+void bind_pool(py::module_& m) {
+  bind_typed<float>(m);
+  bind_typed<double>(m);
+}
+
 }  // namespace pydl
