@@ -46,10 +46,14 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="fewer repeats and no NumPy reference timing")
     p.add_argument("--no-reference", action="store_true", help="skip timing the NumPy reference")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 tensor-core math for float32 on the GPU "
+                   "(pydl.set_allow_tf32 and PyTorch's allow_tf32 alike)")
     p.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
     p.add_argument("--plot", metavar="FILE", help="write a PNG chart of the speedups (needs matplotlib)")
     args = p.parse_args(argv)
 
+    if args.tf32:
+        pydl.set_allow_tf32(True)
     device = args.device or ("cuda" if pydl.cuda_available() else "cpu")
     if device == "cuda" and not pydl.cuda_available():
         sys.exit(f"--device cuda: {pydl.cuda_build_error()}")
