@@ -123,7 +123,9 @@ def main(argv=None):
             json.dump({"info": info, "rows": rows}, f, indent=1)
     if args.plot:
         plot(rows, args.plot, device)
-    bad = [r for r in rows if r["rel_err"] is not None and not (r["rel_err"] <= 1e-4)]
+    # TF32 keeps 10 mantissa bits: ~1e-3 relative error is its expected accuracy.
+    bound = 1e-2 if info["tf32"] else 1e-4
+    bad = [r for r in rows if r["rel_err"] is not None and not (r["rel_err"] <= bound)]
     if bad:
         print(f"PARITY FAILED on {len(bad)} case(s)", file=sys.stderr)
         return 1
