@@ -71,13 +71,24 @@ def load(limit=None, seed=0):
 
 def lenet():
     return nn.Sequential(
-        nn.Conv2d(1, 8, 5, padding=2), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),   # 8 x 14 x 14
-        nn.Conv2d(8, 16, 5), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),            # 16 x 5 x 5
+        nn.Conv2d(1, 16, 5, padding=2), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),   # 16 x 14 x 14
+        nn.Conv2d(16, 32, 5), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),           # 32 x 5 x 5
         nn.Flatten(),
-        nn.Linear(400, 120), nn.ReLU(),
+        nn.Linear(800, 120), nn.ReLU(),
         nn.Linear(120, 84), nn.ReLU(),
         nn.Linear(84, 10),
     )
+
+
+def shift(xb, rng, max_shift=2):
+    """Random translation by up to max_shift pixels per image (background fill): augmentation."""
+    n, _, h, w = xb.shape
+    pad = np.pad(xb, ((0, 0), (0, 0), (max_shift, max_shift), (max_shift, max_shift)), constant_values=xb.min())
+    dy, dx = rng.integers(0, 2 * max_shift + 1, size=(2, n))
+    out = np.empty_like(xb)
+    for i in range(n):
+        out[i] = pad[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+    return out
 
 
 def evaluate(model, x, y, xp, batch=500):
@@ -92,19 +103,28 @@ def evaluate(model, x, y, xp, batch=500):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m pydl.examples.mnist", description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     ap.add_argument("--lr", type=float, default=None, help="default: 2e-3 (adam), 0.05 (sgd)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-augment", action="store_true", help="no random shifts of the training images")
     ap.add_argument("--plot", metavar="FILE.png", help="save loss and accuracy curves")
     ap.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)  # tests: a tiny subset
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
-    _limit_threads()
+    limiter = _limit_threads()
+    try:
+        return _train(args, t0)
+    finally:
+        if limiter is not None:
+            limiter.restore_original_limits()
+
+
+def _train(args, t0):
     x_tr, y_tr, x_te, y_te = load(args.limit, args.seed)
     if args.device == "cuda":
         import cupy as xp
@@ -136,7 +156,8 @@ def main(argv=None):
         tot_loss, tot_correct, seen = 0.0, 0, 0
         for i in batches:
             idx = perm[i:i + args.batch_size]
-            xb, yb = xp.asarray(x_tr[idx]), xp.asarray(y_tr[idx])
+            xb = x_tr[idx] if args.no_augment else shift(x_tr[idx], rng)
+            xb, yb = xp.asarray(xb), xp.asarray(y_tr[idx])
             logits = model(xb)
             loss = crit(logits, yb)
             opt.zero_grad()
