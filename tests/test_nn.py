@@ -403,7 +403,7 @@ def test_cnn_sgd_matches_pytorch():
     crit, tcrit = nn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()
     rng = np.random.default_rng(0)
     for step in range(20):
-        x = rng.standard_normal((8, 1, 10, 10)).astype(np.float32)
+        x = rng.standard_normal((8, 1, 12, 12)).astype(np.float32)
         t = rng.integers(0, 3, 8)
         loss = crit(ours(x), t)
         opt.zero_grad()
