@@ -127,6 +127,10 @@ def main(argv=None):
 def _train(args, t0):
     x_tr, y_tr, x_te, y_te = load(args.limit, args.seed)
     if args.device == "cuda":
+        from .. import cuda_build_error
+
+        if cuda_build_error() is not None:
+            raise SystemExit(f"--device cuda: {cuda_build_error()}")
         import cupy as xp
     else:
         xp = np
