@@ -1,0 +1,1 @@
+"""Runnable examples (``python -m pydl.examples.mnist``); need the ``examples`` extra."""

@@ -1,0 +1,553 @@
+"""Layers: thin stateful wrappers over pydl.functional kernels (conv, pool, batch norm) and
+NumPy/CuPy array expressions (linear, elementwise activations, dropout, flatten).
+
+Every layer caches in forward what its backward needs and follows the Module contract:
+``backward(grad_out)`` returns the input gradient and accumulates parameter gradients.
+Constructor arguments and default initializations are PyTorch's.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import _backend
+from .. import functional as F
+from . import init
+from .module import Module, Parameter
+
+__all__ = ["Identity", "Linear", "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d",
+           "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "ReLU", "LeakyReLU", "ELU", "PReLU",
+           "Sigmoid", "Tanh", "Dropout", "Flatten"]
+
+
+def _dtype(dtype):
+    dt = np.dtype(np.float32 if dtype is None else dtype)
+    if dt not in _backend.FLOAT_DTYPES:
+        raise TypeError(f"dtype: expected float32 or float64, got {dt}")
+    return dt
+
+
+def _param(shape, dtype):
+    return Parameter(np.zeros(shape, dtype=dtype))
+
+
+def _place(module, device):
+    if device is not None and device != "cpu":
+        module.to(device)
+    return module
+
+
+def _need_forward(layer, name="input"):
+    if getattr(layer, "_cache", None) is None:
+        raise RuntimeError(f"{type(layer).__name__}.backward: call forward first (no cached {name})")
+
+
+def _xp(a, name="input"):
+    return _backend.array_module(**{name: a})
+
+
+class Identity(Module):
+    def forward(self, x):
+        return x
+
+    def backward(self, grad_out):
+        return grad_out
+
+
+# ---------------------------------------------------------------- linear
+
+class Linear(Module):
+    """y = x W^T + b over the last axis; W of shape (out_features, in_features).
+
+    Init as PyTorch: W, b ~ U(-1/sqrt(in_features), 1/sqrt(in_features)).
+    """
+
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
+        super().__init__()
+        self.in_features = _backend.int_arg("in_features", in_features, 1)
+        self.out_features = _backend.int_arg("out_features", out_features, 1)
+        dt = _dtype(dtype)
+        self.weight = _param((self.out_features, self.in_features), dt)
+        self.bias = _param((self.out_features,), dt) if bias else None
+        self.reset_parameters()
+        self._cache = None
+        _place(self, device)
+
+    def reset_parameters(self):
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # = U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        if self.bias is not None:
+            b = 1.0 / math.sqrt(self.in_features)
+            init.uniform_(self.bias, -b, b)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+    def forward(self, x):
+        _backend.array_module(input=x, weight=self.weight.data)
+        _backend.check_float("input", x)
+        _backend.check_same_dtype("weight", self.weight.data, input=x)
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"input: expected last dimension {self.in_features}, got shape {tuple(x.shape)}")
+        y = x @ self.weight.data.T
+        if self.bias is not None:
+            y += self.bias.data
+        self._cache = x
+        return y
+
+    def backward(self, grad_out):
+        _need_forward(self)
+        x = self._cache
+        dy2 = grad_out.reshape(-1, self.out_features)
+        x2 = x.reshape(-1, self.in_features)
+        self.weight.accumulate(dy2.T @ x2)
+        if self.bias is not None:
+            self.bias.accumulate(dy2.sum(axis=0))
+        return grad_out @ self.weight.data
+
+
+# ---------------------------------------------------------------- convolutions
+
+class _ConvNd(Module):
+    def _init_conv(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                   padding_mode, dtype, wshape_fn):
+        self.in_channels = _backend.int_arg("in_channels", in_channels, 1)
+        self.out_channels = _backend.int_arg("out_channels", out_channels, 1)
+        self.kernel_size = _backend.pair("kernel_size", kernel_size, 1)
+        self.stride = _backend.pair("stride", stride, 1)
+        self.padding = padding if isinstance(padding, str) else _backend.pair("padding", padding, 0)
+        self.dilation = _backend.pair("dilation", dilation, 1)
+        self.groups = _backend.int_arg("groups", groups, 1)
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"groups: expected a divisor of in_channels={self.in_channels} and "
+                             f"out_channels={self.out_channels}, got {self.groups}")
+        if padding_mode != "zeros":
+            raise ValueError(f"padding_mode: only 'zeros' is supported, got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        dt = _dtype(dtype)
+        self.weight = _param(wshape_fn(), dt)
+        self.bias = _param((self.out_channels,), dt) if bias else None
+        self.reset_parameters()
+        self._cache = None
+
+    def reset_parameters(self):
+        # PyTorch: kaiming_uniform_(a=sqrt(5)) => U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in from dim 1.
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = int(np.prod(self.weight.shape[1:]))
+            b = 1.0 / math.sqrt(fan_in)
+            init.uniform_(self.bias, -b, b)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+                f"bias={self.bias is not None}")
+
+
+class Conv2d(_ConvNd):
+    """2-D convolution (cross-correlation) layer over NCHW inputs; see ``pydl.functional.conv2d``."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", device=None, dtype=None):
+        super().__init__()
+        self._init_conv(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                        padding_mode, dtype,
+                        lambda: (self.out_channels, self.in_channels // self.groups) + self.kernel_size)
+        _place(self, device)
+
+    def forward(self, x):
+        b = None if self.bias is None else self.bias.data
+        y = F.conv2d(x, self.weight.data, b, self.stride, self.padding, self.dilation, self.groups)
+        self._cache = x
+        return y
+
+    def backward(self, grad_out):
+        _need_forward(self)
+        gx, gw, gb = F.conv2d_backward(grad_out, self._cache, self.weight.data, self.stride, self.padding,
+                                       self.dilation, self.groups,
+                                       output_mask=(True, True, self.bias is not None))
+        self.weight.accumulate(gw)
+        if self.bias is not None:
+            self.bias.accumulate(gb)
+        return gx
+
+
+class ConvTranspose2d(_ConvNd):
+    """2-D transposed convolution layer; weight of shape (in_channels, out_channels / groups, kh, kw)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
+                 bias=True, dilation=1, padding_mode="zeros", device=None, dtype=None):
+        super().__init__()
+        self.output_padding = _backend.pair("output_padding", output_padding, 0)
+        self._init_conv(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                        padding_mode, dtype,
+                        lambda: (self.in_channels, self.out_channels // self.groups) + self.kernel_size)
+        _place(self, device)
+
+    def forward(self, x):
+        b = None if self.bias is None else self.bias.data
+        y = F.conv_transpose2d(x, self.weight.data, b, self.stride, self.padding, self.output_padding,
+                               self.groups, self.dilation)
+        self._cache = x
+        return y
+
+    def backward(self, grad_out):
+        _need_forward(self)
+        gx, gw, gb = F.conv_transpose2d_backward(grad_out, self._cache, self.weight.data, self.stride,
+                                                 self.padding, self.output_padding, self.groups, self.dilation,
+                                                 output_mask=(True, True, self.bias is not None))
+        self.weight.accumulate(gw)
+        if self.bias is not None:
+            self.bias.accumulate(gb)
+        return gx
+
+
+# ---------------------------------------------------------------- pooling
+
+class MaxPool2d(Module):
+    """Max pooling; keeps the argmax of its forward for the backward."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.dilation, self.return_indices, self.ceil_mode = dilation, return_indices, ceil_mode
+        self._cache = None
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+
+    def forward(self, x):
+        y, ind = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                              return_indices=True)
+        self._cache = (ind, tuple(x.shape))
+        return (y, ind) if self.return_indices else y
+
+    def backward(self, grad_out):
+        _need_forward(self)
+        ind, shape = self._cache
+        return F.max_pool2d_backward(grad_out, ind, shape, self.kernel_size, self.stride, self.padding,
+                                     self.dilation, self.ceil_mode)
+
+
+class AvgPool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding, self.ceil_mode = kernel_size, stride, padding, ceil_mode
+        self.count_include_pad, self.divisor_override = count_include_pad, divisor_override
+        self._cache = None
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+    def forward(self, x):
+        y = F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
+                         self.divisor_override)
+        self._cache = tuple(x.shape)
+        return y
+
+    def backward(self, grad_out):
+        _need_forward(self)
+        return F.avg_pool2d_backward(grad_out, self._cache, self.kernel_size, self.stride, self.padding,
+                                     self.ceil_mode, self.count_include_pad, self.divisor_override)
+
+
+class AdaptiveAvgPool2d(Module):
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = output_size
+        self._cache = None
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+    def forward(self, x):
+        y = F.adaptive_avg_pool2d(x, self.output_size)
+        self._cache = tuple(x.shape)
+        return y
+
+    def backward(self, grad_out):
+        _need_forward(self)
+        return F.adaptive_avg_pool2d_backward(grad_out, self._cache)
+
+
+# ---------------------------------------------------------------- batch norm
+
+class _BatchNorm(Module):
+    _ndims = (2, 3, 4)
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 device=None, dtype=None):
+        super().__init__()
+        self.num_features = _backend.int_arg("num_features", num_features, 1)
+        self.eps = _backend.float_arg("eps", eps, 0.0)
+        self.momentum = None if momentum is None else _backend.float_arg("momentum", momentum, 0.0, 1.0)
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+        dt = _dtype(dtype)
+        C = self.num_features
+        self.weight = Parameter(np.ones(C, dt)) if affine else None
+        self.bias = Parameter(np.zeros(C, dt)) if affine else None
+        if self.track_running_stats:
+            self.register_buffer("running_mean", np.zeros(C, dt))
+            self.register_buffer("running_var", np.ones(C, dt))
+            self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+        self._cache = None
+        _place(self, device)
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}")
+
+    def forward(self, x):
+        if x.ndim not in self._ndims:
+            want = " or ".join(f"{n}-D" for n in self._ndims)
+            raise ValueError(f"input: expected a {want} array, got shape {tuple(x.shape)}")
+        use_batch = self.training or not self.track_running_stats
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked += 1
+            if self.momentum is None:  # cumulative moving average, as PyTorch
+                momentum = 1.0 / float(self.num_batches_tracked)
+        rm, rv = (self.running_mean, self.running_var) if (self.training and self.track_running_stats) or \
+            not use_batch else (None, None)
+        w = None if self.weight is None else self.weight.data
+        b = None if self.bias is None else self.bias.data
+        y, mean, invstd = F.batch_norm_forward(x, rm, rv, w, b, use_batch, momentum, self.eps)
+        self._cache = (x, mean, invstd, use_batch)
+        return y
+
+    def backward(self, grad_out):
+        _need_forward(self)
+        x, mean, invstd, use_batch = self._cache
+        w = None if self.weight is None else self.weight.data
+        gx, gw, gb = F.batch_norm_backward(grad_out, x, w, mean, invstd, use_batch,
+                                           output_mask=(True, self.affine, self.affine))
+        if self.affine:
+            self.weight.accumulate(gw)
+            self.bias.accumulate(gb)
+        return gx
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm over (N, C) or (N, C, L) inputs (statistics per channel C)."""
+    _ndims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm over (N, C, H, W) inputs (statistics per channel C)."""
+    _ndims = (4,)
+
+
+# ---------------------------------------------------------------- elementwise
+
+class _Elementwise(Module):
+    def __init__(self):
+        super().__init__()
+        self._cache = None
+
+    def _check(self, x):
+        _backend.array_module(input=x)
+        _backend.check_float("input", x)
+        return x
+
+
+class ReLU(_Elementwise):
+    """max(x, 0); the gradient at 0 is 0 (as PyTorch)."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace  # accepted for PyTorch compatibility; never in place here
+
+    def forward(self, x):
+        self._check(x)
+        y = x.clip(0, None) if x.size else x.copy()
+        self._cache = y
+        return y
+
+    def backward(self, grad_out):
+        _need_forward(self)
+        return grad_out * (self._cache > 0)
+
+
+class LeakyReLU(_Elementwise):
+    def __init__(self, negative_slope=0.01, inplace=False):
+        super().__init__()
+        self.negative_slope = _backend.float_arg("negative_slope", negative_slope)
+        self.inplace = inplace
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+    def forward(self, x):
+        xp = _xp(self._check(x))
+        pos = x > 0
+        self._cache = pos
+        return xp.where(pos, x, x * x.dtype.type(self.negative_slope))
+
+    def backward(self, grad_out):
+        _need_forward(self)
+        xp = _xp(grad_out, "grad_out")
+        return xp.where(self._cache, grad_out, grad_out * grad_out.dtype.type(self.negative_slope))
+
+
+class ELU(_Elementwise):
+    """x for x > 0, alpha (exp(x) - 1) otherwise; d/dx = 1 or y + alpha."""
+
+    def __init__(self, alpha=1.0, inplace=False):
+        super().__init__()
+        self.alpha = _backend.float_arg("alpha", alpha)
+        self.inplace = inplace
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}"
+
+    def forward(self, x):
+        xp = _xp(self._check(x))
+        a = x.dtype.type(self.alpha)
+        y = xp.where(x > 0, x, a * xp.expm1(xp.minimum(x, 0)))
+        self._cache = (x > 0, y)
+        return y
+
+    def backward(self, grad_out):
+        _need_forward(self)
+        xp = _xp(grad_out, "grad_out")
+        pos, y = self._cache
+        return xp.where(pos, grad_out, grad_out * (y + y.dtype.type(self.alpha)))
+
+
+class PReLU(Module):
+    """max(x, 0) + a min(x, 0) with a learned slope a per channel (axis 1) or shared."""
+
+    def __init__(self, num_parameters=1, init=0.25, device=None, dtype=None):
+        super().__init__()
+        self.num_parameters = _backend.int_arg("num_parameters", num_parameters, 1)
+        self.weight = Parameter(np.full(self.num_parameters, init, _dtype(dtype)))
+        self._cache = None
+        _place(self, device)
+
+    def extra_repr(self):
+        return f"num_parameters={self.num_parameters}"
+
+    def _slope(self, x):
+        a = self.weight.data
+        if self.num_parameters == 1:
+            return a.reshape(())
+        if x.ndim < 2 or x.shape[1] != self.num_parameters:
+            raise ValueError(f"input: expected {self.num_parameters} channels on axis 1, got shape {tuple(x.shape)}")
+        return a.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+    def forward(self, x):
+        xp = _backend.array_module(input=x, weight=self.weight.data)
+        _backend.check_float("input", x)
+        _backend.check_same_dtype("weight", self.weight.data, input=x)
+        pos = x > 0
+        self._cache = (x, pos)
+        return xp.where(pos, x, x * self._slope(x))
+
+    def backward(self, grad_out):
+        _need_forward(self)
+        xp = _xp(grad_out, "grad_out")
+        x, pos = self._cache
+        gneg = xp.where(pos, 0, grad_out * x)  # d y / d a = x where x <= 0
+        if self.num_parameters == 1:
+            ga = gneg.sum().reshape(1)
+        else:
+            axes = (0,) + tuple(range(2, x.ndim))
+            ga = gneg.sum(axis=axes)
+        self.weight.accumulate(ga.astype(self.weight.dtype, copy=False))
+        return xp.where(pos, grad_out, grad_out * self._slope(x))
+
+
+def _sigmoid(x, xp):
+    # exp of -|x| never overflows: 1 / (1 + e) for x >= 0, e / (1 + e) for x < 0.
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1, e) / (1 + e)
+
+
+class Sigmoid(_Elementwise):
+    def forward(self, x):
+        xp = _xp(self._check(x))
+        y = _sigmoid(x, xp).astype(x.dtype, copy=False)
+        self._cache = y
+        return y
+
+    def backward(self, grad_out):
+        _need_forward(self)
+        y = self._cache
+        return grad_out * y * (1 - y)
+
+
+class Tanh(_Elementwise):
+    def forward(self, x):
+        xp = _xp(self._check(x))
+        y = xp.tanh(x)
+        self._cache = y
+        return y
+
+    def backward(self, grad_out):
+        _need_forward(self)
+        y = self._cache
+        return grad_out * (1 - y * y)
+
+
+class Dropout(_Elementwise):
+    """Inverted dropout: in training, zero each element with probability p and scale the rest
+    by 1 / (1 - p); identity in evaluation mode. NumPy masks come from ``pydl.nn.init``'s
+    generator (``manual_seed``), CuPy masks from ``cupy.random``."""
+
+    def __init__(self, p=0.5, inplace=False):
+        super().__init__()
+        self.p = _backend.float_arg("p", p, 0.0, 1.0)
+        self.inplace = inplace
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+    def forward(self, x):
+        xp = _xp(self._check(x))
+        if not self.training or self.p == 0:
+            self._cache = False
+            return x.copy()
+        if self.p == 1:
+            mask = xp.zeros(x.shape, x.dtype)
+        else:
+            if xp is np:
+                u = init.get_rng().random(x.shape, dtype=np.float32)
+            else:
+                u = xp.random.random(x.shape, dtype=np.float32)
+            mask = (u >= self.p).astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        self._cache = mask
+        return x * mask
+
+    def backward(self, grad_out):
+        if self._cache is None:
+            _need_forward(self)
+        if self._cache is False:
+            return grad_out.copy()
+        return grad_out * self._cache
+
+
+class Flatten(Module):
+    """Reshape axes start_dim..end_dim into one (a view; backward reshapes back)."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+        self._cache = None
+
+    def forward(self, x):
+        nd = x.ndim
+        s = self.start_dim % nd if nd else 0
+        e = self.end_dim % nd if nd else 0
+        self._cache = tuple(x.shape)
+        if nd == 0 or s >= e:
+            return x.reshape(x.shape)
+        shape = x.shape[:s] + (int(np.prod(x.shape[s:e + 1])),) + x.shape[e + 1:]
+        return x.reshape(shape)
+
+    def backward(self, grad_out):
+        _need_forward(self)
+        return grad_out.reshape(self._cache)
