@@ -700,6 +700,9 @@ void backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
     return;
   }
   if (g.depthwise()) return dw_backward_weight(g, dy, x, dw);
+  if (winograd_fits(g) && winograd_pays(g.C, g.K, g.Ho, g.Wo) &&
+      winograd_conv3x3_weight(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, -g.ph, -g.pw, x, dy, dw))
+    return;
   if (g.pointwise()) {
     // dW_g[:, c0:c1] = sum_n dY[n, g] X[n, g, c0:c1]^T: thread blocks over (group, channels).
     const int64_t parts = col_parts(g.G, Cg), items = g.G * parts;

@@ -174,25 +174,16 @@ inline int max_threads() {
 #endif
 }
 
-}  // namespace
 
-template <typename T>
-bool winograd_conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t Cout, int64_t Hout,
-                      int64_t Wout, int64_t off_h, int64_t off_w, const T* in, const T* w, bool flip,
-                      const T* bias, T* out) {
-  if (N == 0 || Cout == 0 || Hout == 0 || Wout == 0) return true;  // nothing to write
-  Plan p{N, Cin, Hin, Win, Cout, Hout, Wout, off_h, off_w, (Hout + 1) / 2, (Wout + 1) / 2, 0, 0, 0, 0, 0};
-  p.rows = N * p.TH;
-  const int64_t elem = sizeof(T);
-  const int64_t ubytes = 16 * Cout * Cin * elem;
-  const int64_t per_tile = (16 * (Cin + Cout) + 16) * elem;  // V + M + row buffers
-  // One thread for small problems (a fork/join costs more than it saves).
-  const int64_t work = p.rows * p.TW * Cin * Cout;
-  int nt = work > (int64_t(1) << 16) ? max_threads() : 1;
+// Chunking: tiles per chunk so that `shared` bytes plus, per thread, `fixed` bytes and
+// `per_tile` bytes per tile stay under the workspace cap (and each thread's chunk in L2).
+// Sets p.segs/nchunks/tmax/twmax and the thread count; false if one tile does not fit.
+bool make_plan(Plan& p, int64_t shared, int64_t fixed, int64_t per_tile, int& nt) {
+  const int64_t work = p.rows * p.TW * p.Cin * p.Cout;
+  nt = work > (int64_t(1) << 16) ? max_threads() : 1;  // fork/join costs more on small problems
   const int64_t cap = conv_workspace_limit();
-  int64_t budget = std::min(g_wino_chunk_bytes.load(), (cap - ubytes) / nt);
-  int64_t tmax = budget / per_tile;
-  if (tmax < 1 && nt > 1) nt = 1, tmax = (cap - ubytes) / per_tile;
+  int64_t tmax = std::min(g_wino_chunk_bytes.load(), (cap - shared) / nt - fixed) / per_tile;
+  if (tmax < 1 && nt > 1) nt = 1, tmax = (cap - shared - fixed) / per_tile;
   if (tmax < 1) return false;  // cap too small even for one tile: im2col's problem
   tmax = std::min(tmax, p.rows * p.TW);
   if (p.TW <= tmax) {
@@ -207,6 +198,65 @@ bool winograd_conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t 
     p.twmax = (p.TW + p.segs - 1) / p.segs, p.tmax = p.twmax;
   }
   nt = (int)std::min<int64_t>(nt, p.nchunks);
+  return true;
+}
+
+inline int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// Z[e][o][t] = (A g A^T)[e] for the 2x2 tiles g of dy (zero past Hout/Wout); buf: 2 rows of 2*tw.
+template <typename T>
+void grad_output_transform(const Plan& p, const T* dy, int64_t r0, int64_t r1, int64_t c0, int64_t c1, T* Z,
+                           T* buf) {
+  const int64_t tw = c1 - c0, Tc = (r1 - r0) * tw, es = p.Cout * Tc;
+  const int64_t ow0 = 2 * c0, wn = std::min(2 * tw, p.Wout - ow0);
+  T* g0 = buf;
+  T* g1 = buf + 2 * tw;
+  std::fill(g0 + wn, g0 + 2 * tw, T(0));
+  std::fill(g1 + wn, g1 + 2 * tw, T(0));
+  for (int64_t o = 0; o < p.Cout; ++o) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / p.TH, th = r % p.TH;
+      const T* plane = dy + (n * p.Cout + o) * p.Hout * p.Wout;
+      std::memcpy(g0, plane + (2 * th) * p.Wout + ow0, (size_t)wn * sizeof(T));
+      if (2 * th + 1 < p.Hout)
+        std::memcpy(g1, plane + (2 * th + 1) * p.Wout + ow0, (size_t)wn * sizeof(T));
+      else
+        std::fill(g1, g1 + wn, T(0));
+      T* z = Z + o * Tc + (r - r0) * tw;
+      for (int64_t j = 0; j < tw; ++j) {
+        // A g: rows (4 x 2), then (A g) A^T: columns (4 x 4).
+        const T a0 = g0[2 * j], a1 = g0[2 * j + 1], b0 = g1[2 * j], b1 = g1[2 * j + 1];
+        const T h[4][2] = {{a0, a1}, {a0 + b0, a1 + b1}, {a0 - b0, a1 - b1}, {-b0, -b1}};
+        for (int a = 0; a < 4; ++a) {
+          z[(4 * a + 0) * es + j] = h[a][0];
+          z[(4 * a + 1) * es + j] = h[a][0] + h[a][1];
+          z[(4 * a + 2) * es + j] = h[a][0] - h[a][1];
+          z[(4 * a + 3) * es + j] = -h[a][1];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+bool winograd_conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t Cout, int64_t Hout,
+                      int64_t Wout, int64_t off_h, int64_t off_w, const T* in, const T* w, bool flip,
+                      const T* bias, T* out) {
+  if (N == 0 || Cout == 0 || Hout == 0 || Wout == 0) return true;  // nothing to write
+  Plan p{N, Cin, Hin, Win, Cout, Hout, Wout, off_h, off_w, (Hout + 1) / 2, (Wout + 1) / 2, 0, 0, 0, 0, 0};
+  p.rows = N * p.TH;
+  const int64_t elem = sizeof(T), ubytes = 16 * Cout * Cin * elem;
+  int nt;
+  // per tile: V + M + (bounded by) the row buffers
+  if (!make_plan(p, ubytes, 0, (16 * (Cin + Cout) + 16) * elem, nt)) return false;
   const int64_t vsz = 16 * Cin * p.tmax, msz = 16 * Cout * p.tmax, bsz = 4 * (2 * p.twmax + 2);
   const int64_t per_thread = vsz + msz + bsz;
   T* ws = static_cast<T*>(conv_workspace(ubytes + nt * per_thread * elem));
@@ -216,12 +266,7 @@ bool winograd_conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t 
   {
 #pragma omp for schedule(static)
     for (int64_t oi = 0; oi < Cout * Cin; ++oi) weight_transform(w, flip, Cin, Cout, oi / Cin, oi % Cin, U);
-#ifdef _OPENMP
-    const int64_t tid = omp_get_thread_num();
-#else
-    const int64_t tid = 0;
-#endif
-    T* V = ws + 16 * Cout * Cin + tid * per_thread;
+    T* V = ws + 16 * Cout * Cin + thread_id() * per_thread;
     T* M = V + vsz;
     T* buf = M + msz;
 #pragma omp for schedule(static)
@@ -239,6 +284,75 @@ bool winograd_conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t 
   }
   return true;
 }
+
+// Weight gradient (derivation): y = A^T [U .* V] A per tile is linear in U = G g G^T, so
+//   dU = sum_tiles (A dy_tile A^T) .* V   and   dw = G^T dU G.
+// Per position e the tile sum is a GEMM: dU_e (K x C) += Z_e (K x tiles) @ V_e^T (tiles x C).
+// Each thread accumulates its own dU over its chunks; the per-thread sums are added in
+// thread order (deterministic for a given thread count).
+template <typename T>
+bool winograd_conv3x3_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
+                             int64_t off_h, int64_t off_w, const T* x, const T* dy, T* dw) {
+  if (N == 0 || Ho == 0 || Wo == 0) return false;  // the caller zero-fills
+  Plan p{N, C, H, W, K, Ho, Wo, off_h, off_w, (Ho + 1) / 2, (Wo + 1) / 2, 0, 0, 0, 0, 0};
+  p.rows = N * p.TH;
+  const int64_t elem = sizeof(T), usz = 16 * K * C;
+  int nt;
+  if (!make_plan(p, 0, usz * elem, (16 * (C + K) + 16) * elem, nt)) return false;
+  const int64_t vsz = 16 * C * p.tmax, zsz = 16 * K * p.tmax, bsz = 4 * (2 * p.twmax + 2);
+  const int64_t per_thread = usz + vsz + zsz + bsz;
+  T* ws = static_cast<T*>(conv_workspace(nt * per_thread * elem));
+  g_wino_calls.fetch_add(1);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    T* dU = ws + thread_id() * per_thread;
+    T* V = dU + usz;
+    T* Z = V + vsz;
+    T* buf = Z + zsz;
+    std::fill(dU, dU + usz, T(0));
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < p.nchunks; ++k) {
+      int64_t r0, r1, c0, c1;
+      p.chunk(k, r0, r1, c0, c1);
+      const int64_t Tc = (r1 - r0) * (c1 - c0);
+      if (Tc == 0) continue;
+      input_transform(p, x, r0, r1, c0, c1, V, buf);
+      grad_output_transform(p, dy, r0, r1, c0, c1, Z, buf);
+      for (int e = 0; e < 16; ++e)
+        gemm(false, true, K, C, Tc, T(1), Z + e * K * Tc, Tc, V + e * C * Tc, Tc, T(1), dU + e * K * C, C);
+    }
+    // implicit barrier: every thread's dU is complete
+#pragma omp for schedule(static)
+    for (int64_t kc = 0; kc < K * C; ++kc) {
+      T u[16];
+      for (int e = 0; e < 16; ++e) {
+        T acc = 0;
+        for (int t = 0; t < nt; ++t) acc += ws[t * per_thread + e * K * C + kc];
+        u[e] = acc;
+      }
+      // dw = G^T u G, G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1]
+      const T h = T(0.5);
+      T r[3][4];
+      for (int b = 0; b < 4; ++b) {
+        r[0][b] = u[b] + h * (u[4 + b] + u[8 + b]);
+        r[1][b] = h * (u[4 + b] - u[8 + b]);
+        r[2][b] = h * (u[4 + b] + u[8 + b]) + u[12 + b];
+      }
+      T* d = dw + kc * 9;
+      for (int a = 0; a < 3; ++a) {
+        d[a * 3 + 0] = r[a][0] + h * (r[a][1] + r[a][2]);
+        d[a * 3 + 1] = h * (r[a][1] - r[a][2]);
+        d[a * 3 + 2] = h * (r[a][1] + r[a][2]) + r[a][3];
+      }
+    }
+  }
+  return true;
+}
+
+template bool winograd_conv3x3_weight<float>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                             int64_t, int64_t, const float*, const float*, float*);
+template bool winograd_conv3x3_weight<double>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                              int64_t, int64_t, const double*, const double*, double*);
 
 template bool winograd_conv3x3<float>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                       int64_t, const float*, const float*, bool, const float*, float*);

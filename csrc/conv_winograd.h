@@ -19,6 +19,12 @@ bool winograd_conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t 
                       int64_t Wout, int64_t off_h, int64_t off_w, const T* in, const T* w, bool flip,
                       const T* bias, T* out);
 
+// dw[k, c] (K x C x 3 x 3) = gradient of the forward call above (off = -pad) w.r.t. w, from
+// x (N, C, H, W) and dy (N, K, Ho, Wo). False: declined (nothing written).
+template <typename T>
+bool winograd_conv3x3_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
+                             int64_t off_h, int64_t off_w, const T* x, const T* dy, T* dw);
+
 // Whether the Winograd path is worth taking for these channel counts and output size.
 bool winograd_pays(int64_t Cin, int64_t Cout, int64_t Hout, int64_t Wout);
 

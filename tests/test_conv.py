@@ -396,7 +396,7 @@ def test_winograd_matches_reference(wino, dtype, case):
     before = wino._conv_winograd_calls()
     y = F.conv2d(x, w, b, padding=pad)
     gx, gw, gb = F.conv2d_backward(dy, x, w, padding=pad)
-    assert wino._conv_winograd_calls() - before == (2 if xs[0] > 0 else 0)
+    assert wino._conv_winograd_calls() - before == (3 if xs[0] > 0 else 0)  # y, gx, gw
     rx, rw, rb = R.conv2d_backward(dy64, x64, w64, padding=pad)
     assert_close(y, want, dtype)
     assert_close(gx, rx, dtype)
@@ -451,13 +451,15 @@ def test_winograd_auto_choice_agrees_with_im2col(wino, dtype):
 ])
 def test_winograd_chunks_stay_under_workspace_cap(wino, dtype, shape, k, tiles):
     """A cap of the transformed weights plus `tiles` tiles (per thread) forces many chunks;
-    the workspace peak stays under it. A cap below one tile falls back to im2col."""
+    the workspace peak stays under it (the weight gradient keeps a 16*C*K accumulator per
+    thread, so it takes fewer tiles). A cap below one tile falls back to im2col."""
     rng = np.random.default_rng(122)
     c = shape[1]
     x, w, b = rand(rng, shape, dtype), rand(rng, (k, c, 3, 3), dtype), rand(rng, (k,), dtype)
     dy = rand(rng, (shape[0], k) + shape[2:], dtype)
     x64, w64, b64, dy64 = (a.astype(np.float64) for a in (x, w, b, dy))
     want = R.conv2d(x64, w64, b64, padding=1)
+    _, want_gw, _ = R.conv2d_backward(dy64, x64, w64, padding=1)
     want_gx = R.conv2d_backward(dy64, x64, w64, padding=1)[0]
     item = np.dtype(dtype).itemsize
     per_tile = (16 * (c + k) + 16) * item
@@ -470,10 +472,13 @@ def test_winograd_chunks_stay_under_workspace_cap(wino, dtype, shape, k, tiles):
         y = F.conv2d(x, w, b, padding=1)
         if takes:
             assert 0 < cpu.conv_workspace_peak_bytes() <= limit
-        gx = F.conv2d_backward(dy, x, w, padding=1, output_mask=(True, False, False))[0]
-        assert wino._conv_winograd_calls() - before == (2 if takes else 0)
+        gx, gw, _ = F.conv2d_backward(dy, x, w, padding=1, output_mask=(True, True, False))
+        if takes:
+            assert 0 < cpu.conv_workspace_peak_bytes() <= limit
+        assert wino._conv_winograd_calls() - before == (3 if takes else 0)
         assert_close(y, want, dtype)
         assert_close(gx, want_gx, dtype)
+        assert_close(gw, want_gw, dtype)
 
 
 @pytest.mark.parametrize("xs,k,pad", [((2, 3, 5, 4), 2, 1), ((1, 2, 4, 5), 3, (2, 0))])
