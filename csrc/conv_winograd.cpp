@@ -37,7 +37,7 @@ namespace pydl {
 // Private knobs (bound as _cpu._set_conv_winograd): 0 = off, 1 = auto, 2 = whenever the
 // geometry fits; per-thread chunk bytes (L2-sized); a count of calls that took the path.
 std::atomic<int> g_wino_mode{1};
-std::atomic<int64_t> g_wino_chunk_bytes{int64_t(768) << 10};
+std::atomic<int64_t> g_wino_chunk_bytes{int64_t(1536) << 10};
 std::atomic<int64_t> g_wino_calls{0};
 
 bool winograd_pays(int64_t Cin, int64_t Cout, int64_t Hout, int64_t Wout) {
@@ -74,6 +74,15 @@ void weight_transform(const T* w, bool flip, int64_t Cin, int64_t Cout, int64_t 
   }
 }
 
+// Stride between the 16 transformed matrices of one chunk. A multiple of 4 KiB would put
+// the 16 streams a transform reads or writes in the same L1 sets (measured: 30% slower at
+// 112 tiles x 64 channels); round up to 4 KiB and add 5 cache lines instead.
+constexpr int64_t kStridePad = 4096 + 320;  // bytes a padded stride may add
+template <typename T>
+inline int64_t pad_stride(int64_t n) {
+  return ((n * (int64_t)sizeof(T) + 4095) / 4096 * 4096 + 320) / (int64_t)sizeof(T);
+}
+
 struct Plan {
   int64_t N, Cin, Hin, Win, Cout, Hout, Wout, oh, ow;  // oh/ow: input offset of output (0, 0)
   int64_t TH, TW, rows;                                // tile rows per image, tiles per row, N*TH
@@ -96,7 +105,7 @@ struct Plan {
 // V[e][i][t] for the chunk's tiles; buf holds 4 padded input rows.
 template <typename T>
 void input_transform(const Plan& p, const T* in, int64_t r0, int64_t r1, int64_t c0, int64_t c1, T* V, T* buf) {
-  const int64_t tw = c1 - c0, Tc = (r1 - r0) * tw, Wp = 2 * tw + 2, es = p.Cin * Tc;
+  const int64_t tw = c1 - c0, Tc = (r1 - r0) * tw, Wp = 2 * tw + 2, es = pad_stride<T>(p.Cin * Tc);
   const int64_t iw0 = 2 * c0 + p.ow;
   const int64_t qlo = std::min(Wp, std::max<int64_t>(0, -iw0)), qhi = std::max(qlo, std::min(Wp, p.Win - iw0));
   for (int64_t i = 0; i < p.Cin; ++i) {
@@ -140,7 +149,7 @@ void input_transform(const Plan& p, const T* in, int64_t r0, int64_t r1, int64_t
 template <typename T>
 void output_transform(const Plan& p, const T* M, const T* bias, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
                       T* out, T* buf) {
-  const int64_t tw = c1 - c0, Tc = (r1 - r0) * tw, es = p.Cout * Tc;
+  const int64_t tw = c1 - c0, Tc = (r1 - r0) * tw, es = pad_stride<T>(p.Cout * Tc);
   const int64_t ow0 = 2 * c0, wn = std::min(2 * tw, p.Wout - ow0);
   T* y0 = buf;
   T* y1 = buf + 2 * tw;
@@ -213,7 +222,7 @@ inline int thread_id() {
 template <typename T>
 void grad_output_transform(const Plan& p, const T* dy, int64_t r0, int64_t r1, int64_t c0, int64_t c1, T* Z,
                            T* buf) {
-  const int64_t tw = c1 - c0, Tc = (r1 - r0) * tw, es = p.Cout * Tc;
+  const int64_t tw = c1 - c0, Tc = (r1 - r0) * tw, es = pad_stride<T>(p.Cout * Tc);
   const int64_t ow0 = 2 * c0, wn = std::min(2 * tw, p.Wout - ow0);
   T* g0 = buf;
   T* g1 = buf + 2 * tw;
@@ -256,8 +265,9 @@ bool winograd_conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t 
   const int64_t elem = sizeof(T), ubytes = 16 * Cout * Cin * elem;
   int nt;
   // per tile: V + M + (bounded by) the row buffers
-  if (!make_plan(p, ubytes, 0, (16 * (Cin + Cout) + 16) * elem, nt)) return false;
-  const int64_t vsz = 16 * Cin * p.tmax, msz = 16 * Cout * p.tmax, bsz = 4 * (2 * p.twmax + 2);
+  if (!make_plan(p, ubytes, 32 * kStridePad, (16 * (Cin + Cout) + 16) * elem, nt)) return false;
+  const int64_t vsz = 16 * pad_stride<T>(Cin * p.tmax), msz = 16 * pad_stride<T>(Cout * p.tmax);
+  const int64_t bsz = 4 * (2 * p.twmax + 2);
   const int64_t per_thread = vsz + msz + bsz;
   T* ws = static_cast<T*>(conv_workspace(ubytes + nt * per_thread * elem));
   T* U = ws;
@@ -277,8 +287,8 @@ bool winograd_conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t 
       if (Tc == 0) continue;
       input_transform(p, in, r0, r1, c0, c1, V, buf);
       for (int e = 0; e < 16; ++e)
-        gemm(false, false, Cout, Tc, Cin, T(1), U + e * Cout * Cin, Cin, V + e * Cin * Tc, Tc, T(0),
-             M + e * Cout * Tc, Tc);
+        gemm(false, false, Cout, Tc, Cin, T(1), U + e * Cout * Cin, Cin, V + e * pad_stride<T>(Cin * Tc), Tc,
+             T(0), M + e * pad_stride<T>(Cout * Tc), Tc);
       output_transform(p, M, bias, r0, r1, c0, c1, out, buf);
     }
   }
@@ -298,8 +308,9 @@ bool winograd_conv3x3_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t
   p.rows = N * p.TH;
   const int64_t elem = sizeof(T), usz = 16 * K * C;
   int nt;
-  if (!make_plan(p, 0, usz * elem, (16 * (C + K) + 16) * elem, nt)) return false;
-  const int64_t vsz = 16 * C * p.tmax, zsz = 16 * K * p.tmax, bsz = 4 * (2 * p.twmax + 2);
+  if (!make_plan(p, 0, usz * elem + 32 * kStridePad, (16 * (C + K) + 16) * elem, nt)) return false;
+  const int64_t vsz = 16 * pad_stride<T>(C * p.tmax), zsz = 16 * pad_stride<T>(K * p.tmax);
+  const int64_t bsz = 4 * (2 * p.twmax + 2);
   const int64_t per_thread = usz + vsz + zsz + bsz;
   T* ws = static_cast<T*>(conv_workspace(nt * per_thread * elem));
   g_wino_calls.fetch_add(1);
@@ -319,7 +330,8 @@ bool winograd_conv3x3_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t
       input_transform(p, x, r0, r1, c0, c1, V, buf);
       grad_output_transform(p, dy, r0, r1, c0, c1, Z, buf);
       for (int e = 0; e < 16; ++e)
-        gemm(false, true, K, C, Tc, T(1), Z + e * K * Tc, Tc, V + e * C * Tc, Tc, T(1), dU + e * K * C, C);
+        gemm(false, true, K, C, Tc, T(1), Z + e * pad_stride<T>(K * Tc), Tc, V + e * pad_stride<T>(C * Tc), Tc,
+             T(1), dU + e * K * C, C);
     }
     // implicit barrier: every thread's dU is complete
 #pragma omp for schedule(static)

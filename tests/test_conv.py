@@ -363,7 +363,7 @@ def test_bad_inputs_raise(xp, dtype):
 def wino():
     cpu = _backend.cpu()
     yield cpu
-    cpu._set_conv_winograd(1, 768 << 10)
+    cpu._set_conv_winograd(1, 1536 << 10)
 
 
 # (x shape, K, padding): odd and tile-unaligned sizes, all paddings, batch 0 and 1, K != C.
@@ -444,12 +444,12 @@ def test_winograd_auto_choice_agrees_with_im2col(wino, dtype):
     assert wino._conv_winograd_calls() - before == 2
 
 
-@pytest.mark.parametrize("shape,k,tiles", [
-    ((1, 3, 5, 70), 4, 4),     # a tile row (35 tiles) is cut into segments of <= 4 tiles
-    ((3, 2, 9, 6), 3, 7),      # chunks of whole tile rows
-    ((2, 16, 24, 24), 16, 9),  # big enough for threads: each thread gets its own slice
+@pytest.mark.parametrize("shape,k,tiles,threads", [
+    ((1, 3, 5, 70), 4, 4, 1),     # a tile row (35 tiles) is cut into segments of <= 4 tiles
+    ((3, 2, 9, 6), 3, 7, 1),      # chunks of whole tile rows
+    ((2, 16, 24, 24), 16, 9, 2),  # big enough for threads: each thread gets its own slice
 ])
-def test_winograd_chunks_stay_under_workspace_cap(wino, dtype, shape, k, tiles):
+def test_winograd_chunks_stay_under_workspace_cap(wino, dtype, shape, k, tiles, threads):
     """A cap of the transformed weights plus `tiles` tiles (per thread) forces many chunks;
     the workspace peak stays under it (the weight gradient keeps a 16*C*K accumulator per
     thread, so it takes fewer tiles). A cap below one tile falls back to im2col."""
@@ -465,7 +465,9 @@ def test_winograd_chunks_stay_under_workspace_cap(wino, dtype, shape, k, tiles):
     per_tile = (16 * (c + k) + 16) * item
     cpu = _backend.cpu()
     wino._set_conv_winograd(2)
-    for limit, takes in ((16 * c * k * item + 2 * tiles * per_tile, True), (16 * c * k * item, False)):
+    strides_pad = 32 * (4096 + 320)  # per thread: the 4 KiB-staggered strides of the transforms
+    room = 16 * c * k * item + threads * (strides_pad + tiles * per_tile)
+    for limit, takes in ((room, True), (16 * c * k * item, False)):
         F.set_conv_workspace_limit(limit)
         before = wino._conv_winograd_calls()
         cpu.conv_workspace_peak_bytes(True)
