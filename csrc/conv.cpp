@@ -583,7 +583,7 @@ template <typename T>
 void forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
   if (g.N == 0) return;
   if (g.depthwise()) return dw_forward(g, x, w, b, y);
-  if (winograd_fits(g) && winograd_pays(g.C, g.K, g.Ho, g.Wo) &&
+  if (winograd_fits(g) && winograd_pays(g.N, g.C, g.K, g.Ho, g.Wo) &&
       winograd_conv3x3(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, -g.ph, -g.pw, x, w, false, b, y))
     return;
   const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
@@ -643,7 +643,7 @@ void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
   if (g.N == 0) return;
   if (g.depthwise()) return dw_backward_input(g, dy, w, dx);
   // dx = conv(dy, w rotated 180 degrees, channels swapped) at offset pad - 2.
-  if (winograd_fits(g) && winograd_pays(g.K, g.C, g.H, g.W) &&
+  if (winograd_fits(g) && winograd_pays(g.N, g.K, g.C, g.H, g.W) &&
       winograd_conv3x3(g.N, g.K, g.Ho, g.Wo, g.C, g.H, g.W, g.ph - 2, g.pw - 2, dy, w, true,
                        static_cast<const T*>(nullptr), dx))
     return;
@@ -700,7 +700,7 @@ void backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
     return;
   }
   if (g.depthwise()) return dw_backward_weight(g, dy, x, dw);
-  if (winograd_fits(g) && winograd_pays(g.C, g.K, g.Ho, g.Wo) &&
+  if (winograd_fits(g) && winograd_pays(g.N, g.C, g.K, g.Ho, g.Wo) &&
       winograd_conv3x3_weight(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, -g.ph, -g.pw, x, dy, dw))
     return;
   if (g.pointwise()) {

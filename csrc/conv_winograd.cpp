@@ -40,12 +40,15 @@ std::atomic<int> g_wino_mode{1};
 std::atomic<int64_t> g_wino_chunk_bytes{int64_t(1536) << 10};
 std::atomic<int64_t> g_wino_calls{0};
 
-bool winograd_pays(int64_t Cin, int64_t Cout, int64_t Hout, int64_t Wout) {
+bool winograd_pays(int64_t N, int64_t Cin, int64_t Cout, int64_t Hout, int64_t Wout) {
   const int mode = g_wino_mode.load();
   if (mode == 0) return false;
   if (mode == 2) return true;
-  // Few channels: the GEMMs are too thin for the transforms to pay back.
-  return Cin >= 16 && Cout >= 16 && Hout >= 4 && Wout >= 4;
+  // Few channels: the GEMMs are too thin for the transforms to pay back. Few tiles: the
+  // per-call weight transform (16 C K values) and narrow GEMMs dominate (measured: 7x7 images
+  // with 512 channels run 2-5x slower than im2col at batch 1-8).
+  const int64_t tiles = N * ((Hout + 1) / 2) * ((Wout + 1) / 2);
+  return Cin >= 16 && Cout >= 16 && tiles >= 256;
 }
 
 namespace {
@@ -191,7 +194,10 @@ bool make_plan(Plan& p, int64_t shared, int64_t fixed, int64_t per_tile, int& nt
   const int64_t work = p.rows * p.TW * p.Cin * p.Cout;
   nt = work > (int64_t(1) << 16) ? max_threads() : 1;  // fork/join costs more on small problems
   const int64_t cap = conv_workspace_limit();
-  int64_t tmax = std::min(g_wino_chunk_bytes.load(), (cap - shared) / nt - fixed) / per_tile;
+  // At least 128 tiles per chunk where the cap allows: each GEMM re-packs its U_e (C x K), so
+  // narrow chunks with many channels spend their time packing.
+  const int64_t want = std::max(g_wino_chunk_bytes.load(), 128 * per_tile);
+  int64_t tmax = std::min(want, (cap - shared) / nt - fixed) / per_tile;
   if (tmax < 1 && nt > 1) nt = 1, tmax = (cap - shared - fixed) / per_tile;
   if (tmax < 1) return false;  // cap too small even for one tile: im2col's problem
   tmax = std::min(tmax, p.rows * p.TW);

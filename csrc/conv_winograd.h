@@ -25,8 +25,8 @@ template <typename T>
 bool winograd_conv3x3_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
                              int64_t off_h, int64_t off_w, const T* x, const T* dy, T* dw);
 
-// Whether the Winograd path is worth taking for these channel counts and output size.
-bool winograd_pays(int64_t Cin, int64_t Cout, int64_t Hout, int64_t Wout);
+// Whether the Winograd path is worth taking for this batch, channel counts and output size.
+bool winograd_pays(int64_t N, int64_t Cin, int64_t Cout, int64_t Hout, int64_t Wout);
 
 // Private knobs for tests and tuning: mode 0 = off, 1 = auto, 2 = whenever the geometry fits
 // (negative: unchanged); per-thread chunk bytes (<= 0: unchanged). Calls that took the path.

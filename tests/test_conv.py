@@ -422,10 +422,11 @@ def test_winograd_noncontiguous_inputs(wino, dtype):
 
 
 def test_winograd_auto_choice_agrees_with_im2col(wino, dtype):
-    """Default mode takes Winograd for >= 16 channels; the result agrees with the im2col path."""
+    """Default mode takes Winograd for >= 16 channels and >= 256 tiles; the result agrees
+    with the im2col path."""
     rng = np.random.default_rng(121)
-    x, w, b = rand(rng, (2, 16, 11, 10), dtype), rand(rng, (18, 16, 3, 3), dtype), rand(rng, (18,), dtype)
-    dy = rand(rng, (2, 18, 11, 10), dtype)
+    x, w, b = rand(rng, (2, 16, 24, 21), dtype), rand(rng, (18, 16, 3, 3), dtype), rand(rng, (18,), dtype)
+    dy = rand(rng, (2, 18, 24, 21), dtype)
     before = wino._conv_winograd_calls()
     y = F.conv2d(x, w, b, padding=1)
     gx = F.conv2d_backward(dy, x, w, padding=1, output_mask=(True, False, False))[0]
@@ -439,8 +440,10 @@ def test_winograd_auto_choice_agrees_with_im2col(wino, dtype):
         assert_close(got, R.conv2d(x64, w64, b64, padding=1), dtype)
     for got in (gx, gx0):
         assert_close(got, R.conv2d_backward(dy64, x64, w64, padding=1)[0], dtype)
-    # Thin layers stay on im2col.
+    # Thin layers and small images stay on im2col.
+    wino._set_conv_winograd(1)
     F.conv2d(x[:, :3], w[:, :3], padding=1)
+    F.conv2d(x[:1, :, :8, :8], w, padding=1)
     assert wino._conv_winograd_calls() - before == 2
 
 
