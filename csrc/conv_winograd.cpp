@@ -165,6 +165,7 @@ void output_transform(const Plan& p, const T* M, const T* bias, int64_t r0, int6
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / p.TH, th = r % p.TH;
       const T* m = M + o * Tc + (r - r0) * tw;
+#pragma omp simd  // (GCC leaves this loop scalar without it: 6% of the forward)
       for (int64_t j = 0; j < tw; ++j) {
         T q[16];
         for (int e = 0; e < 16; ++e) q[e] = m[e * es + j];
@@ -248,6 +249,7 @@ void grad_output_transform(const Plan& p, const T* dy, int64_t r0, int64_t r1, i
       else
         std::fill(g1, g1 + wn, T(0));
       T* z = Z + o * Tc + (r - r0) * tw;
+#pragma omp simd
       for (int64_t j = 0; j < tw; ++j) {
         // A g: rows (4 x 2), then (A g) A^T: columns (4 x 4).
         const T a0 = g0[2 * j], a1 = g0[2 * j + 1], b0 = g1[2 * j], b1 = g1[2 * j + 1];
