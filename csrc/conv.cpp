@@ -39,6 +39,7 @@
 
 #include "blas.h"
 #include "common.h"
+#include "conv_winograd.h"
 #include "geometry.h"
 
 namespace pydl {
@@ -64,6 +65,12 @@ struct Workspace {
   }
 };
 thread_local Workspace t_ws;
+}  // namespace
+
+void* conv_workspace(int64_t bytes) { return t_ws.get(bytes); }
+int64_t conv_workspace_limit() { return g_ws_limit.load(); }
+
+namespace {
 
 struct Geo {
   int64_t N, C, H, W, K, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, G;
@@ -567,10 +574,18 @@ inline int64_t col_parts(int64_t items, int64_t L) {
   return std::max<int64_t>(1, std::min((2 * nt + items - 1) / items, L / 64));
 }
 
+// Dense 3x3 stride-1 convolutions may take the Winograd path (conv_winograd.cpp).
+inline bool winograd_fits(const Geo& g) {
+  return g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 && g.G == 1;
+}
+
 template <typename T>
 void forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
   if (g.N == 0) return;
   if (g.depthwise()) return dw_forward(g, x, w, b, y);
+  if (winograd_fits(g) && winograd_pays(g.N, g.C, g.K, g.Ho, g.Wo) &&
+      winograd_conv3x3(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, -g.ph, -g.pw, x, w, false, b, y))
+    return;
   const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
   if (g.pointwise()) {
     const int64_t parts = col_parts(g.N * g.G, L), items = g.N * g.G * parts;
@@ -627,6 +642,11 @@ template <typename T>
 void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
   if (g.N == 0) return;
   if (g.depthwise()) return dw_backward_input(g, dy, w, dx);
+  // dx = conv(dy, w rotated 180 degrees, channels swapped) at offset pad - 2.
+  if (winograd_fits(g) && winograd_pays(g.N, g.K, g.C, g.H, g.W) &&
+      winograd_conv3x3(g.N, g.K, g.Ho, g.Wo, g.C, g.H, g.W, g.ph - 2, g.pw - 2, dy, w, true,
+                       static_cast<const T*>(nullptr), dx))
+    return;
   const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
   if (g.pointwise()) {
     const int64_t parts = col_parts(g.N * g.G, L), items = g.N * g.G * parts;
@@ -680,6 +700,9 @@ void backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
     return;
   }
   if (g.depthwise()) return dw_backward_weight(g, dy, x, dw);
+  if (winograd_fits(g) && winograd_pays(g.N, g.C, g.K, g.Ho, g.Wo) &&
+      winograd_conv3x3_weight(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, -g.ph, -g.pw, x, dy, dw))
+    return;
   if (g.pointwise()) {
     // dW_g[:, c0:c1] = sum_n dY[n, g] X[n, g, c0:c1]^T: thread blocks over (group, channels).
     const int64_t parts = col_parts(g.G, Cg), items = g.G * parts;
@@ -870,6 +893,8 @@ void bind_conv(py::module_& m) {
       },
       "bytes"_a, "Cap on the im2col/col2im column buffer of one conv call (default 64 MiB).");
   m.def("_set_conv_tile_bytes", [](int64_t b) { g_tile_bytes = std::max<int64_t>(b, 1); });
+  m.def("_set_conv_winograd", &set_winograd, "mode"_a, "chunk_bytes"_a = 0);
+  m.def("_conv_winograd_calls", &winograd_calls);
   m.def("get_conv_workspace_limit", []() { return g_ws_limit.load(); });
   m.def(
       "conv_workspace_peak_bytes",

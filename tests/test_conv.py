@@ -350,3 +350,146 @@ def test_bad_inputs_raise(xp, dtype):
     raises(ValueError, r"bias: expected shape \(6,\)", F.conv_transpose2d, x, rand(rng, (4, 3, 3, 3), dtype, xp),
            xp.zeros(5, dtype=dtype), groups=2)
     raises(ValueError, "nbytes: expected an int >= 1", F.set_conv_workspace_limit, 0)
+
+
+# ---------------------------------------------------------------- Winograd path
+# Dense 3x3, stride 1, dilation 1, groups 1 convolutions (forward and grad input) may run
+# Winograd F(2x2, 3x3) on the CPU (csrc/conv_winograd.cpp). The private knob
+# _cpu._set_conv_winograd(mode) forces it (2) on shapes too small for the automatic choice
+# (1, default) or switches it off (0); _cpu._conv_winograd_calls() proves the path ran.
+# CPU-only: the knob belongs to the C++ kernels.
+
+@pytest.fixture
+def wino():
+    cpu = _backend.cpu()
+    yield cpu
+    cpu._set_conv_winograd(1, 1536 << 10)
+
+
+# (x shape, K, padding): odd and tile-unaligned sizes, all paddings, batch 0 and 1, K != C.
+WINO_CONFIGS = [
+    ((2, 3, 7, 9), 5, 1),
+    ((1, 1, 3, 3), 2, 0),
+    ((1, 4, 4, 4), 2, 0),
+    ((2, 5, 5, 8), 3, 2),
+    ((3, 2, 6, 5), 7, "same"),
+    ((1, 6, 1, 1), 4, 1),          # a single pixel: every tap but the centre is padding
+    ((1, 3, 2, 11), 2, (2, 0)),
+    ((2, 4, 9, 4), 3, (3, 1)),      # padding > 2: grad input reads dy at a positive offset
+    ((1, 17, 10, 13), 19, 1),
+    ((0, 3, 5, 5), 2, 1),
+    ((1, 2, 12, 3), 3, "valid"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(WINO_CONFIGS)))
+def test_winograd_matches_reference(wino, dtype, case):
+    xs, k, pad = WINO_CONFIGS[case]
+    rng = np.random.default_rng(100 + case)
+    x64, w64, b64 = rng.uniform(-1, 1, xs), rng.uniform(-1, 1, (k, xs[1], 3, 3)), rng.uniform(-1, 1, k)
+    x, w, b = (a.astype(dtype) for a in (x64, w64, b64))
+    want = R.conv2d(x64, w64, b64, padding=pad)
+    dy64 = rng.uniform(-1, 1, want.shape)
+    dy = dy64.astype(dtype)
+    saved = [a.copy() for a in (x, w, b, dy)]
+    wino._set_conv_winograd(2)
+    before = wino._conv_winograd_calls()
+    y = F.conv2d(x, w, b, padding=pad)
+    gx, gw, gb = F.conv2d_backward(dy, x, w, padding=pad)
+    assert wino._conv_winograd_calls() - before == (3 if xs[0] > 0 else 0)  # y, gx, gw
+    rx, rw, rb = R.conv2d_backward(dy64, x64, w64, padding=pad)
+    assert_close(y, want, dtype)
+    assert_close(gx, rx, dtype)
+    assert_close(gw, rw, dtype)
+    assert_close(gb, rb, dtype)
+    for a, s in zip((x, w, b, dy), saved):
+        np.testing.assert_array_equal(a, s)
+
+
+def test_winograd_noncontiguous_inputs(wino, dtype):
+    rng = np.random.default_rng(120)
+    x = rand(rng, (2, 3, 8, 14), dtype)[:, :, :, ::2]      # (2, 3, 8, 7), strided
+    w = rand(rng, (3, 4, 3, 3), dtype).transpose(1, 0, 2, 3)  # (4, 3, 3, 3), transposed
+    dy = rand(rng, (2, 4, 8, 7), dtype)
+    wino._set_conv_winograd(2)
+    before = wino._conv_winograd_calls()
+    y = F.conv2d(x, w, padding="same")
+    (gx, _, _) = F.conv2d_backward(dy, x, w, padding="same", output_mask=(True, False, False))
+    assert wino._conv_winograd_calls() - before == 2
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    assert_close(y, R.conv2d(x64, w64, padding="same"), dtype)
+    assert_close(gx, R.conv2d_backward(dy.astype(np.float64), x64, w64, padding="same")[0], dtype)
+
+
+def test_winograd_auto_choice_agrees_with_im2col(wino, dtype):
+    """Default mode takes Winograd for >= 16 channels and >= 256 tiles; the result agrees
+    with the im2col path."""
+    rng = np.random.default_rng(121)
+    x, w, b = rand(rng, (2, 16, 24, 21), dtype), rand(rng, (18, 16, 3, 3), dtype), rand(rng, (18,), dtype)
+    dy = rand(rng, (2, 18, 24, 21), dtype)
+    before = wino._conv_winograd_calls()
+    y = F.conv2d(x, w, b, padding=1)
+    gx = F.conv2d_backward(dy, x, w, padding=1, output_mask=(True, False, False))[0]
+    assert wino._conv_winograd_calls() - before == 2
+    wino._set_conv_winograd(0)
+    y0 = F.conv2d(x, w, b, padding=1)
+    gx0 = F.conv2d_backward(dy, x, w, padding=1, output_mask=(True, False, False))[0]
+    assert wino._conv_winograd_calls() - before == 2
+    x64, w64, b64, dy64 = (a.astype(np.float64) for a in (x, w, b, dy))
+    for got in (y, y0):
+        assert_close(got, R.conv2d(x64, w64, b64, padding=1), dtype)
+    for got in (gx, gx0):
+        assert_close(got, R.conv2d_backward(dy64, x64, w64, padding=1)[0], dtype)
+    # Thin layers and small images stay on im2col.
+    wino._set_conv_winograd(1)
+    F.conv2d(x[:, :3], w[:, :3], padding=1)
+    F.conv2d(x[:1, :, :8, :8], w, padding=1)
+    assert wino._conv_winograd_calls() - before == 2
+
+
+@pytest.mark.parametrize("shape,k,tiles,threads", [
+    ((1, 3, 5, 70), 4, 4, 1),     # a tile row (35 tiles) is cut into segments of <= 4 tiles
+    ((3, 2, 9, 6), 3, 7, 1),      # chunks of whole tile rows
+    ((2, 16, 24, 24), 16, 9, 2),  # big enough for threads: each thread gets its own slice
+])
+def test_winograd_chunks_stay_under_workspace_cap(wino, dtype, shape, k, tiles, threads):
+    """A cap of the transformed weights plus `tiles` tiles (per thread) forces many chunks;
+    the workspace peak stays under it (the weight gradient keeps a 16*C*K accumulator per
+    thread, so it takes fewer tiles). A cap below one tile falls back to im2col."""
+    rng = np.random.default_rng(122)
+    c = shape[1]
+    x, w, b = rand(rng, shape, dtype), rand(rng, (k, c, 3, 3), dtype), rand(rng, (k,), dtype)
+    dy = rand(rng, (shape[0], k) + shape[2:], dtype)
+    x64, w64, b64, dy64 = (a.astype(np.float64) for a in (x, w, b, dy))
+    want = R.conv2d(x64, w64, b64, padding=1)
+    _, want_gw, _ = R.conv2d_backward(dy64, x64, w64, padding=1)
+    want_gx = R.conv2d_backward(dy64, x64, w64, padding=1)[0]
+    item = np.dtype(dtype).itemsize
+    per_tile = (16 * (c + k) + 16) * item
+    cpu = _backend.cpu()
+    wino._set_conv_winograd(2)
+    strides_pad = 32 * (4096 + 320)  # per thread: the 4 KiB-staggered strides of the transforms
+    room = 16 * c * k * item + threads * (strides_pad + tiles * per_tile)
+    for limit, takes in ((room, True), (16 * c * k * item, False)):
+        F.set_conv_workspace_limit(limit)
+        before = wino._conv_winograd_calls()
+        cpu.conv_workspace_peak_bytes(True)
+        y = F.conv2d(x, w, b, padding=1)
+        if takes:
+            assert 0 < cpu.conv_workspace_peak_bytes() <= limit
+        gx, gw, _ = F.conv2d_backward(dy, x, w, padding=1, output_mask=(True, True, False))
+        if takes:
+            assert 0 < cpu.conv_workspace_peak_bytes() <= limit
+        assert wino._conv_winograd_calls() - before == (3 if takes else 0)
+        assert_close(y, want, dtype)
+        assert_close(gx, want_gx, dtype)
+        assert_close(gw, want_gw, dtype)
+
+
+@pytest.mark.parametrize("xs,k,pad", [((2, 3, 5, 4), 2, 1), ((1, 2, 4, 5), 3, (2, 0))])
+def test_winograd_backward_matches_finite_differences(wino, xs, k, pad):
+    wino._set_conv_winograd(2)
+    fwd = lambda x, w, b, **kw: F.conv2d(x, w, b, **kw)  # noqa: E731
+    before = wino._conv_winograd_calls()
+    _fd_check(fwd, xs, (k, xs[1], 3, 3), (k,), dict(padding=pad), F.conv2d_backward, np)
+    assert wino._conv_winograd_calls() > before

@@ -1,0 +1,36 @@
+// Winograd F(2x2, 3x3) for dense 3x3 stride-1 convolutions (see conv_winograd.cpp).
+#pragma once
+#include <cstdint>
+
+namespace pydl {
+
+// The conv workspace (conv.cpp): a per-thread buffer of at least `bytes`, recorded by the
+// workspace peak tracker, and the current cap on one call's workspace.
+void* conv_workspace(int64_t bytes);
+int64_t conv_workspace_limit();
+
+// out[n, o, p, q] = bias[o] + sum_{i, 3x3 taps} in[n, i, p + off_h + a, q + off_w + b] * W(o, i, a, b)
+// with in = 0 outside [0, Hin) x [0, Win). Forward: W(o, i, a, b) = w[o, i, a, b] (w is K x C x 3 x 3),
+// off = -pad. Backward input (flip = true): W(o, i, a, b) = w[i, o, 2 - a, 2 - b], off = pad - 2.
+// Returns false (and writes nothing) when this path does not pay or the workspace cap is too
+// small for it; the caller then takes the im2col path.
+template <typename T>
+bool winograd_conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t Cout, int64_t Hout,
+                      int64_t Wout, int64_t off_h, int64_t off_w, const T* in, const T* w, bool flip,
+                      const T* bias, T* out);
+
+// dw[k, c] (K x C x 3 x 3) = gradient of the forward call above (off = -pad) w.r.t. w, from
+// x (N, C, H, W) and dy (N, K, Ho, Wo). False: declined (nothing written).
+template <typename T>
+bool winograd_conv3x3_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
+                             int64_t off_h, int64_t off_w, const T* x, const T* dy, T* dw);
+
+// Whether the Winograd path is worth taking for this batch, channel counts and output size.
+bool winograd_pays(int64_t N, int64_t Cin, int64_t Cout, int64_t Hout, int64_t Wout);
+
+// Private knobs for tests and tuning: mode 0 = off, 1 = auto, 2 = whenever the geometry fits
+// (negative: unchanged); per-thread chunk bytes (<= 0: unchanged). Calls that took the path.
+void set_winograd(int mode, int64_t chunk_bytes);
+int64_t winograd_calls();
+
+}  // namespace pydl
