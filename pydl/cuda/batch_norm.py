@@ -34,15 +34,17 @@ def batch_norm_forward_train(x, weight, bias, running_mean, running_var, y, save
             bool(x.dtype == np.float64), B.stream_ptr(cupy))
 
 
-def batch_norm_forward_eval(x, weight, bias, running_mean, running_var, y, eps):
+def batch_norm_forward_eval(x, weight, bias, running_mean, running_var, y, eps, save_mean=None,
+                            save_invstd=None):
     import cupy
 
     N, C, S = x.shape
     with x.device:
         ws, n = _workspace(cupy, C)
         B.cuda().batch_norm_forward_eval(
-            _p(x), _p(weight), _p(bias), _p(running_mean), _p(running_var), _p(y), _p(ws), n,
-            N, C, S, float(eps), bool(x.dtype == np.float64), B.stream_ptr(cupy))
+            _p(x), _p(weight), _p(bias), _p(running_mean), _p(running_var), _p(y), _p(save_mean),
+            _p(save_invstd), _p(ws), n, N, C, S, float(eps), bool(x.dtype == np.float64),
+            B.stream_ptr(cupy))
 
 
 def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, grad_x, grad_weight, grad_bias,

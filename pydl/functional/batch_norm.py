@@ -128,9 +128,10 @@ def batch_norm_forward(x, running_mean, running_var, weight=None, bias=None, tra
     else:
         rm = B.contiguous(running_mean, xp)
         rv = B.contiguous(running_var, xp)
-        k.batch_norm_forward_eval(x3, w, b, rm, rv, y, eps)
-        save_mean = rm.copy()
-        save_invstd = (1.0 / xp.sqrt(rv.astype(np.float64) + eps)).astype(x.dtype)
+        save_mean = B.empty((C,), x.dtype, xp)
+        save_invstd = B.empty((C,), x.dtype, xp)
+        # The kernel also writes save_mean = running_mean, save_invstd = 1/sqrt(running_var + eps).
+        k.batch_norm_forward_eval(x3, w, b, rm, rv, y, eps, save_mean, save_invstd)
     return y.reshape(x.shape), save_mean, save_invstd
 
 
