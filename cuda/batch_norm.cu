@@ -457,7 +457,11 @@ __global__ void __launch_bounds__(kBlock) apply_bwd_kernel(const T* __restrict__
 // bit. A last cluster.sync() keeps every block's shared memory alive until its peers
 // have read it. Local pack indices are 32-bit (a slice is at most ~227 KB).
 constexpr int kFBlock = 512;
-constexpr int kMaxCluster = 8;
+constexpr int kFU = 8;  // packs loaded per thread before use
+// Clusters of up to 8 blocks are portable; 16 (non-portable, H100) is tried first where it
+// halves the slices (two resident blocks per SM), with 8 as the fallback.
+constexpr int kMaxCluster = 16;
+constexpr int kPortableCluster = 8;
 
 // Fixed-order sum over the block of NV doubles; every thread gets the result.
 template <int NV>
@@ -542,11 +546,20 @@ __global__ void __launch_bounds__(kFBlock) fused_train_fwd_kernel(
   const double M = static_cast<double>(N * Sv * VEC);
 
   double acc[1] = {0.0};
-  for (uint32_t i = threadIdx.x; i < sl.len; i += kFBlock) {
-    const P p = xp[sl.at(i)];
-    buf[i] = p;
+  // kFU loads in flight per thread before any is used (one resident block per SM or two:
+  // latency is hidden by these, not by other blocks).
+  for (uint32_t i0 = threadIdx.x; i0 < sl.len; i0 += kFU * kFBlock) {
+    P p[kFU];
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) acc[0] += static_cast<double>(p.v[k]);
+    for (int u = 0; u < kFU; ++u)
+      if (i0 + u * kFBlock < sl.len) p[u] = xp[sl.at(i0 + u * kFBlock)];
+#pragma unroll
+    for (int u = 0; u < kFU; ++u)
+      if (i0 + u * kFBlock < sl.len) {
+        buf[i0 + u * kFBlock] = p[u];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) acc[0] += static_cast<double>(p[u].v[k]);
+      }
   }
   fblock_sum<1>(acc, scratch);
   cluster_sum<1>(acc, slot1);
@@ -609,20 +622,30 @@ __global__ void __launch_bounds__(kFBlock) fused_train_bwd_kernel(
   const double mean = static_cast<double>(mean_p[c]);
 
   double acc[2] = {0.0, 0.0};  // sum dy, sum dy (x - mean)
-  for (uint32_t i = threadIdx.x; i < sl.len; i += kFBlock) {
-    const int64_t gi = sl.at(i);
-    const P p = xp[gi];
-    const P g = gp[gi];
-    if (op != nullptr) {  // kept only for dx (the sums alone need one read)
-      bx[i] = p;
-      bg[i] = g;
-    }
+  constexpr int U = kFU / 2;
+  for (uint32_t i0 = threadIdx.x; i0 < sl.len; i0 += U * kFBlock) {
+    P p[U], g[U];
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      const double gd = static_cast<double>(g.v[k]);
-      acc[0] += gd;
-      acc[1] += gd * (static_cast<double>(p.v[k]) - mean);
-    }
+    for (int u = 0; u < U; ++u)
+      if (i0 + u * kFBlock < sl.len) {
+        const int64_t gi = sl.at(i0 + u * kFBlock);
+        p[u] = xp[gi];
+        g[u] = gp[gi];
+      }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (i0 + u * kFBlock < sl.len) {
+        if (op != nullptr) {  // kept only for dx (the sums alone need one read)
+          bx[i0 + u * kFBlock] = p[u];
+          bg[i0 + u * kFBlock] = g[u];
+        }
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          const double gd = static_cast<double>(g[u].v[k]);
+          acc[0] += gd;
+          acc[1] += gd * (static_cast<double>(p[u].v[k]) - mean);
+        }
+      }
   }
   fblock_sum<2>(acc, scratch);
   cluster_sum<2>(acc, slot);
@@ -686,18 +709,21 @@ int smem_optin() {
 // block; per_pack = bytes of shared memory per pack (sizeof(P) times the tensors held).
 // Prefers slices of at most half the shared memory (two blocks per SM), then more blocks
 // while the grid would not fill the GPU.
-int fused_cluster(int64_t N, int64_t C, int64_t Sv, int64_t per_pack, uint32_t& L) {
+int fused_cluster(int64_t N, int64_t C, int64_t Sv, int64_t per_pack, uint32_t& L,
+                  int max_k = kMaxCluster) {
   const int64_t Mv = N * Sv;
   if (Mv <= 0 || Mv >= (1LL << 31)) return 0;
   const int64_t budget = smem_optin() - 1024;  // static shared memory and the reserve
   auto fits = [&](int K, int64_t lim) { return (Mv + K - 1) / K * per_pack <= lim; };
   int K = 0;
-  for (int k = 1; k <= kMaxCluster && K == 0; k *= 2)
+  for (int k = 1; k <= max_k && K == 0; k *= 2)
     if (fits(k, budget / 2)) K = k;
-  for (int k = 1; k <= kMaxCluster && K == 0; k *= 2)
+  for (int k = 1; k <= max_k && k <= kPortableCluster && K == 0; k *= 2)
     if (fits(k, budget)) K = k;
   if (K == 0) return 0;
-  while (K < kMaxCluster && C * K < sm_count() && (Mv + 2 * K - 1) / (2 * K) >= kFBlock) K *= 2;
+  while (K < kPortableCluster && K < max_k && C * K < sm_count() &&
+         (Mv + 2 * K - 1) / (2 * K) >= kFBlock)
+    K *= 2;
   L = static_cast<uint32_t>((Mv + K - 1) / K);
   return K;
 }
@@ -709,6 +735,11 @@ bool launch_fused(void (*kernel)(KArgs...), int64_t C, int K, size_t smem, cudaS
                   Args... args) {
   PYDL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(smem)));
+  if (K > kPortableCluster &&
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned int>(C * K));
   cfg.blockDim = dim3(kFBlock);
@@ -808,6 +839,19 @@ void forward_train(dptr x, dptr w, dptr b, dptr rm, dptr rv, dptr y, dptr sm, dp
       done = launch_fused(fused_train_fwd_kernel<T, 1>, C, K, smem, stream, as_ptr<const T>(x),
                           as_ptr<const T>(w), as_ptr<const T>(b), as_ptr<T>(rm), as_ptr<T>(rv),
                           as_ptr<T>(y), as_ptr<T>(sm), as_ptr<T>(si), N, C, Sv, L, momentum, eps);
+    if (!done && K > kPortableCluster) {  // non-portable clusters refused: portable ones
+      const int K8 = fused_cluster(N, C, Sv, vec ? 16 : static_cast<int64_t>(sizeof(T)), L,
+                                   kPortableCluster);
+      const size_t smem8 = static_cast<size_t>(L) * (vec ? 16 : sizeof(T));
+      if (K8 > 0 && vec)
+        done = launch_fused(fused_train_fwd_kernel<T, V>, C, K8, smem8, stream, as_ptr<const T>(x),
+                            as_ptr<const T>(w), as_ptr<const T>(b), as_ptr<T>(rm), as_ptr<T>(rv),
+                            as_ptr<T>(y), as_ptr<T>(sm), as_ptr<T>(si), N, C, Sv, L, momentum, eps);
+      else if (K8 > 0)
+        done = launch_fused(fused_train_fwd_kernel<T, 1>, C, K8, smem8, stream, as_ptr<const T>(x),
+                            as_ptr<const T>(w), as_ptr<const T>(b), as_ptr<T>(rm), as_ptr<T>(rv),
+                            as_ptr<T>(y), as_ptr<T>(sm), as_ptr<T>(si), N, C, Sv, L, momentum, eps);
+    }
     if (done) return;
   }
   int G = 0;

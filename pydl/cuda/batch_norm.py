@@ -12,12 +12,17 @@ from .. import _backend as B
 __all__ = ["batch_norm_forward_train", "batch_norm_forward_eval", "batch_norm_backward"]
 
 
+_ws_len = {}  # C -> workspace length (a pure function of C): one binding call per C
+
+
 def _p(a):
-    return 0 if a is None else B.ptr(a)
+    return 0 if a is None else a.data.ptr
 
 
 def _workspace(cupy, C):
-    n = int(B.cuda().batch_norm_workspace_len(C))
+    n = _ws_len.get(C)
+    if n is None:
+        n = _ws_len[C] = int(B.cuda().batch_norm_workspace_len(C))
     return cupy.empty(max(n, 1), dtype=np.float64), n
 
 
