@@ -13,7 +13,9 @@
 // C * S apart. With S % VEC == 0 and 16-byte aligned pointers, rows are read as packs
 // of VEC = 16 / sizeof(T) values (VEC = 1 otherwise).
 // Kernels, all on the caller's stream, no atomics, fixed-order reductions (bit-identical
-// reruns):
+// reruns). Training, when a channel fits in the shared memory of a cluster of K <= 16
+// blocks (see "fused" below): ONE kernel per direction, one HBM read of the inputs and one
+// write of the output. Otherwise (channels of ~1.8 MB and up) three passes:
 //   1. reduce: grid (G slices, C channels), 256 threads. A block reduces one slice of one
 //      channel. Statistics: each thread merges chunks of U packs (two-pass in registers,
 //      in double) into its (count, mean, m2) with Chan's formula; the block merges
@@ -23,10 +25,11 @@
 //   2. finalize: one thread per channel merges its G partials in order g = 0..G-1, writes
 //      the per-channel outputs (save_mean, save_invstd, running buffers, dw, db) and the
 //      coefficients of the elementwise pass into the workspace.
-//   3. apply: grid-stride over all packs; y = ((x - mean_hi) - mean_lo) * scale + shift
+//   3. apply: kApplyU packs per thread; y = ((x - mean_hi) - mean_lo) * scale + shift
 //      (mean = mean_hi + mean_lo split in T keeps float32 accuracy for offset data), or
 //      dx = A dy + B ((x - mean_hi) - mean_lo) + K.
-// 64-bit index math throughout; the channel of a pack is tracked incrementally.
+// Evaluation forward: one elementwise kernel that derives the coefficients itself.
+// Global offsets are 64-bit; per-pack channel arithmetic is 32-bit where sizes allow.
 #include <cmath>
 
 #include <cooperative_groups.h>
@@ -326,23 +329,6 @@ __global__ void finalize_train_kernel(const double* __restrict__ part, int G, in
   }
 }
 
-template <typename T>
-__global__ void finalize_eval_kernel(int64_t C, const T* __restrict__ w, const T* __restrict__ b,
-                                     const T* __restrict__ rm, const T* __restrict__ rv,
-                                     T* __restrict__ params, T* __restrict__ save_mean,
-                                     T* __restrict__ save_invstd, double eps) {
-  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < C;
-       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const double invstd = 1.0 / sqrt(static_cast<double>(rv[c]) + eps);
-    if (save_mean) save_mean[c] = rm[c];
-    if (save_invstd) save_invstd[c] = static_cast<T>(invstd);
-    T* pc = params + c * kParams;
-    split(static_cast<double>(rm[c]), pc[0], pc[1]);
-    pc[2] = static_cast<T>((w ? static_cast<double>(w[c]) : 1.0) * invstd);
-    pc[3] = b ? b[c] : T(0);
-  }
-}
-
 // Backward: sums -> dw, db and coefficients (mh, ml, A, B, K) of dx.
 template <typename T>
 __global__ void finalize_bwd_kernel(const double* __restrict__ part, int G, int64_t C, int64_t M,
@@ -436,6 +422,52 @@ __global__ void __launch_bounds__(kBlock) apply_bwd_kernel(const T* __restrict__
 #pragma unroll
       for (int k = 0; k < VEC; ++k) q.v[k] = A * g[u].v[k] + B * ((p[u].v[k] - mh) - ml) + K;
       op[v] = q;
+    }
+  }
+}
+
+// Evaluation forward in one kernel: each thread derives its channels' coefficients from the
+// running statistics itself (recomputed only when the channel changes between its packs;
+// the same double formulas as the CPU), and threads c of the grid also write
+// save_mean[c] = running_mean[c], save_invstd[c] = 1 / sqrt(running_var[c] + eps).
+template <typename T, int VEC, typename I>
+__global__ void __launch_bounds__(kBlock) eval_fwd_kernel(
+    const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ w, const T* __restrict__ b,
+    const T* __restrict__ rm, const T* __restrict__ rv, T* __restrict__ save_mean,
+    T* __restrict__ save_invstd, I total, I Sv, I C, double eps) {
+  using P = Pack<T, VEC>;
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(kBlock) + threadIdx.x; c < C;
+       c += static_cast<int64_t>(gridDim.x) * kBlock) {
+    if (save_mean) save_mean[c] = rm[c];
+    if (save_invstd) save_invstd[c] = static_cast<T>(1.0 / sqrt(static_cast<double>(rv[c]) + eps));
+  }
+  const P* xp = reinterpret_cast<const P*>(x);
+  P* yp = reinterpret_cast<P*>(y);
+  const I base = static_cast<I>(blockIdx.x) * (kApplyU * kBlock) + threadIdx.x;
+  P p[kApplyU];
+#pragma unroll
+  for (int u = 0; u < kApplyU; ++u) {
+    const I v = base + u * kBlock;
+    if (v < total) p[u] = xp[v];
+  }
+  I cur = C;  // no channel yet
+  T mh = T(0), ml = T(0), sc = T(0), sh = T(0);
+#pragma unroll
+  for (int u = 0; u < kApplyU; ++u) {
+    const I v = base + u * kBlock;
+    if (v < total) {
+      const I c = (v / Sv) % C;
+      if (c != cur) {
+        cur = c;
+        const double invstd = 1.0 / sqrt(static_cast<double>(rv[c]) + eps);
+        split(static_cast<double>(rm[c]), mh, ml);
+        sc = static_cast<T>((w ? static_cast<double>(w[c]) : 1.0) * invstd);
+        sh = b ? b[c] : T(0);
+      }
+      P q;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) q.v[k] = ((p[u].v[k] - mh) - ml) * sc + sh;
+      yp[v] = q;
     }
   }
 }
@@ -884,27 +916,37 @@ void forward_train(dptr x, dptr w, dptr b, dptr rm, dptr rv, dptr y, dptr sm, dp
 }
 
 template <typename T>
-void forward_eval(dptr x, dptr w, dptr b, dptr rm, dptr rv, dptr y, dptr sm, dptr si, dptr ws,
-                  int64_t ws_len, int64_t N, int64_t C, int64_t S, double eps, dptr stream_) {
+void forward_eval(dptr x, dptr w, dptr b, dptr rm, dptr rv, dptr y, dptr sm, dptr si, dptr /*ws*/,
+                  int64_t /*ws_len*/, int64_t N, int64_t C, int64_t S, double eps, dptr stream_) {
   if (C == 0) return;
-  check_ws<T>(ws, ws_len, C);
   PYDL_CHECK(rm != 0 && rv != 0, "running_mean, running_var: required in evaluation mode");
   cudaStream_t stream = as_stream(stream_);
   constexpr int V = 16 / sizeof(T);
   const bool vec = S % V == 0 && aligned16(x) && aligned16(y);
   const int64_t Sv = vec ? S / V : S;
-  T* params = reinterpret_cast<T*>(as_ptr<double>(ws) + 3LL * kMaxSlices * C);
-  finalize_eval_kernel<T><<<channel_grid(C), kBlock, 0, stream>>>(
-      C, as_ptr<const T>(w), as_ptr<const T>(b), as_ptr<const T>(rm), as_ptr<const T>(rv), params,
-      as_ptr<T>(sm), as_ptr<T>(si), eps);
-  PYDL_LAUNCH_CHECK();
   const int64_t total = N * C * Sv;
-  if (total > 0) {
+  // One launch; enough blocks for the packs, and at least enough for the channels' saves.
+  int64_t g = (total + kApplyU * kBlock - 1) / (kApplyU * kBlock);
+  const int64_t gc = (C + kBlock - 1) / kBlock;
+  if (g < gc) g = gc < 65535 ? gc : 65535;
+  const unsigned int grid = static_cast<unsigned int>(g < 1 ? 1 : g);
+  const T *xp = as_ptr<const T>(x), *wp = as_ptr<const T>(w), *bp = as_ptr<const T>(b),
+          *rmp = as_ptr<const T>(rm), *rvp = as_ptr<const T>(rv);
+  T *yp = as_ptr<T>(y), *smp = as_ptr<T>(sm), *sip = as_ptr<T>(si);
+  if (total + kApplyU * kBlock < (1LL << 32)) {
+    const uint32_t t = static_cast<uint32_t>(total), sv = static_cast<uint32_t>(Sv),
+                   c = static_cast<uint32_t>(C);
     if (vec)
-      launch_apply_fwd<T, V>(x, y, params, total, Sv, C, stream);
+      eval_fwd_kernel<T, V, uint32_t><<<grid, kBlock, 0, stream>>>(xp, yp, wp, bp, rmp, rvp, smp, sip, t, sv, c, eps);
     else
-      launch_apply_fwd<T, 1>(x, y, params, total, Sv, C, stream);
+      eval_fwd_kernel<T, 1, uint32_t><<<grid, kBlock, 0, stream>>>(xp, yp, wp, bp, rmp, rvp, smp, sip, t, sv, c, eps);
+  } else {
+    if (vec)
+      eval_fwd_kernel<T, V, int64_t><<<grid, kBlock, 0, stream>>>(xp, yp, wp, bp, rmp, rvp, smp, sip, total, Sv, C, eps);
+    else
+      eval_fwd_kernel<T, 1, int64_t><<<grid, kBlock, 0, stream>>>(xp, yp, wp, bp, rmp, rvp, smp, sip, total, Sv, C, eps);
   }
+  PYDL_LAUNCH_CHECK();
 }
 
 template <typename T>
