@@ -495,6 +495,40 @@ constexpr int kFU = 8;  // packs loaded per thread before use
 constexpr int kMaxCluster = 16;
 constexpr int kPortableCluster = 8;
 
+// Cluster primitives. Clusters exist from sm_90 on; builds for older GPUs (which the host
+// never sends to the fused kernels, see fused_ok) get the one-block-cluster equivalents.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define PYDL_BN_CLUSTERS 1
+#endif
+__device__ __forceinline__ unsigned int cl_blocks() {
+#ifdef PYDL_BN_CLUSTERS
+  return cg::this_cluster().num_blocks();
+#else
+  return 1;
+#endif
+}
+__device__ __forceinline__ unsigned int cl_rank() {
+#ifdef PYDL_BN_CLUSTERS
+  return cg::this_cluster().block_rank();
+#else
+  return 0;
+#endif
+}
+__device__ __forceinline__ void cl_sync() {
+#ifdef PYDL_BN_CLUSTERS
+  cg::this_cluster().sync();
+#else
+  __syncthreads();
+#endif
+}
+__device__ __forceinline__ const double* cl_peer(double* p, unsigned int r) {
+#ifdef PYDL_BN_CLUSTERS
+  return cg::this_cluster().map_shared_rank(p, r);
+#else
+  return p;
+#endif
+}
+
 // Fixed-order sum over the block of NV doubles; every thread gets the result.
 template <int NV>
 __device__ __forceinline__ void fblock_sum(double (&v)[NV], double* scratch /* NV*16 */) {
@@ -520,16 +554,15 @@ __device__ __forceinline__ void fblock_sum(double (&v)[NV], double* scratch /* N
 // slot: this block's shared publication slot (distinct per call site).
 template <int NV>
 __device__ __forceinline__ void cluster_sum(double (&v)[NV], double* slot) {
-  cg::cluster_group cluster = cg::this_cluster();
   if (threadIdx.x == 0)
 #pragma unroll
     for (int j = 0; j < NV; ++j) slot[j] = v[j];
-  cluster.sync();
-  const unsigned int K = cluster.num_blocks();
+  cl_sync();
+  const unsigned int K = cl_blocks();
 #pragma unroll
   for (int j = 0; j < NV; ++j) v[j] = 0.0;
   for (unsigned int r = 0; r < K; ++r) {
-    const double* peer = cluster.map_shared_rank(slot, r);
+    const double* peer = cl_peer(slot, r);
 #pragma unroll
     for (int j = 0; j < NV; ++j) v[j] += peer[j];
   }
@@ -569,9 +602,8 @@ __global__ void __launch_bounds__(kFBlock) fused_train_fwd_kernel(
   P* buf = reinterpret_cast<P*>(fsmem);
   __shared__ double scratch[2 * (kFBlock / 32)];
   __shared__ double slot1[1], slot2[1];
-  cg::cluster_group cluster = cg::this_cluster();
-  const unsigned int rank = cluster.block_rank();
-  const int64_t c = blockIdx.x / cluster.num_blocks();
+  const unsigned int rank = cl_rank();
+  const int64_t c = blockIdx.x / cl_blocks();
   const Slice sl = slice_of(N, C, Sv, L, c, rank);
   const P* xp = reinterpret_cast<const P*>(x);
   P* yp = reinterpret_cast<P*>(y);
@@ -630,7 +662,7 @@ __global__ void __launch_bounds__(kFBlock) fused_train_fwd_kernel(
     for (int k = 0; k < VEC; ++k) q.v[k] = ((p.v[k] - mh) - ml) * sc + sh;
     yp[sl.at(i)] = q;
   }
-  cluster.sync();  // peers may still be reading slot1 / slot2
+  cl_sync();  // peers may still be reading slot1 / slot2
 }
 
 template <typename T, int VEC>
@@ -644,9 +676,8 @@ __global__ void __launch_bounds__(kFBlock) fused_train_bwd_kernel(
   P* bg = bx + L;
   __shared__ double scratch[2 * (kFBlock / 32)];
   __shared__ double slot[2];
-  cg::cluster_group cluster = cg::this_cluster();
-  const unsigned int rank = cluster.block_rank();
-  const int64_t c = blockIdx.x / cluster.num_blocks();
+  const unsigned int rank = cl_rank();
+  const int64_t c = blockIdx.x / cl_blocks();
   const Slice sl = slice_of(N, C, Sv, L, c, rank);
   const P* xp = reinterpret_cast<const P*>(x);
   const P* gp = reinterpret_cast<const P*>(dy);
@@ -703,7 +734,7 @@ __global__ void __launch_bounds__(kFBlock) fused_train_bwd_kernel(
     for (int k = 0; k < VEC; ++k) q.v[k] = A * g.v[k] + Bc * ((p.v[k] - mh) - ml) + K;
     op[sl.at(i)] = q;
   }
-  cluster.sync();  // peers may still be reading slot
+  cl_sync();  // peers may still be reading slot
 }
 
 // ---------------------------------------------------------------- host side
@@ -741,10 +772,22 @@ int smem_optin() {
 // block; per_pack = bytes of shared memory per pack (sizeof(P) times the tensors held).
 // Prefers slices of at most half the shared memory (two blocks per SM), then more blocks
 // while the grid would not fill the GPU.
+// Thread block clusters: compute capability 9.0 and up.
+bool fused_ok() {
+  static int v = -1;
+  if (v < 0) {
+    int dev = 0, major = 0;
+    PYDL_CUDA_CHECK(cudaGetDevice(&dev));
+    PYDL_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    v = major >= 9 ? 1 : 0;
+  }
+  return v == 1;
+}
+
 int fused_cluster(int64_t N, int64_t C, int64_t Sv, int64_t per_pack, uint32_t& L,
                   int max_k = kMaxCluster) {
   const int64_t Mv = N * Sv;
-  if (Mv <= 0 || Mv >= (1LL << 31)) return 0;
+  if (!fused_ok() || Mv <= 0 || Mv >= (1LL << 31)) return 0;
   const int64_t budget = smem_optin() - 1024;  // static shared memory and the reserve
   auto fits = [&](int K, int64_t lim) { return (Mv + K - 1) / K * per_pack <= lim; };
   int K = 0;

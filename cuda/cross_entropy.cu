@@ -239,7 +239,7 @@ struct CeParams {
 // partial sums (loss, divisor weight, invalid targets) of its rows in row order.
 // Invalid class indices are counted and treated as ignored (never read out of bounds).
 template <typename T, int G, bool PROB, bool SMOOTH>
-__global__ void __launch_bounds__(block_for<G>(), G > 32 ? 3 : 1) ce_forward_kernel(const T* __restrict__ x,
+__global__ void __launch_bounds__(block_for<G>()) ce_forward_kernel(const T* __restrict__ x,
                                                                     const int64_t* __restrict__ ti,
                                                                     const T* __restrict__ tp,
                                                                     const T* __restrict__ w, T* __restrict__ loss,
