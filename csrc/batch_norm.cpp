@@ -509,7 +509,8 @@ void forward_train_py(const py::array& xa, const py::object& w, const py::object
 
 template <typename T>
 void forward_eval_py(const py::array& xa, const py::object& w, const py::object& b,
-                     const py::object& rm, const py::object& rv, const py::object& y, double eps) {
+                     const py::object& rm, const py::object& rv, const py::object& y, double eps,
+                     const py::object& sm, const py::object& si) {
   const Dims d = dims_of(xa);
   const int64_t n = d.N * d.C * d.S;
   const T* x = get_in<T>(xa, "x", n);
@@ -518,8 +519,15 @@ void forward_eval_py(const py::array& xa, const py::object& w, const py::object&
   const T* rmp = get_in<T>(rm, "running_mean", d.C);
   const T* rvp = get_in<T>(rv, "running_var", d.C);
   T* yp = get_out<T>(y, "y", n);
+  T* smp = get_out<T>(sm, "save_mean", d.C, true);
+  T* sip = get_out<T>(si, "save_invstd", d.C, true);
   py::gil_scoped_release nogil;
   forward_eval<T>(x, wp, bp, rmp, rvp, yp, d, eps);
+  // The statistics the backward needs in evaluation mode: the running ones.
+  for (int64_t c = 0; c < d.C; ++c) {
+    if (smp) smp[c] = rmp[c];
+    if (sip) sip[c] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(rvp[c]) + eps));
+  }
 }
 
 template <typename T>
@@ -571,14 +579,17 @@ void bind_batch_norm(py::module_& m) {
       "batch_norm_forward_eval",
       [](const py::array& x, const py::object& weight, const py::object& bias,
          const py::object& running_mean, const py::object& running_var, const py::object& y,
-         double eps) {
+         double eps, const py::object& save_mean, const py::object& save_invstd) {
         if (is_f32(x))
-          forward_eval_py<float>(x, weight, bias, running_mean, running_var, y, eps);
+          forward_eval_py<float>(x, weight, bias, running_mean, running_var, y, eps, save_mean,
+                                 save_invstd);
         else
-          forward_eval_py<double>(x, weight, bias, running_mean, running_var, y, eps);
+          forward_eval_py<double>(x, weight, bias, running_mean, running_var, y, eps, save_mean,
+                                  save_invstd);
       },
       py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("running_mean"),
-      py::arg("running_var"), py::arg("y"), py::arg("eps"),
+      py::arg("running_var"), py::arg("y"), py::arg("eps"), py::arg("save_mean") = py::none(),
+      py::arg("save_invstd") = py::none(),
       "Evaluation forward on x (N, C, S) with the running statistics.");
   m.def(
       "batch_norm_backward",

@@ -13,7 +13,9 @@
 // C * S apart. With S % VEC == 0 and 16-byte aligned pointers, rows are read as packs
 // of VEC = 16 / sizeof(T) values (VEC = 1 otherwise).
 // Kernels, all on the caller's stream, no atomics, fixed-order reductions (bit-identical
-// reruns):
+// reruns). Training, when a channel fits in the shared memory of a cluster of K <= 16
+// blocks (see "fused" below): ONE kernel per direction, one HBM read of the inputs and one
+// write of the output. Otherwise (channels of ~1.8 MB and up) three passes:
 //   1. reduce: grid (G slices, C channels), 256 threads. A block reduces one slice of one
 //      channel. Statistics: each thread merges chunks of U packs (two-pass in registers,
 //      in double) into its (count, mean, m2) with Chan's formula; the block merges
@@ -23,16 +25,21 @@
 //   2. finalize: one thread per channel merges its G partials in order g = 0..G-1, writes
 //      the per-channel outputs (save_mean, save_invstd, running buffers, dw, db) and the
 //      coefficients of the elementwise pass into the workspace.
-//   3. apply: grid-stride over all packs; y = ((x - mean_hi) - mean_lo) * scale + shift
+//   3. apply: kApplyU packs per thread; y = ((x - mean_hi) - mean_lo) * scale + shift
 //      (mean = mean_hi + mean_lo split in T keeps float32 accuracy for offset data), or
 //      dx = A dy + B ((x - mean_hi) - mean_lo) + K.
-// 64-bit index math throughout; the channel of a pack is tracked incrementally.
+// Evaluation forward: one elementwise kernel that derives the coefficients itself.
+// Global offsets are 64-bit; per-pack channel arithmetic is 32-bit where sizes allow.
 #include <cmath>
+
+#include <cooperative_groups.h>
 
 #include "common.cuh"
 
 namespace pydl {
 namespace {
+
+namespace cg = cooperative_groups;
 
 constexpr int kBlock = 256;
 constexpr int kUnroll = 4;   // packs per thread per chunk
@@ -322,20 +329,6 @@ __global__ void finalize_train_kernel(const double* __restrict__ part, int G, in
   }
 }
 
-template <typename T>
-__global__ void finalize_eval_kernel(int64_t C, const T* __restrict__ w, const T* __restrict__ b,
-                                     const T* __restrict__ rm, const T* __restrict__ rv,
-                                     T* __restrict__ params, double eps) {
-  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < C;
-       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const double invstd = 1.0 / sqrt(static_cast<double>(rv[c]) + eps);
-    T* pc = params + c * kParams;
-    split(static_cast<double>(rm[c]), pc[0], pc[1]);
-    pc[2] = static_cast<T>((w ? static_cast<double>(w[c]) : 1.0) * invstd);
-    pc[3] = b ? b[c] : T(0);
-  }
-}
-
 // Backward: sums -> dw, db and coefficients (mh, ml, A, B, K) of dx.
 template <typename T>
 __global__ void finalize_bwd_kernel(const double* __restrict__ part, int G, int64_t C, int64_t M,
@@ -365,78 +358,383 @@ __global__ void finalize_bwd_kernel(const double* __restrict__ part, int G, int6
 
 // ---------------------------------------------------------------- apply kernels
 
-// Grid-stride over all N * C * Sv packs; the channel is tracked incrementally.
-struct Stride {
-  int64_t col, c;           // current pack column and channel
-  int64_t dcol, dc, Sv, C;  // grid stride in columns and channels (mod C)
-  __device__ Stride(int64_t v, int64_t stride, int64_t Sv_, int64_t C_) : Sv(Sv_), C(C_) {
-    const int64_t row = v / Sv;
-    col = v - row * Sv;
-    c = row % C;
-    const int64_t drow = stride / Sv;
-    dcol = stride - drow * Sv;
-    dc = drow % C;
-  }
-  __device__ __forceinline__ void step() {
-    col += dcol;
-    c += dc;
-    if (c >= C) c -= C;
-    if (col >= Sv) {
-      col -= Sv;
-      if (++c >= C) c -= C;
-    }
-  }
-};
+// Each thread handles kApplyU packs kBlock apart (all loads issued before any math, so
+// kApplyU 16-byte loads are in flight per thread); the channel of pack v is (v / Sv) % C,
+// in 32-bit arithmetic (I = uint32_t) whenever the pack count allows.
+constexpr int kApplyU = 4;
 
-template <typename T, int VEC>
+template <typename T, int VEC, typename I>
 __global__ void __launch_bounds__(kBlock) apply_fwd_kernel(const T* __restrict__ x,
                                                            T* __restrict__ y,
                                                            const T* __restrict__ params,
-                                                           int64_t total, int64_t Sv, int64_t C) {
+                                                           I total, I Sv, I C) {
   using P = Pack<T, VEC>;
   const P* xp = reinterpret_cast<const P*>(x);
   P* yp = reinterpret_cast<P*>(y);
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (v >= total) return;
-  Stride st(v, stride, Sv, C);
-  for (; v < total; v += stride) {
-    const T* pc = params + st.c * kParams;
-    const T mh = pc[0], ml = pc[1], sc = pc[2], sh = pc[3];
-    const P p = xp[v];
-    P q;
+  const I base = static_cast<I>(blockIdx.x) * (kApplyU * kBlock) + threadIdx.x;
+  P p[kApplyU];
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) q.v[k] = ((p.v[k] - mh) - ml) * sc + sh;
-    yp[v] = q;
-    st.step();
+  for (int u = 0; u < kApplyU; ++u) {
+    const I v = base + u * kBlock;
+    if (v < total) p[u] = xp[v];
+  }
+#pragma unroll
+  for (int u = 0; u < kApplyU; ++u) {
+    const I v = base + u * kBlock;
+    if (v < total) {
+      const T* pc = params + ((v / Sv) % C) * kParams;
+      const T mh = pc[0], ml = pc[1], sc = pc[2], sh = pc[3];
+      P q;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) q.v[k] = ((p[u].v[k] - mh) - ml) * sc + sh;
+      yp[v] = q;
+    }
   }
 }
 
-template <typename T, int VEC>
+template <typename T, int VEC, typename I>
 __global__ void __launch_bounds__(kBlock) apply_bwd_kernel(const T* __restrict__ dy,
                                                            const T* __restrict__ x,
                                                            T* __restrict__ dx,
                                                            const T* __restrict__ params,
-                                                           int64_t total, int64_t Sv, int64_t C) {
+                                                           I total, I Sv, I C) {
   using P = Pack<T, VEC>;
   const P* gp = reinterpret_cast<const P*>(dy);
   const P* xp = reinterpret_cast<const P*>(x);
   P* op = reinterpret_cast<P*>(dx);
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (v >= total) return;
-  Stride st(v, stride, Sv, C);
-  for (; v < total; v += stride) {
-    const T* pc = params + st.c * kParams;
-    const T mh = pc[0], ml = pc[1], A = pc[2], B = pc[3], K = pc[4];
-    const P g = gp[v];
-    const P p = xp[v];
+  const I base = static_cast<I>(blockIdx.x) * (kApplyU * kBlock) + threadIdx.x;
+  P g[kApplyU], p[kApplyU];
+#pragma unroll
+  for (int u = 0; u < kApplyU; ++u) {
+    const I v = base + u * kBlock;
+    if (v < total) {
+      g[u] = gp[v];
+      p[u] = xp[v];
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < kApplyU; ++u) {
+    const I v = base + u * kBlock;
+    if (v < total) {
+      const T* pc = params + ((v / Sv) % C) * kParams;
+      const T mh = pc[0], ml = pc[1], A = pc[2], B = pc[3], K = pc[4];
+      P q;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) q.v[k] = A * g[u].v[k] + B * ((p[u].v[k] - mh) - ml) + K;
+      op[v] = q;
+    }
+  }
+}
+
+// Evaluation forward in one kernel: each thread derives its channels' coefficients from the
+// running statistics itself (recomputed only when the channel changes between its packs;
+// the same double formulas as the CPU), and threads c of the grid also write
+// save_mean[c] = running_mean[c], save_invstd[c] = 1 / sqrt(running_var[c] + eps).
+template <typename T, int VEC, typename I>
+__global__ void __launch_bounds__(kBlock) eval_fwd_kernel(
+    const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ w, const T* __restrict__ b,
+    const T* __restrict__ rm, const T* __restrict__ rv, T* __restrict__ save_mean,
+    T* __restrict__ save_invstd, I total, I Sv, I C, double eps) {
+  using P = Pack<T, VEC>;
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(kBlock) + threadIdx.x; c < C;
+       c += static_cast<int64_t>(gridDim.x) * kBlock) {
+    if (save_mean) save_mean[c] = rm[c];
+    if (save_invstd) save_invstd[c] = static_cast<T>(1.0 / sqrt(static_cast<double>(rv[c]) + eps));
+  }
+  const P* xp = reinterpret_cast<const P*>(x);
+  P* yp = reinterpret_cast<P*>(y);
+  const I base = static_cast<I>(blockIdx.x) * (kApplyU * kBlock) + threadIdx.x;
+  P p[kApplyU];
+#pragma unroll
+  for (int u = 0; u < kApplyU; ++u) {
+    const I v = base + u * kBlock;
+    if (v < total) p[u] = xp[v];
+  }
+  I cur = C;  // no channel yet
+  T mh = T(0), ml = T(0), sc = T(0), sh = T(0);
+#pragma unroll
+  for (int u = 0; u < kApplyU; ++u) {
+    const I v = base + u * kBlock;
+    if (v < total) {
+      const I c = (v / Sv) % C;
+      if (c != cur) {
+        cur = c;
+        const double invstd = 1.0 / sqrt(static_cast<double>(rv[c]) + eps);
+        split(static_cast<double>(rm[c]), mh, ml);
+        sc = static_cast<T>((w ? static_cast<double>(w[c]) : 1.0) * invstd);
+        sh = b ? b[c] : T(0);
+      }
+      P q;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) q.v[k] = ((p[u].v[k] - mh) - ml) * sc + sh;
+      yp[v] = q;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- fused (smem-resident) kernels
+//
+// When a channel's values fit in the shared memory of a cluster of K <= 8 blocks (one
+// cluster per channel, block r of the cluster holds packs [r L, (r + 1) L) of the
+// channel's Mv = N * Sv packs in dynamic shared memory), HBM sees one read of x (and dy)
+// and one write of y (dx):
+//   training forward: load (double sum) -> cluster sum -> mean -> sum of squared
+//   deviations from shared memory (two-pass, exact for offset data) -> cluster sum ->
+//   invstd -> y from shared memory.
+//   training backward: load x and dy (double sums of dy and dy (x - mean)) -> cluster
+//   sums -> dw, db, coefficients -> dx from shared memory.
+// Cluster sums are deterministic: each block reduces in a fixed tree, publishes its
+// partial in its own shared memory, and after cluster.sync() every block adds the K
+// partials in rank order (reading its peers' shared memory), so all blocks agree bit for
+// bit. A last cluster.sync() keeps every block's shared memory alive until its peers
+// have read it. Local pack indices are 32-bit (a slice is at most ~227 KB).
+constexpr int kFBlock = 512;
+constexpr int kFU = 8;  // packs loaded per thread before use
+// Clusters of up to 8 blocks are portable; 16 (non-portable, H100) is tried first where it
+// halves the slices (two resident blocks per SM), with 8 as the fallback.
+constexpr int kMaxCluster = 16;
+constexpr int kPortableCluster = 8;
+
+// Cluster primitives. Clusters exist from sm_90 on; builds for older GPUs (which the host
+// never sends to the fused kernels, see fused_ok) get the one-block-cluster equivalents.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define PYDL_BN_CLUSTERS 1
+#endif
+__device__ __forceinline__ unsigned int cl_blocks() {
+#ifdef PYDL_BN_CLUSTERS
+  return cg::this_cluster().num_blocks();
+#else
+  return 1;
+#endif
+}
+__device__ __forceinline__ unsigned int cl_rank() {
+#ifdef PYDL_BN_CLUSTERS
+  return cg::this_cluster().block_rank();
+#else
+  return 0;
+#endif
+}
+__device__ __forceinline__ void cl_sync() {
+#ifdef PYDL_BN_CLUSTERS
+  cg::this_cluster().sync();
+#else
+  __syncthreads();
+#endif
+}
+__device__ __forceinline__ const double* cl_peer(double* p, unsigned int r) {
+#ifdef PYDL_BN_CLUSTERS
+  return cg::this_cluster().map_shared_rank(p, r);
+#else
+  return p;
+#endif
+}
+
+// Fixed-order sum over the block of NV doubles; every thread gets the result.
+template <int NV>
+__device__ __forceinline__ void fblock_sum(double (&v)[NV], double* scratch /* NV*16 */) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int j = 0; j < NV; ++j)
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v[j] += __shfl_down_sync(0xffffffffu, v[j], off);
+  if (lane == 0)
+#pragma unroll
+    for (int j = 0; j < NV; ++j) scratch[j * (kFBlock / 32) + warp] = v[j];
+  __syncthreads();
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    double t = 0.0;
+    for (int w = 0; w < kFBlock / 32; ++w) t += scratch[j * (kFBlock / 32) + w];
+    v[j] = t;
+  }
+  __syncthreads();  // scratch is reused by the next call
+}
+
+// Sum of NV doubles over the cluster, in rank order; every thread of every block gets it.
+// slot: this block's shared publication slot (distinct per call site).
+template <int NV>
+__device__ __forceinline__ void cluster_sum(double (&v)[NV], double* slot) {
+  if (threadIdx.x == 0)
+#pragma unroll
+    for (int j = 0; j < NV; ++j) slot[j] = v[j];
+  cl_sync();
+  const unsigned int K = cl_blocks();
+#pragma unroll
+  for (int j = 0; j < NV; ++j) v[j] = 0.0;
+  for (unsigned int r = 0; r < K; ++r) {
+    const double* peer = cl_peer(slot, r);
+#pragma unroll
+    for (int j = 0; j < NV; ++j) v[j] += peer[j];
+  }
+}
+
+// The slice of this block: packs [lo, hi) of the channel, local index i -> global pack.
+struct Slice {
+  uint32_t lo, len;  // first pack, pack count
+  uint32_t Sv;
+  int64_t rowstride, cbase;  // C * Sv, c * Sv
+  __device__ __forceinline__ int64_t at(uint32_t i) const {
+    const uint32_t v = lo + i;
+    const uint32_t n = v / Sv;
+    return n * rowstride + cbase + (v - n * Sv);
+  }
+};
+
+__device__ __forceinline__ Slice slice_of(int64_t N, int64_t C, int64_t Sv, uint32_t L,
+                                          int64_t c, unsigned int rank) {
+  const uint32_t Mv = static_cast<uint32_t>(N * Sv);
+  Slice s;
+  s.lo = min(Mv, rank * L);
+  s.len = min(Mv, s.lo + L) - s.lo;
+  s.Sv = static_cast<uint32_t>(Sv);
+  s.rowstride = C * Sv;
+  s.cbase = c * Sv;
+  return s;
+}
+
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kFBlock) fused_train_fwd_kernel(
+    const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b, T* __restrict__ rm,
+    T* __restrict__ rv, T* __restrict__ y, T* __restrict__ save_mean, T* __restrict__ save_invstd,
+    int64_t N, int64_t C, int64_t Sv, uint32_t L, double momentum, double eps) {
+  using P = Pack<T, VEC>;
+  extern __shared__ __align__(16) unsigned char fsmem[];
+  P* buf = reinterpret_cast<P*>(fsmem);
+  __shared__ double scratch[2 * (kFBlock / 32)];
+  __shared__ double slot1[1], slot2[1];
+  const unsigned int rank = cl_rank();
+  const int64_t c = blockIdx.x / cl_blocks();
+  const Slice sl = slice_of(N, C, Sv, L, c, rank);
+  const P* xp = reinterpret_cast<const P*>(x);
+  P* yp = reinterpret_cast<P*>(y);
+  const double M = static_cast<double>(N * Sv * VEC);
+
+  double acc[1] = {0.0};
+  // kFU loads in flight per thread before any is used (one resident block per SM or two:
+  // latency is hidden by these, not by other blocks).
+  for (uint32_t i0 = threadIdx.x; i0 < sl.len; i0 += kFU * kFBlock) {
+    P p[kFU];
+#pragma unroll
+    for (int u = 0; u < kFU; ++u)
+      if (i0 + u * kFBlock < sl.len) p[u] = xp[sl.at(i0 + u * kFBlock)];
+#pragma unroll
+    for (int u = 0; u < kFU; ++u)
+      if (i0 + u * kFBlock < sl.len) {
+        buf[i0 + u * kFBlock] = p[u];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) acc[0] += static_cast<double>(p[u].v[k]);
+      }
+  }
+  fblock_sum<1>(acc, scratch);
+  cluster_sum<1>(acc, slot1);
+  const double mean = acc[0] / M;
+
+  acc[0] = 0.0;
+  for (uint32_t i = threadIdx.x; i < sl.len; i += kFBlock) {
+    const P p = buf[i];
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const double d = static_cast<double>(p.v[k]) - mean;
+      acc[0] += d * d;
+    }
+  }
+  fblock_sum<1>(acc, scratch);
+  cluster_sum<1>(acc, slot2);
+  const double m2 = acc[0];
+  const double invstd = 1.0 / sqrt(m2 / M + eps);
+  if (rank == 0 && threadIdx.x == 0) {
+    save_mean[c] = static_cast<T>(mean);
+    save_invstd[c] = static_cast<T>(invstd);
+    if (rm != nullptr && M > 1.0) {
+      rm[c] = static_cast<T>((1.0 - momentum) * static_cast<double>(rm[c]) + momentum * mean);
+      rv[c] = static_cast<T>((1.0 - momentum) * static_cast<double>(rv[c]) +
+                             momentum * (m2 / (M - 1.0)));
+    }
+  }
+  T mh, ml;
+  split(mean, mh, ml);
+  const T sc = static_cast<T>((w ? static_cast<double>(w[c]) : 1.0) * invstd);
+  const T sh = b ? b[c] : T(0);
+  for (uint32_t i = threadIdx.x; i < sl.len; i += kFBlock) {
+    const P p = buf[i];
     P q;
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) q.v[k] = A * g.v[k] + B * ((p.v[k] - mh) - ml) + K;
-    op[v] = q;
-    st.step();
+    for (int k = 0; k < VEC; ++k) q.v[k] = ((p.v[k] - mh) - ml) * sc + sh;
+    yp[sl.at(i)] = q;
   }
+  cl_sync();  // peers may still be reading slot1 / slot2
+}
+
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kFBlock) fused_train_bwd_kernel(
+    const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ w,
+    const T* __restrict__ mean_p, const T* __restrict__ invstd_p, T* __restrict__ dx,
+    T* __restrict__ dw, T* __restrict__ db, int64_t N, int64_t C, int64_t Sv, uint32_t L) {
+  using P = Pack<T, VEC>;
+  extern __shared__ __align__(16) unsigned char fsmem[];
+  P* bx = reinterpret_cast<P*>(fsmem);
+  P* bg = bx + L;
+  __shared__ double scratch[2 * (kFBlock / 32)];
+  __shared__ double slot[2];
+  const unsigned int rank = cl_rank();
+  const int64_t c = blockIdx.x / cl_blocks();
+  const Slice sl = slice_of(N, C, Sv, L, c, rank);
+  const P* xp = reinterpret_cast<const P*>(x);
+  const P* gp = reinterpret_cast<const P*>(dy);
+  P* op = reinterpret_cast<P*>(dx);
+  const double mean = static_cast<double>(mean_p[c]);
+
+  double acc[2] = {0.0, 0.0};  // sum dy, sum dy (x - mean)
+  constexpr int U = kFU / 2;
+  for (uint32_t i0 = threadIdx.x; i0 < sl.len; i0 += U * kFBlock) {
+    P p[U], g[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (i0 + u * kFBlock < sl.len) {
+        const int64_t gi = sl.at(i0 + u * kFBlock);
+        p[u] = xp[gi];
+        g[u] = gp[gi];
+      }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (i0 + u * kFBlock < sl.len) {
+        if (op != nullptr) {  // kept only for dx (the sums alone need one read)
+          bx[i0 + u * kFBlock] = p[u];
+          bg[i0 + u * kFBlock] = g[u];
+        }
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          const double gd = static_cast<double>(g[u].v[k]);
+          acc[0] += gd;
+          acc[1] += gd * (static_cast<double>(p[u].v[k]) - mean);
+        }
+      }
+  }
+  fblock_sum<2>(acc, scratch);
+  cluster_sum<2>(acc, slot);
+  const double sdy = acc[0], sdyx = acc[1];
+  const double invstd = static_cast<double>(invstd_p[c]);
+  const double wc = w ? static_cast<double>(w[c]) : 1.0;
+  const double gw = invstd * sdyx;
+  const double M = static_cast<double>(N * Sv * VEC);
+  if (rank == 0 && threadIdx.x == 0) {
+    if (dw) dw[c] = static_cast<T>(gw);
+    if (db) db[c] = static_cast<T>(sdy);
+  }
+  T mh, ml;
+  split(mean, mh, ml);
+  const T A = static_cast<T>(wc * invstd);
+  const T Bc = static_cast<T>(-wc * invstd * invstd * gw / M);
+  const T K = static_cast<T>(-wc * invstd * sdy / M);
+  for (uint32_t i = threadIdx.x; op != nullptr && i < sl.len; i += kFBlock) {
+    const P p = bx[i];
+    const P g = bg[i];
+    P q;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) q.v[k] = A * g.v[k] + Bc * ((p.v[k] - mh) - ml) + K;
+    op[sl.at(i)] = q;
+  }
+  cl_sync();  // peers may still be reading slot
 }
 
 // ---------------------------------------------------------------- host side
@@ -459,11 +757,115 @@ int slices_for(int64_t N, int64_t C, int64_t Sv) {
   return static_cast<int>(g < 1 ? 1 : g);
 }
 
+
+int smem_optin() {
+  static int v = -1;
+  if (v < 0) {
+    int dev = 0;
+    PYDL_CUDA_CHECK(cudaGetDevice(&dev));
+    PYDL_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  }
+  return v;
+}
+
+// Cluster size K for the fused kernels (0: the channel does not fit), with L packs per
+// block; per_pack = bytes of shared memory per pack (sizeof(P) times the tensors held).
+// Prefers slices of at most half the shared memory (two blocks per SM), then more blocks
+// while the grid would not fill the GPU.
+// Thread block clusters: compute capability 9.0 and up.
+bool fused_ok() {
+  static int v = -1;
+  if (v < 0) {
+    int dev = 0, major = 0;
+    PYDL_CUDA_CHECK(cudaGetDevice(&dev));
+    PYDL_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    v = major >= 9 ? 1 : 0;
+  }
+  return v == 1;
+}
+
+int fused_cluster(int64_t N, int64_t C, int64_t Sv, int64_t per_pack, uint32_t& L,
+                  int max_k = kMaxCluster) {
+  const int64_t Mv = N * Sv;
+  if (!fused_ok() || Mv <= 0 || Mv >= (1LL << 31)) return 0;
+  const int64_t budget = smem_optin() - 1024;  // static shared memory and the reserve
+  auto fits = [&](int K, int64_t lim) { return (Mv + K - 1) / K * per_pack <= lim; };
+  int K = 0;
+  for (int k = 1; k <= max_k && K == 0; k *= 2)
+    if (fits(k, budget / 2)) K = k;
+  for (int k = 1; k <= max_k && k <= kPortableCluster && K == 0; k *= 2)
+    if (fits(k, budget)) K = k;
+  if (K == 0) return 0;
+  while (K < kPortableCluster && K < max_k && C * K < sm_count() &&
+         (Mv + 2 * K - 1) / (2 * K) >= kFBlock)
+    K *= 2;
+  L = static_cast<uint32_t>((Mv + K - 1) / K);
+  return K;
+}
+
+// Launches kernel with clusters of K blocks (one cluster per channel) and smem bytes of
+// dynamic shared memory; false (nothing launched) where the GPU cannot run such clusters.
+template <typename... KArgs, typename... Args>
+bool launch_fused(void (*kernel)(KArgs...), int64_t C, int K, size_t smem, cudaStream_t stream,
+                  Args... args) {
+  PYDL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(smem)));
+  if (K > kPortableCluster &&
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned int>(C * K));
+  cfg.blockDim = dim3(kFBlock);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = K;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess || clusters < 1) {
+    (void)cudaGetLastError();  // clear the sticky-free error of the query
+    return false;
+  }
+  PYDL_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...));
+  return true;
+}
+
 unsigned int apply_grid(int64_t total) {
-  const int64_t full = 8LL * sm_count();  // 8 blocks of 256 per SM: full occupancy
-  int64_t g = (total + kBlock - 1) / kBlock;
-  if (g > full) g = full;
+  int64_t g = (total + kApplyU * kBlock - 1) / (kApplyU * kBlock);
   return static_cast<unsigned int>(g < 1 ? 1 : g);
+}
+
+// The elementwise pass over all packs, 32-bit index math where it fits.
+template <typename T, int VEC>
+void launch_apply_fwd(dptr x, dptr y, const T* params, int64_t total, int64_t Sv, int64_t C,
+                      cudaStream_t stream) {
+  if (total + kApplyU * kBlock < (1LL << 32))
+    apply_fwd_kernel<T, VEC, uint32_t><<<apply_grid(total), kBlock, 0, stream>>>(
+        as_ptr<const T>(x), as_ptr<T>(y), params, static_cast<uint32_t>(total),
+        static_cast<uint32_t>(Sv), static_cast<uint32_t>(C));
+  else
+    apply_fwd_kernel<T, VEC, int64_t><<<apply_grid(total), kBlock, 0, stream>>>(
+        as_ptr<const T>(x), as_ptr<T>(y), params, total, Sv, C);
+  PYDL_LAUNCH_CHECK();
+}
+
+template <typename T, int VEC>
+void launch_apply_bwd(dptr dy, dptr x, dptr dx, const T* params, int64_t total, int64_t Sv,
+                      int64_t C, cudaStream_t stream) {
+  if (total + kApplyU * kBlock < (1LL << 32))
+    apply_bwd_kernel<T, VEC, uint32_t><<<apply_grid(total), kBlock, 0, stream>>>(
+        as_ptr<const T>(dy), as_ptr<const T>(x), as_ptr<T>(dx), params,
+        static_cast<uint32_t>(total), static_cast<uint32_t>(Sv), static_cast<uint32_t>(C));
+  else
+    apply_bwd_kernel<T, VEC, int64_t><<<apply_grid(total), kBlock, 0, stream>>>(
+        as_ptr<const T>(dy), as_ptr<const T>(x), as_ptr<T>(dx), params, total, Sv, C);
+  PYDL_LAUNCH_CHECK();
 }
 
 unsigned int channel_grid(int64_t C) {
@@ -499,6 +901,34 @@ void forward_train(dptr x, dptr w, dptr b, dptr rm, dptr rv, dptr y, dptr sm, dp
   const int64_t Sv = vec ? S / V : S;
   double* part = as_ptr<double>(ws);
   T* params = reinterpret_cast<T*>(part + 3LL * kMaxSlices * C);
+  if (S > 1 && N * S > 0 && C < (1LL << 28)) {
+    uint32_t L = 0;
+    const int K = fused_cluster(N, C, Sv, vec ? 16 : static_cast<int64_t>(sizeof(T)), L);
+    const size_t smem = static_cast<size_t>(L) * (vec ? 16 : sizeof(T));
+    bool done = false;
+    if (K > 0 && vec)
+      done = launch_fused(fused_train_fwd_kernel<T, V>, C, K, smem, stream, as_ptr<const T>(x),
+                          as_ptr<const T>(w), as_ptr<const T>(b), as_ptr<T>(rm), as_ptr<T>(rv),
+                          as_ptr<T>(y), as_ptr<T>(sm), as_ptr<T>(si), N, C, Sv, L, momentum, eps);
+    else if (K > 0)
+      done = launch_fused(fused_train_fwd_kernel<T, 1>, C, K, smem, stream, as_ptr<const T>(x),
+                          as_ptr<const T>(w), as_ptr<const T>(b), as_ptr<T>(rm), as_ptr<T>(rv),
+                          as_ptr<T>(y), as_ptr<T>(sm), as_ptr<T>(si), N, C, Sv, L, momentum, eps);
+    if (!done && K > kPortableCluster) {  // non-portable clusters refused: portable ones
+      const int K8 = fused_cluster(N, C, Sv, vec ? 16 : static_cast<int64_t>(sizeof(T)), L,
+                                   kPortableCluster);
+      const size_t smem8 = static_cast<size_t>(L) * (vec ? 16 : sizeof(T));
+      if (K8 > 0 && vec)
+        done = launch_fused(fused_train_fwd_kernel<T, V>, C, K8, smem8, stream, as_ptr<const T>(x),
+                            as_ptr<const T>(w), as_ptr<const T>(b), as_ptr<T>(rm), as_ptr<T>(rv),
+                            as_ptr<T>(y), as_ptr<T>(sm), as_ptr<T>(si), N, C, Sv, L, momentum, eps);
+      else if (K8 > 0)
+        done = launch_fused(fused_train_fwd_kernel<T, 1>, C, K8, smem8, stream, as_ptr<const T>(x),
+                            as_ptr<const T>(w), as_ptr<const T>(b), as_ptr<T>(rm), as_ptr<T>(rv),
+                            as_ptr<T>(y), as_ptr<T>(sm), as_ptr<T>(si), N, C, Sv, L, momentum, eps);
+    }
+    if (done) return;
+  }
   int G = 0;
   if (N * S > 0) {
     if (S == 1) {
@@ -522,39 +952,44 @@ void forward_train(dptr x, dptr w, dptr b, dptr rm, dptr rv, dptr y, dptr sm, dp
   const int64_t total = N * C * Sv;
   if (total > 0) {
     if (vec)
-      apply_fwd_kernel<T, V><<<apply_grid(total), kBlock, 0, stream>>>(
-          as_ptr<const T>(x), as_ptr<T>(y), params, total, Sv, C);
+      launch_apply_fwd<T, V>(x, y, params, total, Sv, C, stream);
     else
-      apply_fwd_kernel<T, 1><<<apply_grid(total), kBlock, 0, stream>>>(
-          as_ptr<const T>(x), as_ptr<T>(y), params, total, Sv, C);
-    PYDL_LAUNCH_CHECK();
+      launch_apply_fwd<T, 1>(x, y, params, total, Sv, C, stream);
   }
 }
 
 template <typename T>
-void forward_eval(dptr x, dptr w, dptr b, dptr rm, dptr rv, dptr y, dptr ws, int64_t ws_len,
-                  int64_t N, int64_t C, int64_t S, double eps, dptr stream_) {
+void forward_eval(dptr x, dptr w, dptr b, dptr rm, dptr rv, dptr y, dptr sm, dptr si, dptr /*ws*/,
+                  int64_t /*ws_len*/, int64_t N, int64_t C, int64_t S, double eps, dptr stream_) {
   if (C == 0) return;
-  check_ws<T>(ws, ws_len, C);
   PYDL_CHECK(rm != 0 && rv != 0, "running_mean, running_var: required in evaluation mode");
   cudaStream_t stream = as_stream(stream_);
   constexpr int V = 16 / sizeof(T);
   const bool vec = S % V == 0 && aligned16(x) && aligned16(y);
   const int64_t Sv = vec ? S / V : S;
-  T* params = reinterpret_cast<T*>(as_ptr<double>(ws) + 3LL * kMaxSlices * C);
-  finalize_eval_kernel<T><<<channel_grid(C), kBlock, 0, stream>>>(
-      C, as_ptr<const T>(w), as_ptr<const T>(b), as_ptr<const T>(rm), as_ptr<const T>(rv), params, eps);
-  PYDL_LAUNCH_CHECK();
   const int64_t total = N * C * Sv;
-  if (total > 0) {
+  // One launch; enough blocks for the packs, and at least enough for the channels' saves.
+  int64_t g = (total + kApplyU * kBlock - 1) / (kApplyU * kBlock);
+  const int64_t gc = (C + kBlock - 1) / kBlock;
+  if (g < gc) g = gc < 65535 ? gc : 65535;
+  const unsigned int grid = static_cast<unsigned int>(g < 1 ? 1 : g);
+  const T *xp = as_ptr<const T>(x), *wp = as_ptr<const T>(w), *bp = as_ptr<const T>(b),
+          *rmp = as_ptr<const T>(rm), *rvp = as_ptr<const T>(rv);
+  T *yp = as_ptr<T>(y), *smp = as_ptr<T>(sm), *sip = as_ptr<T>(si);
+  if (total + kApplyU * kBlock < (1LL << 32)) {
+    const uint32_t t = static_cast<uint32_t>(total), sv = static_cast<uint32_t>(Sv),
+                   c = static_cast<uint32_t>(C);
     if (vec)
-      apply_fwd_kernel<T, V><<<apply_grid(total), kBlock, 0, stream>>>(
-          as_ptr<const T>(x), as_ptr<T>(y), params, total, Sv, C);
+      eval_fwd_kernel<T, V, uint32_t><<<grid, kBlock, 0, stream>>>(xp, yp, wp, bp, rmp, rvp, smp, sip, t, sv, c, eps);
     else
-      apply_fwd_kernel<T, 1><<<apply_grid(total), kBlock, 0, stream>>>(
-          as_ptr<const T>(x), as_ptr<T>(y), params, total, Sv, C);
-    PYDL_LAUNCH_CHECK();
+      eval_fwd_kernel<T, 1, uint32_t><<<grid, kBlock, 0, stream>>>(xp, yp, wp, bp, rmp, rvp, smp, sip, t, sv, c, eps);
+  } else {
+    if (vec)
+      eval_fwd_kernel<T, V, int64_t><<<grid, kBlock, 0, stream>>>(xp, yp, wp, bp, rmp, rvp, smp, sip, total, Sv, C, eps);
+    else
+      eval_fwd_kernel<T, 1, int64_t><<<grid, kBlock, 0, stream>>>(xp, yp, wp, bp, rmp, rvp, smp, sip, total, Sv, C, eps);
   }
+  PYDL_LAUNCH_CHECK();
 }
 
 template <typename T>
@@ -569,6 +1004,26 @@ void backward(dptr dy, dptr x, dptr w, dptr sm, dptr si, dptr dx, dptr dw, dptr 
   double* part = as_ptr<double>(ws);
   T* params = reinterpret_cast<T*>(part + 3LL * kMaxSlices * C);
   const bool need_sums = (training && dx != 0) || dw != 0 || db != 0;
+  // Training: the fused kernel whenever it fits (also for dw / db alone, so that they are
+  // bit-identical whatever output_mask asks for).
+  if (training && need_sums && S > 1 && N * S > 0 && C < (1LL << 28)) {
+    uint32_t L = 0;
+    const int64_t pack = vec ? 16 : static_cast<int64_t>(sizeof(T));
+    const int K = fused_cluster(N, C, Sv, 2 * pack, L);
+    const size_t smem = dx != 0 ? 2 * static_cast<size_t>(L) * pack : 0;
+    bool done = false;
+    if (K > 0 && vec)
+      done = launch_fused(fused_train_bwd_kernel<T, V>, C, K, smem, stream, as_ptr<const T>(dy),
+                          as_ptr<const T>(x), as_ptr<const T>(w), as_ptr<const T>(sm),
+                          as_ptr<const T>(si), as_ptr<T>(dx), as_ptr<T>(dw), as_ptr<T>(db), N, C,
+                          Sv, L);
+    else if (K > 0)
+      done = launch_fused(fused_train_bwd_kernel<T, 1>, C, K, smem, stream, as_ptr<const T>(dy),
+                          as_ptr<const T>(x), as_ptr<const T>(w), as_ptr<const T>(sm),
+                          as_ptr<const T>(si), as_ptr<T>(dx), as_ptr<T>(dw), as_ptr<T>(db), N, C,
+                          Sv, L);
+    if (done) return;
+  }
   int G = 0;
   if (need_sums && N * S > 0) {
     if (S == 1) {
@@ -595,12 +1050,9 @@ void backward(dptr dy, dptr x, dptr w, dptr sm, dptr si, dptr dx, dptr dw, dptr 
   const int64_t total = N * C * Sv;
   if (dx != 0 && total > 0) {
     if (vec)
-      apply_bwd_kernel<T, V><<<apply_grid(total), kBlock, 0, stream>>>(
-          as_ptr<const T>(dy), as_ptr<const T>(x), as_ptr<T>(dx), params, total, Sv, C);
+      launch_apply_bwd<T, V>(dy, x, dx, params, total, Sv, C, stream);
     else
-      apply_bwd_kernel<T, 1><<<apply_grid(total), kBlock, 0, stream>>>(
-          as_ptr<const T>(dy), as_ptr<const T>(x), as_ptr<T>(dx), params, total, Sv, C);
-    PYDL_LAUNCH_CHECK();
+      launch_apply_bwd<T, 1>(dy, x, dx, params, total, Sv, C, stream);
   }
 }
 
@@ -626,16 +1078,18 @@ void bind_batch_norm_cuda(py::module_& m) {
       py::arg("momentum"), py::arg("eps"), py::arg("is_double"), py::arg("stream"));
   m.def(
       "batch_norm_forward_eval",
-      [](dptr x, dptr w, dptr b, dptr rm, dptr rv, dptr y, dptr ws, int64_t ws_len, int64_t N,
-         int64_t C, int64_t S, double eps, bool is_double, dptr stream) {
+      [](dptr x, dptr w, dptr b, dptr rm, dptr rv, dptr y, dptr sm, dptr si, dptr ws,
+         int64_t ws_len, int64_t N, int64_t C, int64_t S, double eps, bool is_double,
+         dptr stream) {
         PYDL_CHECK(N >= 0 && C >= 0 && S >= 0, "sizes must be >= 0");
         if (is_double)
-          forward_eval<double>(x, w, b, rm, rv, y, ws, ws_len, N, C, S, eps, stream);
+          forward_eval<double>(x, w, b, rm, rv, y, sm, si, ws, ws_len, N, C, S, eps, stream);
         else
-          forward_eval<float>(x, w, b, rm, rv, y, ws, ws_len, N, C, S, eps, stream);
+          forward_eval<float>(x, w, b, rm, rv, y, sm, si, ws, ws_len, N, C, S, eps, stream);
       },
       py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("running_mean"),
-      py::arg("running_var"), py::arg("y"), py::arg("workspace"), py::arg("workspace_len"),
+      py::arg("running_var"), py::arg("y"), py::arg("save_mean"), py::arg("save_invstd"),
+      py::arg("workspace"), py::arg("workspace_len"),
       py::arg("N"), py::arg("C"), py::arg("S"), py::arg("eps"), py::arg("is_double"),
       py::arg("stream"));
   m.def(

@@ -558,7 +558,7 @@ void bind_cross_entropy_cuda(py::module_& m) {
       "cross_entropy_forward",
       [](dptr x, dptr target, dptr weight, dptr loss, dptr stats, dptr norm, dptr work, int64_t nwork, int64_t outer,
          int64_t C, int64_t inner, int64_t ignore_index, double eps, int reduction, bool prob, bool dbl,
-         dptr stream) {
+         dptr stream, bool readback) -> double {
         check_sizes(outer, C, inner);
         PYDL_CHECK(C >= 1, "C must be >= 1");
         PYDL_CHECK(reduction >= 0 && reduction <= 2, "reduction code");
@@ -575,10 +575,21 @@ void bind_cross_entropy_cuda(py::module_& m) {
           else
             ce_forward_t<float, false>(x, target, weight, loss, stats, norm, work, nwork, p, reduction, s);
         }
+        if (!readback) return -1.0;
+        // The invalid-target count norm[1], for the caller's ValueError: one 8-byte copy into
+        // pinned memory and a wait on the stream (the GIL stays held: the buffer is shared).
+        static double* pinned = nullptr;
+        if (pinned == nullptr)
+          PYDL_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&pinned), sizeof(double), cudaHostAllocPortable));
+        PYDL_CUDA_CHECK(cudaMemcpyAsync(pinned, as_ptr<double>(norm) + 1, sizeof(double), cudaMemcpyDeviceToHost, s));
+        PYDL_CUDA_CHECK(cudaStreamSynchronize(s));
+        return *pinned;
       },
       py::arg("logits"), py::arg("target"), py::arg("weight"), py::arg("loss"), py::arg("stats"), py::arg("norm"),
       py::arg("work"), py::arg("nwork"), py::arg("outer"), py::arg("C"), py::arg("inner"), py::arg("ignore_index"),
-      py::arg("label_smoothing"), py::arg("reduction"), py::arg("prob"), py::arg("double"), py::arg("stream"));
+      py::arg("label_smoothing"), py::arg("reduction"), py::arg("prob"), py::arg("double"), py::arg("stream"),
+      py::arg("readback") = false,
+      "Returns the number of invalid class indices when readback (waits for the stream), else -1.");
   m.def(
       "cross_entropy_backward",
       [](dptr grad, dptr x, dptr target, dptr weight, dptr stats, dptr norm, dptr dx, int64_t outer, int64_t C,

@@ -452,3 +452,25 @@ def test_max_pool2d_backward_large_planes_and_arbitrary_indices(xp, dtype):
         shuffled = rng.integers(0, 70 * 65, size=y.shape).astype(np.int64)
         want = R.max_pool2d_backward(to_numpy(dy).astype(np.float64), shuffled, shape, 3, 2, 1)
         assert_close(F.max_pool2d_backward(dy, shuffled, shape, 3, 2, 1), want, dtype)
+
+
+# The GPU's 3x3 / stride 2 / padding 1 float32 fast path (W == 2 OW, OW % 4 == 0, no indices):
+# even and odd heights, the first and last column groups, NaN and -inf taps, a misaligned view
+# (which must take the generic kernel) - all against the reference, on both backends and dtypes.
+@pytest.mark.parametrize("shape", [(2, 3, 9, 16), (1, 2, 8, 8), (3, 1, 6, 24), (1, 1, 1, 8)])
+def test_max_pool2d_3x3_s2_p1_even_widths(xp, dtype, shape):
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(dtype)
+    x.flat[rng.integers(0, x.size, 3)] = np.nan
+    x.flat[rng.integers(0, x.size, 3)] = -np.inf
+    x[..., 0] = np.where(rng.random(shape[:-1]) < 0.5, 9.0, x[..., 0])  # left-edge maxima
+    x[..., -1] = np.where(rng.random(shape[:-1]) < 0.5, 8.0, x[..., -1])  # right-edge maxima
+    want = R.max_pool2d(x.astype(np.float64), 3, 2, 1)
+    got = to_numpy(F.max_pool2d(xp.asarray(x), 3, 2, 1))
+    assert got.dtype == dtype and got.shape == want.shape
+    assert np.array_equal(got, want.astype(dtype), equal_nan=True)
+    n = x.size
+    flat = xp.asarray(np.concatenate([[0.0], x.ravel()]).astype(dtype))
+    view = flat[1:].reshape(shape)  # contiguous, 4 bytes off 16-byte alignment
+    got2 = to_numpy(F.max_pool2d(view, 3, 2, 1))
+    assert np.array_equal(got2, want.astype(dtype), equal_nan=True) and view.size == n

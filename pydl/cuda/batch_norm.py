@@ -12,12 +12,17 @@ from .. import _backend as B
 __all__ = ["batch_norm_forward_train", "batch_norm_forward_eval", "batch_norm_backward"]
 
 
+_ws_len = {}  # C -> workspace length (a pure function of C): one binding call per C
+
+
 def _p(a):
-    return 0 if a is None else B.ptr(a)
+    return 0 if a is None else a.data.ptr
 
 
 def _workspace(cupy, C):
-    n = int(B.cuda().batch_norm_workspace_len(C))
+    n = _ws_len.get(C)
+    if n is None:
+        n = _ws_len[C] = int(B.cuda().batch_norm_workspace_len(C))
     return cupy.empty(max(n, 1), dtype=np.float64), n
 
 
@@ -34,15 +39,16 @@ def batch_norm_forward_train(x, weight, bias, running_mean, running_var, y, save
             bool(x.dtype == np.float64), B.stream_ptr(cupy))
 
 
-def batch_norm_forward_eval(x, weight, bias, running_mean, running_var, y, eps):
+def batch_norm_forward_eval(x, weight, bias, running_mean, running_var, y, eps, save_mean=None,
+                            save_invstd=None):
     import cupy
 
     N, C, S = x.shape
-    with x.device:
-        ws, n = _workspace(cupy, C)
+    with x.device:  # one kernel, no workspace
         B.cuda().batch_norm_forward_eval(
-            _p(x), _p(weight), _p(bias), _p(running_mean), _p(running_var), _p(y), _p(ws), n,
-            N, C, S, float(eps), bool(x.dtype == np.float64), B.stream_ptr(cupy))
+            _p(x), _p(weight), _p(bias), _p(running_mean), _p(running_var), _p(y), _p(save_mean),
+            _p(save_invstd), 0, 0, N, C, S, float(eps), bool(x.dtype == np.float64),
+            B.stream_ptr(cupy))
 
 
 def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, grad_x, grad_weight, grad_bias,

@@ -36,10 +36,14 @@ def _forward(prob, logits, target, weight, loss, stats, norm, outer, C, inner, i
         k = _backend.cuda()
         nwork = k.cross_entropy_workspace(outer, C, inner)
         work = cupy.empty((max(nwork, 1),), dtype=np.float64)  # per-block partial sums
-        k.cross_entropy_forward(_backend.ptr(logits), _backend.ptr(target),
-                                _backend.ptr(weight) if has_weight else 0, _backend.ptr(loss), _backend.ptr(stats),
-                                _backend.ptr(norm), _backend.ptr(work), nwork, outer, C, inner, ignore_index,
-                                float(label_smoothing), reduction, prob, _dbl(logits), _backend.stream_ptr(cupy))
+        # Class indices: the kernel counts invalid ones into norm[1]; the binding reads that
+        # count back (8 bytes via pinned memory, one wait) so the caller can raise.
+        bad = k.cross_entropy_forward(_backend.ptr(logits), _backend.ptr(target),
+                                      _backend.ptr(weight) if has_weight else 0, _backend.ptr(loss),
+                                      _backend.ptr(stats), _backend.ptr(norm), _backend.ptr(work), nwork, outer,
+                                      C, inner, ignore_index, float(label_smoothing), reduction, prob,
+                                      _dbl(logits), _backend.stream_ptr(cupy), not prob)
+    return None if prob else bad
 
 
 def _backward(prob, grad_loss, logits, target, weight, stats, norm, grad_logits, outer, C, inner, ignore_index,
@@ -56,13 +60,14 @@ def _backward(prob, grad_loss, logits, target, weight, stats, norm, grad_logits,
 
 def cross_entropy_forward(logits, target, weight, loss, stats, norm, outer, C, inner, ignore_index,
                           label_smoothing, reduction, has_weight):
-    _forward(False, logits, target, weight, loss, stats, norm, outer, C, inner, ignore_index, label_smoothing,
+    """Returns the number of invalid class indices (already read back: no further sync)."""
+    return _forward(False, logits, target, weight, loss, stats, norm, outer, C, inner, ignore_index, label_smoothing,
              reduction, has_weight)
 
 
 def cross_entropy_prob_forward(logits, target, weight, loss, stats, norm, outer, C, inner, ignore_index,
                                label_smoothing, reduction, has_weight):
-    _forward(True, logits, target, weight, loss, stats, norm, outer, C, inner, ignore_index, label_smoothing,
+    return _forward(True, logits, target, weight, loss, stats, norm, outer, C, inner, ignore_index, label_smoothing,
              reduction, has_weight)
 
 

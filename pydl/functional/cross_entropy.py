@@ -220,8 +220,10 @@ def cross_entropy_forward(logits, target, weight=None, ignore_index=-100, reduct
     norm = _backend.empty((2,), np.float64, xp)
     k = _backend.kernels(xp, "cross_entropy")
     fn = k.cross_entropy_prob_forward if prob else k.cross_entropy_forward
-    fn(x, t, x if w is None else w, loss, stats, norm, outer, C, inner, ignore_index, eps, red, w is not None)
-    if not prob and float(norm[1]) != 0:
+    bad = fn(x, t, x if w is None else w, loss, stats, norm, outer, C, inner, ignore_index, eps, red,
+             w is not None)
+    # The GPU glue returns the invalid-target count it read back; the CPU writes it to norm[1].
+    if not prob and (float(norm[1]) if bad is None else bad) != 0:
         raise _bad_target(t, C, ignore_index)
     return loss, CrossEntropySaved(stats, norm)
 
