@@ -91,11 +91,17 @@ def cuda_available() -> bool:
     return cuda_build_error() is None
 
 
+_cuda_ok = False
+
+
 def cuda():
     """The CUDA module, or a RuntimeError that says how to get one."""
-    err = cuda_build_error()
-    if err is not None:
-        raise RuntimeError(err)
+    global _cuda_ok
+    if not _cuda_ok:  # checked once: the probe imports CuPy and counts devices
+        err = cuda_build_error()
+        if err is not None:
+            raise RuntimeError(err)
+        _cuda_ok = True
     return _cuda_module
 
 
