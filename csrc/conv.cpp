@@ -178,6 +178,9 @@ inline void im2col_segment(const Geo& g, const T* xc, int64_t i, int64_t jj, int
     std::fill(d + a, d + lo, T(0));
     if (g.sw == 1) {
       std::memcpy(d + lo, src + lo, (size_t)(hi - lo) * sizeof(T));
+    } else if (g.sw == 2) {
+      // Constant stride: the compiler turns this into vector loads + shuffles.
+      for (int64_t ow = lo; ow < hi; ++ow) d[ow] = src[2 * ow];
     } else {
       for (int64_t ow = lo; ow < hi; ++ow) d[ow] = src[ow * g.sw];
     }
@@ -804,6 +807,44 @@ inline int64_t col_parts(int64_t items, int64_t L) {
   return std::max<int64_t>(1, std::min((2 * nt + items - 1) / items, L / 64));
 }
 
+// Image-parallel forward: each thread takes whole images, im2col into its own buffer (one
+// image, kept in cache) and GEMMs straight into y. No shared column tiles, no barriers and no
+// result permute; the GEMMs stay efficient because the reduction (C*kh*kw) is deep. Used
+// when there are at least as many images as threads and one image's columns per thread fit
+// the cache target and the workspace cap.
+inline bool per_image_pays(const Geo& g, int64_t elem) {
+#ifdef _OPENMP
+  const int64_t nt = parallel_pays(g) ? omp_get_max_threads() : 1;
+#else
+  const int64_t nt = 1;
+#endif
+  const int64_t bytes = g.R() * g.L() * elem;
+  return g.N >= nt && g.Cg() * g.kh * g.kw >= 256 && g.L() >= 64 &&
+         bytes * nt <= std::min(g_ws_limit.load(), g_tile_bytes);
+}
+
+template <typename T>
+void forward_per_image(const Geo& g, const T* x, const T* w, const T* b, T* y) {
+  const int64_t Kg = g.Kg(), L = g.L(), Rg = g.Cg() * g.kh * g.kw;
+#pragma omp parallel if (parallel_pays(g))
+  {
+    T* col = static_cast<T*>(t_ws.get(g.R() * L * (int64_t)sizeof(T)));
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < g.N; ++n) {
+      const Tile t{n, 1, 0, L};
+      im2col_block(g, x, t, col, 0, g.R(), 0, L);
+      for (int64_t gi = 0; gi < g.G; ++gi)
+        gemm(false, false, Kg, L, Rg, T(1), w + gi * Kg * Rg, Rg, col + gi * Rg * L, L, T(0),
+             y + (n * g.K + gi * Kg) * L, L);
+      if (b)
+        for (int64_t k = 0; k < g.K; ++k) {
+          T* d = y + (n * g.K + k) * L;
+          for (int64_t l = 0; l < L; ++l) d[l] += b[k];
+        }
+    }
+  }
+}
+
 template <typename T>
 void forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
   if (g.N == 0) return;
@@ -824,6 +865,7 @@ void forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
     }
     return;
   }
+  if (per_image_pays(g, sizeof(T))) return forward_per_image(g, x, w, b, y);
   int64_t maxw;
   auto tiles = make_tiles(g, g.R(), g.K, sizeof(T), maxw);
   const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });
@@ -918,8 +960,15 @@ void backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
   }
   if (g.depthwise()) return dw_backward_weight(g, dy, x, dw);
   if (g.pointwise()) {
-    // dW_g[:, c0:c1] = sum_n dY[n, g] X[n, g, c0:c1]^T: thread blocks over (group, channels).
-    const int64_t parts = col_parts(g.G, Cg), items = g.G * parts;
+    // dW_g[:, c0:c1] = sum_n dY[n, g] X[n, g, c0:c1]^T: thread blocks over (group, channels),
+    // one block per thread when the groups are fewer than the threads (wider GEMMs).
+#ifdef _OPENMP
+    const int64_t nt = omp_get_max_threads();
+#else
+    const int64_t nt = 1;
+#endif
+    const int64_t parts = g.G >= nt ? 1 : std::max<int64_t>(1, std::min((nt + g.G - 1) / g.G, Cg / 16));
+    const int64_t items = g.G * parts;
 #pragma omp parallel for schedule(static) if (parallel_pays(g))
     for (int64_t it = 0; it < items; ++it) {
       const int64_t gi = it / parts, p = it % parts;

@@ -414,3 +414,21 @@ def test_conv2d_depthwise_weight_grad_is_deterministic():
     first = F.conv2d_backward(dy, x, w, padding=1, groups=64)[1]
     for _ in range(3):
         assert np.array_equal(F.conv2d_backward(dy, x, w, padding=1, groups=64)[1], first)
+
+
+# --- image-parallel im2col forward (deep reductions: C/groups*kh*kw >= 256, Ho*Wo >= 64) ---
+
+@pytest.mark.parametrize("xs,ws,kw", [
+    ((3, 32, 17, 16), (5, 32, 3, 3), dict(stride=2, padding=1)),
+    ((2, 24, 14, 13), (4, 12, 5, 5), dict(groups=2)),
+    ((1, 16, 20, 19), (3, 16, 4, 4), dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2))),
+    ((4, 40, 18, 18), (7, 40, 3, 3), dict(stride=2, padding=0)),
+])
+def test_conv2d_per_image_forward_matches_reference(xp, dtype, xs, ws, kw):
+    rng = np.random.default_rng(21)
+    x, w, b = _make(rng, xs, ws, dtype, xp)
+    want = R.conv2d(to_numpy(x), to_numpy(w), to_numpy(b), **kw)
+    assert_close(F.conv2d(x, w, b, **kw), want, dtype)
+    assert_close(F.conv2d(x, w, None, **kw), R.conv2d(to_numpy(x), to_numpy(w), None, **kw), dtype)
+    F.set_conv_workspace_limit(4096)  # below one image's columns: the tiled path
+    assert_close(F.conv2d(x, w, b, **kw), want, dtype)
