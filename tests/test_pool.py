@@ -452,3 +452,27 @@ def test_max_pool2d_backward_large_planes_and_arbitrary_indices(xp, dtype):
         shuffled = rng.integers(0, 70 * 65, size=y.shape).astype(np.int64)
         want = R.max_pool2d_backward(to_numpy(dy).astype(np.float64), shuffled, shape, 3, 2, 1)
         assert_close(F.max_pool2d_backward(dy, shuffled, shape, 3, 2, 1), want, dtype)
+
+
+# --- max-pool backward, streamed path (dx > 16 MiB, planes of 16 KiB..256 KiB) ---
+# The gradient is scattered into a per-thread cached plane and streamed out; planes start at
+# every alignment (odd H*W), the cached plane is re-zeroed between planes, and bad indices
+# still raise. Oracle: np.add.at over the argmax indices (independent of the kernel).
+
+@pytest.mark.parametrize("dtype_", [np.float32, np.float64])
+def test_max_pool2d_backward_streamed_matches_scatter(dtype_):
+    rng = np.random.default_rng(31)
+    n, c, h, w = (4, 43, 163, 171) if dtype_ == np.float32 else (3, 33, 163, 171)
+    assert n * c * h * w * np.dtype(dtype_).itemsize > (16 << 20)
+    x = rand(rng, (n, c, h, w), dtype_)
+    y, ind = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+    dy = rand(rng, y.shape, dtype_)
+    dx = F.max_pool2d_backward(dy, ind, x.shape, 3, 2, 1)
+    want = np.zeros((n * c, h * w))
+    rows = np.repeat(np.arange(n * c), ind[0, 0].size)
+    np.add.at(want, (rows, ind.reshape(-1)), dy.reshape(-1).astype(np.float64))
+    assert_close(dx, want.reshape(x.shape), dtype_)
+    bad = ind.copy()
+    bad[-1, -1, -1, -1] = h * w
+    with pytest.raises(ValueError, match=r"indices out of range"):
+        F.max_pool2d_backward(dy, bad, x.shape, 3, 2, 1)
