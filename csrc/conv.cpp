@@ -1020,12 +1020,18 @@ template <typename T>
 void backward_bias(int64_t N, int64_t K, int64_t L, const T* dy, T* db) {
 #pragma omp parallel for schedule(static) if (N * K * L > (1 << 15))
   for (int64_t k = 0; k < K; ++k) {
-    double acc = 0;  // float64 accumulation: sums over N*Ho*Wo terms
+    // 16 independent lane sums per plane (vectorizes without reassociating, so the result does
+    // not depend on the compiler or thread count), then float64 across lanes and images.
+    constexpr int V = 16;
+    double acc = 0;
     for (int64_t n = 0; n < N; ++n) {
       const T* s = dy + (n * K + k) * L;
-      T part = 0;
-      for (int64_t l = 0; l < L; ++l) part += s[l];
-      acc += (double)part;
+      T part[V] = {};
+      int64_t l = 0;
+      for (; l + V <= L; l += V)
+        for (int j = 0; j < V; ++j) part[j] += s[l + j];
+      for (int j = 0; l < L; ++l, ++j) part[j] += s[l];
+      for (int j = 0; j < V; ++j) acc += (double)part[j];
     }
     db[k] = (T)acc;
   }
