@@ -432,3 +432,25 @@ def test_conv2d_per_image_forward_matches_reference(xp, dtype, xs, ws, kw):
     assert_close(F.conv2d(x, w, None, **kw), R.conv2d(to_numpy(x), to_numpy(w), None, **kw), dtype)
     F.set_conv_workspace_limit(4096)  # below one image's columns: the tiled path
     assert_close(F.conv2d(x, w, b, **kw), want, dtype)
+
+
+def test_conv2d_depthwise_and_bias_grads_identical_across_thread_counts(tmp_path):
+    """Weight and bias gradients are reduced in a fixed order: 1 and 2 OpenMP threads agree bit for bit."""
+    import os
+    import subprocess
+    import sys
+    script = (
+        "import sys, numpy as np, pydl.functional as F\n"
+        "r = np.random.default_rng(5)\n"
+        "x = r.standard_normal((4, 96, 20, 23)).astype(np.float32)\n"
+        "w = r.standard_normal((96, 1, 3, 3)).astype(np.float32)\n"
+        "dy = r.standard_normal((4, 96, 20, 23)).astype(np.float32)\n"
+        "np.savez(sys.argv[1], *F.conv2d_backward(dy, x, w, padding=1, groups=96))\n")
+    outs = []
+    for nt in ("1", "2"):
+        path = str(tmp_path / f"g{nt}.npz")
+        env = dict(os.environ, OMP_NUM_THREADS=nt, PYTHONPATH=os.pathsep.join(sys.path))
+        subprocess.run([sys.executable, "-c", script, path], check=True, env=env)
+        outs.append(np.load(path))
+    for k in outs[0]:
+        assert np.array_equal(outs[0][k], outs[1][k])
