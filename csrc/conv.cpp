@@ -729,14 +729,22 @@ void dw_backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
   const Flat f(g);
   const bool flat = use_flat(g, f, sizeof(T));
   if (use_stencil(g)) {
-    // Per channel, plane partials added in image order: the same sums for any thread count.
-#pragma omp parallel for schedule(static) if (parallel_pays(g))
-    for (int64_t c = 0; c < g.C; ++c) {
-      T* acc = dw + c * kk;
-      std::fill(acc, acc + kk, T(0));
-      for (int64_t n = 0; n < g.N; ++n)
-        stencil_wgrad(g, x + (n * g.C + c) * g.HW(), g.H, g.W, dy + (n * g.C + c) * g.L(), g.Ho, g.Wo, acc, -g.ph,
+    // Planes in memory order (streaming reads) into per-plane partials, then per channel the
+    // partials added in image order: the same sums for any thread count.
+    std::vector<T> part((size_t)(g.N * g.C * kk), T(0));
+#pragma omp parallel if (parallel_pays(g))
+    {
+#pragma omp for schedule(static)
+      for (int64_t nc = 0; nc < g.N * g.C; ++nc)
+        stencil_wgrad(g, x + nc * g.HW(), g.H, g.W, dy + nc * g.L(), g.Ho, g.Wo, part.data() + nc * kk, -g.ph,
                       -g.pw);
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < g.C; ++c) {
+        T* acc = dw + c * kk;
+        std::fill(acc, acc + kk, T(0));
+        for (int64_t n = 0; n < g.N; ++n)
+          for (int64_t t = 0; t < kk; ++t) acc[t] += part[(n * g.C + c) * kk + t];
+      }
     }
     return;
   }
