@@ -6,10 +6,17 @@
 // Layout: NCHW, C-contiguous; w (K, C/groups, kh, kw).
 //
 // Paths:
-//  * depthwise (groups == C == K): a direct kernel, one (n, c) plane per OpenMP iteration;
-//    at stride 1 the plane is zero-padded into a scratch so each tap is one long
-//    contiguous vector loop. AVX2/FMA clones picked at load time.
+//  * depthwise (groups == C == K): a direct kernel, one (n, c) plane per OpenMP iteration.
+//    Stride 1 with 3x3/5x5 kernels on AVX2/FMA CPUs: register-blocked stencils over a
+//    zero-padded copy of the plane (kernel taps broadcast in registers, 8 floats / 4 doubles
+//    per vector, masked row tails); the input gradient is the same stencil over dy with the
+//    flipped kernel, the weight gradient a per-tap vector reduction per plane, the plane
+//    partials summed in image order (deterministic). Other depthwise shapes: generic
+//    per-plane loops, built twice (baseline and target("avx2,fma")) and picked by a CPU
+//    feature test.
 //  * 1x1, stride 1, no padding: y[n, g] = W_g @ x[n, g], a GEMM straight on x.
+//  * deep reductions (C/groups*kh*kw >= 256) with at least one image per thread: each
+//    thread takes whole images, im2col into its own one-image buffer, GEMM straight into y.
 //  * otherwise im2col + GEMM over a bounded column buffer: the batch (and, for big images,
 //    the output pixels) is cut into tiles whose columns (C*kh*kw rows x tile width) plus one
 //    GEMM result fit under the workspace cap (default 64 MiB, and a 4 MiB cache target so

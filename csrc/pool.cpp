@@ -10,7 +10,9 @@
 // Layout: NCHW, C-contiguous; indices int64, flat within a plane (h*W + w), -1 for a window that
 // holds no element of the image (possible only with dilation; no gradient flows there).
 // Threads: OpenMP over the N*C planes. A plane belongs to one thread, so the backward scatters
-// (dx[argmax] += dy, dx[window] += dy/divisor) are race-free and deterministic.
+// (dx[argmax] += dy, dx[window] += dy/divisor) are race-free and deterministic. A max-pool
+// backward whose dx is far larger than the caches scatters into a per-thread cached plane and
+// writes it out with non-temporal stores (no read-for-ownership of dx).
 // Vectorization: within a row of outputs, the columns whose window lies inside the image run a
 // branch-free loop over ow (stride 1 and 2 are compile-time constants so strided loads vectorize);
 // the few border columns take a clipped scalar path. Max pooling without indices is done
