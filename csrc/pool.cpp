@@ -10,9 +10,7 @@
 // Layout: NCHW, C-contiguous; indices int64, flat within a plane (h*W + w), -1 for a window that
 // holds no element of the image (possible only with dilation; no gradient flows there).
 // Threads: OpenMP over the N*C planes. A plane belongs to one thread, so the backward scatters
-// (dx[argmax] += dy, dx[window] += dy/divisor) are race-free and deterministic. A max-pool
-// backward whose dx is far larger than the caches scatters into a per-thread cached plane and
-// writes it out with non-temporal stores (no read-for-ownership of dx).
+// (dx[argmax] += dy, dx[window] += dy/divisor) are race-free and deterministic.
 // Vectorization: within a row of outputs, the columns whose window lies inside the image run a
 // branch-free loop over ow (stride 1 and 2 are compile-time constants so strided loads vectorize);
 // the few border columns take a clipped scalar path. Max pooling without indices is done
@@ -24,11 +22,6 @@
 #include <limits>
 #include <type_traits>
 #include <vector>
-
-#if defined(__x86_64__) || defined(__SSE2__)
-#include <immintrin.h>
-#define PYDL_POOL_NT 1
-#endif
 
 #include "common.h"
 #include "geometry.h"
@@ -282,27 +275,6 @@ void max_pool2d_forward(carray<T> x, carray<T> y, py::object indices, int64_t kh
   else max_forward_s<T, int64_t, true>(xp, yp, ip, planes, ah, aw);
 }
 
-#ifdef PYDL_POOL_NT
-// dst[0:n) = buf[0:n) with non-temporal stores (no read-for-ownership of dst lines, which are
-// not read again here), and buf zeroed for the next plane.
-template <typename T>
-void stream_out_and_zero(T* __restrict dst, T* __restrict buf, int64_t n) {
-  int64_t i = 0;
-  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = buf[i], buf[i] = T(0);
-  constexpr int64_t v = 16 / sizeof(T);
-  for (; i + v <= n; i += v) {
-    if (std::is_same<T, float>::value) {
-      _mm_stream_ps(reinterpret_cast<float*>(dst + i), _mm_loadu_ps(reinterpret_cast<const float*>(buf + i)));
-      _mm_storeu_ps(reinterpret_cast<float*>(buf + i), _mm_setzero_ps());
-    } else {
-      _mm_stream_pd(reinterpret_cast<double*>(dst + i), _mm_loadu_pd(reinterpret_cast<const double*>(buf + i)));
-      _mm_storeu_pd(reinterpret_cast<double*>(buf + i), _mm_setzero_pd());
-    }
-  }
-  for (; i < n; ++i) dst[i] = buf[i], buf[i] = T(0);
-}
-#endif
-
 // dx = 0; dx[argmax[o]] += dy[o] per plane (the derivative of a max is 1 at the element chosen).
 // The window geometry is only checked here (the GPU gather needs it to find covering outputs).
 template <typename T>
@@ -322,37 +294,6 @@ void max_pool2d_backward(carray<T> dy, carray<int64_t> indices, carray<T> dx, in
   const int64_t* ind = in_ptr(indices);
   T* d = out_ptr(dx);
   int64_t bad = 0;
-#ifdef PYDL_POOL_NT
-  // dx far larger than the caches, planes that fit L2: scatter into a per-thread cached plane,
-  // then stream it out. Saves the DRAM read-for-ownership of every dx line (a third of the
-  // traffic); small outputs keep plain stores so dx stays in cache for the next op.
-  if (HW > 4096 && HW * (int64_t)sizeof(T) <= (int64_t(256) << 10) &&
-      planes * HW * (int64_t)sizeof(T) > (int64_t(16) << 20)) {
-    {
-      py::gil_scoped_release release;
-#pragma omp parallel reduction(+ : bad)
-      {
-        std::vector<T> buf((size_t)HW, T(0));
-        T* bp = buf.data();
-#pragma omp for schedule(static)
-        for (int64_t pl = 0; pl < planes; ++pl) {
-          const T* gp = g + pl * OHW;
-          const int64_t* ip = ind + pl * OHW;
-          for (int64_t q = 0; q < OHW; ++q) {
-            const int64_t k = ip[q];
-            if (static_cast<uint64_t>(k) < static_cast<uint64_t>(HW)) bp[k] += gp[q];
-            else bad += (k != -1);
-          }
-          stream_out_and_zero(d + pl * HW, bp, HW);
-        }
-        _mm_sfence();  // the streamed stores are visible before the region ends
-      }
-    }
-    PYDL_CHECK(bad == 0, "max_pool2d_backward: indices out of range [0, H*W) for the given input shape ("
-                             << bad << " entries)");
-    return;
-  }
-#endif
   {
     py::gil_scoped_release release;
 #pragma omp parallel for schedule(static) if (parallel_worth(planes * (HW + OHW))) \

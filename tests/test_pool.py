@@ -454,13 +454,12 @@ def test_max_pool2d_backward_large_planes_and_arbitrary_indices(xp, dtype):
         assert_close(F.max_pool2d_backward(dy, shuffled, shape, 3, 2, 1), want, dtype)
 
 
-# --- max-pool backward, streamed path (dx > 16 MiB, planes of 16 KiB..256 KiB) ---
-# The gradient is scattered into a per-thread cached plane and streamed out; planes start at
-# every alignment (odd H*W), the cached plane is re-zeroed between planes, and bad indices
-# still raise. Oracle: np.add.at over the argmax indices (independent of the kernel).
+# --- max-pool backward on a large dx (> 16 MiB, planes past the L1-sized fast path) ---
+# Lazily zeroed large planes starting at every alignment (odd H*W) on several threads, and
+# bad indices still raise. Oracle: np.add.at over the argmax indices (independent of the kernel).
 
 @pytest.mark.parametrize("dtype_", [np.float32, np.float64])
-def test_max_pool2d_backward_streamed_matches_scatter(dtype_):
+def test_max_pool2d_backward_large_dx_matches_scatter(dtype_):
     rng = np.random.default_rng(31)
     n, c, h, w = (4, 43, 163, 171) if dtype_ == np.float32 else (3, 33, 163, 171)
     assert n * c * h * w * np.dtype(dtype_).itemsize > (16 << 20)
