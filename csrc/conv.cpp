@@ -6,10 +6,17 @@
 // Layout: NCHW, C-contiguous; w (K, C/groups, kh, kw).
 //
 // Paths:
-//  * depthwise (groups == C == K): a direct kernel, one (n, c) plane per OpenMP iteration;
-//    at stride 1 the plane is zero-padded into a scratch so each tap is one long
-//    contiguous vector loop. AVX2/FMA clones picked at load time.
+//  * depthwise (groups == C == K): a direct kernel, one (n, c) plane per OpenMP iteration.
+//    Stride 1 with 3x3/5x5 kernels on AVX2/FMA CPUs: register-blocked stencils over a
+//    zero-padded copy of the plane (kernel taps broadcast in registers, 8 floats / 4 doubles
+//    per vector, masked row tails); the input gradient is the same stencil over dy with the
+//    flipped kernel, the weight gradient a per-tap vector reduction per plane, the plane
+//    partials summed in image order (deterministic). Other depthwise shapes: generic
+//    per-plane loops, built twice (baseline and target("avx2,fma")) and picked by a CPU
+//    feature test.
 //  * 1x1, stride 1, no padding: y[n, g] = W_g @ x[n, g], a GEMM straight on x.
+//  * deep reductions (C/groups*kh*kw >= 256) with at least one image per thread: each
+//    thread takes whole images, im2col into its own one-image buffer, GEMM straight into y.
 //  * otherwise im2col + GEMM over a bounded column buffer: the batch (and, for big images,
 //    the output pixels) is cut into tiles whose columns (C*kh*kw rows x tile width) plus one
 //    GEMM result fit under the workspace cap (default 64 MiB, and a 4 MiB cache target so
@@ -32,6 +39,11 @@
 #include <cstring>
 #include <mutex>
 #include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define PYDL_X86 1
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -180,6 +192,9 @@ inline void im2col_segment(const Geo& g, const T* xc, int64_t i, int64_t jj, int
     std::fill(d + a, d + lo, T(0));
     if (g.sw == 1) {
       std::memcpy(d + lo, src + lo, (size_t)(hi - lo) * sizeof(T));
+    } else if (g.sw == 2) {
+      // Constant stride: the compiler turns this into vector loads + shuffles.
+      for (int64_t ow = lo; ow < hi; ++ow) d[ow] = src[2 * ow];
     } else {
       for (int64_t ow = lo; ow < hi; ++ow) d[ow] = src[ow * g.sw];
     }
@@ -422,36 +437,235 @@ __attribute__((always_inline)) inline void dw_bwd_weight_flat_impl(const Geo& g,
     }
 }
 
-#define PYDL_CLONES __attribute__((target_clones("arch=haswell", "default")))
-#define PYDL_DW_PLANES(T)                                                                              \
-  PYDL_CLONES void dw_fwd_plane(const Geo& g, const TapRanges& tr, const T* xc, const T* wc, T bias,   \
-                                T* yc) {                                                               \
-    dw_fwd_plane_impl<T>(g, tr, xc, wc, bias, yc);                                                     \
-  }                                                                                                    \
-  PYDL_CLONES void dw_bwd_input_plane(const Geo& g, const TapRanges& tr, const T* yc, const T* wc,     \
-                                      T* xc) {                                                         \
-    dw_bwd_input_plane_impl<T>(g, tr, yc, wc, xc);                                                     \
-  }                                                                                                    \
-  PYDL_CLONES void dw_bwd_weight_plane(const Geo& g, const TapRanges& tr, const T* yc, const T* xc,    \
-                                       T* acc) {                                                       \
-    dw_bwd_weight_plane_impl<T>(g, tr, yc, xc, acc);                                                   \
-  }                                                                                                    \
-  PYDL_CLONES void dw_fwd_flat(const Geo& g, const Flat& f, const T* xc, const T* wc, T bias, T* yc,   \
-                               T* xp, T* acc) {                                                        \
-    dw_fwd_flat_impl<T>(g, f, xc, wc, bias, yc, xp, acc);                                              \
-  }                                                                                                    \
-  PYDL_CLONES void dw_bwd_input_flat(const Geo& g, const Flat& f, const T* yc, const T* wc, T* xc,     \
-                                     T* xp, T* dyg) {                                                  \
-    dw_bwd_input_flat_impl<T>(g, f, yc, wc, xc, xp, dyg);                                              \
-  }                                                                                                    \
-  PYDL_CLONES void dw_bwd_weight_flat(const Geo& g, const Flat& f, const T* yc, const T* xc, T* acc,   \
-                                      T* xp, T* dyg) {                                                 \
-    dw_bwd_weight_flat_impl<T>(g, f, yc, xc, acc, xp, dyg);                                            \
+// AVX2/FMA variants are compiled with target("avx2,fma") and picked by a CPU-feature test
+// (target_clones("arch=haswell") dispatches on the CPU model and falls back to SSE2 on
+// AMD parts that do have AVX2).
+#ifdef PYDL_X86
+#define PYDL_AVX2 __attribute__((target("avx2,fma")))
+#define PYDL_AVX2_INL __attribute__((target("avx2,fma"), always_inline)) inline
+bool cpu_has_avx2() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return has;
+}
+#else
+#define PYDL_AVX2
+bool cpu_has_avx2() { return false; }
+#endif
+
+#define PYDL_DW_DISPATCH(RET, NAME, PARAMS, ARGS)            \
+  PYDL_AVX2 RET NAME##_avx2 PARAMS { NAME##_impl<T> ARGS; }  \
+  RET NAME##_base PARAMS { NAME##_impl<T> ARGS; }            \
+  RET NAME PARAMS {                                        \
+    if (cpu_has_avx2()) return NAME##_avx2 ARGS;           \
+    return NAME##_base ARGS;                               \
   }
-PYDL_DW_PLANES(float)
-PYDL_DW_PLANES(double)
+#define PYDL_DW_PLANES(T)                                                                                       \
+  PYDL_DW_DISPATCH(void, dw_fwd_plane, (const Geo& g, const TapRanges& tr, const T* xc, const T* wc, T bias, T* yc), \
+                   (g, tr, xc, wc, bias, yc))                                                               \
+  PYDL_DW_DISPATCH(void, dw_bwd_input_plane, (const Geo& g, const TapRanges& tr, const T* yc, const T* wc, T* xc), \
+                   (g, tr, yc, wc, xc))                                                                     \
+  PYDL_DW_DISPATCH(void, dw_bwd_weight_plane, (const Geo& g, const TapRanges& tr, const T* yc, const T* xc, T* acc), \
+                   (g, tr, yc, xc, acc))                                                                    \
+  PYDL_DW_DISPATCH(void, dw_fwd_flat, (const Geo& g, const Flat& f, const T* xc, const T* wc, T bias, T* yc, T* xp, T* acc), \
+                   (g, f, xc, wc, bias, yc, xp, acc))                                                       \
+  PYDL_DW_DISPATCH(void, dw_bwd_input_flat, (const Geo& g, const Flat& f, const T* yc, const T* wc, T* xc, T* xp, T* dyg), \
+                   (g, f, yc, wc, xc, xp, dyg))                                                             \
+  PYDL_DW_DISPATCH(void, dw_bwd_weight_flat, (const Geo& g, const Flat& f, const T* yc, const T* xc, T* acc, T* xp, T* dyg), \
+                   (g, f, yc, xc, acc, xp, dyg))
+#define T float
+PYDL_DW_PLANES(T)
+#undef T
+#define T double
+PYDL_DW_PLANES(T)
+#undef T
 #undef PYDL_DW_PLANES
-#undef PYDL_CLONES
+#undef PYDL_DW_DISPATCH
+
+// ---- register-blocked AVX2 stencils (stride 1, small fixed kernels)
+// One output row at a time, 8 (float) / 4 (double) outputs per vector, every tap an
+// unaligned load of the input row shifted by the tap's column offset. Blocks whose taps all
+// lie inside the row use plain loads; edge blocks use masked loads (masked-off lanes read
+// as zero and never fault), so padding needs no scratch copy and no scalar tail.
+#ifdef PYDL_X86
+template <typename T>
+struct Vec;
+template <>
+struct Vec<float> {
+  using V = __m256;
+  using M = __m256i;
+  static constexpr int n = 8;
+  static PYDL_AVX2_INL V zero() { return _mm256_setzero_ps(); }
+  static PYDL_AVX2_INL V set1(float a) { return _mm256_set1_ps(a); }
+  static PYDL_AVX2_INL V load(const float* p) { return _mm256_loadu_ps(p); }
+  static PYDL_AVX2_INL V mload(const float* p, M m) { return _mm256_maskload_ps(p, m); }
+  static PYDL_AVX2_INL void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static PYDL_AVX2_INL void mstore(float* p, M m, V v) { _mm256_maskstore_ps(p, m, v); }
+  static PYDL_AVX2_INL V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static PYDL_AVX2_INL V add(V a, V b) { return _mm256_add_ps(a, b); }
+  // lanes l with lo <= l < hi (lo, hi already clamped to [0, n])
+  static PYDL_AVX2_INL M mask(int64_t lo, int64_t hi) {
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_and_si256(_mm256_cmpgt_epi32(iota, _mm256_set1_epi32((int)lo - 1)),
+                            _mm256_cmpgt_epi32(_mm256_set1_epi32((int)hi), iota));
+  }
+};
+template <>
+struct Vec<double> {
+  using V = __m256d;
+  using M = __m256i;
+  static constexpr int n = 4;
+  static PYDL_AVX2_INL V zero() { return _mm256_setzero_pd(); }
+  static PYDL_AVX2_INL V set1(double a) { return _mm256_set1_pd(a); }
+  static PYDL_AVX2_INL V load(const double* p) { return _mm256_loadu_pd(p); }
+  static PYDL_AVX2_INL V mload(const double* p, M m) { return _mm256_maskload_pd(p, m); }
+  static PYDL_AVX2_INL void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+  static PYDL_AVX2_INL void mstore(double* p, M m, V v) { _mm256_maskstore_pd(p, m, v); }
+  static PYDL_AVX2_INL V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static PYDL_AVX2_INL V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static PYDL_AVX2_INL M mask(int64_t lo, int64_t hi) {
+    const __m256i iota = _mm256_setr_epi64x(0, 1, 2, 3);
+    return _mm256_and_si256(_mm256_cmpgt_epi64(iota, _mm256_set1_epi64x(lo - 1)),
+                            _mm256_cmpgt_epi64(_mm256_set1_epi64x(hi), iota));
+  }
+};
+
+// Zero-padded copy of the source plane, rows [offh, offh + Hp) and columns [offw, offw + Wp)
+// of src (zero outside Hs x Ws), so the stencil loops need no bounds tests. Wp covers the
+// last (partial) vector of every row plus the kernel width.
+struct PadGeo {
+  int64_t Hp, Wp;
+  PadGeo(int64_t Hd, int64_t Wd, int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t n)
+      : Hp(Hd + (kh - 1) * dh), Wp((Wd + n - 1) / n * n + (kw - 1) * dw) {}
+};
+
+template <typename T>
+__attribute__((always_inline)) inline void pad_plane(const T* src, int64_t Hs, int64_t Ws, const PadGeo& p,
+                                                     int64_t offh, int64_t offw, T* xp) {
+  const int64_t a = std::min(std::max<int64_t>(-offw, 0), p.Wp);  // first column inside src
+  const int64_t e = std::max(a, std::min(p.Wp, Ws - offw));        // one past the last
+  for (int64_t r = 0; r < p.Hp; ++r) {
+    T* d = xp + r * p.Wp;
+    const int64_t ih = r + offh;
+    if (ih < 0 || ih >= Hs || e <= a) {
+      std::fill(d, d + p.Wp, T(0));
+      continue;
+    }
+    std::fill(d, d + a, T(0));
+    std::memcpy(d + a, src + ih * Ws + a + offw, (size_t)(e - a) * sizeof(T));
+    std::fill(d + e, d + p.Wp, T(0));
+  }
+}
+
+// dst[r, c] = bias + sum_{i<KH, j<KW} wt[i*KW + j] src[r + offh + i*dh, c + offw + j*dw]
+// (src zero outside Hs x Ws), for the whole Hd x Wd plane. One accumulator per kernel row
+// keeps the FMA dependency chains short.
+template <typename T, int KH, int KW>
+PYDL_AVX2 void stencil_s1(const T* src, int64_t Hs, int64_t Ws, T* dst, int64_t Hd, int64_t Wd, const T* wt,
+                          T bias, int64_t offh, int64_t offw, int64_t dh, int64_t dw, T* xp) {
+  using A = Vec<T>;
+  constexpr int n = A::n;
+  const PadGeo p(Hd, Wd, KH, KW, dh, dw, n);
+  pad_plane(src, Hs, Ws, p, offh, offw, xp);
+  typename A::V wv[KH * KW];
+  for (int t = 0; t < KH * KW; ++t) wv[t] = A::set1(wt[t]);
+  const typename A::V bv = A::set1(bias);
+  for (int64_t r = 0; r < Hd; ++r) {
+    const T* row = xp + r * p.Wp;
+    T* d = dst + r * Wd;
+    for (int64_t c0 = 0; c0 < Wd; c0 += n) {
+      typename A::V acc[KH];
+      for (int i = 0; i < KH; ++i) {
+        const T* s = row + i * dh * p.Wp + c0;
+        acc[i] = i == 0 ? bv : A::zero();
+        for (int j = 0; j < KW; ++j) acc[i] = A::fma(wv[i * KW + j], A::load(s + j * dw), acc[i]);
+      }
+      typename A::V sum = acc[0];
+      for (int i = 1; i < KH; ++i) sum = A::add(sum, acc[i]);
+      if (c0 + n <= Wd)
+        A::store(d + c0, sum);
+      else
+        A::mstore(d + c0, A::mask(0, Wd - c0), sum);
+    }
+  }
+}
+
+// out[i*KW + j] += sum_{r<Hd, c<Wd} gy[r, c] src[r + offh + i*dh, c + offw + j*dw]: one vector
+// accumulator per tap, reduced in a fixed lane order at the end (deterministic).
+template <typename T, int KH, int KW>
+PYDL_AVX2 void stencil_s1_wgrad(const T* src, int64_t Hs, int64_t Ws, const T* gy, int64_t Hd, int64_t Wd,
+                                T* out, int64_t offh, int64_t offw, int64_t dh, int64_t dw, T* xp) {
+  using A = Vec<T>;
+  constexpr int n = A::n;
+  const PadGeo p(Hd, Wd, KH, KW, dh, dw, n);
+  pad_plane(src, Hs, Ws, p, offh, offw, xp);
+  typename A::V acc[KH * KW];
+  for (int t = 0; t < KH * KW; ++t) acc[t] = A::zero();
+  for (int64_t r = 0; r < Hd; ++r) {
+    const T* row = xp + r * p.Wp;
+    const T* gr = gy + r * Wd;
+    for (int64_t c0 = 0; c0 < Wd; c0 += n) {
+      // Lanes past the row end read as zero gradient.
+      const typename A::V gv = c0 + n <= Wd ? A::load(gr + c0) : A::mload(gr + c0, A::mask(0, Wd - c0));
+      for (int i = 0; i < KH; ++i)
+        for (int j = 0; j < KW; ++j)
+          acc[i * KW + j] = A::fma(gv, A::load(row + i * dh * p.Wp + c0 + j * dw), acc[i * KW + j]);
+    }
+  }
+  for (int t = 0; t < KH * KW; ++t) {
+    alignas(32) T lanes[n];
+    A::store(lanes, acc[t]);
+    T s = 0;
+    for (int l = 0; l < n; ++l) s += lanes[l];
+    out[t] += s;
+  }
+}
+
+
+// The fixed-size stencils cover stride 1 with 3x3 and 5x5 kernels (any padding/dilation).
+inline bool use_stencil(const Geo& g) {
+  if (!(cpu_has_avx2() && g.sh == 1 && g.sw == 1 && g.kh == g.kw && (g.kh == 3 || g.kh == 5))) return false;
+  // The padded plane is a per-thread scratch: huge planes take the row-wise path.
+  const PadGeo p(std::max(g.H, g.Ho), std::max(g.W, g.Wo), g.kh, g.kw, g.dh, g.dw, 8);
+  return p.Hp * p.Wp * 8 <= (int64_t(16) << 20);
+}
+
+// Per-thread scratch for the padded plane, kept between calls.
+template <typename T>
+T* stencil_scratch(int64_t Hd, int64_t Wd, const Geo& g) {
+  thread_local std::vector<T> buf;
+  const PadGeo p(Hd, Wd, g.kh, g.kw, g.dh, g.dw, Vec<T>::n);
+  if ((int64_t)buf.size() < p.Hp * p.Wp) buf.resize((size_t)(p.Hp * p.Wp));
+  return buf.data();
+}
+
+template <typename T>
+void stencil_fwd(const Geo& g, const T* src, int64_t Hs, int64_t Ws, T* dst, int64_t Hd, int64_t Wd, const T* wt,
+                 T bias, int64_t offh, int64_t offw) {
+  if (g.kh == 3)
+    stencil_s1<T, 3, 3>(src, Hs, Ws, dst, Hd, Wd, wt, bias, offh, offw, g.dh, g.dw, stencil_scratch<T>(Hd, Wd, g));
+  else
+    stencil_s1<T, 5, 5>(src, Hs, Ws, dst, Hd, Wd, wt, bias, offh, offw, g.dh, g.dw, stencil_scratch<T>(Hd, Wd, g));
+}
+
+template <typename T>
+void stencil_wgrad(const Geo& g, const T* src, int64_t Hs, int64_t Ws, const T* gy, int64_t Hd, int64_t Wd, T* out,
+                   int64_t offh, int64_t offw) {
+  if (g.kh == 3)
+    stencil_s1_wgrad<T, 3, 3>(src, Hs, Ws, gy, Hd, Wd, out, offh, offw, g.dh, g.dw, stencil_scratch<T>(Hd, Wd, g));
+  else
+    stencil_s1_wgrad<T, 5, 5>(src, Hs, Ws, gy, Hd, Wd, out, offh, offw, g.dh, g.dw, stencil_scratch<T>(Hd, Wd, g));
+}
+#else
+inline bool use_stencil(const Geo&) { return false; }
+template <typename T>
+void stencil_fwd(const Geo&, const T*, int64_t, int64_t, T*, int64_t, int64_t, const T*, T, int64_t, int64_t) {}
+template <typename T>
+void stencil_wgrad(const Geo&, const T*, int64_t, int64_t, const T*, int64_t, int64_t, T*, int64_t, int64_t) {}
+#endif
+
 
 // The flat stride-1 path needs two plane-sized scratch buffers per thread; huge planes take
 // the row-wise path instead.
@@ -465,6 +679,15 @@ void dw_forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
   const Flat f(g);
   const bool flat = use_flat(g, f, sizeof(T));
   const int64_t kk = g.kh * g.kw;
+  if (use_stencil(g)) {
+#pragma omp parallel for schedule(static) if (parallel_pays(g))
+    for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
+      const int64_t c = nc % g.C;
+      stencil_fwd(g, x + nc * g.HW(), g.H, g.W, y + nc * g.L(), g.Ho, g.Wo, w + c * kk, b ? b[c] : T(0), -g.ph,
+                  -g.pw);
+    }
+    return;
+  }
 #pragma omp parallel if (parallel_pays(g))
   {
     std::vector<T> scratch(flat ? f.Hp * f.Wp + f.nq : 0);
@@ -486,6 +709,18 @@ void dw_backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
   const Flat f(g);
   const bool flat = use_flat(g, f, sizeof(T));
   const int64_t kk = g.kh * g.kw;
+  if (use_stencil(g)) {
+    // dx[ih, iw] = sum_{i,j} w[i,j] dy[ih + ph - i*dh, iw + pw - j*dw]: with i' = kh-1-i the
+    // same stencil over dy with the flipped kernel and offsets ph - (kh-1)*dh, pw - (kw-1)*dw.
+    std::vector<T> wf((size_t)(g.C * kk));
+    for (int64_t c = 0; c < g.C; ++c)
+      for (int64_t t = 0; t < kk; ++t) wf[c * kk + t] = w[c * kk + kk - 1 - t];
+#pragma omp parallel for schedule(static) if (parallel_pays(g))
+    for (int64_t nc = 0; nc < g.N * g.C; ++nc)
+      stencil_fwd(g, dy + nc * g.L(), g.Ho, g.Wo, dx + nc * g.HW(), g.H, g.W, wf.data() + (nc % g.C) * kk, T(0),
+                  g.ph - (g.kh - 1) * g.dh, g.pw - (g.kw - 1) * g.dw);
+    return;
+  }
 #pragma omp parallel if (parallel_pays(g))
   {
     std::vector<T> scratch(flat ? f.Hp * f.Wp + f.Ho_pitch() : 0);
@@ -507,6 +742,26 @@ void dw_backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
   const int64_t kk = g.kh * g.kw;
   const Flat f(g);
   const bool flat = use_flat(g, f, sizeof(T));
+  if (use_stencil(g)) {
+    // Planes in memory order (streaming reads) into per-plane partials, then per channel the
+    // partials added in image order: the same sums for any thread count.
+    std::vector<T> part((size_t)(g.N * g.C * kk), T(0));
+#pragma omp parallel if (parallel_pays(g))
+    {
+#pragma omp for schedule(static)
+      for (int64_t nc = 0; nc < g.N * g.C; ++nc)
+        stencil_wgrad(g, x + nc * g.HW(), g.H, g.W, dy + nc * g.L(), g.Ho, g.Wo, part.data() + nc * kk, -g.ph,
+                      -g.pw);
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < g.C; ++c) {
+        T* acc = dw + c * kk;
+        std::fill(acc, acc + kk, T(0));
+        for (int64_t n = 0; n < g.N; ++n)
+          for (int64_t t = 0; t < kk; ++t) acc[t] += part[(n * g.C + c) * kk + t];
+      }
+    }
+    return;
+  }
 #pragma omp parallel if (parallel_pays(g))
   {
     std::vector<T> scratch(flat ? f.Hp * f.Wp + f.Ho_pitch() : 0);
@@ -579,6 +834,44 @@ inline bool winograd_fits(const Geo& g) {
   return g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 && g.G == 1;
 }
 
+// Image-parallel forward: each thread takes whole images, im2col into its own buffer (one
+// image, kept in cache) and GEMMs straight into y. No shared column tiles, no barriers and no
+// result permute; the GEMMs stay efficient because the reduction (C*kh*kw) is deep. Used
+// when there are at least as many images as threads and one image's columns per thread fit
+// the cache target and the workspace cap.
+inline bool per_image_pays(const Geo& g, int64_t elem) {
+#ifdef _OPENMP
+  const int64_t nt = parallel_pays(g) ? omp_get_max_threads() : 1;
+#else
+  const int64_t nt = 1;
+#endif
+  const int64_t bytes = g.R() * g.L() * elem;
+  return g.N >= nt && g.Cg() * g.kh * g.kw >= 256 && g.L() >= 64 &&
+         bytes * nt <= std::min(g_ws_limit.load(), g_tile_bytes);
+}
+
+template <typename T>
+void forward_per_image(const Geo& g, const T* x, const T* w, const T* b, T* y) {
+  const int64_t Kg = g.Kg(), L = g.L(), Rg = g.Cg() * g.kh * g.kw;
+#pragma omp parallel if (parallel_pays(g))
+  {
+    T* col = static_cast<T*>(t_ws.get(g.R() * L * (int64_t)sizeof(T)));
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < g.N; ++n) {
+      const Tile t{n, 1, 0, L};
+      im2col_block(g, x, t, col, 0, g.R(), 0, L);
+      for (int64_t gi = 0; gi < g.G; ++gi)
+        gemm(false, false, Kg, L, Rg, T(1), w + gi * Kg * Rg, Rg, col + gi * Rg * L, L, T(0),
+             y + (n * g.K + gi * Kg) * L, L);
+      if (b)
+        for (int64_t k = 0; k < g.K; ++k) {
+          T* d = y + (n * g.K + k) * L;
+          for (int64_t l = 0; l < L; ++l) d[l] += b[k];
+        }
+    }
+  }
+}
+
 template <typename T>
 void forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
   if (g.N == 0) return;
@@ -602,6 +895,7 @@ void forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
     }
     return;
   }
+  if (per_image_pays(g, sizeof(T))) return forward_per_image(g, x, w, b, y);
   int64_t maxw;
   auto tiles = make_tiles(g, g.R(), g.K, sizeof(T), maxw);
   const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });
@@ -704,8 +998,15 @@ void backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
       winograd_conv3x3_weight(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, -g.ph, -g.pw, x, dy, dw))
     return;
   if (g.pointwise()) {
-    // dW_g[:, c0:c1] = sum_n dY[n, g] X[n, g, c0:c1]^T: thread blocks over (group, channels).
-    const int64_t parts = col_parts(g.G, Cg), items = g.G * parts;
+    // dW_g[:, c0:c1] = sum_n dY[n, g] X[n, g, c0:c1]^T: thread blocks over (group, channels),
+    // one block per thread when the groups are fewer than the threads (wider GEMMs).
+#ifdef _OPENMP
+    const int64_t nt = omp_get_max_threads();
+#else
+    const int64_t nt = 1;
+#endif
+    const int64_t parts = g.G >= nt ? 1 : std::max<int64_t>(1, std::min((nt + g.G - 1) / g.G, Cg / 16));
+    const int64_t items = g.G * parts;
 #pragma omp parallel for schedule(static) if (parallel_pays(g))
     for (int64_t it = 0; it < items; ++it) {
       const int64_t gi = it / parts, p = it % parts;
@@ -757,12 +1058,18 @@ template <typename T>
 void backward_bias(int64_t N, int64_t K, int64_t L, const T* dy, T* db) {
 #pragma omp parallel for schedule(static) if (N * K * L > (1 << 15))
   for (int64_t k = 0; k < K; ++k) {
-    double acc = 0;  // float64 accumulation: sums over N*Ho*Wo terms
+    // 16 independent lane sums per plane (vectorizes without reassociating, so the result does
+    // not depend on the compiler or thread count), then float64 across lanes and images.
+    constexpr int V = 16;
+    double acc = 0;
     for (int64_t n = 0; n < N; ++n) {
       const T* s = dy + (n * K + k) * L;
-      T part = 0;
-      for (int64_t l = 0; l < L; ++l) part += s[l];
-      acc += (double)part;
+      T part[V] = {};
+      int64_t l = 0;
+      for (; l + V <= L; l += V)
+        for (int j = 0; j < V; ++j) part[j] += s[l + j];
+      for (int j = 0; l < L; ++l, ++j) part[j] += s[l];
+      for (int j = 0; j < V; ++j) acc += (double)part[j];
     }
     db[k] = (T)acc;
   }

@@ -493,3 +493,107 @@ def test_winograd_backward_matches_finite_differences(wino, xs, k, pad):
     before = wino._conv_winograd_calls()
     _fd_check(fwd, xs, (k, xs[1], 3, 3), (k,), dict(padding=pad), F.conv2d_backward, np)
     assert wino._conv_winograd_calls() > before
+
+
+# --- depthwise AVX2 path ---
+# Depthwise (groups == C == K) at stride 1 with 3x3 / 5x5 kernels runs the register-blocked
+# stencils (padded plane, full vectors, masked row tails); other depthwise shapes the
+# generic per-plane loops. Widths around the vector width (4 doubles / 8 floats), W < 8,
+# padding 0..2, dilation, stride 2, and the multiplier (K = 2C, the grouped GEMM path).
+
+_DW_CASES = [
+    ((2, 3, 7, 5), 3, dict(padding=1)),
+    ((1, 2, 5, 3), 3, dict(padding=0)),                 # W < 8, Wo = 1
+    ((2, 4, 9, 17), 3, dict(padding=2)),                # output wider than the input
+    ((1, 3, 12, 8), 3, dict(padding=1)),                # W a multiple of 8
+    ((1, 3, 6, 16), 3, dict(padding=(0, 1))),
+    ((2, 2, 11, 9), 3, dict(padding=2, dilation=2)),
+    ((1, 2, 10, 13), 5, dict(padding=2)),
+    ((1, 3, 9, 23), 5, dict(padding=(1, 2), dilation=(2, 1))),
+    ((1, 2, 4, 4), 5, dict(padding=2)),                 # kernel larger than the image
+    ((2, 3, 9, 12), 3, dict(stride=2, padding=1)),      # stride 2: generic loops
+    ((1, 2, 7, 9), 3, dict(stride=(1, 2), padding=1)),
+    ((1, 4, 8, 10), 2, dict(padding=1)),                # even kernel: generic loops
+    ((0, 3, 5, 5), 3, dict(padding=1)),                 # empty batch
+    ((1, 1, 1, 1), 3, dict(padding=1)),
+    ((3, 40, 6, 9), 3, dict(padding=1)),                # big enough to run on threads
+]
+
+
+@pytest.mark.parametrize("case", range(len(_DW_CASES)))
+def test_conv2d_depthwise_stencil_matches_reference(xp, dtype, case):
+    xs, k, kw = _DW_CASES[case]
+    for mult in (1, 2):
+        rng = np.random.default_rng(700 + case + 50 * mult)
+        c = xs[1]
+        x, w, b = _make(rng, xs, (c * mult, 1, k, k), dtype, xp)
+        kw = dict(kw, groups=c)
+        y = F.conv2d(x, w, b, **kw)
+        assert_close(y, R.conv2d(to_numpy(x), to_numpy(w), to_numpy(b), **kw), dtype)
+        dy = rand(rng, y.shape, dtype, xp)
+        got = F.conv2d_backward(dy, x, w, **kw)
+        want = R.conv2d_backward(to_numpy(dy), to_numpy(x), to_numpy(w), **kw)
+        for g, wnt in zip(got, want):
+            assert_close(g, wnt, dtype)
+
+
+@pytest.mark.parametrize("k,kw", [(3, dict(padding=1)), (5, dict(padding=(2, 1), dilation=(1, 2))),
+                                  (3, dict(padding=0))])
+def test_conv2d_depthwise_stencil_finite_differences(k, kw):
+    rng = np.random.default_rng(11)
+    x, w, _ = _make(rng, (1, 2, 6, 11), (2, 1, k, k), np.float64, np)
+    kw = dict(kw, groups=2)
+    dy = rand(rng, R.conv2d(x, w, **kw).shape, np.float64)
+    gx, gw, _ = F.conv2d_backward(dy, x, w, **kw)
+    assert_close(gx, numerical_grad(lambda v: R.conv2d(v, w, **kw), x, dy), np.float64, factor=1e4)
+    assert_close(gw, numerical_grad(lambda v: R.conv2d(x, v, **kw), w, dy), np.float64, factor=1e4)
+
+
+def test_conv2d_depthwise_weight_grad_is_deterministic():
+    """Per-plane partials are summed in image order: repeated calls agree bit for bit."""
+    rng = np.random.default_rng(12)
+    x, w, _ = _make(rng, (6, 64, 14, 15), (64, 1, 3, 3), np.float32, np)
+    dy = rand(rng, (6, 64, 14, 15), np.float32)
+    first = F.conv2d_backward(dy, x, w, padding=1, groups=64)[1]
+    for _ in range(3):
+        assert np.array_equal(F.conv2d_backward(dy, x, w, padding=1, groups=64)[1], first)
+
+
+# --- image-parallel im2col forward (deep reductions: C/groups*kh*kw >= 256, Ho*Wo >= 64) ---
+
+@pytest.mark.parametrize("xs,ws,kw", [
+    ((3, 32, 17, 16), (5, 32, 3, 3), dict(stride=2, padding=1)),
+    ((2, 24, 14, 13), (4, 12, 5, 5), dict(groups=2)),
+    ((1, 16, 20, 19), (3, 16, 4, 4), dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2))),
+    ((4, 40, 18, 18), (7, 40, 3, 3), dict(stride=2, padding=0)),
+])
+def test_conv2d_per_image_forward_matches_reference(xp, dtype, xs, ws, kw):
+    rng = np.random.default_rng(21)
+    x, w, b = _make(rng, xs, ws, dtype, xp)
+    want = R.conv2d(to_numpy(x), to_numpy(w), to_numpy(b), **kw)
+    assert_close(F.conv2d(x, w, b, **kw), want, dtype)
+    assert_close(F.conv2d(x, w, None, **kw), R.conv2d(to_numpy(x), to_numpy(w), None, **kw), dtype)
+    F.set_conv_workspace_limit(4096)  # below one image's columns: the tiled path
+    assert_close(F.conv2d(x, w, b, **kw), want, dtype)
+
+
+def test_conv2d_depthwise_and_bias_grads_identical_across_thread_counts(tmp_path):
+    """Weight and bias gradients are reduced in a fixed order: 1 and 2 OpenMP threads agree bit for bit."""
+    import os
+    import subprocess
+    import sys
+    script = (
+        "import sys, numpy as np, pydl.functional as F\n"
+        "r = np.random.default_rng(5)\n"
+        "x = r.standard_normal((4, 96, 20, 23)).astype(np.float32)\n"
+        "w = r.standard_normal((96, 1, 3, 3)).astype(np.float32)\n"
+        "dy = r.standard_normal((4, 96, 20, 23)).astype(np.float32)\n"
+        "np.savez(sys.argv[1], *F.conv2d_backward(dy, x, w, padding=1, groups=96))\n")
+    outs = []
+    for nt in ("1", "2"):
+        path = str(tmp_path / f"g{nt}.npz")
+        env = dict(os.environ, OMP_NUM_THREADS=nt, PYTHONPATH=os.pathsep.join(sys.path))
+        subprocess.run([sys.executable, "-c", script, path], check=True, env=env)
+        outs.append(np.load(path))
+    for k in outs[0]:
+        assert np.array_equal(outs[0][k], outs[1][k])

@@ -474,3 +474,26 @@ def test_max_pool2d_3x3_s2_p1_even_widths(xp, dtype, shape):
     view = flat[1:].reshape(shape)  # contiguous, 4 bytes off 16-byte alignment
     got2 = to_numpy(F.max_pool2d(view, 3, 2, 1))
     assert np.array_equal(got2, want.astype(dtype), equal_nan=True) and view.size == n
+
+
+# --- max-pool backward on a large dx (> 16 MiB, planes past the L1-sized fast path) ---
+# Lazily zeroed large planes starting at every alignment (odd H*W) on several threads, and
+# bad indices still raise. Oracle: np.add.at over the argmax indices (independent of the kernel).
+
+@pytest.mark.parametrize("dtype_", [np.float32, np.float64])
+def test_max_pool2d_backward_large_dx_matches_scatter(dtype_):
+    rng = np.random.default_rng(31)
+    n, c, h, w = (4, 43, 163, 171) if dtype_ == np.float32 else (3, 33, 163, 171)
+    assert n * c * h * w * np.dtype(dtype_).itemsize > (16 << 20)
+    x = rand(rng, (n, c, h, w), dtype_)
+    y, ind = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+    dy = rand(rng, y.shape, dtype_)
+    dx = F.max_pool2d_backward(dy, ind, x.shape, 3, 2, 1)
+    want = np.zeros((n * c, h * w))
+    rows = np.repeat(np.arange(n * c), ind[0, 0].size)
+    np.add.at(want, (rows, ind.reshape(-1)), dy.reshape(-1).astype(np.float64))
+    assert_close(dx, want.reshape(x.shape), dtype_)
+    bad = ind.copy()
+    bad[-1, -1, -1, -1] = h * w
+    with pytest.raises(ValueError, match=r"indices out of range"):
+        F.max_pool2d_backward(dy, bad, x.shape, 3, 2, 1)
