@@ -16,13 +16,8 @@ void bind_nms(py::module_& m);
 
 PYBIND11_MODULE(_cpu, m) {
   m.doc() = "pydl CPU kernels (C++, OpenMP, OpenBLAS)";
-  py::register_exception_translator([](std::exception_ptr p) {
-    try {
-      if (p) std::rethrow_exception(p);
-    } catch (const std::bad_alloc& e) {
-      PyErr_SetString(PyExc_MemoryError, "pydl: out of host memory");
-    }
-  });
+  // std::bad_alloc -> MemoryError and std::invalid_argument -> ValueError are pybind11's own
+  // translations; no custom translator (it would share the list with other modules' ones).
   // Exposed so tests can hold the C++ geometry against pydl/_geometry.py.
   m.def("conv_out_size", &pydl::conv_out_size);
   m.def("conv_transpose_out_size", &pydl::conv_transpose_out_size);
