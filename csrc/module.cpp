@@ -16,8 +16,21 @@ void bind_nms(py::module_& m);
 
 PYBIND11_MODULE(_cpu, m) {
   m.doc() = "pydl CPU kernels (C++, OpenMP, OpenBLAS)";
-  // std::bad_alloc -> MemoryError and std::invalid_argument -> ValueError are pybind11's own
-  // translations; no custom translator (it would share the list with other modules' ones).
+  // Module-local translator: tried before the process-wide list, which other extensions
+  // (PyTorch) share and which crashed on our exceptions there.
+  py::register_local_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const py::builtin_exception& e) {
+      e.set_error();
+    } catch (const std::invalid_argument& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const std::bad_alloc&) {
+      PyErr_SetString(PyExc_MemoryError, "pydl: out of memory");
+    } catch (const std::exception& e) {
+      PyErr_SetString(PyExc_RuntimeError, e.what());
+    }
+  });
   // Exposed so tests can hold the C++ geometry against pydl/_geometry.py.
   m.def("conv_out_size", &pydl::conv_out_size);
   m.def("conv_transpose_out_size", &pydl::conv_transpose_out_size);

@@ -18,6 +18,21 @@ __global__ void fill_kernel(float* p, int64_t n, float v) {
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "pydl CUDA kernels";
+  // Module-local translator: tried before the process-wide list, which other extensions
+  // (PyTorch) share and which crashed on our exceptions there.
+  py::register_local_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const py::builtin_exception& e) {
+      e.set_error();
+    } catch (const std::invalid_argument& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const std::bad_alloc&) {
+      PyErr_SetString(PyExc_MemoryError, "pydl: out of memory");
+    } catch (const std::exception& e) {
+      PyErr_SetString(PyExc_RuntimeError, e.what());
+    }
+  });
   m.def("device_count", []() {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {

@@ -154,7 +154,11 @@ def max_pool2d_backward(grad_out, indices, x_shape, kernel_size, stride=None, pa
     _backend.check_shape("indices", indices, grad_out.shape)
     ind = _backend.contiguous(indices.reshape(dy.shape), xp)
     dx = _backend.empty(shape4, dy.dtype, xp)
-    _backend.kernels(xp, "pool").max_pool2d_backward(dy, ind, dx, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1])
+    bad = _backend.kernels(xp, "pool").max_pool2d_backward(dy, ind, dx, k[0], k[1], s[0], s[1], p[0], p[1],
+                                                           d[0], d[1])
+    if bad:  # the CPU kernel counts them; the GPU gather returns None
+        raise ValueError(f"indices: {bad} entries out of range [0, H*W) for x_shape {tuple(shape4)} "
+                         "(max_pool2d_backward: indices out of range)")
     return _ret(dx, squeeze)
 
 
