@@ -592,8 +592,11 @@ def test_conv2d_depthwise_and_bias_grads_identical_across_thread_counts(tmp_path
     outs = []
     for nt in ("1", "2"):
         path = str(tmp_path / f"g{nt}.npz")
-        env = dict(os.environ, OMP_NUM_THREADS=nt, PYTHONPATH=os.pathsep.join(sys.path))
-        subprocess.run([sys.executable, "-c", script, path], check=True, env=env)
+        # The child imports the pydl this process imported (installed or in-tree build) and
+        # starts in tmp_path, so a source checkout in the current directory cannot shadow it.
+        here = os.path.dirname(os.path.dirname(_backend.__file__))
+        env = dict(os.environ, OMP_NUM_THREADS=nt, PYTHONPATH=os.pathsep.join([here, *sys.path]))
+        subprocess.run([sys.executable, "-c", script, path], check=True, env=env, cwd=tmp_path)
         outs.append(np.load(path))
     for k in outs[0]:
         assert np.array_equal(outs[0][k], outs[1][k])
