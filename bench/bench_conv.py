@@ -158,7 +158,53 @@ def _cuda_cases(quick):
     return out
 
 
+def _transpose_cases(device, torch):
+    """conv_transpose2d: a DCGAN-style 4x4 stride-2 upsampling layer, forward and backward."""
+    n = 8 if device == "cpu" else 64
+    xs, cin, cout = (n, 128, 28, 28), 128, 64
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-1, 1, xs).astype(np.float32)
+    w = rng.uniform(-1, 1, (cin, cout, 4, 4)).astype(np.float32)
+    dy = rng.uniform(-1, 1, (n, cout, 56, 56)).astype(np.float32)
+    kw = dict(stride=2, padding=1)
+    # Same work as the conv2d whose input gradient this is: 2 * N * Cin * H * W * Cout * 16.
+    flops = 2.0 * n * cin * 28 * 28 * cout * 16
+    xd, wd, dyd = x, w, dy
+    if device == "cuda":
+        import cupy
+
+        xd, wd, dyd = cupy.asarray(x), cupy.asarray(w), cupy.asarray(dy)
+    one = slice(0, 1)  # parity on the first image: the reference is slow at these sizes
+
+    def check_fwd():
+        return rel_error(F.conv_transpose2d(xd[one], wd, **kw), R.conv_transpose2d(x[one].astype(np.float64), w.astype(np.float64), **kw))
+
+    def check_bwd():
+        got = F.conv_transpose2d_backward(dyd[one], xd[one], wd, **kw)
+        want = R.conv_transpose2d_backward(dy[one].astype(np.float64), x[one].astype(np.float64), w.astype(np.float64), **kw)
+        return max(rel_error(g, r) for g, r in zip(got, want))
+
+    tf = tb = None
+    if torch is not None:
+        dev = "cuda" if device == "cuda" else "cpu"
+        tx = torch.tensor(x, device=dev, requires_grad=True)
+        tw = torch.tensor(w, device=dev, requires_grad=True)
+        tb_ = torch.zeros(cout, device=dev, requires_grad=True)
+        tdy = torch.tensor(dy, device=dev)
+        tf = lambda: torch.nn.functional.conv_transpose2d(tx, tw, tb_, **kw)  # noqa: E731
+
+        def tb():
+            torch.autograd.grad(torch.nn.functional.conv_transpose2d(tx, tw, tb_, **kw), (tx, tw, tb_), tdy)
+    ref = None if device == "cuda" else (lambda: R.conv_transpose2d(x, w, **kw))
+    ref_b = None if device == "cuda" else (lambda: R.conv_transpose2d_backward(dy, x, w, **kw))
+    name = f"{n}x128x28x28 -> 64 k4 s2 p1"
+    return [Case("conv_transpose2d", name, "fwd", run=lambda: F.conv_transpose2d(xd, wd, **kw), reference=ref,
+                 torch=tf, check=check_fwd, flops=flops, ref_repeats=1),
+            Case("conv_transpose2d", name, "bwd", run=lambda: F.conv_transpose2d_backward(dyd, xd, wd, **kw),
+                 reference=ref_b, torch=tb, check=check_bwd, flops=2 * flops, ref_repeats=1)]
+
+
 def cases(device, quick):
     if device == "cpu":
-        return _cpu_cases(quick)
-    return _cuda_cases(quick)
+        return _cpu_cases(quick) + _transpose_cases(device, try_torch())
+    return _cuda_cases(quick) + _transpose_cases(device, try_torch())

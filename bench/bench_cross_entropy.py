@@ -91,13 +91,15 @@ def cases(device, quick):
     # softmax on the last axis, forward (read + write)
     shape = CPU_SHAPES[1] if device == "cpu" else CUDA_SHAPES[0]
     x, _, dx, _ = _arrays(shape, device, seed=1)
-    tsm = None
-    if torch is not None:
-        tx = torch.tensor(x, device="cuda" if device == "cuda" else "cpu")
-        tsm = lambda tx=tx: torch.softmax(tx, dim=-1)  # noqa: E731
-    out.append(Case("softmax", f"{shape[0]}x{shape[1]} f32", "fwd", lambda dx=dx: F.softmax(dx, axis=-1),
-                    reference=lambda x=x: R.softmax(x, axis=-1), torch=tsm,
-                    check=lambda x=x, dx=dx: max_rel_error([(F.softmax(dx, axis=-1),
-                                                             R.softmax(x.astype(np.float64), axis=-1))]),
-                    bytes=2 * x.size * x.itemsize))
+    for op in ("softmax", "log_softmax"):
+        f, r = getattr(F, op), getattr(R, op)
+        tsm = None
+        if torch is not None:
+            tx = torch.tensor(x, device="cuda" if device == "cuda" else "cpu")
+            tsm = lambda tx=tx, op=op: getattr(torch, op)(tx, dim=-1)  # noqa: E731
+        out.append(Case(op, f"{shape[0]}x{shape[1]} f32", "fwd", lambda dx=dx, f=f: f(dx, axis=-1),
+                        reference=lambda x=x, r=r: r(x, axis=-1), torch=tsm,
+                        check=lambda x=x, dx=dx, f=f, r=r: max_rel_error([(f(dx, axis=-1),
+                                                                           r(x.astype(np.float64), axis=-1))]),
+                        bytes=2 * x.size * x.itemsize))
     return out

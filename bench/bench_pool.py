@@ -115,19 +115,26 @@ def _avg_cases(device, shape, k, huge):
     ]
 
 
-def _global_cases(device, shape, huge):
+def _adaptive_cases(device, shape, out_size, huge):
+    """adaptive_avg_pool2d to out_size; out_size None is global_avg_pool2d (output (N, C, 1, 1))."""
     torch = try_torch()
     x = _arrays(device, shape)
     xt = _to_torch(torch, x)
     xs = _host(_sample(x, huge))
+    if out_size is None:
+        op, f, r, size = "global_avg_pool2d", F.global_avg_pool2d, R.global_avg_pool2d, 1
+    else:
+        op, size = "adaptive_avg_pool2d", out_size
+        f = lambda a: F.adaptive_avg_pool2d(a, out_size)  # noqa: E731
+        r = lambda a: R.adaptive_avg_pool2d(a, out_size)  # noqa: E731
 
     def check():
-        return max_rel_error([(F.global_avg_pool2d(_sample(x, huge)), R.global_avg_pool2d(xs.astype(np.float64)))])
+        return max_rel_error([(f(_sample(x, huge)), r(xs.astype(np.float64)))])
 
-    tf = None if torch is None else (lambda: torch.nn.functional.adaptive_avg_pool2d(xt, 1))
-    return [Case("global_avg_pool2d", f"{tuple(shape)}", "fwd", lambda: F.global_avg_pool2d(x),
-                 reference=None if huge else (lambda: R.global_avg_pool2d(x)), torch=tf, check=check,
-                 bytes=x.size * x.dtype.itemsize, ref_repeats=1)]
+    tf = None if torch is None else (lambda: torch.nn.functional.adaptive_avg_pool2d(xt, size))
+    name = f"{tuple(shape)}" + ("" if out_size is None else f" -> {out_size}")
+    return [Case(op, name, "fwd", lambda: f(x), reference=None if huge else (lambda: r(x)), torch=tf,
+                 check=check, bytes=x.size * x.dtype.itemsize, ref_repeats=1)]
 
 
 def cases(device, quick):
@@ -136,10 +143,12 @@ def cases(device, quick):
             *_max_cases(device, (8, 64, 112, 112), 3, 2, 1, huge=False),
             *_max_cases(device, (64, 30, 24, 24), 2, 2, 0, huge=False),
             *_avg_cases(device, (8, 128, 56, 56), 2, huge=False),
-            *_global_cases(device, (32, 512, 7, 7), huge=False),
+            *_adaptive_cases(device, (32, 512, 7, 7), None, huge=False),
+            *_adaptive_cases(device, (8, 256, 28, 28), 7, huge=False),
         ]
     return [
         *_max_cases(device, (128, 64, 112, 112), 3, 2, 1, huge=True),
         *_avg_cases(device, (128, 256, 56, 56), 2, huge=True),
-        *_global_cases(device, (128, 2048, 7, 7), huge=True),
+        *_adaptive_cases(device, (128, 2048, 7, 7), None, huge=True),
+        *_adaptive_cases(device, (128, 256, 28, 28), 7, huge=True),
     ]
