@@ -23,7 +23,9 @@ import numpy as np  # noqa: E402
 import pydl  # noqa: E402
 from common import time_cpu, time_cupy, time_torch_cuda, try_torch  # noqa: E402
 
-BENCH_MODULES = ["bench_conv", "bench_pool", "bench_batch_norm", "bench_cross_entropy", "bench_nms"]
+BENCH_MODULES = ["bench_conv", "bench_pool", "bench_batch_norm", "bench_cross_entropy", "bench_nms",
+                 "bench_roi_pool", "bench_roi_align", "bench_deform_conv", "bench_interpolate",
+                 "bench_local_response_norm", "bench_soft_nms"]
 
 
 def machine_gemm_gflops() -> float:

@@ -12,6 +12,12 @@ void bind_pool(py::module_& m);
 void bind_batch_norm(py::module_& m);
 void bind_cross_entropy(py::module_& m);
 void bind_nms(py::module_& m);
+void bind_roi_pool(py::module_& m);
+void bind_roi_align(py::module_& m);
+void bind_deform_conv(py::module_& m);
+void bind_interpolate(py::module_& m);
+void bind_local_response_norm(py::module_& m);
+void bind_soft_nms(py::module_& m);
 }  // namespace pydl
 
 PYBIND11_MODULE(_cpu, m) {
@@ -47,4 +53,10 @@ PYBIND11_MODULE(_cpu, m) {
   pydl::bind_batch_norm(m);
   pydl::bind_cross_entropy(m);
   pydl::bind_nms(m);
+  pydl::bind_roi_pool(m);
+  pydl::bind_roi_align(m);
+  pydl::bind_deform_conv(m);
+  pydl::bind_interpolate(m);
+  pydl::bind_local_response_norm(m);
+  pydl::bind_soft_nms(m);
 }

@@ -7,6 +7,12 @@ void bind_pool_cuda(py::module_& m);
 void bind_batch_norm_cuda(py::module_& m);
 void bind_cross_entropy_cuda(py::module_& m);
 void bind_nms_cuda(py::module_& m);
+void bind_roi_pool_cuda(py::module_& m);
+void bind_roi_align_cuda(py::module_& m);
+void bind_deform_conv_cuda(py::module_& m);
+void bind_interpolate_cuda(py::module_& m);
+void bind_local_response_norm_cuda(py::module_& m);
+void bind_soft_nms_cuda(py::module_& m);
 
 // Smoke kernel: proves the module's device code runs on this GPU.
 __global__ void fill_kernel(float* p, int64_t n, float v) {
@@ -59,4 +65,10 @@ PYBIND11_MODULE(_cuda, m) {
   pydl::bind_batch_norm_cuda(m);
   pydl::bind_cross_entropy_cuda(m);
   pydl::bind_nms_cuda(m);
+  pydl::bind_roi_pool_cuda(m);
+  pydl::bind_roi_align_cuda(m);
+  pydl::bind_deform_conv_cuda(m);
+  pydl::bind_interpolate_cuda(m);
+  pydl::bind_local_response_norm_cuda(m);
+  pydl::bind_soft_nms_cuda(m);
 }

@@ -1,0 +1,6 @@
+"""deform_conv benchmark cases (stub)."""
+from __future__ import annotations
+
+
+def cases(device, quick):
+    return []

@@ -1,0 +1,6 @@
+"""local_response_norm benchmark cases (stub)."""
+from __future__ import annotations
+
+
+def cases(device, quick):
+    return []

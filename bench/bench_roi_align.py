@@ -1,0 +1,6 @@
+"""roi_align benchmark cases (stub)."""
+from __future__ import annotations
+
+
+def cases(device, quick):
+    return []

@@ -1,0 +1,6 @@
+"""soft_nms benchmark cases (stub)."""
+from __future__ import annotations
+
+
+def cases(device, quick):
+    return []

@@ -1,0 +1,6 @@
+// roi_align: CUDA kernels (stub; filled by its issue).
+#include "common.cuh"
+
+namespace pydl {
+void bind_roi_align_cuda(py::module_& m) { (void)m; }
+}  // namespace pydl

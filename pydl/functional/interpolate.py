@@ -1,0 +1,2 @@
+"""interpolate: forward and backward (NumPy or CuPy arrays)."""
+__all__ = []

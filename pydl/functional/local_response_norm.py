@@ -1,0 +1,2 @@
+"""local_response_norm: forward and backward (NumPy or CuPy arrays)."""
+__all__ = []

@@ -1,0 +1,2 @@
+"""pydl.metrics: precision-recall curves, average precision and detection mAP (NumPy)."""
+__all__ = []

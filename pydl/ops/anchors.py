@@ -1,0 +1,2 @@
+"""anchors: detection operator (NumPy or CuPy arrays)."""
+__all__ = []

@@ -1,0 +1,2 @@
+"""deform_conv: detection operator (NumPy or CuPy arrays)."""
+__all__ = []

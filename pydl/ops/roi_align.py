@@ -1,0 +1,2 @@
+"""roi_align: detection operator (NumPy or CuPy arrays)."""
+__all__ = []

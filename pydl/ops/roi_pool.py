@@ -1,0 +1,2 @@
+"""roi_pool: detection operator (NumPy or CuPy arrays)."""
+__all__ = []

@@ -1,0 +1,2 @@
+"""soft_nms: detection operator (NumPy or CuPy arrays)."""
+__all__ = []

@@ -1,0 +1,2 @@
+"""local_response_norm: the NumPy twin (naive, float64-friendly; the test oracle)."""
+__all__ = []

@@ -1,0 +1,2 @@
+"""roi_align: the NumPy twin (naive, float64-friendly; the test oracle)."""
+__all__ = []

@@ -1,0 +1,2 @@
+"""soft_nms: the NumPy twin (naive, float64-friendly; the test oracle)."""
+__all__ = []
