@@ -38,9 +38,16 @@ PYBIND11_MODULE(_cpu, m) {
     }
   });
   // Exposed so tests can hold the C++ geometry against pydl/_geometry.py.
-  m.def("conv_out_size", &pydl::conv_out_size);
+  // Stride 0 would divide by zero (SIGFPE): the one input these helpers cannot take.
+  m.def("conv_out_size", [](int64_t i, int64_t k, int64_t s, int64_t p, int64_t d) {
+    PYDL_CHECK(s > 0, "stride must be positive");
+    return pydl::conv_out_size(i, k, s, p, d);
+  });
   m.def("conv_transpose_out_size", &pydl::conv_transpose_out_size);
-  m.def("pool_out_size", &pydl::pool_out_size);
+  m.def("pool_out_size", [](int64_t i, int64_t k, int64_t s, int64_t p, int64_t d, bool ceil_mode) {
+    PYDL_CHECK(s > 0, "stride must be positive");
+    return pydl::pool_out_size(i, k, s, p, d, ceil_mode);
+  });
   m.def("max_threads", []() {
 #ifdef _OPENMP
     return omp_get_max_threads();

@@ -58,6 +58,7 @@ PYBIND11_MODULE(_cuda, m) {
     PYDL_LAUNCH_CHECK();
   });
   m.def("conv_out_size", [](int64_t i, int64_t k, int64_t s, int64_t p, int64_t d) {
+    PYDL_CHECK(s > 0, "stride must be positive");
     return pydl::conv_out_size(i, k, s, p, d);
   });
   pydl::bind_conv_cuda(m);

@@ -1,6 +1,8 @@
 """The C++ geometry header and the Python helper agree (pydl/_geometry.py vs csrc/geometry.h)."""
 import itertools
 
+import pytest
+
 from pydl import _backend, _geometry
 
 
@@ -40,3 +42,12 @@ def test_pool_out_size_ceil_mode_drops_window_starting_in_right_padding():
 def test_same_padding_puts_extra_on_the_right():
     assert _geometry.same_padding(4, 1) == (1, 2)
     assert _geometry.same_padding(3, 2) == (2, 2)
+
+
+def test_geometry_helpers_reject_zero_stride():
+    # The C++ helpers are reachable from Python: stride 0 must raise, not SIGFPE.
+    cpu = _backend.cpu()
+    with pytest.raises(ValueError, match="stride"):
+        cpu.conv_out_size(5, 3, 0, 0, 1)
+    with pytest.raises(ValueError, match="stride"):
+        cpu.pool_out_size(5, 3, 0, 0, 1, False)
