@@ -17,11 +17,22 @@
 // the CUDA kernel do the same), so all three pick the same boxes.
 // Layout: boxes (N, 4) row-major (x1, y1, x2, y2); scores (N,); outputs keep (N,) int64 and
 // kept scores (N,) T, of which the first count (the return value) are written.
-// Algorithm: the candidates live in compacted coordinate planes in index order; one pass per pick
-// decays, drops and compacts them and finds the next pick (strict > on an index-ordered list
-// keeps the lowest index on ties). O(N * picks); single-threaded (each pass depends on the last).
+// Algorithm (sparse, the usual path): only pairs with inter > 0 can change a score (any other
+// pair has IoU 0 or NaN, weight 1), and for boxes with finite coordinates and positive extent
+// that is exactly "x-ranges and y-ranges overlap strictly", symmetric in the pair; boxes without
+// (NaN, inf, empty) overlap nothing that counts. So: list the overlapping pairs once (a sweep in
+// x1 order), keep the candidates in a max-heap of (score, -index) with lazy deletion, and per pick
+// decay only its listed neighbours (a decayed box is pushed again with its new score). Picks,
+// weights and products are the dense rule's, in the same order: identical results, in
+// O((N + pairs) log N). Dense fallback: 'hard' with iou_threshold < 0 (every pair counts) and
+// pathological overlap (more than 64 N + 4096 pairs, bounding the memory): the candidates live in
+// compacted planes in index order; one pass per pick decays, drops, compacts them and finds the
+// next pick (strict > on an index-ordered list keeps the lowest index on ties), O(N * picks).
+// Single-threaded: each pick depends on the last.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <queue>
 #include <vector>
 
 #include "common.h"
@@ -43,9 +54,117 @@ inline T max_(T a, T b) { return (a < b) ? b : a; }
 template <typename T>
 inline T min_(T a, T b) { return (b < a) ? b : a; }
 
+// The decayed score of a candidate with score sc at IoU iou (not > 0: pass 0) from the pick;
+// returns false when the box is removed ('hard').
+inline bool decay(double& sc, double iou, int method, double sigma, double ithr) {
+  if (method == kGaussian) {
+    if (iou > 0) sc = sc * std::exp(-(iou * iou) / sigma);
+  } else if (iou > ithr) {
+    if (method == kHard) return false;
+    sc = sc * (1.0 - iou);
+  }
+  return true;
+}
+
 template <typename T>
-int64_t soft_nms_forward(const T* boxes, const T* scores, int64_t n, double sigma, double sthr, int method,
-                         double ithr, int64_t* keep, T* kept) {
+inline double pair_iou(const T* a, T area_a, const T* b, T area_b) {
+  const T iw = max_(T(0), min_(a[2], b[2]) - max_(a[0], b[0]));
+  const T ih = max_(T(0), min_(a[3], b[3]) - max_(a[1], b[1]));
+  const T inter = iw * ih;
+  if (!(inter > T(0))) return 0.0;
+  const T q = inter / ((area_a + area_b) - inter);
+  return q > T(0) ? static_cast<double>(q) : 0.0;  // NaN and -0 count as 0
+}
+
+// Sparse path (see the header); returns -1 when the pair lists would grow past the budget.
+// The sweep may take O(N^2) steps on long thin boxes, still cheaper than the dense pass.
+template <typename T>
+int64_t soft_nms_sparse(const T* boxes, const T* scores, int64_t n, double sigma, double sthr, int method,
+                        double ithr, int64_t* keep, T* kept) {
+  std::vector<int64_t> cand;
+  std::vector<double> s(n, -1.0);
+  std::vector<T> area(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const double si = static_cast<double>(scores[i]);
+    if (!(si >= sthr)) continue;
+    s[i] = si;
+    const T* b = boxes + 4 * i;
+    area[i] = (b[2] - b[0]) * (b[3] - b[1]);
+    cand.push_back(i);
+  }
+  const int64_t m = static_cast<int64_t>(cand.size());
+  const int64_t budget = 64 * m + 4096;
+  // Boxes that can overlap anything, by x1 (ties by index: any order works, the pairs are symmetric).
+  std::vector<int64_t> byx;
+  for (int64_t i : cand) {
+    const T* b = boxes + 4 * i;
+    if (std::isfinite(b[0]) && std::isfinite(b[1]) && std::isfinite(b[2]) && std::isfinite(b[3]) && b[2] > b[0] &&
+        b[3] > b[1])
+      byx.push_back(i);
+  }
+  std::sort(byx.begin(), byx.end(), [boxes](int64_t a, int64_t b) {
+    return boxes[4 * a] < boxes[4 * b] || (boxes[4 * a] == boxes[4 * b] && a < b);
+  });
+  std::vector<int64_t> pi, pj;  // overlapping pairs
+  for (size_t u = 0; u < byx.size(); ++u) {
+    const T* a = boxes + 4 * byx[u];
+    for (size_t v = u + 1; v < byx.size(); ++v) {
+      const T* b = boxes + 4 * byx[v];
+      if (!(b[0] < a[2])) break;  // x1 order: no later box starts before a ends
+      if (b[1] < a[3] && a[1] < b[3]) {
+        if (static_cast<int64_t>(pi.size()) >= budget) return -1;
+        pi.push_back(byx[u]);
+        pj.push_back(byx[v]);
+      }
+    }
+  }
+  // CSR adjacency, both directions.
+  std::vector<int64_t> begin(n + 1, 0), adj(2 * pi.size());
+  for (size_t e = 0; e < pi.size(); ++e) ++begin[pi[e] + 1], ++begin[pj[e] + 1];
+  for (int64_t i = 0; i < n; ++i) begin[i + 1] += begin[i];
+  {
+    std::vector<int64_t> at(begin.begin(), begin.end() - 1);
+    for (size_t e = 0; e < pi.size(); ++e) adj[at[pi[e]]++] = pj[e], adj[at[pj[e]]++] = pi[e];
+  }
+  struct Entry {
+    double s;
+    int64_t i;
+    bool operator<(const Entry& o) const { return s < o.s || (s == o.s && i > o.i); }  // top: max s, min i
+  };
+  std::priority_queue<Entry> heap;
+  for (int64_t i : cand) heap.push({s[i], i});
+  int64_t count = 0;
+  while (!heap.empty()) {
+    const Entry e = heap.top();
+    heap.pop();
+    if (s[e.i] != e.s || !(e.s >= 0.0)) continue;  // stale (decayed since) or gone
+    const int64_t p = e.i;
+    keep[count] = p;
+    kept[count] = static_cast<T>(e.s);
+    ++count;
+    s[p] = -1.0;
+    const T* bp = boxes + 4 * p;
+    for (int64_t r = begin[p]; r < begin[p + 1]; ++r) {
+      const int64_t j = adj[r];
+      double sc = s[j];
+      if (!(sc >= 0.0)) continue;
+      const double iou = pair_iou(bp, area[p], boxes + 4 * j, area[j]);
+      if (!decay(sc, iou, method, sigma, ithr) || !(sc >= sthr)) {
+        s[j] = -1.0;
+        continue;
+      }
+      if (sc != s[j]) {
+        s[j] = sc;
+        heap.push({sc, j});
+      }
+    }
+  }
+  return count;
+}
+
+template <typename T>
+int64_t soft_nms_dense(const T* boxes, const T* scores, int64_t n, double sigma, double sthr, int method,
+                       double ithr, int64_t* keep, T* kept) {
   std::vector<T> x1, y1, x2, y2, ar;
   std::vector<double> s;
   std::vector<int64_t> id;
@@ -108,6 +227,16 @@ int64_t soft_nms_forward(const T* boxes, const T* scores, int64_t n, double sigm
     p = next;
   }
   return count;
+}
+
+template <typename T>
+int64_t soft_nms_forward(const T* boxes, const T* scores, int64_t n, double sigma, double sthr, int method,
+                         double ithr, int64_t* keep, T* kept) {
+  if (!(method == kHard && ithr < 0)) {
+    const int64_t count = soft_nms_sparse(boxes, scores, n, sigma, sthr, method, ithr, keep, kept);
+    if (count >= 0) return count;
+  }
+  return soft_nms_dense(boxes, scores, n, sigma, sthr, method, ithr, keep, kept);
 }
 
 template <typename T>
