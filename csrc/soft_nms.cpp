@@ -5,7 +5,7 @@
 // never is one). Working scores are held in double. Repeat while a candidate is left:
 //   pick p = the candidate with the highest working score (ties: the lowest index); output
 //   (p, T(s_p)) and remove p; then for every other candidate i, with iou = IoU(p, i):
-//     gaussian: s_i = s_i * exp(-(iou * iou) / sigma)
+//     gaussian: s_i = s_i * double(float(exp(-(iou * iou) / sigma)))   (see gauss())
 //     linear:   s_i = s_i * (1 - iou)            if iou > iou_threshold
 //     hard:     remove i                          if iou > iou_threshold   (classic NMS)
 //   and remove every candidate whose s_i < score_threshold.
@@ -54,11 +54,17 @@ inline T max_(T a, T b) { return (a < b) ? b : a; }
 template <typename T>
 inline T min_(T a, T b) { return (b < a) ? b : a; }
 
+// exp(-(iou * iou) / sigma) in double, rounded to float: exp differs by up to 1 ulp between libm,
+// CUDA and NumPy, and the float rounding makes the three agree (but for a 2^-28 chance).
+inline double gauss(double iou, double sigma) {
+  return static_cast<double>(static_cast<float>(std::exp(-(iou * iou) / sigma)));
+}
+
 // The decayed score of a candidate with score sc at IoU iou (not > 0: pass 0) from the pick;
 // returns false when the box is removed ('hard').
 inline bool decay(double& sc, double iou, int method, double sigma, double ithr) {
   if (method == kGaussian) {
-    if (iou > 0) sc = sc * std::exp(-(iou * iou) / sigma);
+    if (iou > 0) sc = sc * gauss(iou, sigma);
   } else if (iou > ithr) {
     if (method == kHard) return false;
     sc = sc * (1.0 - iou);
@@ -203,7 +209,7 @@ int64_t soft_nms_dense(const T* boxes, const T* scores, int64_t n, double sigma,
         const T q = inter / ((pa + ar[a]) - inter);
         const double iou = q > T(0) ? static_cast<double>(q) : 0.0;
         if (method == kGaussian) {
-          sc = sc * std::exp(-(iou * iou) / sigma);
+          sc = sc * gauss(iou, sigma);
         } else if (iou > ithr) {
           if (method == kHard) continue;
           sc = sc * (1.0 - iou);

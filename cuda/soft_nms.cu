@@ -3,7 +3,7 @@
 // Math: exactly the CPU rule (csrc/soft_nms.cpp). Candidates: score >= score_threshold (double
 // compare). Working scores in double. Each step picks the candidate of highest working score
 // (ties: the lowest index), records it, then decays every other candidate i by
-//   gaussian: s_i = s_i * exp(-(iou * iou) / sigma);  linear: s_i = s_i * (1 - iou) if iou > thr;
+//   gaussian: s_i = s_i * double(float(exp(-(iou * iou) / sigma)));  linear: s_i = s_i * (1 - iou) if iou > thr;
 //   hard: remove i if iou > thr;  and removes the candidates with s_i < score_threshold.
 // IoU in the boxes' dtype T, one rounding per operation (__f*_rn / __d*_rn: no FMA contraction),
 // widened to double; an IoU that is not > 0 (0/0, NaN) counts as 0. The weight and the product
@@ -133,7 +133,8 @@ __global__ void __launch_bounds__(kThreads)
         const T q = div_rn(inter, sub_rn(add_rn(pa, ab), inter));
         const double iou = q > T(0) ? static_cast<double>(q) : 0.0;
         if (method == 0) {
-          sc = __dmul_rn(sc, exp(__ddiv_rn(-__dmul_rn(iou, iou), sigma)));
+          // the weight rounded to float, as on the CPU: libm and CUDA exp may differ by 1 ulp
+          sc = __dmul_rn(sc, static_cast<double>(__double2float_rn(exp(__ddiv_rn(-__dmul_rn(iou, iou), sigma)))));
         } else if (iou > ithr) {
           if (method == 2) gone = true;
           else sc = __dmul_rn(sc, __dsub_rn(1.0, iou));

@@ -15,7 +15,7 @@ except Exception:  # scikit-learn is optional: those comparisons skip
 INTERPOLATIONS = ["voc2010", "voc2007", "coco", "none"]
 
 
-def test_average_precision_hand_computed(xp):
+def test_average_precision_hand_computed(xp, dtype):
     # ranked labels 1 0 0 1 1 (scores 0.9 .. 0.5), npos = 3:
     #   k  tp fp  precision  recall
     #   1  1  0   1          1/3
@@ -23,7 +23,7 @@ def test_average_precision_hand_computed(xp):
     #   3  1  2   1/3        1/3
     #   4  2  2   1/2        2/3
     #   5  3  2   3/5        1
-    scores = xp.asarray(np.array([0.9, 0.8, 0.7, 0.6, 0.5]))
+    scores = xp.asarray(np.array([0.9, 0.8, 0.7, 0.6, 0.5], dtype))
     labels = xp.asarray(np.array([1, 0, 0, 1, 1]))
     # none: 1/3 * 1 + 1/3 * 1/2 + 1/3 * 3/5 = 7/10
     assert M.average_precision(scores, labels, "none") == pytest.approx(0.7, abs=1e-15)
@@ -105,25 +105,24 @@ def test_interpolation_order_relations():
         assert perfect == 1.0
 
 
-def _hand_map_inputs(xp):
+def _hand_map_inputs(xp, f=np.float64):
     # image 0: gt class 0 G0 = [0,0,10,10]; predictions (all class 0):
     #   P0 [0,0,10,10] .9 (IoU 1 with G0), P1 [1,0,11,10] .8 (IoU 90/110 with G0, matched by then:
     #   a duplicate, FP), P2 [50,50,60,60] .7 (FP)
     # image 1: gt class 0 G1 = [0,0,10,10], class 1 G2 = [20,20,30,30]; predictions:
     #   P3 [0,0,10,5] class 0 .85 (IoU 50/100 = 1/2 with G1), P4 [20,20,30,30] class 1 .6 (TP),
     #   P5 [20,20,30,30] class 0 .95 (IoU 0 with G1: FP), P6 class 7 (no gt of class 7: ignored)
-    f = np.float64
     pb = [np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]], f),
           np.array([[0, 0, 10, 5], [20, 20, 30, 30], [20, 20, 30, 30], [0, 0, 10, 10]], f)]
-    ps = [np.array([0.9, 0.8, 0.7]), np.array([0.85, 0.6, 0.95, 0.99])]
+    ps = [np.array([0.9, 0.8, 0.7], f), np.array([0.85, 0.6, 0.95, 0.99], f)]
     pl = [np.array([0, 0, 0]), np.array([0, 1, 0, 7])]
     gb = [np.array([[0, 0, 10, 10]], f), np.array([[0, 0, 10, 10], [20, 20, 30, 30]], f)]
     gl = [np.array([0]), np.array([0, 1])]
     return [[xp.asarray(a) for a in group] for group in (pb, ps, pl, gb, gl)]
 
 
-def test_mean_average_precision_hand_computed(xp):
-    args = _hand_map_inputs(xp)
+def test_mean_average_precision_hand_computed(xp, dtype):
+    args = _hand_map_inputs(xp, dtype)
     # class 0, npos 2, ranked P5 FP, P0 TP, P3 TP (IoU 1/2 >= 0.5), P1 FP, P2 FP:
     #   (tp, fp) = (0,1) (1,1) (2,1) (2,2) (2,3); recall 0, 1/2, 1, 1, 1; precision 0, 1/2, 2/3, ...
     #   voc2010: 1/2 * 2/3 + 1/2 * 2/3 = 2/3;  none: 1/2 * 1/2 + 1/2 * 2/3 = 7/12
@@ -185,8 +184,8 @@ def test_mean_average_precision_matches_reference(seed):
                                         abs=1e-12)
 
 
-def test_inputs_unmodified(xp):
-    args = _hand_map_inputs(xp)
+def test_inputs_unmodified(xp, dtype):
+    args = _hand_map_inputs(xp, dtype)
     before = [[to_numpy(a).copy() for a in group] for group in args]
     M.mean_average_precision(*args)
     s, y = xp.asarray(np.array([0.3, 0.1, 0.2])), xp.asarray(np.array([1, 0, 1]))

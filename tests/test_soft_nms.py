@@ -88,6 +88,19 @@ def test_decay_accumulates_over_picks(xp, dtype):
     np.testing.assert_array_equal(keep, [1])
 
 
+def test_gaussian_weight_rounded_to_float32(xp, dtype):
+    """Rule: the Gaussian weight is exp(-iou^2 / sigma) in float64 rounded to float32 (so that
+    libm, CUDA and NumPy, whose exp differ by up to 1 ulp, pick the same boxes)."""
+    boxes = np.array([[0, 0, 4, 4], [0, 0, 4, 4]], dtype)  # IoU exactly 1
+    scores = np.array([1.0, 0.5], dtype)
+    keep, kept = run(xp, boxes, scores, method="gaussian", sigma=0.7, score_threshold=0.0)
+    w = float(np.float32(math.exp(-1.0 / 0.7)))
+    np.testing.assert_array_equal(keep, [0, 1])
+    assert kept[1] == dtype.type(0.5 * w)
+    if dtype == np.float64:
+        assert kept[1] != 0.5 * math.exp(-1.0 / 0.7)  # the unrounded weight differs here
+
+
 def test_ties_pick_the_lowest_index(xp, dtype):
     boxes = np.array([[0, 0, 1, 1], [5, 5, 6, 6], [9, 9, 10, 10], [20, 20, 21, 21]], dtype)
     scores = np.array([0.3, 0.5, 0.5, -0.0], dtype)

@@ -7,7 +7,9 @@ The rule book (the same in the C++ and CUDA kernels and in pydl.reference.soft_n
 - Working scores are float64. Repeatedly: pick the candidate with the highest working score
   (ties: the lowest index), output it with its current score, remove it, and decay every other
   candidate i with ``iou = IoU(picked, i)``:
-  gaussian ``s *= exp(-(iou * iou) / sigma)``; linear ``s *= 1 - iou`` if ``iou > iou_threshold``;
+  gaussian ``s *= w`` with ``w = exp(-(iou * iou) / sigma)`` evaluated in float64 and rounded
+  to float32 (exp implementations differ by up to 1 ulp between libm, CUDA and NumPy; the
+  rounding makes the three implementations pick identically); linear ``s *= 1 - iou`` if ``iou > iou_threshold``;
   hard: remove i if ``iou > iou_threshold`` (classic NMS among the candidates). Candidates whose
   score falls below score_threshold are removed.
 - IoU is pydl.ops.nms's: computed in the boxes' dtype, one rounding per operation, then widened

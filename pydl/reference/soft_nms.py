@@ -29,7 +29,8 @@ def soft_nms(boxes, scores, sigma=0.5, score_threshold=0.001, method="gaussian",
             q = inter / union
         iou = np.where(q > 0, q, 0).astype(np.float64)  # 0/0, NaN and -0 count as 0
         if method == "gaussian":
-            s[alive] = s[alive] * np.exp(-(iou * iou) / sigma)
+            # the weight rounded to float32, as the kernels do (exp differs by <= 1 ulp between libraries)
+            s[alive] = s[alive] * np.exp(-(iou * iou) / sigma).astype(np.float32).astype(np.float64)
         elif method == "linear":
             hit = iou > iou_threshold
             s[alive[hit]] = s[alive[hit]] * (1.0 - iou[hit])
