@@ -21,8 +21,8 @@
 // pair has IoU 0 or NaN, weight 1), and for boxes with finite coordinates and positive extent
 // that is exactly "x-ranges and y-ranges overlap strictly", symmetric in the pair; boxes without
 // (NaN, inf, empty) overlap nothing that counts. So: list the overlapping pairs once (a sweep in
-// x1 order), keep the candidates in a max-heap of (score, -index) with lazy deletion, and per pick
-// decay only its listed neighbours (a decayed box is pushed again with its new score). Picks,
+// x1 order), keep the candidates in a tournament tree (max score, then lowest index), and per
+// pick decay only its listed neighbours (each decay updates one leaf and its ancestors). Picks,
 // weights and products are the dense rule's, in the same order: identical results, in
 // O((N + pairs) log N). Dense fallback: 'hard' with iou_threshold < 0 (every pair counts) and
 // pathological overlap (more than 64 N + 4096 pairs, bounding the memory): the candidates live in
@@ -32,7 +32,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <queue>
 #include <vector>
 
 #include "common.h"
@@ -132,36 +131,41 @@ int64_t soft_nms_sparse(const T* boxes, const T* scores, int64_t n, double sigma
     std::vector<int64_t> at(begin.begin(), begin.end() - 1);
     for (size_t e = 0; e < pi.size(); ++e) adj[at[pi[e]]++] = pj[e], adj[at[pj[e]]++] = pi[e];
   }
-  struct Entry {
-    double s;
-    int64_t i;
-    bool operator<(const Entry& o) const { return s < o.s || (s == o.s && i > o.i); }  // top: max s, min i
+  // Tournament tree over all n boxes: node k holds the best (score, then lowest index) of its
+  // leaves; gone boxes have score -1. A decay updates one leaf and its ancestors, O(log n).
+  int64_t leaves = 1;
+  while (leaves < n) leaves *= 2;
+  std::vector<int64_t> tree(2 * leaves, -1);
+  auto beats = [&s](int64_t a, int64_t b) {  // a is better than b (-1: no box)
+    if (b < 0) return a >= 0;
+    if (a < 0) return false;
+    return s[a] > s[b] || (s[a] == s[b] && a < b);
   };
-  std::priority_queue<Entry> heap;
-  for (int64_t i : cand) heap.push({s[i], i});
+  for (int64_t i = 0; i < n; ++i) tree[leaves + i] = s[i] >= 0.0 ? i : -1;
+  for (int64_t k = leaves - 1; k >= 1; --k) tree[k] = beats(tree[2 * k + 1], tree[2 * k]) ? tree[2 * k + 1] : tree[2 * k];
+  auto update = [&](int64_t i) {
+    int64_t k = leaves + i;
+    tree[k] = s[i] >= 0.0 ? i : -1;
+    for (k /= 2; k >= 1; k /= 2) tree[k] = beats(tree[2 * k + 1], tree[2 * k]) ? tree[2 * k + 1] : tree[2 * k];
+  };
   int64_t count = 0;
-  while (!heap.empty()) {
-    const Entry e = heap.top();
-    heap.pop();
-    if (s[e.i] != e.s || !(e.s >= 0.0)) continue;  // stale (decayed since) or gone
-    const int64_t p = e.i;
+  while (tree[1] >= 0) {
+    const int64_t p = tree[1];
     keep[count] = p;
-    kept[count] = static_cast<T>(e.s);
+    kept[count] = static_cast<T>(s[p]);
     ++count;
     s[p] = -1.0;
+    update(p);
     const T* bp = boxes + 4 * p;
     for (int64_t r = begin[p]; r < begin[p + 1]; ++r) {
       const int64_t j = adj[r];
       double sc = s[j];
       if (!(sc >= 0.0)) continue;
       const double iou = pair_iou(bp, area[p], boxes + 4 * j, area[j]);
-      if (!decay(sc, iou, method, sigma, ithr) || !(sc >= sthr)) {
-        s[j] = -1.0;
-        continue;
-      }
+      if (!decay(sc, iou, method, sigma, ithr) || !(sc >= sthr)) sc = -1.0;
       if (sc != s[j]) {
         s[j] = sc;
-        heap.push({sc, j});
+        update(j);
       }
     }
   }
