@@ -124,7 +124,7 @@ def match_anchors(anchors, gt_boxes, iou_threshold=0.5):
     for _ in range(min(a_count, g_count)):
         k = xp.argmax(work)  # first maximum = lowest flat index; stays on the device
         a, g = k // g_count, k % g_count
-        ok = xp.max(work) > 0
+        ok = xp.take(work, k) > 0  # the value at k (k stays on the device)
         hit_row = (rows == a) & ok
         out = xp.where(hit_row[:, 0], g, out)
         work = xp.where(hit_row | ((cols == g) & ok), iou.dtype.type(-1), work)
