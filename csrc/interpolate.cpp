@@ -129,13 +129,18 @@ void interpolate_forward(carray<T> x, carray<T> y, bool nearest, bool align_corn
   const int64_t* w1 = aw.i1.data();
   const T* lw0 = aw.l0.data();
   const T* lw1 = aw.l1.data();
+  const bool w_doubled = nearest && OW == 2 * W;  // then w0[ow] = ow >> 1 (PyTorch's shortcut)
 #pragma omp parallel for collapse(2) schedule(static) if (parallel_worth(planes * OH * OW))
   for (int64_t pl = 0; pl < planes; ++pl) {
     for (int64_t oh = 0; oh < OH; ++oh) {
       T* o = yp + (pl * OH + oh) * OW;
       const T* r0 = xp + (pl * H + ah.i0[oh]) * W;
       if (nearest) {
-        for (int64_t ow = 0; ow < OW; ++ow) o[ow] = r0[w0[ow]];
+        if (w_doubled) {  // the common x2 case: a duplicating copy that vectorizes
+          for (int64_t iw = 0; iw < W; ++iw) o[2 * iw] = o[2 * iw + 1] = r0[iw];
+        } else {
+          for (int64_t ow = 0; ow < OW; ++ow) o[ow] = r0[w0[ow]];
+        }
         continue;
       }
       const T* r1 = xp + (pl * H + ah.i1[oh]) * W;
@@ -166,6 +171,7 @@ void interpolate_backward(carray<T> dy, carray<T> dx, bool nearest, bool align_c
   const int64_t* w1 = aw.i1.data();
   const T* lw0 = aw.l0.data();
   const T* lw1 = aw.l1.data();
+  const bool w_doubled = nearest && OW == 2 * W;  // then w0[ow] = ow >> 1 (PyTorch's shortcut)
 #pragma omp parallel for collapse(2) schedule(static) if (parallel_worth(planes * (H * W + OH * OW)))
   for (int64_t pl = 0; pl < planes; ++pl) {
     for (int64_t ih = 0; ih < H; ++ih) {
@@ -174,7 +180,11 @@ void interpolate_backward(carray<T> dy, carray<T> dx, bool nearest, bool align_c
       for (int64_t oh = ah.lo[ih]; oh < ah.hi[ih]; ++oh) {
         const T* g = gp + (pl * OH + oh) * OW;
         if (nearest) {
-          for (int64_t ow = 0; ow < OW; ++ow) d[w0[ow]] += g[ow];
+          if (w_doubled) {
+            for (int64_t iw = 0; iw < W; ++iw) d[iw] += g[2 * iw] + g[2 * iw + 1];
+          } else {
+            for (int64_t ow = 0; ow < OW; ++ow) d[w0[ow]] += g[ow];
+          }
           continue;
         }
         const T wh = ah.weight(oh, ih);

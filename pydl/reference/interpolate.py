@@ -88,7 +88,7 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
     """y[n, c] = A_h @ x[n, c] @ A_w.T (float64 math, result in x's dtype)."""
     x = np.asarray(x)
     ah, aw = _matrices(x.shape[2:], size, scale_factor, mode, align_corners, recompute_scale_factor)
-    y = np.einsum("oh,nchw,pw->ncop", ah, x.astype(np.float64), aw)
+    y = ah @ x.astype(np.float64) @ aw.T
     return y.astype(x.dtype)
 
 
@@ -98,5 +98,5 @@ def interpolate_backward(grad_out, input_size, size=None, scale_factor=None, mod
     dy = np.asarray(grad_out)
     in_hw = tuple(input_size)[2:]
     ah, aw = _matrices(in_hw, size, scale_factor, mode, align_corners, recompute_scale_factor)
-    dx = np.einsum("oh,ncop,pw->nchw", ah, dy.astype(np.float64), aw)
+    dx = ah.T @ dy.astype(np.float64) @ aw
     return dx.astype(dy.dtype)
