@@ -551,3 +551,61 @@ class Flatten(Module):
     def backward(self, grad_out):
         _need_forward(self)
         return grad_out.reshape(self._cache)
+
+
+# ---------------------------------------------------------------- resizing, local response norm
+
+class Upsample(Module):
+    """Nearest or bilinear resizing (``F.interpolate``); keeps the input shape for its backward."""
+
+    def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                 recompute_scale_factor=None):
+        super().__init__()
+        self.size, self.scale_factor, self.mode = size, scale_factor, mode
+        self.align_corners, self.recompute_scale_factor = align_corners, recompute_scale_factor
+        self._cache = None
+
+    def extra_repr(self):
+        head = f"size={self.size}" if self.size is not None else f"scale_factor={self.scale_factor}"
+        tail = f", align_corners={self.align_corners}" if self.align_corners is not None else ""
+        return f"{head}, mode={self.mode!r}{tail}"
+
+    def _args(self):
+        return dict(size=self.size, scale_factor=self.scale_factor, mode=self.mode,
+                    align_corners=self.align_corners, recompute_scale_factor=self.recompute_scale_factor)
+
+    def forward(self, x):
+        y = F.interpolate(x, **self._args())
+        self._cache = tuple(x.shape)
+        return y
+
+    def backward(self, grad_out):
+        _need_forward(self)
+        return F.interpolate_backward(grad_out, self._cache, **self._args())
+
+
+class LocalResponseNorm(Module):
+    """Local response normalization across channels; keeps its input for the backward."""
+
+    def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
+        super().__init__()
+        self.size = _backend.int_arg("size", size, 1)
+        self.alpha = _backend.float_arg("alpha", alpha)
+        self.beta = _backend.float_arg("beta", beta)
+        self.k = _backend.float_arg("k", k)
+        self._cache = None
+
+    def extra_repr(self):
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+    def forward(self, x):
+        y = F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+        self._cache = x
+        return y
+
+    def backward(self, grad_out):
+        _need_forward(self)
+        return F.local_response_norm_backward(grad_out, self._cache, self.size, self.alpha, self.beta, self.k)
+
+
+__all__ += ["Upsample", "LocalResponseNorm"]
