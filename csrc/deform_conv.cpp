@@ -108,12 +108,21 @@ struct Sample {
   }
 };
 
-template <typename T>
-inline void point(const DGeo& g, const T* offn, int64_t og, int64_t t, int64_t l, T& h, T& w) {
-  const int64_t i = t / g.kw, j = t % g.kw, oh = l / g.Wo, ow = l % g.Wo;
-  const T* o = offn + (2 * (og * g.T() + t)) * g.L() + l;
-  h = T(oh * g.sh - g.ph + i * g.dh) + o[0];
-  w = T(ow * g.sw - g.pw + j * g.dw) + o[g.L()];
+// Calls f(l, h, w) for every output pixel l of tap t with its sampling point (h, w); rows and
+// columns as loops, so no divisions per point.
+template <typename T, typename F>
+inline void for_points(const DGeo& g, const T* offn, int64_t og, int64_t t, F&& f) {
+  const int64_t i = t / g.kw, j = t % g.kw, L = g.L();
+  const T* oh_ = offn + (2 * (og * g.T() + t)) * L;
+  const T* ow_ = oh_ + L;
+  for (int64_t oh = 0; oh < g.Ho; ++oh) {
+    const T hb = T(oh * g.sh - g.ph + i * g.dh);
+    const int64_t l0 = oh * g.Wo;
+    for (int64_t ow = 0; ow < g.Wo; ++ow) {
+      const int64_t l = l0 + ow;
+      f(l, hb + oh_[l], T(ow * g.sw - g.pw + j * g.dw) + ow_[l]);
+    }
+  }
 }
 
 // col rows (c, t) of one image: col[(c*T + t)*L + l] = m * sample.
@@ -125,13 +134,11 @@ void im2col_plane(const DGeo& g, const T* xn, const T* offn, const T* mn, int64_
   for (int64_t t = 0; t < g.T(); ++t) {
     T* d = col + (c * g.T() + t) * L;
     const T* mr = mn ? mn + (og * g.T() + t) * L : nullptr;
-    for (int64_t l = 0; l < L; ++l) {
-      T h, w;
-      point(g, offn, og, t, l, h, w);
+    for_points(g, offn, og, t, [&](int64_t l, T h, T w) {
       s.at(h, w, g.H, g.W);
       T v = s.in ? s.value(xc, g.W) : T(0);
       d[l] = mr ? v * mr[l] : v;
-    }
+    });
   }
 }
 
@@ -144,11 +151,9 @@ void col2im_plane(const DGeo& g, const T* dcol, const T* offn, const T* mn, int6
   for (int64_t t = 0; t < g.T(); ++t) {
     const T* src = dcol + (c * g.T() + t) * L;
     const T* mr = mn ? mn + (og * g.T() + t) * L : nullptr;
-    for (int64_t l = 0; l < L; ++l) {
-      T h, w;
-      point(g, offn, og, t, l, h, w);
+    for_points(g, offn, og, t, [&](int64_t l, T h, T w) {
       s.at(h, w, g.H, W);
-      if (!s.in) continue;
+      if (!s.in) return;
       const T v = mr ? src[l] * mr[l] : src[l];
       const T hh = 1 - s.lh, hw = 1 - s.lw;
       T* p = dxc + s.h0 * W + s.w0;
@@ -156,7 +161,7 @@ void col2im_plane(const DGeo& g, const T* dcol, const T* offn, const T* mn, int6
       if (s.v01) p[1] += hh * s.lw * v;
       if (s.v10) p[W] += s.lh * hw * v;
       if (s.v11) p[W + 1] += s.lh * s.lw * v;
-    }
+    });
   }
 }
 
@@ -176,11 +181,9 @@ void coord_row(const DGeo& g, const T* xn, const T* dcol, const T* offn, const T
   for (int64_t c = og * g.cpg(); c < (og + 1) * g.cpg(); ++c) {
     const T* xc = xn + c * g.H * W;
     const T* src = dcol + (c * g.T() + t) * L;
-    for (int64_t l = 0; l < L; ++l) {
-      T h, w;
-      point(g, offn, og, t, l, h, w);
+    for_points(g, offn, og, t, [&](int64_t l, T h, T w) {
       s.at(h, w, g.H, W);
-      if (!s.in) continue;
+      if (!s.in) return;
       T a, b, cc, d;
       s.load(xc, W, a, b, cc, d);
       const T gv = src[l];
@@ -194,7 +197,7 @@ void coord_row(const DGeo& g, const T* xn, const T* dcol, const T* offn, const T
         const T hh = 1 - s.lh, hw = 1 - s.lw;
         gm[l] += gv * (hh * hw * a + hh * s.lw * b + s.lh * hw * cc + s.lh * s.lw * d);
       }
-    }
+    });
   }
 }
 
