@@ -304,3 +304,27 @@ def test_bad_inputs(xp):
     if xp is not np:
         with pytest.raises(TypeError, match="offset"):
             O.deform_conv2d(x, to_numpy(off), w)
+
+
+def test_chunked_batches(xp, dtype):
+    """A tiny workspace cap forces one image per chunk (dW accumulated over chunks in order)."""
+    rng = np.random.default_rng(12)
+    x, off, w, b, m, (s, p, d) = _make(rng, CONFIGS[1], dtype, xp, True, True)
+    if xp is np:
+        get, set_ = F.get_conv_workspace_limit, F.set_conv_workspace_limit
+    else:
+        import pydl.cuda.conv as cuconv
+
+        get, set_ = cuconv.get_workspace_limit, cuconv.set_workspace_limit
+    old = get()
+    set_(1)
+    try:
+        y = O.deform_conv2d(x, off, w, b, s, p, d, m)
+        dy = rand(rng, y.shape, dtype, xp)
+        got = O.deform_conv2d_backward(dy, x, off, w, m, s, p, d)
+    finally:
+        set_(old)
+    assert_close(y, R.deform_conv2d(_h(x), _h(off), _h(w), _h(b), s, p, d, _h(m)), dtype)
+    want = R.deform_conv2d_backward(_h(dy), _h(x), _h(off), _h(w), _h(m), s, p, d)
+    for g, r in zip(got, want):
+        assert_close(g, r, dtype, 2.0)
