@@ -7,14 +7,19 @@
 //   an empty bin gives 0 and argmax -1.  argmax = h * W + w within the image plane.
 // Backward: dx[b, c].flat[argmax[k, c, ph, pw]] += dy[k, c, ph, pw] for entries inside their bin.
 // Layout: x, dx NCHW; rois (K, 5); y, dy, argmax (K, C, PH, PW); all C-contiguous.
-// Threads: forward, OpenMP over (roi, channel) pairs (each writes its own outputs). Backward,
-// OpenMP over the N*C planes of dx; a plane belongs to one thread, which visits the rois of its
-// image in increasing k: race-free, and the summation order is fixed (bit-identical reruns).
+// Threads: forward, OpenMP over (roi, block of 16 channels), the roi's bins computed once per
+// block. Backward, OpenMP over (image, block of channels) of dx; those planes belong to one thread,
+// which visits the rois of its image in increasing k: race-free, and the summation order is fixed
+// (bit-identical reruns).
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "common.h"
 
@@ -68,6 +73,31 @@ void check_rois(const T* rois, int64_t K, int64_t N) {
   }
 }
 
+constexpr int64_t kChannelBlock = 16;
+
+inline int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+inline int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// The clipped bins of one roi: rows [b[2ph], b[2ph+1]), then columns [b[2PH+2pw], b[2PH+2pw+1]).
+template <typename T>
+inline void roi_bins(const PoolRoi<T>& g, int64_t PH, int64_t PW, int64_t H, int64_t W, int64_t* b) {
+  for (int64_t ph = 0; ph < PH; ++ph) bin_range(ph, g.bh, g.y0, H, b[2 * ph], b[2 * ph + 1]);
+  for (int64_t pw = 0; pw < PW; ++pw) bin_range(pw, g.bw, g.x0, W, b[2 * PH + 2 * pw], b[2 * PH + 2 * pw + 1]);
+}
+
 template <typename T>
 void roi_pool_forward(const carray<T>& x, const carray<T>& rois, carray<T>& y, py::object argmax,
                       double spatial_scale) {
@@ -90,32 +120,37 @@ void roi_pool_forward(const carray<T>& x, const carray<T>& rois, carray<T>& y, p
   const T scale = static_cast<T>(spatial_scale);
   const T lowest = static_cast<T>(-FLT_MAX);  // torchvision's start value, for both dtypes
   py::gil_scoped_release nogil;
-#pragma omp parallel for schedule(static)
-  for (int64_t kc = 0; kc < K * C; ++kc) {
-    const int64_t k = kc / C, c = kc % C;
+  const int64_t nb = 2 * (PH + PW), CB = (C + kChannelBlock - 1) / kChannelBlock;
+  std::vector<int64_t> buf(static_cast<size_t>(max_threads()) * nb);  // per-thread bin tables
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t kb = 0; kb < K * CB; ++kb) {
+    const int64_t k = kb / CB, c0 = (kb % CB) * kChannelBlock, c1 = std::min(C, c0 + kChannelBlock);
     const PoolRoi<T> g = pool_roi(rp + 5 * k, scale, PH, PW);
-    const T* plane = xp + (g.b * C + c) * H * W;
-    T* out = yp + kc * PH * PW;
-    int64_t* aout = am ? am + kc * PH * PW : nullptr;
-    for (int64_t ph = 0; ph < PH; ++ph) {
-      int64_t hs, he;
-      bin_range(ph, g.bh, g.y0, H, hs, he);
-      for (int64_t pw = 0; pw < PW; ++pw) {
-        int64_t ws, we;
-        bin_range(pw, g.bw, g.x0, W, ws, we);
-        const bool empty = he <= hs || we <= ws;
-        T best = empty ? T(0) : lowest;
-        int64_t arg = -1;
-        for (int64_t h = hs; h < he; ++h)
-          for (int64_t w = ws; w < we; ++w) {
-            const T v = plane[h * W + w];
-            if (v > best) {
-              best = v;
-              arg = h * W + w;
+    int64_t* bins = buf.data() + static_cast<size_t>(thread_id()) * nb;
+    roi_bins(g, PH, PW, H, W, bins);
+    const int64_t* cols = bins + 2 * PH;
+    for (int64_t c = c0; c < c1; ++c) {
+      const T* plane = xp + (g.b * C + c) * H * W;
+      T* out = yp + (k * C + c) * PH * PW;
+      int64_t* aout = am ? am + (k * C + c) * PH * PW : nullptr;
+      for (int64_t ph = 0; ph < PH; ++ph) {
+        const int64_t hs = bins[2 * ph], he = bins[2 * ph + 1];
+        for (int64_t pw = 0; pw < PW; ++pw) {
+          const int64_t ws = cols[2 * pw], we = cols[2 * pw + 1];
+          const bool empty = he <= hs || we <= ws;
+          T best = empty ? T(0) : lowest;
+          int64_t arg = -1;
+          for (int64_t h = hs; h < he; ++h)
+            for (int64_t w = ws; w < we; ++w) {
+              const T v = plane[h * W + w];
+              if (v > best) {
+                best = v;
+                arg = h * W + w;
+              }
             }
-          }
-        out[ph * PW + pw] = best;
-        if (aout) aout[ph * PW + pw] = arg;
+          out[ph * PW + pw] = best;
+          if (aout) aout[ph * PW + pw] = arg;
+        }
       }
     }
   }
@@ -145,27 +180,29 @@ void roi_pool_backward(const carray<T>& dy, const carray<int64_t>& argmax, const
     std::vector<int64_t> fill(first.begin(), first.end() - 1);
     for (int64_t k = 0; k < K; ++k) order[fill[static_cast<int64_t>(rp[5 * k])]++] = k;
   }
-  const int64_t HW = H * W;
-#pragma omp parallel for schedule(static)
-  for (int64_t p = 0; p < N * C; ++p) {
-    const int64_t n = p / C, c = p % C;
-    T* plane = dxp + p * HW;
-    std::memset(plane, 0, sizeof(T) * HW);
+  const int64_t HW = H * W, nb = 2 * (PH + PW), CB = (C + kChannelBlock - 1) / kChannelBlock;
+  std::vector<int64_t> buf(static_cast<size_t>(max_threads()) * nb);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t blk = 0; blk < N * CB; ++blk) {
+    const int64_t n = blk / CB, c0 = (blk % CB) * kChannelBlock, c1 = std::min(C, c0 + kChannelBlock);
+    std::memset(dxp + (n * C + c0) * HW, 0, sizeof(T) * (c1 - c0) * HW);
+    int64_t* bins = buf.data() + static_cast<size_t>(thread_id()) * nb;
+    const int64_t* cols = bins + 2 * PH;
     for (int64_t i = first[n]; i < first[n + 1]; ++i) {
       const int64_t k = order[i];
-      const PoolRoi<T> g = pool_roi(rp + 5 * k, scale, PH, PW);
-      const int64_t base = (k * C + c) * PH * PW;
-      for (int64_t ph = 0; ph < PH; ++ph) {
-        int64_t hs, he;
-        bin_range(ph, g.bh, g.y0, H, hs, he);
-        for (int64_t pw = 0; pw < PW; ++pw) {
-          const int64_t a = ap[base + ph * PW + pw];
-          if (a < 0 || a >= HW) continue;
-          int64_t ws, we;
-          bin_range(pw, g.bw, g.x0, W, ws, we);
-          const int64_t h = a / W, w = a % W;
-          if (h >= hs && h < he && w >= ws && w < we) plane[a] += gp[base + ph * PW + pw];
-        }
+      roi_bins(pool_roi(rp + 5 * k, scale, PH, PW), PH, PW, H, W, bins);
+      for (int64_t c = c0; c < c1; ++c) {
+        T* plane = dxp + (n * C + c) * HW;
+        const int64_t base = (k * C + c) * PH * PW;
+        for (int64_t ph = 0; ph < PH; ++ph)
+          for (int64_t pw = 0; pw < PW; ++pw) {
+            const int64_t a = ap[base + ph * PW + pw];
+            if (a < 0 || a >= HW) continue;
+            const int64_t h = a / W, w = a % W;
+            // Only an argmax inside its own bin counts (what the GPU's gather can find).
+            if (h >= bins[2 * ph] && h < bins[2 * ph + 1] && w >= cols[2 * pw] && w < cols[2 * pw + 1])
+              plane[a] += gp[base + ph * PW + pw];
+          }
       }
     }
   }
