@@ -16,9 +16,9 @@
 //   Ay[k, h, ph] = (1/count) * sum over the valid samples iy of bin ph of their weight on row h,
 // (and Ax alike without 1/count): the sample validity (y in [-1, H] and x in [-1, W]) factors too.
 // A first kernel tabulates Ay, Ax (K*(H*PH + W*PW) values) and, per (roi, row) and (roi, column),
-// the contiguous range of bins whose samples touch it (K*(H+W) int2). The gather kernel gives one
-// thread to (n, block of CPT channels, h, w); it walks the rois of image n in a fixed order (CSR
-// sorted by image, built by the Python glue), skips a roi after two table loads when (h, w) is
+// the contiguous range of bins whose samples touch it (K*(H+W) int2), rois in image order.
+// The gather kernel gives one thread to (n, block of CPT channels, h, w); it walks the rois of
+// image n in a fixed order (CSR sorted by image, built by the Python glue), skips a roi after two table loads when (h, w) is
 // outside its reach, else sums its 1-4 (more for rois smaller than the output) bins for CPT
 // channels. One writer per dx element and a fixed summation order: race-free, bit-identical.
 // Why this design: per roi the test is O(1), the roi scan is shared by CPT channels, the dy loads
@@ -118,16 +118,18 @@ __global__ void roi_align_forward_kernel(const T* __restrict__ x, const T* __res
   }
 }
 
-// Thread (k, t): t < H tabulates row h = t (Ay[k, h, :] and its bin range), t >= H column t - H.
-// ranges[k*(H+W) + t] = [first, last + 1) of the bins with a valid sample touching it.
+// Thread (r, t), r-th roi in image order (k = order[r]): t < H tabulates row h = t (Ay[r, h, :] and
+// its bin range), t >= H column t - H. ranges[r*(H+W) + t] = [first, last + 1) of the bins with a
+// valid sample touching it. Indexed by the sorted position, so the gather needs no order[r] first.
 template <typename T>
-__global__ void roi_align_tables_kernel(const T* __restrict__ rois, int2* __restrict__ ranges, T* __restrict__ ay,
-                                        T* __restrict__ ax, int64_t K, int64_t H, int64_t W, int64_t PH, int64_t PW,
-                                        T scale, int64_t sr, bool aligned) {
+__global__ void roi_align_tables_kernel(const T* __restrict__ rois, const int64_t* __restrict__ order,
+                                        int2* __restrict__ ranges, T* __restrict__ ay, T* __restrict__ ax, int64_t K,
+                                        int64_t H, int64_t W, int64_t PH, int64_t PW, T scale, int64_t sr,
+                                        bool aligned) {
   const int64_t L = H + W, total = K * L;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t k = i / L, t = i % L;
-    const AlignRoi<T> g = align_roi(rois + 5 * k, scale, aligned, PH, PW, sr);
+    const int64_t k = i / L, t = i % L;  // k: the sorted position r
+    const AlignRoi<T> g = align_roi(rois + 5 * order[k], scale, aligned, PH, PW, sr);
     const bool rows = t < H;
     const int64_t pos = rows ? t : t - H, P = rows ? PH : PW, len = rows ? H : W, G = rows ? g.gh : g.gw;
     const T start = rows ? g.y0 : g.x0, b = rows ? g.bh : g.bw;
@@ -175,14 +177,17 @@ __global__ void roi_align_backward_kernel(const T* __restrict__ dy, const int2* 
 #pragma unroll
     for (int j = 0; j < kCPT; ++j) acc[j] = T(0);
     const int64_t i0 = first[n], i1 = first[n + 1];
+    // The row test of the next roi is loaded one iteration ahead (two loads in flight).
+    int2 next = i0 < i1 ? ranges[i0 * L + h] : make_int2(0, 0);
     for (int64_t r = i0; r < i1; ++r) {
-      const int64_t k = order[r];
-      const int2 rr = ranges[k * L + h];
+      const int2 rr = next;
+      if (r + 1 < i1) next = ranges[(r + 1) * L + h];
       if (rr.x >= rr.y) continue;
-      const int2 cr = ranges[k * L + H + w];
+      const int2 cr = ranges[r * L + H + w];
       if (cr.x >= cr.y) continue;
-      const T* ayk = ay + (k * H + h) * PH;
-      const T* axk = ax + (k * W + w) * PW;
+      const int64_t k = order[r];
+      const T* ayk = ay + (r * H + h) * PH;
+      const T* axk = ax + (r * W + w) * PW;
       for (int ph = rr.x; ph < rr.y; ++ph) {
         const T wy = ayk[ph];
         for (int pw = cr.x; pw < cr.y; ++pw) {
@@ -227,8 +232,8 @@ void roi_align_backward(dptr dy, dptr rois, dptr order, dptr first, dptr ranges,
   T* ax = ay + K * H * PH;
   if (K > 0) {
     roi_align_tables_kernel<T><<<grid_for(K * (H + W), kBlock), kBlock, 0, st>>>(
-        as_ptr<const T>(rois), as_ptr<int2>(ranges), ay, ax, K, H, W, PH, PW, static_cast<T>(spatial_scale),
-        sampling_ratio, aligned);
+        as_ptr<const T>(rois), as_ptr<const int64_t>(order), as_ptr<int2>(ranges), ay, ax, K, H, W, PH, PW,
+        static_cast<T>(spatial_scale), sampling_ratio, aligned);
     PYDL_LAUNCH_CHECK();
   }
   const int64_t threads = N * ((C + kCPT - 1) / kCPT) * H * W;

@@ -8,7 +8,8 @@
 // Forward: one thread per output (k, c, ph, pw), pw fastest (grid-stride loop).
 // Backward, deterministic by construction (no atomics): dx is GATHERED. Adjacent bins overlap by at
 // most a row, so for a roi the bins that contain row h form a short contiguous range [ph0, ph1);
-// a first kernel tabulates these ranges per (roi, row) and (roi, column) (K*(H+W) int2, tiny).
+// a first kernel tabulates these ranges per (roi, row) and (roi, column) (K*(H+W) int2, tiny),
+// rois in image order.
 // The gather kernel then gives one thread to (n, block of CPT channels, h, w): it walks the rois
 // of image n in a fixed order (sorted by image, then k: CSR built by the Python glue), skips a
 // roi in two table loads when (h, w) is outside its bins, otherwise checks the argmax of the
@@ -88,15 +89,17 @@ __global__ void roi_pool_forward_kernel(const T* __restrict__ x, const T* __rest
   }
 }
 
-// ranges[k*(H+W) + t]: t < H: bins [x, y) whose rows contain row t; t >= H: bins whose columns
-// contain column t - H. Empty when x >= y.
+// ranges[r*(H+W) + t] for the r-th roi in image order (k = order[r]): t < H: bins [x, y) whose rows
+// contain row t; t >= H: bins whose columns contain column t - H. Empty when x >= y. Indexed by
+// the sorted position so that the gather reads it without first loading order[r].
 template <typename T>
-__global__ void roi_pool_ranges_kernel(const T* __restrict__ rois, int2* __restrict__ ranges, int64_t K,
-                                       int64_t H, int64_t W, int64_t PH, int64_t PW, T scale) {
+__global__ void roi_pool_ranges_kernel(const T* __restrict__ rois, const int64_t* __restrict__ order,
+                                       int2* __restrict__ ranges, int64_t K, int64_t H, int64_t W, int64_t PH,
+                                       int64_t PW, T scale) {
   const int64_t L = H + W, total = K * L;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t k = i / L, t = i % L;
-    const PoolRoi<T> g = pool_roi(rois + 5 * k, scale, PH, PW);
+    const int64_t r = i / L, t = i % L;
+    const PoolRoi<T> g = pool_roi(rois + 5 * order[r], scale, PH, PW);
     const bool rows = t < H;
     const int64_t pos = rows ? t : t - H, P = rows ? PH : PW, len = rows ? H : W, start = rows ? g.y0 : g.x0;
     const T b = rows ? g.bh : g.bw;
@@ -132,12 +135,15 @@ __global__ void roi_pool_backward_kernel(const T* __restrict__ dy, const int64_t
 #pragma unroll
     for (int j = 0; j < kCPT; ++j) acc[j] = T(0);
     const int64_t i0 = first[n], i1 = first[n + 1];
+    // The row test of the next roi is loaded one iteration ahead (two loads in flight).
+    int2 next = i0 < i1 ? ranges[i0 * L + h] : make_int2(0, 0);
     for (int64_t r = i0; r < i1; ++r) {
-      const int64_t k = order[r];
-      const int2 rr = ranges[k * L + h];
+      const int2 rr = next;
+      if (r + 1 < i1) next = ranges[(r + 1) * L + h];
       if (rr.x >= rr.y) continue;
-      const int2 cr = ranges[k * L + H + w];
+      const int2 cr = ranges[r * L + H + w];
       if (cr.x >= cr.y) continue;
+      const int64_t k = order[r];
       for (int ph = rr.x; ph < rr.y; ++ph)
         for (int pw = cr.x; pw < cr.y; ++pw) {
           const int64_t o = (k * C + c0) * PP + ph * PW + pw;
@@ -175,7 +181,8 @@ void roi_pool_backward(dptr dy, dptr argmax, dptr rois, dptr order, dptr first, 
   cudaStream_t st = as_stream(stream);
   if (K > 0) {
     roi_pool_ranges_kernel<T><<<grid_for(K * (H + W), kBlock), kBlock, 0, st>>>(
-        as_ptr<const T>(rois), as_ptr<int2>(ranges), K, H, W, PH, PW, static_cast<T>(spatial_scale));
+        as_ptr<const T>(rois), as_ptr<const int64_t>(order), as_ptr<int2>(ranges), K, H, W, PH, PW,
+        static_cast<T>(spatial_scale));
     PYDL_LAUNCH_CHECK();
   }
   const int64_t threads = N * ((C + kCPT - 1) / kCPT) * H * W;

@@ -48,7 +48,8 @@ def _rois(xp, dtype, boxes, N):
         for i, b in enumerate(boxes):
             name = f"boxes[{i}]"
             if _backend.array_module(**{name: b}) is not xp:
-                raise TypeError(f"{name}: expected a {xp.__name__} array like x, got {type(b).__module__}.{type(b).__name__}")
+                raise TypeError(f"{name}: expected a {xp.__name__} array like x, "
+                                f"got {type(b).__module__}.{type(b).__name__}")
             _backend.check_float(name, b, ndim=2)
             if b.dtype != dtype:
                 raise TypeError(f"{name}: expected dtype {dtype} (the dtype of x), got {b.dtype}")
@@ -60,7 +61,8 @@ def _rois(xp, dtype, boxes, N):
             return _backend.empty((0, 5), dtype, xp)
         return _backend.contiguous(xp.concatenate(parts, axis=0), xp)
     if _backend.array_module(boxes=boxes) is not xp:
-        raise TypeError(f"boxes: expected a {xp.__name__} array like x, got {type(boxes).__module__}.{type(boxes).__name__}")
+        raise TypeError(f"boxes: expected a {xp.__name__} array like x, "
+                        f"got {type(boxes).__module__}.{type(boxes).__name__}")
     _backend.check_float("boxes", boxes, ndim=2)
     if boxes.dtype != dtype:
         raise TypeError(f"boxes: expected dtype {dtype} (the dtype of x), got {boxes.dtype}")
