@@ -115,10 +115,11 @@ def test_roi_align_realistic_batch(xp, dtype):
     scale = 0.25
     rois = make_boxes(rng, N, 60, H, W, scale, dtype)
     rois[:, 0] = np.where(rois[:, 0] == 1, 0, rois[:, 0])  # image 1 without rois, image 2 too
-    y = pydl.ops.roi_align(xp.asarray(x), xp.asarray(rois), (7, 5), scale, -1, True)
+    rf = xp.asarray(np.asfortranarray(rois))  # non-contiguous boxes too
+    y = pydl.ops.roi_align(xp.asarray(x), rf, (7, 5), scale, -1, True)
     assert_close(y, R.roi_align(x.astype(np.float64), rois, (7, 5), scale, -1, True), dtype)
     dy = rand(rng, y.shape, dtype)
-    dx = to_numpy(pydl.ops.roi_align_backward(xp.asarray(dy), xp.asarray(rois), x.shape, (7, 5), scale, -1, True))
+    dx = to_numpy(pydl.ops.roi_align_backward(xp.asarray(dy), rf, x.shape, (7, 5), scale, -1, True))
     assert_close(dx, R.roi_align_backward(dy.astype(np.float64), rois, x.shape, (7, 5), scale, -1, True), dtype)
     assert not dx[1].any() and not dx[2].any()
 
