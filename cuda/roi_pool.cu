@@ -1,6 +1,211 @@
-// roi_pool: CUDA kernels (stub; filled by its issue).
+// roi_pool: CUDA kernels for RoI max pooling (torchvision.ops.roi_pool), forward and backward.
+//
+// Math (as csrc/roi_pool.cpp, geometry in T exactly as torchvision): corners rounded half away
+// from zero after scaling, roi at least 1x1, bin p spans [floor(p*b) + start, ceil((p+1)*b) + start)
+// clipped to the image; y = first strict maximum from -FLT_MAX (0 and argmax -1 for an empty bin).
+// Layout: x, dx NCHW; rois (K, 5); y, dy, argmax (K, C, PH, PW) with argmax = h*W + w; C-contiguous.
+//
+// Forward: one thread per output (k, c, ph, pw), pw fastest (grid-stride loop).
+// Backward, deterministic by construction (no atomics): dx is GATHERED. Adjacent bins overlap by at
+// most a row, so for a roi the bins that contain row h form a short contiguous range [ph0, ph1);
+// a first kernel tabulates these ranges per (roi, row) and (roi, column) (K*(H+W) int2, tiny),
+// rois in image order.
+// The gather kernel then gives one thread to (n, block of CPT channels, h, w): it walks the rois
+// of image n in a fixed order (sorted by image, then k: CSR built by the Python glue), skips a
+// roi in two table loads when (h, w) is outside its bins, otherwise checks the argmax of the
+// 1-4 candidate bins for each of its channels. Each dx element is written once by one thread
+// with a fixed summation order: race-free and bit-identical across runs. Why this over
+// scatter + ordered reduction: the candidates are found in O(1) per roi, the roi scan is shared by
+// CPT channels, dy/argmax loads of a warp (consecutive w) hit the same few bins (coalesced), and
+// there is no K*C*PH*PW-sized intermediate to sort or reduce.
+#include <cfloat>
+
 #include "common.cuh"
 
 namespace pydl {
-void bind_roi_pool_cuda(py::module_& m) { (void)m; }
+namespace {
+
+constexpr int kBlock = 256;
+constexpr int kCPT = 8;  // channels per gather thread
+
+template <typename T>
+struct PoolRoi {
+  int64_t b, y0, x0;
+  T bh, bw;
+};
+
+template <typename T>
+__device__ inline int64_t round_coord(T v) {
+  const T lim = T(1LL << 40);  // Python bounds |c * scale| by 2^30; keeps the conversion defined
+  v = v < -lim ? -lim : (v > lim ? lim : v);
+  return static_cast<int64_t>(round(v));  // half away from zero, as std::round
+}
+
+template <typename T>
+__device__ inline PoolRoi<T> pool_roi(const T* r, T scale, int64_t PH, int64_t PW) {
+  PoolRoi<T> g;
+  g.b = static_cast<int64_t>(r[0]);
+  g.x0 = round_coord<T>(r[1] * scale);
+  g.y0 = round_coord<T>(r[2] * scale);
+  const int64_t x1 = round_coord<T>(r[3] * scale), y1 = round_coord<T>(r[4] * scale);
+  const int64_t rw = max(x1 - g.x0 + 1, int64_t(1)), rh = max(y1 - g.y0 + 1, int64_t(1));
+  g.bh = static_cast<T>(rh) / static_cast<T>(PH);
+  g.bw = static_cast<T>(rw) / static_cast<T>(PW);
+  return g;
+}
+
+template <typename T>
+__device__ inline void bin_range(int64_t p, T b, int64_t start, int64_t L, int64_t& lo, int64_t& hi) {
+  lo = static_cast<int64_t>(floor(static_cast<T>(p) * b)) + start;
+  hi = static_cast<int64_t>(ceil(static_cast<T>(p + 1) * b)) + start;
+  lo = min(max(lo, int64_t(0)), L);
+  hi = min(max(hi, int64_t(0)), L);
+}
+
+template <typename T>
+__global__ void roi_pool_forward_kernel(const T* __restrict__ x, const T* __restrict__ rois, T* __restrict__ y,
+                                        int64_t* __restrict__ argmax, int64_t total, int64_t C, int64_t H,
+                                        int64_t W, int64_t PH, int64_t PW, T scale) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t pw = i % PW, ph = (i / PW) % PH, c = (i / (PW * PH)) % C, k = i / (PW * PH * C);
+    const PoolRoi<T> g = pool_roi(rois + 5 * k, scale, PH, PW);
+    int64_t hs, he, ws, we;
+    bin_range(ph, g.bh, g.y0, H, hs, he);
+    bin_range(pw, g.bw, g.x0, W, ws, we);
+    const bool empty = he <= hs || we <= ws;
+    T best = empty ? T(0) : static_cast<T>(-FLT_MAX);
+    int64_t arg = -1;
+    const T* plane = x + (g.b * C + c) * H * W;
+    for (int64_t h = hs; h < he; ++h)
+      for (int64_t w = ws; w < we; ++w) {
+        const T v = plane[h * W + w];
+        if (v > best) {
+          best = v;
+          arg = h * W + w;
+        }
+      }
+    y[i] = best;
+    if (argmax) argmax[i] = arg;
+  }
+}
+
+// ranges[r*(H+W) + t] for the r-th roi in image order (k = order[r]): t < H: bins [x, y) whose rows
+// contain row t; t >= H: bins whose columns contain column t - H. Empty when x >= y. Indexed by
+// the sorted position so that the gather reads it without first loading order[r].
+template <typename T>
+__global__ void roi_pool_ranges_kernel(const T* __restrict__ rois, const int64_t* __restrict__ order,
+                                       int2* __restrict__ ranges, int64_t K, int64_t H, int64_t W, int64_t PH,
+                                       int64_t PW, T scale) {
+  const int64_t L = H + W, total = K * L;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / L, t = i % L;
+    const PoolRoi<T> g = pool_roi(rois + 5 * order[r], scale, PH, PW);
+    const bool rows = t < H;
+    const int64_t pos = rows ? t : t - H, P = rows ? PH : PW, len = rows ? H : W, start = rows ? g.y0 : g.x0;
+    const T b = rows ? g.bh : g.bw;
+    int lo = 0, hi = 0;
+    bool found = false;
+    for (int64_t p = 0; p < P; ++p) {
+      int64_t s, e;
+      bin_range(p, b, start, len, s, e);
+      if (pos >= s && pos < e) {
+        if (!found) lo = static_cast<int>(p);
+        hi = static_cast<int>(p) + 1;
+        found = true;
+      } else if (found) {
+        break;  // bins are monotone: the range is contiguous
+      }
+    }
+    ranges[i] = make_int2(lo, hi);
+  }
+}
+
+// One thread per (n, channel block, h, w): dx = sum over the rois k of image n (in CSR order) and
+// their bins (ph, pw) containing (h, w) of dy[k, c, ph, pw] where argmax[k, c, ph, pw] == h*W + w.
+template <typename T>
+__global__ void roi_pool_backward_kernel(const T* __restrict__ dy, const int64_t* __restrict__ argmax,
+                                         const int2* __restrict__ ranges, const int64_t* __restrict__ order,
+                                         const int64_t* __restrict__ first, T* __restrict__ dx, int64_t N,
+                                         int64_t C, int64_t H, int64_t W, int64_t PH, int64_t PW) {
+  const int64_t CB = (C + kCPT - 1) / kCPT, total = N * CB * H * W, L = H + W, PP = PH * PW;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t w = i % W, h = (i / W) % H, cb = (i / (W * H)) % CB, n = i / (W * H * CB);
+    const int64_t c0 = cb * kCPT, self = h * W + w;
+    T acc[kCPT];
+#pragma unroll
+    for (int j = 0; j < kCPT; ++j) acc[j] = T(0);
+    const int64_t i0 = first[n], i1 = first[n + 1];
+    // The row test of the next roi is loaded one iteration ahead (two loads in flight).
+    int2 next = i0 < i1 ? ranges[i0 * L + h] : make_int2(0, 0);
+    for (int64_t r = i0; r < i1; ++r) {
+      const int2 rr = next;
+      if (r + 1 < i1) next = ranges[(r + 1) * L + h];
+      if (rr.x >= rr.y) continue;
+      const int2 cr = ranges[r * L + H + w];
+      if (cr.x >= cr.y) continue;
+      const int64_t k = order[r];
+      for (int ph = rr.x; ph < rr.y; ++ph)
+        for (int pw = cr.x; pw < cr.y; ++pw) {
+          const int64_t o = (k * C + c0) * PP + ph * PW + pw;
+#pragma unroll
+          for (int j = 0; j < kCPT; ++j)
+            if (c0 + j < C && argmax[o + j * PP] == self) acc[j] += dy[o + j * PP];
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < kCPT; ++j)
+      if (c0 + j < C) dx[((n * C + c0 + j) * H + h) * W + w] = acc[j];
+  }
+}
+
+template <typename T>
+void roi_pool_forward(dptr x, dptr rois, dptr y, dptr argmax, int64_t N, int64_t C, int64_t H, int64_t W,
+                      int64_t K, int64_t PH, int64_t PW, double spatial_scale, dptr stream) {
+  PYDL_CHECK(N >= 0 && C >= 0 && H >= 0 && W >= 0 && K >= 0 && PH >= 1 && PW >= 1, "roi_pool_forward: bad sizes");
+  const int64_t total = K * C * PH * PW;
+  if (total == 0) return;
+  roi_pool_forward_kernel<T><<<grid_for(total, kBlock), kBlock, 0, as_stream(stream)>>>(
+      as_ptr<const T>(x), as_ptr<const T>(rois), as_ptr<T>(y), as_ptr<int64_t>(argmax), total, C, H, W, PH, PW,
+      static_cast<T>(spatial_scale));
+  PYDL_LAUNCH_CHECK();
+}
+
+// ranges: K*(H+W) int2 workspace; order (K) / first (N+1): the rois sorted by image (int64).
+template <typename T>
+void roi_pool_backward(dptr dy, dptr argmax, dptr rois, dptr order, dptr first, dptr ranges, dptr dx, int64_t N,
+                       int64_t C, int64_t H, int64_t W, int64_t K, int64_t PH, int64_t PW, double spatial_scale,
+                       dptr stream) {
+  PYDL_CHECK(N >= 0 && C >= 0 && H >= 0 && W >= 0 && K >= 0 && PH >= 1 && PW >= 1, "roi_pool_backward: bad sizes");
+  const int64_t total = N * C * H * W;
+  if (total == 0) return;
+  cudaStream_t st = as_stream(stream);
+  if (K > 0) {
+    roi_pool_ranges_kernel<T><<<grid_for(K * (H + W), kBlock), kBlock, 0, st>>>(
+        as_ptr<const T>(rois), as_ptr<const int64_t>(order), as_ptr<int2>(ranges), K, H, W, PH, PW,
+        static_cast<T>(spatial_scale));
+    PYDL_LAUNCH_CHECK();
+  }
+  const int64_t threads = N * ((C + kCPT - 1) / kCPT) * H * W;
+  roi_pool_backward_kernel<T><<<grid_for(threads, kBlock), kBlock, 0, st>>>(
+      as_ptr<const T>(dy), as_ptr<const int64_t>(argmax), as_ptr<const int2>(ranges), as_ptr<const int64_t>(order),
+      as_ptr<const int64_t>(first), as_ptr<T>(dx), N, C, H, W, PH, PW);
+  PYDL_LAUNCH_CHECK();
+}
+
+template <typename T>
+void bind_typed(py::module_& m, const char* suffix) {
+  const std::string s(suffix);
+  m.def(("roi_pool_forward_" + s).c_str(), &roi_pool_forward<T>,
+        "(x, rois, y, argmax or 0, N, C, H, W, K, PH, PW, spatial_scale, stream)");
+  m.def(("roi_pool_backward_" + s).c_str(), &roi_pool_backward<T>,
+        "(dy, argmax, rois, order, first, ranges, dx, N, C, H, W, K, PH, PW, spatial_scale, stream)");
+}
+
+}  // namespace
+
+void bind_roi_pool_cuda(py::module_& m) {
+  bind_typed<float>(m, "f32");
+  bind_typed<double>(m, "f64");
+}
+
 }  // namespace pydl
