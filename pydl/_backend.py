@@ -232,6 +232,8 @@ def int_arg(name: str, v, minimum=None) -> int:
     v = int(v)
     if minimum is not None and v < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {v}")
+    if not -2**63 <= v < 2**63:  # the kernels take int64 (pybind11 would raise an unnamed TypeError)
+        raise ValueError(f"{name}: expected an int that fits in int64, got {v}")
     return v
 
 

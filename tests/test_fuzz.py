@@ -231,8 +231,8 @@ class Arr:
         dts = [d for d in self.bad_dtypes if not (self.index and d == "int64")]
         if self.index:
             dts = [d for d in dts if d not in ("int64",)] + ["float32" if call.dtype == np.float64 else "float64"]
-        else:
-            # the other float dtype: a mix with the reference array's dtype
+        elif any(isinstance(a, np.ndarray) and a is not v and a.dtype.kind == "f" for a in call.kw.values()):
+            # the other float dtype: a mix with the other float arrays of the call
             dts = dts + ["float32" if v.dtype == np.float64 else "float64"]
         for d in dts:
             out.append((f"dtype {d}", _retype(np.asarray(v), d), TypeError))
@@ -628,7 +628,8 @@ def pool_padding_too_big(draw, call):
 def pool_kernel_too_big(draw, call):
     kw = dict(call.kw)
     shape = kw["x"].shape if "x" in kw else tuple(kw["x_shape"])
-    kw["kernel_size"], kw["padding"] = (shape[-2] + 1, 1), 0
+    # (with ceil_mode and stride >= 2 a kernel one larger than the input still gives one window)
+    kw["kernel_size"], kw["padding"], kw["ceil_mode"] = (shape[-2] + 1, 1), 0, False
     if "dilation" in kw:
         kw["dilation"] = 1
     return kw, ValueError, ("kernel_size",)
@@ -654,7 +655,7 @@ def pool_bad_indices(draw, call):
     xs = tuple(kw["x_shape"])
     assume(ind.size > 0)
     pos = draw(st.integers(0, ind.size - 1))
-    ind.reshape(-1)[pos] = draw(st.sampled_from([xs[-1] * xs[-2], xs[-1] * xs[-2] + 5, -2, -2**40, 2**62]))
+    ind.flat[pos] = draw(st.sampled_from([xs[-1] * xs[-2], xs[-1] * xs[-2] + 5, -2, -2**40, 2**62]))
     kw["indices"] = ind
     return kw, ValueError, ("indices",)
 
@@ -863,7 +864,7 @@ def ce_bad_target(draw, call):
     t = t.copy()
     bad = draw(st.sampled_from([C, C + 3, -2, -101, 2**62, -2**62]))
     assume(bad != kw["ignore_index"])
-    t.reshape(-1)[draw(st.integers(0, t.size - 1))] = bad
+    t.flat[draw(st.integers(0, t.size - 1))] = bad
     kw["target"] = t
     return kw, ValueError, ("target",)
 
