@@ -154,6 +154,8 @@ def _ce_args(logits, target, weight, ignore_index, reduction, label_smoothing, *
         raise ValueError(f"reduction: expected 'none', 'mean' or 'sum', got {reduction!r}")
     eps = _backend.float_arg("label_smoothing", label_smoothing, 0.0, 1.0)
     ignore_index = _backend.int_arg("ignore_index", ignore_index)
+    if target is None:
+        raise TypeError("target: expected an int64 or float array, got None")
     if target.dtype == _INT64:
         prob = False
     elif target.dtype == logits.dtype:
