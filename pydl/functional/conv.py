@@ -51,6 +51,8 @@ def _check_common(x, weight, bias, x_name="x"):
     xp = _backend.array_module(**{x_name: x}, weight=weight, bias=bias)
     _backend.check_float(x_name, x, 4)
     _backend.check_float("weight", weight, 4)
+    if x.shape[2] < 1 or x.shape[3] < 1:  # as PyTorch (a transposed conv kernel divides by H*W)
+        raise ValueError(f"{x_name}: expected non-empty spatial dimensions (H, W >= 1), got shape {tuple(x.shape)}")
     _backend.check_same_dtype(x_name, x, weight=weight, bias=bias)
     if bias is not None and bias.ndim != 1:
         raise ValueError(f"bias: expected a 1-D array, got shape {tuple(bias.shape)}")
