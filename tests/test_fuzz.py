@@ -529,11 +529,26 @@ CONV_BWD_SCHEMA = dict(grad_out=Arr((4,)), x=Arr((4,)), weight=Arr((4,)), stride
 CONV_T_SCHEMA = dict(CONV_SCHEMA, output_padding=Int(0, pair=True))
 CONV_T_BWD_SCHEMA = dict(CONV_BWD_SCHEMA, output_padding=Int(0, pair=True))
 
-CONV_INVALID = [("groups not dividing channels", bad_groups),
+def conv_empty_plane(draw, call):  # PyTorch's rule; the CPU transposed conv died of SIGFPE on it
+    kw = dict(call.kw)
+    x = np.asarray(kw["x"])
+    assume(x.shape[0] > 0)
+    kw["x"] = x[..., :0] if draw(st.booleans()) else x[..., :0, :]
+    # a geometry whose output size is >= 1 even so
+    w = np.asarray(kw["weight"])
+    transposed = "output_padding" in kw
+    kw["weight"] = np.ones(w.shape[:2] + ((3, 3) if transposed else (1, 1)), w.dtype)
+    kw.update(stride=1, dilation=1, padding=0 if transposed else 1)
+    if transposed:
+        kw["output_padding"] = 0
+    return kw, ValueError, ("x",)
+
+
+CONV_INVALID = [("empty plane", conv_empty_plane), ("groups not dividing channels", bad_groups),
                 ("weight channels", bad_weight_channels), ("empty kernel", empty_kernel),
                 ("output size < 1", conv_too_small), ("padding string", bad_conv_padding_str),
                 ("same with stride", same_strided)]
-CONV_T_INVALID = [("groups not dividing channels", bad_groups), ("weight in channels", bad_weight_in),
+CONV_T_INVALID = [("empty plane", conv_empty_plane), ("groups not dividing channels", bad_groups), ("weight in channels", bad_weight_in),
                   ("empty kernel", empty_kernel), ("output size < 1", conv_t_too_small),
                   ("output_padding too large", bad_output_padding)]
 
