@@ -63,6 +63,12 @@ def _groups(groups):
     return _backend.int_arg("groups", groups, minimum=1)
 
 
+def _groups_fit(groups, c):
+    # 0 channels divide by any groups, and the kernels loop over groups: groups=2**62 hung.
+    if groups > max(c, 1):
+        raise ValueError(f"groups: expected at most the number of input channels ({c}), got {groups}")
+
+
 def _conv_params(x, weight, stride, padding, dilation, groups, x_name="x"):
     """(stride, top/left padding, dilation, groups, (Ho, Wo)) of conv2d, validated."""
     stride = _backend.pair("stride", stride, minimum=1)
@@ -72,6 +78,7 @@ def _conv_params(x, weight, stride, padding, dilation, groups, x_name="x"):
     k, cg, kh, kw = weight.shape
     if c % groups:
         raise ValueError(f"{x_name}: expected channels divisible by groups={groups}, got {c} channels")
+    _groups_fit(groups, c)
     if k % groups:
         raise ValueError(f"weight: expected out channels divisible by groups={groups}, got {k}")
     if cg * groups != c:
@@ -201,6 +208,7 @@ def _transpose_params(x, weight, stride, padding, output_padding, groups, dilati
     wc, cog, kh, kw = weight.shape
     if cin % groups:
         raise ValueError(f"x: expected channels divisible by groups={groups}, got {cin} channels")
+    _groups_fit(groups, cin)
     if wc != cin:
         raise ValueError(f"weight: expected shape ({cin}, C_out / groups, kh, kw) for {cin} input channels, "
                          f"got {tuple(weight.shape)}")
