@@ -544,11 +544,22 @@ def conv_empty_plane(draw, call):  # PyTorch's rule; the CPU transposed conv die
     return kw, ValueError, ("x",)
 
 
-CONV_INVALID = [("empty plane", conv_empty_plane), ("groups not dividing channels", bad_groups),
+def huge_groups_no_channels(draw, call):  # 0 channels divide by anything: groups=2**62 hung the kernels
+    kw = dict(call.kw)
+    x, w = np.asarray(kw["x"]), np.asarray(kw["weight"])
+    kw["x"] = x[:, :0]
+    kw["weight"] = w[:0, :1] if "output_padding" in kw else w[:0, :0]
+    kw["groups"] = draw(st.sampled_from([2, 2**40, 2**62]))
+    if "bias" in kw:
+        kw["bias"] = None
+    return kw, ValueError, ("groups",)
+
+
+CONV_INVALID = [("groups > channels", huge_groups_no_channels), ("empty plane", conv_empty_plane), ("groups not dividing channels", bad_groups),
                 ("weight channels", bad_weight_channels), ("empty kernel", empty_kernel),
                 ("output size < 1", conv_too_small), ("padding string", bad_conv_padding_str),
                 ("same with stride", same_strided)]
-CONV_T_INVALID = [("empty plane", conv_empty_plane), ("groups not dividing channels", bad_groups), ("weight in channels", bad_weight_in),
+CONV_T_INVALID = [("groups > channels", huge_groups_no_channels), ("empty plane", conv_empty_plane), ("groups not dividing channels", bad_groups), ("weight in channels", bad_weight_in),
                   ("empty kernel", empty_kernel), ("output size < 1", conv_t_too_small),
                   ("output_padding too large", bad_output_padding)]
 
