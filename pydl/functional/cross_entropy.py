@@ -300,6 +300,8 @@ def cross_entropy_backward(grad_loss, logits, target, weight=None, ignore_index=
     """
     (xp, x, t, w, prob, outer, C, inner, ignore_index, eps, red,
      elem_shape) = _ce_args(logits, target, weight, ignore_index, reduction, label_smoothing)
+    if isinstance(grad_loss, (bool, np.bool_)):  # an int subclass, but no gradient
+        raise TypeError(f"grad_loss: expected a float or a float array, got {type(grad_loss).__name__}")
     if isinstance(grad_loss, (int, float, np.integer, np.floating)) and red != 0:
         grad_loss = xp.asarray(grad_loss, dtype=x.dtype)
     else:
@@ -311,6 +313,9 @@ def cross_entropy_backward(grad_loss, logits, target, weight=None, ignore_index=
     rows = outer * inner
     if saved is None:
         _, saved = cross_entropy_forward(logits, target, weight, ignore_index, reduction, label_smoothing)
+    if not (isinstance(saved, tuple) and len(saved) == 2):
+        raise TypeError(f"saved: expected the CrossEntropySaved pair from cross_entropy_forward, "
+                        f"got {type(saved).__name__}")
     stats, norm = saved
     _backend.array_module(logits=logits, **{"saved.stats": stats, "saved.norm": norm})
     _backend.check_same_dtype("logits", x, **{"saved.stats": stats})
