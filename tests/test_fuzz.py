@@ -956,6 +956,9 @@ def ce_saved_shape(draw, call):
     if draw(st.booleans()):
         kw["saved"] = type(kw["saved"])(np.zeros((stats.shape[0] + 1, 3), call.dtype), norm)
         return kw, ValueError, ("saved",)
+    if draw(st.booleans()):
+        kw["saved"] = draw(st.sampled_from([(stats, norm, norm), (stats,), [stats, norm], stats, 1.0]))
+        return kw, TypeError, ("saved",)
     kw["saved"] = type(kw["saved"])(stats, norm.astype(np.float32))
     return kw, TypeError, ("saved",)
 
