@@ -140,8 +140,12 @@ def laid_out(draw, kw, inplace=()):
 
 def to_xp(v, xp):
     """An argument on the backend xp, keeping the layout (views are rebuilt on the GPU)."""
-    if xp is np or not isinstance(v, np.ndarray):
+    if xp is np:
         return v
+    if isinstance(v, tuple) and hasattr(v, "_fields"):  # CrossEntropySaved
+        return type(v)(*(to_xp(a, xp) for a in v))
+    if not isinstance(v, np.ndarray) or v.dtype.kind == "O" or not v.dtype.isnative:
+        return v  # CuPy has no such arrays: pydl sees a NumPy array among CuPy ones (TypeError)
     if v.strides and 0 in v.strides and v.size > 1:
         ax = v.strides.index(0)
         return xp.broadcast_to(xp.asarray(np.take(v, [0], axis=ax)), v.shape)
@@ -230,8 +234,8 @@ class Arr:
 
     def mutations(self, v, call):
         out = []
-        if v is None:
-            return out
+        if v is None:  # an optional array left out: anything but an array or None is wrong
+            return [("list", [1.0, 2.0], TypeError), ("scalar", 1.0, TypeError), ("string", "w", TypeError)]
         dts = [d for d in self.bad_dtypes if not (self.index and d == "int64")]
         if self.index:
             dts = [d for d in dts if d not in ("int64",)] + ["float32" if call.dtype == np.float64 else "float64"]
