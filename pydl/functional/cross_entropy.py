@@ -313,6 +313,9 @@ def cross_entropy_backward(grad_loss, logits, target, weight=None, ignore_index=
     rows = outer * inner
     if saved is None:
         _, saved = cross_entropy_forward(logits, target, weight, ignore_index, reduction, label_smoothing)
+    elif not prob and t.size and bool((((t < 0) | (t >= C)) & (t != ignore_index)).any()):
+        # the forward that checked the targets is skipped: an invalid one would pass silently
+        raise _bad_target(t, C, ignore_index)
     if not (isinstance(saved, tuple) and len(saved) == 2):
         raise TypeError(f"saved: expected the CrossEntropySaved pair from cross_entropy_forward, "
                         f"got {type(saved).__name__}")
