@@ -1096,10 +1096,6 @@ def _first(r):
     return r[0]
 
 
-def _bn_fwd_out(r):
-    return r
-
-
 SPECS = [
     Spec("conv2d", F.conv2d, conv_call, R.conv2d, CONV_SCHEMA, CONV_INVALID + [("bias length", bad_bias)]),
     Spec("conv2d_backward", F.conv2d_backward, lambda: conv_call(backward=True), R.conv2d_backward,
