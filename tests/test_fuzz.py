@@ -52,7 +52,7 @@ from conftest import TOL, to_numpy
 
 # ------------------------------------------------------------------------------ budgets
 
-CI_EXAMPLES = 40
+CI_EXAMPLES = 80
 settings.register_profile(
     "ci", max_examples=CI_EXAMPLES, deadline=None, derandomize=True, database=None,
     print_blob=True,
