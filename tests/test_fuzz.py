@@ -799,6 +799,7 @@ def bn_ref(**kw):
 def bn_vec_len(draw, call):
     kw = dict(call.kw)
     names = [n for n in ("running_mean", "running_var", "weight", "bias") if kw.get(n) is not None]
+    assume(names)
     n = draw(st.sampled_from(names))
     kw[n] = np.ones(kw[n].shape[0] + 1, call.dtype)
     return kw, ValueError, (n,)
