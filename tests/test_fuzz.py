@@ -73,6 +73,8 @@ PENDING = {"pydl.functional.interpolate", "pydl.functional.local_response_norm",
 NOT_ARRAY_FUNCTIONS = {"set_conv_workspace_limit", "get_conv_workspace_limit"}
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# Invalid cases only the CPU detects (documented): the GPU max-pool gather ignores bad indices.
+CPU_ONLY = {"indices out of range"}
 
 
 # ------------------------------------------------------------------------------ calls
@@ -1221,6 +1223,7 @@ def invalid_call(draw, spec):
 @given(data=st.data())
 def test_invalid(xp, spec, data):
     label, kw, exc, names = data.draw(invalid_call(spec), label="invalid call")
+    assume(xp is np or label not in CPU_ONLY)
     kw = {k: to_xp(v, xp) for k, v in kw.items()}
     snap = snapshot(kw)
     with pytest.raises((TypeError, ValueError)) as info:
