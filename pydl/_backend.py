@@ -201,6 +201,7 @@ def ptr(a) -> int:
 
 def check_float(name: str, a, ndim=None) -> None:
     """a must be a float32/float64 array (of rank ndim, an int or a tuple of ints)."""
+    _require_array(name, a)
     if a.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
     if ndim is not None:
@@ -210,6 +211,12 @@ def check_float(name: str, a, ndim=None) -> None:
             raise ValueError(f"{name}: expected a {want} array, got shape {tuple(a.shape)}")
 
 
+def _require_array(name: str, a) -> None:
+    # array_module skips None (optional arrays); a required one must not be None.
+    if not (hasattr(a, "dtype") and hasattr(a, "shape")):
+        raise TypeError(f"{name}: expected a numpy.ndarray or cupy.ndarray, got {type(a).__name__}")
+
+
 def check_same_dtype(ref_name: str, ref, **arrays) -> None:
     for name, a in arrays.items():
         if a is not None and a.dtype != ref.dtype:
@@ -217,6 +224,7 @@ def check_same_dtype(ref_name: str, ref, **arrays) -> None:
 
 
 def check_shape(name: str, a, shape) -> None:
+    _require_array(name, a)
     if tuple(a.shape) != tuple(shape):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(a.shape)}")
 
@@ -232,6 +240,8 @@ def int_arg(name: str, v, minimum=None) -> int:
     v = int(v)
     if minimum is not None and v < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {v}")
+    if not -2**63 <= v < 2**63:  # the kernels take int64 (pybind11 would raise an unnamed TypeError)
+        raise ValueError(f"{name}: expected an int that fits in int64, got {v}")
     return v
 
 

@@ -51,6 +51,8 @@ def _check_common(x, weight, bias, x_name="x"):
     xp = _backend.array_module(**{x_name: x}, weight=weight, bias=bias)
     _backend.check_float(x_name, x, 4)
     _backend.check_float("weight", weight, 4)
+    if x.shape[2] < 1 or x.shape[3] < 1:  # as PyTorch (a transposed conv kernel divides by H*W)
+        raise ValueError(f"{x_name}: expected non-empty spatial dimensions (H, W >= 1), got shape {tuple(x.shape)}")
     _backend.check_same_dtype(x_name, x, weight=weight, bias=bias)
     if bias is not None and bias.ndim != 1:
         raise ValueError(f"bias: expected a 1-D array, got shape {tuple(bias.shape)}")
@@ -59,6 +61,12 @@ def _check_common(x, weight, bias, x_name="x"):
 
 def _groups(groups):
     return _backend.int_arg("groups", groups, minimum=1)
+
+
+def _groups_fit(groups, c):
+    # 0 channels divide by any groups, and the kernels loop over groups: groups=2**62 hung.
+    if groups > max(c, 1):
+        raise ValueError(f"groups: expected at most the number of input channels ({c}), got {groups}")
 
 
 def _conv_params(x, weight, stride, padding, dilation, groups, x_name="x"):
@@ -70,6 +78,7 @@ def _conv_params(x, weight, stride, padding, dilation, groups, x_name="x"):
     k, cg, kh, kw = weight.shape
     if c % groups:
         raise ValueError(f"{x_name}: expected channels divisible by groups={groups}, got {c} channels")
+    _groups_fit(groups, c)
     if k % groups:
         raise ValueError(f"weight: expected out channels divisible by groups={groups}, got {k}")
     if cg * groups != c:
@@ -199,6 +208,7 @@ def _transpose_params(x, weight, stride, padding, output_padding, groups, dilati
     wc, cog, kh, kw = weight.shape
     if cin % groups:
         raise ValueError(f"x: expected channels divisible by groups={groups}, got {cin} channels")
+    _groups_fit(groups, cin)
     if wc != cin:
         raise ValueError(f"weight: expected shape ({cin}, C_out / groups, kh, kw) for {cin} input channels, "
                          f"got {tuple(weight.shape)}")

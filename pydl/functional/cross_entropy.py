@@ -154,6 +154,8 @@ def _ce_args(logits, target, weight, ignore_index, reduction, label_smoothing, *
         raise ValueError(f"reduction: expected 'none', 'mean' or 'sum', got {reduction!r}")
     eps = _backend.float_arg("label_smoothing", label_smoothing, 0.0, 1.0)
     ignore_index = _backend.int_arg("ignore_index", ignore_index)
+    if target is None:
+        raise TypeError("target: expected an int64 or float array, got None")
     if target.dtype == _INT64:
         prob = False
     elif target.dtype == logits.dtype:
@@ -298,6 +300,8 @@ def cross_entropy_backward(grad_loss, logits, target, weight=None, ignore_index=
     """
     (xp, x, t, w, prob, outer, C, inner, ignore_index, eps, red,
      elem_shape) = _ce_args(logits, target, weight, ignore_index, reduction, label_smoothing)
+    if isinstance(grad_loss, (bool, np.bool_)):  # an int subclass, but no gradient
+        raise TypeError(f"grad_loss: expected a float or a float array, got {type(grad_loss).__name__}")
     if isinstance(grad_loss, (int, float, np.integer, np.floating)) and red != 0:
         grad_loss = xp.asarray(grad_loss, dtype=x.dtype)
     else:
@@ -309,6 +313,12 @@ def cross_entropy_backward(grad_loss, logits, target, weight=None, ignore_index=
     rows = outer * inner
     if saved is None:
         _, saved = cross_entropy_forward(logits, target, weight, ignore_index, reduction, label_smoothing)
+    elif not prob and t.size and bool((((t < 0) | (t >= C)) & (t != ignore_index)).any()):
+        # the forward that checked the targets is skipped: an invalid one would pass silently
+        raise _bad_target(t, C, ignore_index)
+    if not (isinstance(saved, tuple) and len(saved) == 2):
+        raise TypeError(f"saved: expected the CrossEntropySaved pair from cross_entropy_forward, "
+                        f"got {type(saved).__name__}")
     stats, norm = saved
     _backend.array_module(logits=logits, **{"saved.stats": stats, "saved.norm": norm})
     _backend.check_same_dtype("logits", x, **{"saved.stats": stats})

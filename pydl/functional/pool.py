@@ -149,6 +149,8 @@ def max_pool2d_backward(grad_out, indices, x_shape, kernel_size, stride=None, pa
     shape4, squeeze = _shape4("x_shape", x_shape)
     k, s, p, d, out = _window(shape4[2:], kernel_size, stride, padding, dilation, ceil_mode)
     dy = _backend.contiguous(_grad("grad_out", grad_out, shape4, out, squeeze), xp)
+    if indices is None:
+        raise TypeError("indices: expected an int64 array, got None")
     if indices.dtype != np.int64:
         raise TypeError(f"indices: expected dtype int64, got {indices.dtype}")
     _backend.check_shape("indices", indices, grad_out.shape)

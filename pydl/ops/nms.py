@@ -86,6 +86,8 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
         IoU is computed on the given coordinates (no coordinate-offset trick, so no
         rounding from shifted boxes).
     """
+    if idxs is None:  # None would silently run a plain, class-agnostic nms
+        raise TypeError("idxs: expected an int64 array of categories, got None")
     xp, thr = _prepare(boxes, scores, idxs, iou_threshold)
     return _run(xp, boxes, scores, idxs, thr)
 
