@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "blas.h"
 #include "common.h"
 #include "geometry.h"
 
@@ -65,6 +66,12 @@ PYBIND11_MODULE(_cpu, m) {
       std::vector<double> v;
       v.reserve(size_t(1) << 59);  // 4 EiB: under max_size(), so operator new itself fails
     }
+  });
+  // Test-only: the largest int handed to BLAS (default INT32_MAX); lowering it runs pydl::gemm's
+  // chunking for sizes past 32 bits on small matrices. Returns the previous value.
+  m.def("_set_blas_int_max", [](int64_t v) {
+    PYDL_CHECK(v >= 1 && v <= INT32_MAX, "_set_blas_int_max: expected 1 <= v <= 2**31 - 1");
+    return pydl::blas_int_max().exchange(v);
   });
   pydl::bind_conv(m);
   pydl::bind_pool(m);

@@ -505,6 +505,41 @@ def test_cuda_error_is_runtime_error_with_location():
     assert np.array_equal(y.get(), F.max_pool2d(x.get(), 3))
 
 
+# ---------------------------------------------------------------- 32-bit BLAS ints
+
+@pytest.mark.parametrize("lim", [1, 5, 16])
+def test_gemm_chunking_past_blas_int_limit(lim):
+    """pydl::gemm cuts dimensions and strides above OpenBLAS's 32-bit ints into legal calls.
+    Lowering the limit to `lim` runs those paths on small convolutions (every GEMM shape the
+    conv kernels use: im2col tiles, 1x1, per-image, transposed, weight gradients); the results
+    match the unchunked ones to float64 rounding."""
+    cpu = _backend.cpu()
+    rng = np.random.default_rng(11)
+    r = lambda *s: rng.standard_normal(s)  # noqa: E731
+    checks = [
+        (lambda x, w: F.conv2d(x, w, padding=1), (2, 6, 9, 11), (7, 6, 3, 3)),
+        (lambda x, w: F.conv2d(x, w, stride=2, groups=2), (2, 6, 9, 11), (4, 3, 3, 2)),
+        (lambda x, w: F.conv2d(x, w), (2, 6, 7, 9), (5, 6, 1, 1)),
+        (lambda x, w: F.conv2d(x, w), (2, 40, 12, 12), (3, 40, 3, 3)),  # deep reduction: per image
+        (lambda x, w: F.conv2d_backward(r(2, 7, 9, 11), x, w, padding=1), (2, 6, 9, 11), (7, 6, 3, 3)),
+        (lambda x, w: F.conv2d_backward(r(2, 5, 7, 9), x, w), (2, 6, 7, 9), (5, 6, 1, 1)),
+        (lambda x, w: F.conv_transpose2d(x, w, stride=2), (2, 6, 5, 4), (6, 3, 3, 3)),
+        (lambda x, w: F.conv_transpose2d_backward(r(2, 3, 11, 9), x, w, stride=2), (2, 6, 5, 4), (6, 3, 3, 3)),
+    ]
+    for i, (fn, xs, ws) in enumerate(checks):
+        x, w = r(*xs), r(*ws)
+        want = flat_arrays(fn(x, w))
+        old = cpu._set_blas_int_max(lim)
+        try:
+            got = flat_arrays(fn(x, w))
+        finally:
+            cpu._set_blas_int_max(old)
+        assert old == 2 ** 31 - 1
+        for g, e in zip(got, want):
+            assert g.shape == e.shape
+            np.testing.assert_allclose(g, e, rtol=0, atol=1e-12 * max(1.0, np.abs(e).max()), err_msg=f"check {i}")
+
+
 # ---------------------------------------------------------------- past 2**31 elements (slow)
 
 BIG = (1, 1, 2 ** 16, 2 ** 15 + 8)  # 2**31 + 2**19 elements: flat indices overflow int32
