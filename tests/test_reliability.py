@@ -312,7 +312,7 @@ def test_gil_measure_tells_held_from_released(hold):
     import ctypes
     libc = (ctypes.PyDLL if hold else ctypes.CDLL)(None)
     ran = _progress_during(lambda: libc.usleep(30000))
-    assert (ran <= 0.25) if hold else (ran >= 0.5), ran
+    assert (ran <= 0.1) if hold else (ran >= 0.35), ran
 
 
 @pytest.mark.parametrize("name", ["conv2d_backward", "max_pool2d", "batch_norm", "cross_entropy_backward",
@@ -334,9 +334,9 @@ def test_kernels_release_the_gil(name):
         x, t = rng.standard_normal((4096, 1000), np.float32), rng.integers(0, 1000, 4096)
         fn = lambda: F.cross_entropy_backward(np.float32(1.0), x, t)  # noqa: E731
     else:
-        b, s = _boxes(rng, 60000, np.float32), rng.random(60000).astype(np.float32)
+        b, s = _boxes(rng, 20000, np.float32), rng.random(20000).astype(np.float32)
         fn = lambda: pydl.ops.nms(b, s, 0.5)  # noqa: E731
-    assert _progress_during(fn) >= 0.5
+    assert _progress_during(fn) >= 0.35
 
 
 def test_cuda_streams_match_sequential():
