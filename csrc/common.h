@@ -4,7 +4,9 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <atomic>
 #include <cstdint>
+#include <exception>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -44,5 +46,23 @@ inline const T* opt_ptr(const py::object& o) {
 }
 
 inline int64_t numel(const py::array& a) { return static_cast<int64_t>(a.size()); }
+
+// An exception must not leave an OpenMP region (std::terminate would kill the interpreter):
+// code inside the region catches into this (the first one is kept), the region runs to its
+// end, and the caller rethrows after it, so e.g. std::bad_alloc still becomes MemoryError.
+class ParallelError {
+ public:
+  void capture() noexcept {
+    bool expected = false;
+    if (set_.compare_exchange_strong(expected, true)) err_ = std::current_exception();
+  }
+  void rethrow() const {
+    if (err_) std::rethrow_exception(err_);
+  }
+
+ private:
+  std::atomic<bool> set_{false};
+  std::exception_ptr err_;
+};
 
 }  // namespace pydl

@@ -853,11 +853,18 @@ inline bool per_image_pays(const Geo& g, int64_t elem) {
 template <typename T>
 void forward_per_image(const Geo& g, const T* x, const T* w, const T* b, T* y) {
   const int64_t Kg = g.Kg(), L = g.L(), Rg = g.Cg() * g.kh * g.kw;
+  ParallelError err;
 #pragma omp parallel if (parallel_pays(g))
   {
-    T* col = static_cast<T*>(t_ws.get(g.R() * L * (int64_t)sizeof(T)));
+    T* col = nullptr;
+    try {
+      col = static_cast<T*>(t_ws.get(g.R() * L * (int64_t)sizeof(T)));
+    } catch (...) {
+      err.capture();
+    }
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < g.N; ++n) {
+      if (!col) continue;  // this thread has no workspace: the call raises below
       const Tile t{n, 1, 0, L};
       im2col_block(g, x, t, col, 0, g.R(), 0, L);
       for (int64_t gi = 0; gi < g.G; ++gi)
@@ -870,6 +877,7 @@ void forward_per_image(const Geo& g, const T* x, const T* w, const T* b, T* y) {
         }
     }
   }
+  err.rethrow();
 }
 
 template <typename T>

@@ -68,8 +68,10 @@ PYDL_INLINE float vexp(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  int32_t k = __builtin_bit_cast(int32_t, t) - __builtin_bit_cast(int32_t, magic);
-  float scale = __builtin_bit_cast(float, (k + 127) << 23);
+  // Unsigned: the same bits, without the UB of shifting a negative k (x < -87, whose result
+  // the select below discards) or of overflowing the subtraction.
+  uint32_t k = __builtin_bit_cast(uint32_t, t) - __builtin_bit_cast(uint32_t, magic);
+  float scale = __builtin_bit_cast(float, (k + 127u) << 23);
   return x < -87.0f ? 0.0f : (x > 88.0f ? std::numeric_limits<float>::infinity() : p * scale);
 }
 
@@ -93,8 +95,8 @@ PYDL_INLINE double vexp(double x) {
   p = p * r + 0.5;
   p = p * r + 1.0;
   p = p * r + 1.0;
-  int64_t k = __builtin_bit_cast(int64_t, t) - __builtin_bit_cast(int64_t, magic);
-  double scale = __builtin_bit_cast(double, (k + 1023) << 52);
+  uint64_t k = __builtin_bit_cast(uint64_t, t) - __builtin_bit_cast(uint64_t, magic);  // unsigned: see above
+  double scale = __builtin_bit_cast(double, (k + 1023u) << 52);
   return x < -708.0 ? 0.0 : (x > 709.0 ? std::numeric_limits<double>::infinity() : p * scale);
 }
 

@@ -3,6 +3,12 @@
 #include <omp.h>
 #endif
 
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "blas.h"
 #include "common.h"
 #include "geometry.h"
 
@@ -54,6 +60,25 @@ PYBIND11_MODULE(_cpu, m) {
 #else
     return 1;
 #endif
+  });
+  // Test-only: throws from C++ (with the GIL released, as kernels do) so tests can check that
+  // each exception type reaches Python through the translator above and the process lives on.
+  m.def("_test_raise", [](const std::string& kind) {
+    py::gil_scoped_release nogil;
+    if (kind == "bad_alloc") throw std::bad_alloc();
+    if (kind == "runtime_error") throw std::runtime_error("pydl: test runtime_error");
+    if (kind == "invalid_argument") throw std::invalid_argument("pydl: test invalid_argument");
+    if (kind == "length_error") throw std::length_error("pydl: test length_error");
+    if (kind == "vector") {  // a real failed allocation: more than the address space holds
+      std::vector<double> v;
+      v.reserve(size_t(1) << 59);  // 4 EiB: under max_size(), so operator new itself fails
+    }
+  });
+  // Test-only: the largest int handed to BLAS (default INT32_MAX); lowering it runs pydl::gemm's
+  // chunking for sizes past 32 bits on small matrices. Returns the previous value.
+  m.def("_set_blas_int_max", [](int64_t v) {
+    PYDL_CHECK(v >= 1 && v <= INT32_MAX, "_set_blas_int_max: expected 1 <= v <= 2**31 - 1");
+    return pydl::blas_int_max().exchange(v);
   });
   pydl::bind_conv(m);
   pydl::bind_pool(m);

@@ -815,6 +815,7 @@ bool launch_fused(void (*kernel)(KArgs...), int64_t C, int K, size_t smem, cudaS
     (void)cudaGetLastError();
     return false;
   }
+  if (C * K > INT32_MAX) return false;  // past the grid's x limit: the unfused kernels take it
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned int>(C * K));
   cfg.blockDim = dim3(kFBlock);

@@ -57,6 +57,12 @@ PYBIND11_MODULE(_cuda, m) {
         pydl::as_ptr<float>(p), n, v);
     PYDL_LAUNCH_CHECK();
   });
+  // Test-only: a launch with an invalid configuration (more threads per block than any GPU
+  // allows), so tests can check that CUDA errors raise RuntimeError with file:line.
+  m.def("_test_bad_launch", [](pydl::dptr p, int64_t n, pydl::dptr stream) {
+    pydl::fill_kernel<<<1, 4096, 0, pydl::as_stream(stream)>>>(pydl::as_ptr<float>(p), n, 0.f);
+    PYDL_LAUNCH_CHECK();
+  });
   m.def("conv_out_size", [](int64_t i, int64_t k, int64_t s, int64_t p, int64_t d) {
     PYDL_CHECK(s > 0, "stride must be positive");
     return pydl::conv_out_size(i, k, s, p, d);
