@@ -345,11 +345,13 @@ adaptive_avg_pool2d_forward_kernel(const T* __restrict__ x, T* __restrict__ y, i
     const int64_t ws = ad_start(ow, OW, W), we = ad_end(ow, OW, W);
     const int64_t ww = we - ws, n = (he - hs) * ww;
     const T* __restrict__ plane = x + nc * H * W;
-    T acc = T(0);
+    // double sums: a float sum of ~2^31 elements (a global pool of a huge plane) stalls once
+    // the partial sum's ulp outgrows the addends; memory bound, so the wider adds are free.
+    double acc = 0.0;
     for (int64_t e = lane; e < n; e += 32) acc += __ldg(plane + (hs + e / ww) * W + ws + e % ww);
 #pragma unroll
     for (int off = 16; off > 0; off /= 2) acc += __shfl_down_sync(0xffffffffu, acc, off);
-    if (lane == 0) y[o] = acc / static_cast<T>(n);
+    if (lane == 0) y[o] = static_cast<T>(acc / static_cast<double>(n));
   }
 }
 

@@ -505,7 +505,7 @@ def test_cuda_error_is_runtime_error_with_location():
     mod = _backend.cuda()
     a = cp.zeros(1000, cp.float32)
     for _ in range(2):
-        with pytest.raises(RuntimeError, match=r"cudaErrorInvalidConfiguration.*module\.cu:\d+"):
+        with pytest.raises(RuntimeError, match=r"cudaError[A-Za-z]+.*module\.cu:\d+"):
             mod._test_bad_launch(_backend.ptr(a), a.size, _backend.stream_ptr(cp))
         mod.fill(_backend.ptr(a), a.size, 2.5, _backend.stream_ptr(cp))
         assert float(a.sum()) == 2500.0

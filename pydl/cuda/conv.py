@@ -260,6 +260,19 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, g
         item = x.itemsize
         # Row-major y[n,g] (Kg x P) = W_g (Kg x CKg) @ col[n,g] (CKg x P) is, column-major,
         # y^T (P x Kg) = col^T (P x CKg) @ W_g^T (CKg x Kg): m = P, n = Kg, k = CKg.
+        if _is_gemm_1x1(kh, kw, H, W, Ho, Wo, sh, sw, ph, pw) and P > _INT32_MAX:
+            # A plane past 2**31 pixels is a leading dimension cuBLAS's 32-bit API cannot take:
+            # y[k] += w[k, c] * x[c], one 64-bit-indexed CuPy pass per input channel, in order.
+            for n in range(N):
+                for g in range(groups):
+                    xg = x[n, g * Cg:(g + 1) * Cg].reshape(Cg, P)
+                    yg = y[n, g * Kg:(g + 1) * Kg].reshape(Kg, P)
+                    wg = w[g * Kg:(g + 1) * Kg, :, 0, 0]
+                    if b is None:
+                        yg.fill(0)
+                    for c in range(Cg):
+                        yg += wg[:, c:c + 1] * xg[c:c + 1]
+            return
         if _is_gemm_1x1(kh, kw, H, W, Ho, Wo, sh, sw, ph, pw):
             for n0 in range(0, N, _MAX_BATCH):
                 nb = min(_MAX_BATCH, N - n0)
@@ -314,6 +327,19 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_h, pad_w, dil_h, di
         # Row-major dcol[n,g] (CKg x P) = W_g^T (CKg x Kg) @ dy[n,g] (Kg x P) is, column-major,
         # dcol^T (P x CKg) = dy^T (P x Kg) @ W_g (Kg x CKg): A = dy (op N, lda P),
         # B = W_g stored column-major as CKg x Kg (op T, ldb CKg).
+        if _is_gemm_1x1(kh, kw, H, W, Ho, Wo, sh, sw, ph, pw) and P > _INT32_MAX:
+            # A plane past 2**31 pixels is a leading dimension cuBLAS's 32-bit API cannot take:
+            # y[k] += w[k, c] * x[c], one 64-bit-indexed CuPy pass per input channel, in order.
+            for n in range(N):
+                for g in range(groups):
+                    xg = x[n, g * Cg:(g + 1) * Cg].reshape(Cg, P)
+                    yg = y[n, g * Kg:(g + 1) * Kg].reshape(Kg, P)
+                    wg = w[g * Kg:(g + 1) * Kg, :, 0, 0]
+                    if b is None:
+                        yg.fill(0)
+                    for c in range(Cg):
+                        yg += wg[:, c:c + 1] * xg[c:c + 1]
+            return
         if _is_gemm_1x1(kh, kw, H, W, Ho, Wo, sh, sw, ph, pw):
             for n0 in range(0, N, _MAX_BATCH):
                 nb = min(_MAX_BATCH, N - n0)
