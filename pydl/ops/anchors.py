@@ -143,7 +143,10 @@ def _pair_check(a_name, a, b_name, b):
 
 
 def _weights(weights):
-    if not isinstance(weights, (list, tuple)) or len(weights) != 4:
+    if not isinstance(weights, (list, tuple)):
+        raise TypeError(f"weights: expected a sequence of 4 floats (wx, wy, ww, wh), got {type(weights).__name__} "
+                        f"{weights!r}")
+    if len(weights) != 4:
         raise ValueError(f"weights: expected 4 floats (wx, wy, ww, wh), got {weights!r}")
     w = [_backend.float_arg("weights", v) for v in weights]
     if not all(v > 0 for v in w):
