@@ -1577,6 +1577,16 @@ def interp_tiny_scale(draw, call):
     return kw, ValueError, ("scale_factor",)
 
 
+def interp_huge(draw, call):  # NumPy's allocation error named no argument
+    kw = dict(call.kw, recompute_scale_factor=None)
+    assume(math.prod(kw["x"].shape[:2] if "x" in kw else tuple(kw["input_size"])[:2]) > 0)  # else nothing to allocate
+    if draw(st.booleans()):
+        kw["size"], kw["scale_factor"] = draw(st.sampled_from([2**40, (2**62, 1), (1, 2**63 - 1)])), None
+        return kw, ValueError, ("size",)
+    kw["size"], kw["scale_factor"] = None, draw(st.sampled_from([1e10, 1e300, (1.0, 1e19)]))
+    return kw, ValueError, ("scale_factor",)
+
+
 def interp_empty_plane(draw, call):
     kw = dict(call.kw)
     if "x" in kw:
@@ -1592,7 +1602,8 @@ INTERP_SCHEMA = dict(x=Arr((4,)), size=Opt(Int(1, pair=True)), scale_factor=Opt(
 INTERP_BWD_SCHEMA = dict({k: v for k, v in INTERP_SCHEMA.items() if k != "x"}, grad_out=Arr((4,)),
                          input_size=Shape())
 INTERP_INVALID = [("size and scale_factor", interp_both), ("neither", interp_neither),
-                  ("output size < 1", interp_tiny_scale), ("empty plane", interp_empty_plane)]
+                  ("output size < 1", interp_tiny_scale), ("empty plane", interp_empty_plane),
+                  ("output too large", interp_huge)]
 
 
 # ------------------------------------------------------------------------------ local_response_norm
