@@ -16,6 +16,10 @@ __all__ = ["anchor_boxes", "match_anchors", "encode_boxes", "decode_boxes"]
 
 
 def _positive_floats(name, values):
+    if isinstance(values, np.ndarray) and values.ndim != 1:
+        if values.ndim:
+            raise ValueError(f"{name}: expected a 1-D sequence of floats, got an array of shape {values.shape}")
+        values = values.item()  # a 0-d array is a scalar
     if isinstance(values, (numbers.Real, np.floating, np.integer)):
         values = [values]
     if not isinstance(values, (list, tuple, np.ndarray)):
