@@ -1118,7 +1118,7 @@ class FloatSeq:
         return [("empty", [], ValueError), ("zero", [1.0, 0.0], ValueError), ("negative", [-0.5], ValueError),
                 ("nan", [float("nan")], ValueError), ("inf", [float("inf")], ValueError),
                 ("string element", ["0.5"], TypeError), ("string", "0.5", TypeError), ("None", None, TypeError),
-                ("dict", {0.5: 1}, TypeError)]
+                ("dict", {0.5: 1}, TypeError), ("2-D array", np.ones((2, 2)), ValueError)]
 
 
 @dataclass
@@ -1441,7 +1441,8 @@ def anchor_boxes_call(draw):
                aspect_ratios=draw(st.lists(st.sampled_from([1.0, 2.0, 0.5, 3.0]), min_size=1, max_size=3)),
                dtype=draw(st.sampled_from([dt, dt.type, dt.name])), xp=np)
     if draw(st.booleans()):
-        kw_["sizes"] = draw(st.sampled_from([tuple(kw_["sizes"]), np.array(kw_["sizes"]), kw_["sizes"][0]]))
+        kw_["sizes"] = draw(st.sampled_from([tuple(kw_["sizes"]), np.array(kw_["sizes"]), kw_["sizes"][0],
+                                             np.array(kw_["sizes"][0])]))  # 0-d: TypeError named no argument
     return Call(kw_, dtype=dt)
 
 
