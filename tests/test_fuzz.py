@@ -1712,7 +1712,8 @@ SPECS = [
     Spec("deform_conv2d_backward", O.deform_conv2d_backward, lambda: deform_call(backward=True),
          deform_ref_backward, DEFORM_BWD_SCHEMA, DEFORM_INVALID + [("grad_out shape", bad_grad_out_shape)],
          floor=deform_floor),
-    Spec("anchor_boxes", O.anchor_boxes, anchor_boxes_call, R.anchor_boxes, ANCHOR_SCHEMA,
+    Spec("anchor_boxes", O.anchor_boxes, anchor_boxes_call,  # (the reference takes sequences only)
+         lambda sizes, **kw: R.anchor_boxes(sizes=np.atleast_1d(sizes).tolist(), **kw), ANCHOR_SCHEMA,
          [("xp", anchors_no_xp)]),
     Spec("match_anchors", O.match_anchors, match_anchors_call, R.match_anchors, MATCH_SCHEMA,
          [("box columns", coder_cols)]),
