@@ -81,7 +81,11 @@ def anchor_boxes(feature_size, image_size, sizes, aspect_ratios, dtype=np.float3
     cxx = cxx[:, :, None]
     cyy = cyy[:, :, None]
     out = np.stack([cxx - half_w, cyy - half_h, cxx + half_w, cyy + half_h], axis=-1)
-    out = out.reshape(-1, 4).astype(dt)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = out.reshape(-1, 4).astype(dt)
+    if not np.isfinite(out).all():  # e.g. sizes=[1e308], or aspect_ratios=[1e-320] in float32
+        raise ValueError(f"sizes, aspect_ratios: anchors of image_size {(ih, iw)} overflow {dt} "
+                         f"(sizes {sizes}, aspect_ratios {ratios})")
     return out if xp is np else xp.asarray(out)
 
 
