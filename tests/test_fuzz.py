@@ -1492,6 +1492,15 @@ def coder_cols(draw, call):
     return kw, ValueError, (n,)
 
 
+def anchors_overflow(draw, call):  # an inf cast warned (an error under -W error) naming nothing
+    kw = dict(call.kw)
+    if call.dtype == np.float64 or draw(st.booleans()):  # (no float64 ratio overflows alone)
+        kw["sizes"], kw["image_size"] = [draw(st.sampled_from([1e308, 1e307 if call.dtype == np.float64 else 1e38]))], 64
+        return kw, ValueError, ("sizes",)
+    kw["aspect_ratios"] = [draw(st.sampled_from([1e-320, 1e300]))]
+    return kw, ValueError, ("aspect_ratios",)
+
+
 def anchors_no_xp(draw, call):
     return dict(call.kw, xp=draw(st.sampled_from([None, "numpy", math]))), TypeError, ("xp",)
 
@@ -1714,7 +1723,7 @@ SPECS = [
          floor=deform_floor),
     Spec("anchor_boxes", O.anchor_boxes, anchor_boxes_call,  # (the reference takes sequences only)
          lambda sizes, **kw: R.anchor_boxes(sizes=np.atleast_1d(sizes).tolist(), **kw), ANCHOR_SCHEMA,
-         [("xp", anchors_no_xp)]),
+         [("xp", anchors_no_xp), ("overflow", anchors_overflow)]),
     Spec("match_anchors", O.match_anchors, match_anchors_call, R.match_anchors, MATCH_SCHEMA,
          [("box columns", coder_cols)]),
     Spec("encode_boxes", O.encode_boxes, coder_call, R.encode_boxes, ENCODE_SCHEMA,
