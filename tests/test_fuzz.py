@@ -1820,3 +1820,47 @@ def test_invalid(xp, spec, data):
     assert any(re.search(rf"(?<![\w.]){re.escape(n)}(?!\w)", msg) for n in names), \
         f"{label}: message does not name {names}: {msg!r}"
     assert_unmodified(kw, snap)
+
+
+# ------------------------------------------------------------------------------ known bugs (other owners)
+# Found by this suite in modules this file's owner does not edit: each case fails today and is
+# strict-xfailed, so the fix shows up as an XPASS to turn into a plain test.
+
+@pytest.mark.xfail(strict=True, reason="pydl/ops/roi_pool.py does not check return_indices: 'yes', None, 1 "
+                                       "and 0.0 are taken as truthy/falsy instead of TypeError")
+@pytest.mark.parametrize("value", ["yes", None, 1, 0.0])
+def test_roi_pool_return_indices_must_be_bool(value):
+    x = np.zeros((1, 1, 4, 4))
+    with pytest.raises(TypeError, match="return_indices"):
+        O.roi_pool(x, np.array([[0.0, 0, 0, 2, 2]]), 2, return_indices=value)
+
+
+_ROI_ALIGN_SR = """
+import sys, numpy as np, pydl.ops as O
+x = np.zeros((1, 1, 4, 4))
+b = np.array([[0.0, 0, 0, 3, 3]])
+try:
+    if sys.argv[2] == "forward":
+        O.roi_align(x, b, 1, sampling_ratio=int(sys.argv[1]))
+    else:
+        O.roi_align_backward(np.ones((1, 1, 1, 1)), b, x.shape, 1, sampling_ratio=int(sys.argv[1]))
+except ValueError as e:
+    sys.exit(0 if "sampling_ratio" in str(e) else 3)
+except BaseException:
+    sys.exit(4)
+sys.exit(5)
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="pydl/ops/roi_align.py does not bound sampling_ratio: 2**62 samples per "
+                                       "bin axis crash the CPU kernel (SIGSEGV), 2**31 gives MemoryError, 10**5 "
+                                       "runs for minutes (gh * gw samples per bin)")
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+@pytest.mark.parametrize("sr", [2**62, 2**31])
+def test_roi_align_huge_sampling_ratio_is_value_error(sr, direction):
+    import subprocess
+    import sys
+    # a separate process: the crash must not take the test run with it
+    r = subprocess.run([sys.executable, "-c", _ROI_ALIGN_SR, str(sr), direction], timeout=60,
+                       capture_output=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert r.returncode == 0, f"sampling_ratio={sr}: exit status {r.returncode}, {r.stderr.decode()[-300:]}"
