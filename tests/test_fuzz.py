@@ -145,6 +145,8 @@ def to_xp(v, xp):
         return xp
     if xp is np:
         return v
+    if isinstance(v, list) and v and all(isinstance(a, np.ndarray) for a in v):  # roi boxes per image
+        return [to_xp(a, xp) for a in v]
     if isinstance(v, tuple) and hasattr(v, "_fields"):  # CrossEntropySaved
         return type(v)(*(to_xp(a, xp) for a in v))
     if not isinstance(v, np.ndarray) or v.dtype.kind == "O" or not v.dtype.isnative:
@@ -163,8 +165,14 @@ def _is_array(v):
     return hasattr(v, "dtype") and hasattr(v, "shape") and not isinstance(v, (type, types.ModuleType))
 
 
+def _array_list(v):
+    """A list of arrays (roi boxes per image): each entry is snapshotted and compared."""
+    return isinstance(v, list) and len(v) > 0 and all(_is_array(a) for a in v)
+
+
 def snapshot(kw):
-    return {k: (np.array(to_numpy(v), copy=True) if _is_array(v) else
+    return {k: ([np.array(to_numpy(a), copy=True) for a in v] if _array_list(v) else
+                np.array(to_numpy(v), copy=True) if _is_array(v) else
                 (np.array(v, dtype=object, copy=True) if isinstance(v, list) else None))
             for k, v in kw.items()}
 
@@ -172,6 +180,11 @@ def snapshot(kw):
 def assert_unmodified(kw, snap, skip=()):
     for k, v in kw.items():
         if k in skip or snap[k] is None:
+            continue
+        if isinstance(snap[k], list):
+            assert len(v) == len(snap[k]) and all(
+                np.array_equal(to_numpy(a), b, equal_nan=b.dtype.kind in "fc") for a, b in zip(v, snap[k])), \
+                f"input {k} was modified"
             continue
         now = np.array(to_numpy(v), copy=True) if not isinstance(v, list) else np.array(v, dtype=object)
         if now.dtype.kind in "fc":
