@@ -1414,6 +1414,15 @@ def deform_too_small(draw, call):
     return kw, ValueError, ("input",)
 
 
+def deform_nonfinite_offset(draw, call):  # the kernels cast floor(NaN) to an int: differed from the reference
+    kw = dict(call.kw)
+    o = np.array(kw["offset"], copy=True)
+    assume(o.size > 0)
+    o.flat[draw(st.integers(0, o.size - 1))] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+    kw["offset"] = o
+    return kw, ValueError, ("offset",)
+
+
 def deform_bad_bias(draw, call):
     kw = dict(call.kw)
     kw["bias"] = np.zeros(kw["weight"].shape[0] + 1, call.dtype)
@@ -1439,7 +1448,8 @@ DEFORM_BWD_SCHEMA = dict({k: v for k, v in DEFORM_SCHEMA.items() if k != "bias"}
                          output_mask=Mask())
 DEFORM_INVALID = [("offset channels", deform_bad_offset_channels), ("offset size", deform_bad_offset_size),
                   ("mask shape", deform_bad_mask), ("weight channels", deform_weight_channels),
-                  ("output size < 1", deform_too_small), ("offset groups", deform_og_not_dividing)]
+                  ("output size < 1", deform_too_small), ("offset groups", deform_og_not_dividing),
+                  ("non-finite offset", deform_nonfinite_offset)]
 
 
 # ------------------------------------------------------------------------------ anchors
