@@ -1124,6 +1124,17 @@ class Opt:
 
 
 @dataclass
+class Without:
+    """kind's mutations less the ``labels`` of a known bug in a module this file does not own
+    (each has a strict-xfail test at the end of the file; drop the entry when it is fixed)."""
+    kind: object
+    labels: tuple
+
+    def mutations(self, v, call):
+        return [m for m in self.kind.mutations(v, call) if m[0] not in self.labels]
+
+
+@dataclass
 class FloatSeq:
     """A non-empty sequence of floats > 0 (anchor sizes, aspect ratios)."""
 
@@ -1157,8 +1168,9 @@ class Boxes:
     """roi_pool/roi_align boxes: a (K, 5) array, or a list of (L_i, 4) arrays (one per image)."""
 
     def mutations(self, v, call):
-        if isinstance(v, np.ndarray):
-            return Arr((2,)).mutations(v, call)
+        if isinstance(v, np.ndarray):  # as a list of rows it reads as the per-image format: too long is ValueError
+            return [(m[0], m[1], (TypeError, ValueError) if m[0] == "list" else m[2])
+                    for m in Arr((2,)).mutations(v, call)]
         out = [("list of lists", [np.asarray(b).tolist() for b in v] or [[[0.0] * 4]], TypeError),
                ("scalar", 1.0, TypeError), ("string", "boxes", TypeError), ("None", None, TypeError)]
         if v:
@@ -1733,7 +1745,7 @@ SPECS = [
     Spec("box_iou", O.box_iou, box_iou_call, R.box_iou, BOX_IOU_SCHEMA, [("box columns", nms_box_cols)]),
     Spec("roi_pool", O.roi_pool, roi_call, R.roi_pool, ROI_SCHEMA, ROI_INVALID),
     Spec("roi_pool_backward", O.roi_pool_backward, lambda: roi_call(backward=True), R.roi_pool_backward,
-         dict(ROI_BWD_SCHEMA, indices=Arr((4,), index=True)),
+         dict(ROI_BWD_SCHEMA, indices=Without(Arr((4,), index=True), ("None",))),
          ROI_BWD_INVALID + [("indices out of range", roi_bad_indices), ("indices shape", roi_indices_shape)]),
     Spec("roi_align", O.roi_align, lambda: roi_call("align"), R.roi_align, dict(ROI_SCHEMA, **ROI_ALIGN_EXTRA),
          ROI_INVALID),
@@ -1856,6 +1868,13 @@ def test_roi_pool_return_indices_must_be_bool(value):
     x = np.zeros((1, 1, 4, 4))
     with pytest.raises(TypeError, match="return_indices"):
         O.roi_pool(x, np.array([[0.0, 0, 0, 2, 2]]), 2, return_indices=value)
+
+
+@pytest.mark.xfail(strict=True, reason="pydl/ops/roi_pool.py: roi_pool_backward(indices=None) reads "
+                                       "indices.dtype: AttributeError instead of TypeError naming indices")
+def test_roi_pool_backward_indices_none():
+    with pytest.raises(TypeError, match="indices"):
+        O.roi_pool_backward(np.zeros((1, 1, 1, 1)), None, np.array([[0.0, 0, 0, 2, 2]]), (1, 1, 4, 4), 1)
 
 
 _ROI_ALIGN_SR = """
