@@ -136,6 +136,8 @@ def deform_conv2d_backward(grad_out, input, offset, weight, mask=None, stride=1,
     differentiable in the offset; the one-sided derivative torchvision uses (from the
     floor neighbour) is returned.
     """
+    if grad_out is None:  # (None means "forward" to _validate: it reached the kernel's own check)
+        raise TypeError("grad_out: expected a float32 or float64 array, got None")
     xp, s, p, d, groups, og, _ = _validate(input, offset, weight, None, mask, stride, padding, dilation,
                                            grad_out=grad_out)
     try:
