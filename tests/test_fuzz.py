@@ -17,7 +17,11 @@ Three tests run over the table:
   TypeError or ValueError (the one expected) with a message naming that argument,
   never crashes, never returns, never modifies an input.
 - ``test_table_covers_public_api``: every name in ``pydl.functional.__all__`` and
-  ``pydl.ops.__all__`` has a spec (ops still being written are listed in ``PENDING``).
+  ``pydl.ops.__all__`` has a spec (ops still being written are listed in ``PENDING``;
+  layer classes such as RoIPool, which wrap the functions, are exempt).
+
+Bugs found in modules whose owners fix them separately are strict-xfail tests at the end of
+the file (their mutations are left out of the table through ``Without``).
 
 To add an op: write its strategy and schema and append one ``Spec`` to ``SPECS``.
 
