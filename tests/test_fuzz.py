@@ -17,7 +17,11 @@ Three tests run over the table:
   TypeError or ValueError (the one expected) with a message naming that argument,
   never crashes, never returns, never modifies an input.
 - ``test_table_covers_public_api``: every name in ``pydl.functional.__all__`` and
-  ``pydl.ops.__all__`` has a spec (ops still being written are listed in ``PENDING``).
+  ``pydl.ops.__all__`` has a spec (ops still being written are listed in ``PENDING``;
+  layer classes such as RoIPool, which wrap the functions, are exempt).
+
+Bugs found in modules whose owners fix them separately are strict-xfail tests at the end of
+the file (their mutations are left out of the table through ``Without``).
 
 To add an op: write its strategy and schema and append one ``Spec`` to ``SPECS``.
 
@@ -36,6 +40,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import types
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -65,10 +70,8 @@ if PROFILE not in ("ci", "release"):
     raise ValueError(f"PYDL_FUZZ: expected 'ci' or 'release', got {PROFILE!r}")
 FUZZ = settings.get_profile(PROFILE)
 
-# Issue-8 modules whose functions get their specs when they land.
-PENDING = {"pydl.functional.interpolate", "pydl.functional.local_response_norm",
-           "pydl.ops.roi_pool", "pydl.ops.roi_align", "pydl.ops.deform_conv",
-           "pydl.ops.anchors", "pydl.ops.soft_nms"}
+# Modules whose functions get their specs when they land (none now).
+PENDING: set = set()
 # Public names that take no arrays (configuration).
 NOT_ARRAY_FUNCTIONS = {"set_conv_workspace_limit", "get_conv_workspace_limit"}
 
@@ -129,12 +132,12 @@ def layout(a, kind):
 
 
 @st.composite
-def laid_out(draw, kw, inplace=()):
+def laid_out(draw, kw, inplace=(), layouts=LAYOUTS):
     """kw with every array argument in a random layout (in-place ones stay writeable)."""
     out = {}
     for k, v in kw.items():
         if isinstance(v, np.ndarray):
-            out[k] = layout(v, draw(st.sampled_from(INPLACE_LAYOUTS if k in inplace else LAYOUTS)))
+            out[k] = layout(v, draw(st.sampled_from(INPLACE_LAYOUTS if k in inplace else layouts)))
         else:
             out[k] = v
     return out
@@ -142,8 +145,12 @@ def laid_out(draw, kw, inplace=()):
 
 def to_xp(v, xp):
     """An argument on the backend xp, keeping the layout (views are rebuilt on the GPU)."""
+    if v is np:  # an array-module argument (anchor_boxes' xp) names the backend under test
+        return xp
     if xp is np:
         return v
+    if isinstance(v, list) and v and all(isinstance(a, np.ndarray) for a in v):  # roi boxes per image
+        return [to_xp(a, xp) for a in v]
     if isinstance(v, tuple) and hasattr(v, "_fields"):  # CrossEntropySaved
         return type(v)(*(to_xp(a, xp) for a in v))
     if not isinstance(v, np.ndarray) or v.dtype.kind == "O" or not v.dtype.isnative:
@@ -158,8 +165,18 @@ def to_xp(v, xp):
     return xp.asarray(v)
 
 
+def _is_array(v):
+    return hasattr(v, "dtype") and hasattr(v, "shape") and not isinstance(v, (type, types.ModuleType))
+
+
+def _array_list(v):
+    """A list of arrays (roi boxes per image): each entry is snapshotted and compared."""
+    return isinstance(v, list) and len(v) > 0 and all(_is_array(a) for a in v)
+
+
 def snapshot(kw):
-    return {k: (np.array(to_numpy(v), copy=True) if hasattr(v, "dtype") and hasattr(v, "shape") else
+    return {k: ([np.array(to_numpy(a), copy=True) for a in v] if _array_list(v) else
+                np.array(to_numpy(v), copy=True) if _is_array(v) else
                 (np.array(v, dtype=object, copy=True) if isinstance(v, list) else None))
             for k, v in kw.items()}
 
@@ -167,6 +184,11 @@ def snapshot(kw):
 def assert_unmodified(kw, snap, skip=()):
     for k, v in kw.items():
         if k in skip or snap[k] is None:
+            continue
+        if isinstance(snap[k], list):
+            assert len(v) == len(snap[k]) and all(
+                np.array_equal(to_numpy(a), b, equal_nan=b.dtype.kind in "fc") for a, b in zip(v, snap[k])), \
+                f"input {k} was modified"
             continue
         now = np.array(to_numpy(v), copy=True) if not isinstance(v, list) else np.array(v, dtype=object)
         if now.dtype.kind in "fc":
@@ -1093,6 +1115,574 @@ BNMS_SCHEMA = dict(NMS_SCHEMA, idxs=Arr((1,), index=True))
 BOX_IOU_SCHEMA = dict(boxes1=Arr((2,)), boxes2=Arr((2,)))
 
 
+# ------------------------------------------------------------------------------ issue-8 ops: kinds
+
+@dataclass
+class Opt:
+    """An optional argument left as None in some calls: mutations only where it is given."""
+    kind: object
+
+    def mutations(self, v, call):
+        # (None itself is valid: it means "the other one", checked by the op-specific cases)
+        return [] if v is None else [m for m in self.kind.mutations(v, call) if m[0] != "None"]
+
+
+@dataclass
+class Without:
+    """kind's mutations less the ``labels`` of a known bug in a module this file does not own
+    (each has a strict-xfail test at the end of the file; drop the entry when it is fixed)."""
+    kind: object
+    labels: tuple
+
+    def mutations(self, v, call):
+        return [m for m in self.kind.mutations(v, call) if m[0] not in self.labels]
+
+
+@dataclass
+class FloatSeq:
+    """A non-empty sequence of floats > 0 (anchor sizes, aspect ratios)."""
+
+    def mutations(self, v, call):
+        return [("empty", [], ValueError), ("zero", [1.0, 0.0], ValueError), ("negative", [-0.5], ValueError),
+                ("nan", [float("nan")], ValueError), ("inf", [float("inf")], ValueError),
+                ("string element", ["0.5"], TypeError), ("string", "0.5", TypeError), ("None", None, TypeError),
+                ("dict", {0.5: 1}, TypeError), ("2-D array", np.ones((2, 2)), ValueError)]
+
+
+@dataclass
+class DType:
+    def mutations(self, v, call):
+        return [("int32", np.int32, TypeError), ("float16", "float16", TypeError),
+                ("complex", np.complex64, TypeError), ("unknown", "float33", TypeError), ("bool", bool, TypeError)]
+
+
+@dataclass
+class Weights:
+    """Four floats > 0 (box coder weights)."""
+
+    def mutations(self, v, call):
+        return [("three", (1.0, 1.0, 1.0), ValueError), ("five", (1.0,) * 5, ValueError),
+                ("zero", (1.0, 0.0, 1.0, 1.0), ValueError), ("negative", (-1.0, 1.0, 1.0, 1.0), ValueError),
+                ("nan", (1.0, 1.0, float("nan"), 1.0), ValueError), ("string element", ("1", 1.0, 1.0, 1.0), TypeError),
+                ("None", None, TypeError), ("float", 10.0, TypeError), ("string", "abcd", TypeError)]
+
+
+@dataclass
+class Boxes:
+    """roi_pool/roi_align boxes: a (K, 5) array, or a list of (L_i, 4) arrays (one per image)."""
+
+    def mutations(self, v, call):
+        if isinstance(v, np.ndarray):  # as a list of rows it reads as the per-image format: too long is ValueError
+            return [(m[0], m[1], (TypeError, ValueError) if m[0] == "list" else m[2])
+                    for m in Arr((2,)).mutations(v, call)]
+        out = [("list of lists", [np.asarray(b).tolist() for b in v] or [[[0.0] * 4]], TypeError),
+               ("scalar", 1.0, TypeError), ("string", "boxes", TypeError), ("None", None, TypeError)]
+        if v:
+            b0 = np.asarray(v[0])
+            other = np.float32 if call.dtype == np.float64 else np.float64
+            out += [("entry dtype", [b0.astype(other)] + list(v[1:]), TypeError),
+                    ("entry int", [b0.astype(np.int64)] + list(v[1:]), TypeError),
+                    ("entry columns", [np.concatenate([b0, b0[:, :1]], 1)] + list(v[1:]), ValueError),
+                    ("entry rank", [b0.reshape(-1)] + list(v[1:]), ValueError)]
+        return out
+
+
+@dataclass
+class RoiShape(Shape):
+    """x_shape of the roi backward ops: an empty image is valid only without boxes."""
+
+    def mutations(self, v, call):
+        b = call.kw["boxes"]
+        k = b.shape[0] if isinstance(b, np.ndarray) else sum(np.shape(e)[0] for e in b)
+        return [m for m in super().mutations(v, call) if k > 0 or m[0] != "zero width"]
+
+
+@dataclass
+class AlignCorners:
+    def mutations(self, v, call):
+        if call.kw["mode"] == "nearest":
+            return [("True with nearest", True, ValueError), ("False with nearest", False, ValueError)]
+        return [("int", 1, TypeError), ("string", "True", TypeError), ("float", 1.0, TypeError)]
+
+
+@dataclass
+class Recompute:
+    def mutations(self, v, call):
+        out = [("int", 1, TypeError), ("string", "True", TypeError), ("float", 0.0, TypeError)]
+        if call.kw.get("size") is not None:
+            out.append(("True with size", True, ValueError))
+        return out
+
+
+# ------------------------------------------------------------------------------ roi_pool / roi_align
+
+@st.composite
+def roi_call(draw, op="pool", backward=False):
+    rng, dt = draw(seeds()), draw(st.sampled_from(DTYPES))
+    N, C = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    H, W = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    scale = draw(st.sampled_from([1.0, 0.5, 0.25, 2.0]))
+    K = draw(st.integers(0, 4))
+    if draw(st.booleans()):  # integer-valued and half-integer corners: rounding ties
+        xy = rng.integers(-2, 2 * max(H, W) + 2, (K, 2)) / 2.0
+        wh = rng.integers(-1, 8, (K, 2)) / 2.0
+    else:
+        xy = rng.uniform(-2, max(H, W) / scale + 1, (K, 2))
+        wh = rng.uniform(-1, max(H, W) / scale, (K, 2))
+    bi = np.sort(rng.integers(0, N, K)).astype(np.float64)
+    rois = np.concatenate([bi[:, None], xy, xy + wh], 1).astype(dt)
+    if draw(st.booleans()):  # list format: entry i holds image i's boxes
+        n_list = draw(st.integers(int(bi.max()) + 1 if K else 0, N))
+        boxes = [layout(rois[bi == i, 1:], draw(st.sampled_from(LAYOUTS))) for i in range(n_list)]
+        boxes = [np.ascontiguousarray(b) if b.size == 0 else b for b in boxes]
+    else:
+        boxes = rois
+    out = draw(st.integers(1, 3))
+    output_size = draw(st.sampled_from([out, (out, draw(st.integers(1, 3))), [out, out]]))
+    if draw(st.integers(0, 4)) == 0:
+        x = rng.integers(-2, 3, (N, C, H, W)).astype(dt)  # ties for the argmax
+    else:
+        x = rnd(rng, (N, C, H, W), dt)
+    kw_ = dict(boxes=boxes, output_size=output_size, spatial_scale=scale)
+    if op == "align":
+        kw_.update(sampling_ratio=draw(st.sampled_from([-1, 0, 1, 2, 3])), aligned=draw(st.booleans()))
+    PH, PW = as_pair(output_size)
+    if not backward:
+        kw_ = dict(x=x, **kw_)
+        if op == "pool":
+            kw_["return_indices"] = draw(st.booleans())
+    else:
+        xs = draw(st.sampled_from([(N, C, H, W), [N, C, H, W]]))
+        kw_ = dict(grad_out=rnd(rng, (K, C, PH, PW), dt), x_shape=xs, **kw_)
+        if op == "pool":
+            kw_["indices"] = R.roi_pool(x, boxes, output_size, scale, return_indices=True)[1]
+    return Call(draw(laid_out(kw_)), dtype=dt)
+
+
+def _rois_of(kw):
+    b = kw["boxes"]
+    return np.array(b, copy=True) if isinstance(b, np.ndarray) else None
+
+
+def roi_bad_batch(draw, call):
+    kw = dict(call.kw)
+    b = _rois_of(kw)
+    assume(b is not None and b.shape[0] > 0)
+    N = kw["x"].shape[0] if "x" in kw else kw["x_shape"][0]
+    b[draw(st.integers(0, b.shape[0] - 1)), 0] = draw(st.sampled_from([N, N + 5, -1, 0.5, np.nan, np.inf]))
+    kw["boxes"] = b
+    return kw, ValueError, ("boxes",)
+
+
+def roi_bad_coord(draw, call):
+    kw = dict(call.kw)
+    b = _rois_of(kw)
+    assume(b is not None and b.shape[0] > 0)
+    b[draw(st.integers(0, b.shape[0] - 1)), draw(st.integers(1, 4))] = draw(
+        st.sampled_from([np.nan, np.inf, -np.inf, 2.0**40]))
+    kw["boxes"] = b
+    return kw, ValueError, ("boxes",)
+
+
+def roi_bad_columns(draw, call):
+    kw = dict(call.kw)
+    b = _rois_of(kw)
+    assume(b is not None)
+    kw["boxes"] = b[:, 1:] if draw(st.booleans()) else np.concatenate([b, b[:, :1]], 1)
+    return kw, ValueError, ("boxes",)
+
+
+def roi_list_too_long(draw, call):
+    kw = dict(call.kw)
+    N = kw["x"].shape[0] if "x" in kw else kw["x_shape"][0]
+    kw["boxes"] = [np.zeros((1, 4), call.dtype)] * (N + 1)
+    if "grad_out" in kw:
+        kw["grad_out"] = np.zeros((N + 1,) + kw["grad_out"].shape[1:], call.dtype)
+    if "indices" in kw:
+        kw["indices"] = np.zeros(kw["grad_out"].shape, np.int64)
+    return kw, ValueError, ("boxes",)
+
+
+def roi_empty_image(draw, call):
+    kw = dict(call.kw)
+    b = _rois_of(kw)
+    assume(b is not None and b.shape[0] > 0)
+    if "x" in kw:
+        kw["x"] = np.asarray(kw["x"])[..., :0]
+        return kw, ValueError, ("x",)
+    kw["x_shape"] = tuple(kw["x_shape"][:3]) + (0,)
+    return kw, ValueError, ("x_shape",)
+
+
+def roi_x_shape_channels(draw, call):
+    kw = dict(call.kw)
+    xs = tuple(kw["x_shape"])
+    kw["x_shape"] = xs[:1] + (xs[1] + 1,) + xs[2:]
+    return kw, ValueError, ("grad_out",)
+
+
+def roi_bad_indices(draw, call):
+    kw = dict(call.kw)
+    ind = np.array(kw["indices"], copy=True)
+    assume(ind.size > 0)
+    H, W = tuple(kw["x_shape"])[2:]
+    ind.flat[draw(st.integers(0, ind.size - 1))] = draw(st.sampled_from([H * W, H * W + 7, -2, 2**62, -2**62]))
+    kw["indices"] = ind
+    return kw, ValueError, ("indices",)
+
+
+def roi_indices_shape(draw, call):
+    kw = dict(call.kw)
+    ind = np.asarray(kw["indices"])
+    kw["indices"] = np.concatenate([ind, ind[:, :, :1]], axis=2)
+    return kw, ValueError, ("indices",)
+
+
+ROI_SCHEMA = dict(x=Arr((4,)), boxes=Boxes(), output_size=Int(1, pair=True), spatial_scale=Float())
+ROI_BWD_SCHEMA = dict(grad_out=Arr((4,)), boxes=Boxes(), x_shape=RoiShape(), output_size=Int(1, pair=True),
+                      spatial_scale=Float())
+ROI_ALIGN_EXTRA = dict(sampling_ratio=Int(None), aligned=Bool())
+ROI_INVALID = [("batch index", roi_bad_batch), ("coordinates", roi_bad_coord), ("box columns", roi_bad_columns),
+               ("list longer than batch", roi_list_too_long), ("empty image", roi_empty_image)]
+ROI_BWD_INVALID = ROI_INVALID + [("x_shape channels", roi_x_shape_channels), ("grad_out shape", bad_grad_out_shape)]
+
+
+# ------------------------------------------------------------------------------ deform_conv2d
+
+@st.composite
+def deform_call(draw, backward=False):
+    rng, dt = draw(seeds()), draw(st.sampled_from(DTYPES))
+    g, og = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    C = g * og * draw(st.integers(1, 2))
+    K = g * draw(st.integers(1, 2))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    stride, dilation, padding = maybe_pair(draw, 1, 2), maybe_pair(draw, 1, 2), maybe_pair(draw, 0, 2)
+    s, d, p = as_pair(stride), as_pair(dilation), as_pair(padding)
+    H = max(1, d[0] * (kh - 1) + 1 - 2 * p[0]) + draw(st.integers(0, 3))
+    W = max(1, d[1] * (kw - 1) + 1 - 2 * p[1]) + draw(st.integers(0, 3))
+    ho = (H + 2 * p[0] - d[0] * (kh - 1) - 1) // s[0] + 1
+    wo = (W + 2 * p[1] - d[1] * (kw - 1) - 1) // s[1] + 1
+    N = draw(st.integers(0, 2))
+    off_shape = (N, 2 * og * kh * kw, ho, wo)
+    offset = rnd(rng, off_shape, dt, -2.0, 2.0)
+    if draw(st.integers(0, 3)) == 0:  # whole-pixel offsets: samples on the grid and at the border
+        offset = rng.integers(-2, 3, off_shape).astype(dt)
+    kw_ = dict(input=rnd(rng, (N, C, H, W), dt), offset=offset, weight=rnd(rng, (K, C // g, kh, kw), dt),
+               stride=stride, padding=padding, dilation=dilation)
+    if draw(st.booleans()):
+        kw_["mask"] = rnd(rng, (N, og * kh * kw, ho, wo), dt, 0.0, 1.0)
+    if backward:
+        kw_ = dict(grad_out=rnd(rng, (N, K, ho, wo), dt), **kw_,
+                   output_mask=tuple(draw(st.lists(st.booleans(), min_size=5, max_size=5))))
+    elif draw(st.booleans()):
+        kw_["bias"] = rnd(rng, (K,), dt)
+    return Call(draw(laid_out(kw_)), dtype=dt)
+
+
+def deform_ref_backward(output_mask=(True,) * 5, **kw):
+    r = R.deform_conv2d_backward(**kw)
+    return tuple(v if m else None for v, m in zip(r, output_mask))
+
+
+def deform_floor(kw):
+    # offsets enter through bilinear weights: terms of size |dy| |w| |x| (and |mask|)
+    return amax(kw.get("grad_out"), kw["weight"], kw["input"], kw.get("mask"))
+
+
+def deform_bad_offset_channels(draw, call):
+    kw = dict(call.kw)
+    o = np.asarray(kw["offset"])
+    kw["offset"] = o[:, :-1] if draw(st.booleans()) else np.concatenate([o, o[:, :1]], 1)
+    return kw, ValueError, ("offset",)
+
+
+def deform_bad_offset_size(draw, call):
+    kw = dict(call.kw)
+    o = np.asarray(kw["offset"])
+    kw["offset"] = np.concatenate([o, o[..., :1]], -1)
+    return kw, ValueError, ("offset",)
+
+
+def deform_bad_mask(draw, call):
+    kw = dict(call.kw)
+    o = np.asarray(kw["offset"])
+    kw["mask"] = np.ones((o.shape[0], o.shape[1] // 2 + 1) + o.shape[2:], call.dtype)
+    return kw, ValueError, ("mask",)
+
+
+def deform_weight_channels(draw, call):
+    kw = dict(call.kw)
+    C = kw["input"].shape[1]
+    w = np.asarray(kw["weight"])
+    bad = draw(st.sampled_from([c for c in range(C + 1, C + 4) if C % c]))
+    kw["weight"] = np.ones((w.shape[0], bad) + w.shape[2:], call.dtype)
+    return kw, ValueError, ("weight",)
+
+
+def deform_too_small(draw, call):
+    kw = dict(call.kw)
+    x = np.asarray(kw["input"])
+    kw["input"] = x[:, :, :1, :1]
+    w = np.asarray(kw["weight"])
+    kw["weight"] = np.ones(w.shape[:2] + (3, 3), call.dtype)
+    kw["offset"] = np.zeros((x.shape[0], 18, 1, 1), call.dtype)  # one offset group of a 3x3 kernel
+    kw["padding"], kw["dilation"], kw["stride"], kw["mask"] = 0, 1, 1, None
+    return kw, ValueError, ("input",)
+
+
+def deform_nonfinite_offset(draw, call):  # the kernels cast floor(NaN) to an int: differed from the reference
+    kw = dict(call.kw)
+    o = np.array(kw["offset"], copy=True)
+    assume(o.size > 0)
+    o.flat[draw(st.integers(0, o.size - 1))] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+    kw["offset"] = o
+    return kw, ValueError, ("offset",)
+
+
+def deform_bad_bias(draw, call):
+    kw = dict(call.kw)
+    kw["bias"] = np.zeros(kw["weight"].shape[0] + 1, call.dtype)
+    return kw, ValueError, ("bias",)
+
+
+def deform_og_not_dividing(draw, call):
+    kw = dict(call.kw)
+    x = np.asarray(kw["input"])
+    kh, kw_ = kw["weight"].shape[2:]
+    C = x.shape[1]
+    og = C + 1  # offset groups that do not divide the channels
+    o = np.asarray(kw["offset"])
+    kw["offset"] = np.zeros((o.shape[0], 2 * og * kh * kw_) + o.shape[2:], call.dtype)
+    kw["mask"] = None
+    return kw, ValueError, ("input", "offset")
+
+
+DEFORM_SCHEMA = dict(input=Arr((4,)), offset=Arr((4,)), weight=Arr((4,)), bias=Arr((1,), optional=True),
+                     stride=Int(1, pair=True), padding=Int(0, pair=True), dilation=Int(1, pair=True),
+                     mask=Arr((4,), optional=True))
+DEFORM_BWD_SCHEMA = dict({k: v for k, v in DEFORM_SCHEMA.items() if k != "bias"}, grad_out=Arr((4,)),
+                         output_mask=Mask())
+DEFORM_INVALID = [("offset channels", deform_bad_offset_channels), ("offset size", deform_bad_offset_size),
+                  ("mask shape", deform_bad_mask), ("weight channels", deform_weight_channels),
+                  ("output size < 1", deform_too_small), ("offset groups", deform_og_not_dividing),
+                  ("non-finite offset", deform_nonfinite_offset)]
+
+
+# ------------------------------------------------------------------------------ anchors
+
+@st.composite
+def anchor_boxes_call(draw):
+    dt = draw(st.sampled_from(DTYPES))
+    fs, im = draw(st.integers(1, 4)), draw(st.integers(1, 64))
+    kw_ = dict(feature_size=draw(st.sampled_from([fs, (fs, draw(st.integers(1, 4))), [fs, fs]])),
+               image_size=draw(st.sampled_from([im, (im, draw(st.integers(1, 64)))])),
+               sizes=draw(st.lists(st.sampled_from([0.75, 0.5, 0.25, 1.0, 1.5]), min_size=1, max_size=3)),
+               aspect_ratios=draw(st.lists(st.sampled_from([1.0, 2.0, 0.5, 3.0]), min_size=1, max_size=3)),
+               dtype=draw(st.sampled_from([dt, dt.type, dt.name])), xp=np)
+    if draw(st.booleans()):
+        kw_["sizes"] = draw(st.sampled_from([tuple(kw_["sizes"]), np.array(kw_["sizes"]), kw_["sizes"][0],
+                                             np.array(kw_["sizes"][0])]))  # 0-d: TypeError named no argument
+    return Call(kw_, dtype=dt)
+
+
+@st.composite
+def match_anchors_call(draw):
+    rng, dt = draw(seeds()), draw(st.sampled_from(DTYPES))
+    kw_ = dict(anchors=boxes_of(draw, rng, draw(st.integers(0, 10)), dt),
+               gt_boxes=boxes_of(draw, rng, draw(st.integers(0, 5)), dt),
+               iou_threshold=draw(st.sampled_from([0.5, 0.0, 0.3, 1.0, -0.1, 0.7])))
+    return Call(draw(laid_out(kw_)), dtype=dt)
+
+
+def proper_boxes(rng, n, dt):
+    xy = rng.uniform(-20, 20, (n, 2))
+    return np.concatenate([xy, xy + rng.uniform(0.5, 10, (n, 2))], 1).astype(dt)
+
+
+@st.composite
+def coder_call(draw, decode=False):
+    rng, dt = draw(seeds()), draw(st.sampled_from(DTYPES))
+    n = draw(st.integers(0, 8))
+    kw_ = dict(anchors=proper_boxes(rng, n, dt))
+    if decode:
+        kw_["deltas"] = rnd(rng, (n, 4), dt, -3.0, 3.0)
+    else:
+        kw_["boxes"] = proper_boxes(rng, n, dt)
+    w = draw(st.sampled_from([None, (10.0, 10.0, 5.0, 5.0), [1.0, 1.0, 1.0, 1.0], (1, 2.0, 0.5, 3.0)]))
+    if w is not None:
+        kw_["weights"] = w
+    # no zero-strided broadcast: it would make every box degenerate (log(0), documented unchecked)
+    return Call(draw(laid_out(kw_, layouts=tuple(k for k in LAYOUTS if k != "bcast"))), dtype=dt)
+
+
+def coder_len(draw, call):
+    kw = dict(call.kw)
+    n = "boxes" if "boxes" in kw else "deltas"
+    v = np.asarray(kw[n])
+    kw[n] = np.concatenate([v, np.ones((1, 4), v.dtype)])
+    return kw, ValueError, (n,)
+
+
+def coder_cols(draw, call):
+    kw = dict(call.kw)
+    n = draw(st.sampled_from(["anchors", next(k for k in ("boxes", "deltas", "gt_boxes") if k in kw)]))
+    v = np.asarray(kw[n])
+    kw[n] = v[:, :3] if draw(st.booleans()) else np.concatenate([v, v[:, :1]], 1)
+    return kw, ValueError, (n,)
+
+
+def anchors_overflow(draw, call):  # an inf cast warned (an error under -W error) naming nothing
+    kw = dict(call.kw)
+    if call.dtype == np.float64 or draw(st.booleans()):  # (no float64 ratio overflows alone)
+        kw["sizes"], kw["image_size"] = [draw(st.sampled_from([1e308, 1e307 if call.dtype == np.float64 else 1e38]))], 64
+        return kw, ValueError, ("sizes",)
+    kw["aspect_ratios"] = [draw(st.sampled_from([1e-320, 1e300]))]
+    return kw, ValueError, ("aspect_ratios",)
+
+
+def anchors_no_xp(draw, call):
+    return dict(call.kw, xp=draw(st.sampled_from([None, "numpy", math]))), TypeError, ("xp",)
+
+
+ANCHOR_SCHEMA = dict(feature_size=Int(1, pair=True), image_size=Int(1, pair=True), sizes=FloatSeq(),
+                     aspect_ratios=FloatSeq(), dtype=DType())
+MATCH_SCHEMA = dict(anchors=Arr((2,)), gt_boxes=Arr((2,)), iou_threshold=Float())
+ENCODE_SCHEMA = dict(anchors=Arr((2,)), boxes=Arr((2,)), weights=Weights())
+DECODE_SCHEMA = dict(anchors=Arr((2,)), deltas=Arr((2,)), weights=Weights())
+
+
+
+# ------------------------------------------------------------------------------ soft_nms
+
+@st.composite
+def soft_nms_call(draw):
+    rng, dt = draw(seeds()), draw(st.sampled_from(DTYPES))
+    n = draw(st.integers(0, 12))
+    kw_ = dict(boxes=boxes_of(draw, rng, n, dt), scores=scores_of(draw, rng, n, dt),
+               sigma=draw(st.sampled_from([0.5, 0.1, 1.0, 2.0])),
+               score_threshold=draw(st.sampled_from([0.001, 0.0, 0.1, 0.5])),
+               method=draw(st.sampled_from(["gaussian", "linear", "hard"])),
+               iou_threshold=draw(st.sampled_from([0.3, 0.0, 0.5, 1.0, -0.5])))
+    return Call(draw(laid_out(kw_)), dtype=dt)
+
+
+def soft_nms_zero_sigma(draw, call):
+    return dict(call.kw, sigma=draw(st.sampled_from([0.0, -0.0, 1e-320 * 0]))), ValueError, ("sigma",)
+
+
+SOFT_NMS_SCHEMA = dict(boxes=Arr((2,)), scores=Arr((1,)), sigma=Float(0.0), score_threshold=Float(0.0),
+                       method=Choice(("Gaussian", "", "soft")), iou_threshold=Float())
+
+
+# ------------------------------------------------------------------------------ interpolate
+
+@st.composite
+def interp_call(draw, backward=False):
+    rng, dt = draw(seeds()), draw(st.sampled_from(DTYPES))
+    N, C = draw(st.integers(0, 2)), draw(st.integers(1, 2))
+    H, W = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    mode = draw(st.sampled_from(["nearest", "bilinear"]))
+    kw_ = dict(size=None, scale_factor=None, mode=mode,
+               align_corners=None if mode == "nearest" else draw(st.sampled_from([None, True, False])))
+    if draw(st.booleans()):
+        a = draw(st.integers(1, 7))
+        kw_["size"] = draw(st.sampled_from([a, (a, draw(st.integers(1, 7))), [a, a]]))
+        kw_["recompute_scale_factor"] = draw(st.sampled_from([None, False]))
+        out = as_pair(kw_["size"])
+    else:
+        f = [draw(st.sampled_from([1.0, 2.0, 0.5, 1.5, 3.0, 2.5, 1 / 3, 0.7])) for _ in range(2)]
+        out = tuple(int(math.floor(float(n) * s)) for n, s in zip((H, W), f))
+        assume(min(out) >= 1)
+        kw_["scale_factor"] = draw(st.sampled_from([f[0], (f[0], f[1]), list(f)]))
+        if isinstance(kw_["scale_factor"], float):
+            out = tuple(int(math.floor(float(n) * f[0])) for n in (H, W))
+            assume(min(out) >= 1)
+        kw_["recompute_scale_factor"] = draw(st.sampled_from([None, False, True]))
+    if backward:
+        xs = draw(st.sampled_from([(N, C, H, W), [N, C, H, W]]))
+        kw_ = dict(grad_out=rnd(rng, (N, C) + tuple(out), dt), input_size=xs, **kw_)
+    else:
+        kw_ = dict(x=rnd(rng, (N, C, H, W), dt), **kw_)
+    return Call(draw(laid_out(kw_)), dtype=dt)
+
+
+def interp_both(draw, call):
+    kw = dict(call.kw)
+    if kw["size"] is None:
+        kw["size"] = 2
+    else:
+        kw["scale_factor"], kw["recompute_scale_factor"] = 2.0, None
+    return kw, ValueError, ("size", "scale_factor")
+
+
+def interp_neither(draw, call):
+    return dict(call.kw, size=None, scale_factor=None, recompute_scale_factor=None), ValueError, \
+        ("size", "scale_factor")
+
+
+def interp_tiny_scale(draw, call):
+    kw = dict(call.kw, size=None, recompute_scale_factor=None)
+    kw["scale_factor"] = draw(st.sampled_from([0.1, (1.0, 0.01), 1e-300]))
+    return kw, ValueError, ("scale_factor",)
+
+
+def interp_huge(draw, call):  # NumPy's allocation error named no argument
+    kw = dict(call.kw, recompute_scale_factor=None)
+    assume(math.prod(kw["x"].shape[:2] if "x" in kw else tuple(kw["input_size"])[:2]) > 0)  # else nothing to allocate
+    if draw(st.booleans()):
+        kw["size"], kw["scale_factor"] = draw(st.sampled_from([2**40, (2**62, 1), (1, 2**63 - 1)])), None
+        return kw, ValueError, ("size",)
+    kw["size"], kw["scale_factor"] = None, draw(st.sampled_from([1e10, 1e300, (1.0, 1e19)]))
+    return kw, ValueError, ("scale_factor",)
+
+
+def interp_empty_plane(draw, call):
+    kw = dict(call.kw)
+    if "x" in kw:
+        kw["x"] = np.asarray(kw["x"])[..., :0, :]
+        return kw, ValueError, ("x",)
+    kw["input_size"] = tuple(kw["input_size"][:2]) + (0, kw["input_size"][3])
+    return kw, ValueError, ("input_size",)
+
+
+INTERP_SCHEMA = dict(x=Arr((4,)), size=Opt(Int(1, pair=True)), scale_factor=Opt(Float(0.0)),
+                     mode=Choice(("Nearest", "", "bicubic")), align_corners=AlignCorners(),
+                     recompute_scale_factor=Recompute())
+INTERP_BWD_SCHEMA = dict({k: v for k, v in INTERP_SCHEMA.items() if k != "x"}, grad_out=Arr((4,)),
+                         input_size=Shape())
+INTERP_INVALID = [("size and scale_factor", interp_both), ("neither", interp_neither),
+                  ("output size < 1", interp_tiny_scale), ("empty plane", interp_empty_plane),
+                  ("output too large", interp_huge)]
+
+
+# ------------------------------------------------------------------------------ local_response_norm
+
+@st.composite
+def lrn_call(draw, backward=False):
+    rng, dt = draw(seeds()), draw(st.sampled_from(DTYPES))
+    shape = (draw(st.integers(0, 2)), draw(st.integers(1, 5))) + tuple(
+        draw(st.lists(st.integers(1, 4), min_size=1, max_size=3)))
+    kw_ = dict(x=rnd(rng, shape, dt, -2.0, 2.0), size=draw(st.integers(1, 7)),
+               alpha=draw(st.sampled_from([1e-4, 0.1, 1.0, 2.0, 0])),
+               beta=draw(st.sampled_from([0.75, 0.5, 1.0, 2, 0.0])), k=draw(st.sampled_from([1.0, 2.0, 0.5, 1])))
+    if backward:
+        kw_ = dict(grad_out=rnd(rng, shape, dt), **kw_)
+    return Call(draw(laid_out(kw_)), dtype=dt)
+
+
+def lrn_low_rank(draw, call):
+    kw = dict(call.kw)
+    x = np.asarray(kw["x"])
+    kw["x"] = x.reshape(x.shape[0], math.prod(x.shape[1:])) if draw(st.booleans()) else x.reshape(-1)
+    if "grad_out" in kw:
+        kw["grad_out"] = np.asarray(kw["grad_out"]).reshape(kw["x"].shape)
+    return kw, ValueError, ("x",)
+
+
+LRN_SCHEMA = dict(x=Arr(), size=Int(1), alpha=Float(), beta=Float(), k=Float())
+LRN_BWD_SCHEMA = dict(LRN_SCHEMA, grad_out=Arr())
+
+
 # ------------------------------------------------------------------------------ the table
 
 def _first(r):
@@ -1157,6 +1747,39 @@ SPECS = [
     Spec("batched_nms", O.batched_nms, lambda: nms_call(batched=True), R.batched_nms, BNMS_SCHEMA,
          [("lengths", nms_len), ("box columns", nms_box_cols), ("idxs None", nms_no_idxs)]),
     Spec("box_iou", O.box_iou, box_iou_call, R.box_iou, BOX_IOU_SCHEMA, [("box columns", nms_box_cols)]),
+    Spec("roi_pool", O.roi_pool, roi_call, R.roi_pool, ROI_SCHEMA, ROI_INVALID),
+    Spec("roi_pool_backward", O.roi_pool_backward, lambda: roi_call(backward=True), R.roi_pool_backward,
+         dict(ROI_BWD_SCHEMA, indices=Without(Arr((4,), index=True), ("None",))),
+         ROI_BWD_INVALID + [("indices out of range", roi_bad_indices), ("indices shape", roi_indices_shape)]),
+    Spec("roi_align", O.roi_align, lambda: roi_call("align"), R.roi_align, dict(ROI_SCHEMA, **ROI_ALIGN_EXTRA),
+         ROI_INVALID),
+    Spec("roi_align_backward", O.roi_align_backward, lambda: roi_call("align", backward=True),
+         R.roi_align_backward, dict(ROI_BWD_SCHEMA, **ROI_ALIGN_EXTRA), ROI_BWD_INVALID),
+    Spec("deform_conv2d", O.deform_conv2d, deform_call, R.deform_conv2d, DEFORM_SCHEMA,
+         DEFORM_INVALID + [("bias length", deform_bad_bias)], floor=deform_floor),
+    Spec("deform_conv2d_backward", O.deform_conv2d_backward, lambda: deform_call(backward=True),
+         deform_ref_backward, DEFORM_BWD_SCHEMA, DEFORM_INVALID + [("grad_out shape", bad_grad_out_shape)],
+         floor=deform_floor),
+    Spec("anchor_boxes", O.anchor_boxes, anchor_boxes_call,  # (the reference takes sequences only)
+         lambda sizes, **kw: R.anchor_boxes(sizes=np.atleast_1d(sizes).tolist(), **kw), ANCHOR_SCHEMA,
+         [("xp", anchors_no_xp), ("overflow", anchors_overflow)]),
+    Spec("match_anchors", O.match_anchors, match_anchors_call, R.match_anchors, MATCH_SCHEMA,
+         [("box columns", coder_cols)]),
+    Spec("encode_boxes", O.encode_boxes, coder_call, R.encode_boxes, ENCODE_SCHEMA,
+         [("lengths", coder_len), ("box columns", coder_cols)]),
+    Spec("decode_boxes", O.decode_boxes, lambda: coder_call(decode=True), R.decode_boxes, DECODE_SCHEMA,
+         [("lengths", coder_len), ("box columns", coder_cols)]),
+    Spec("soft_nms", O.soft_nms, soft_nms_call, R.soft_nms, SOFT_NMS_SCHEMA,
+         [("lengths", nms_len), ("box columns", nms_box_cols), ("sigma zero", soft_nms_zero_sigma)]),
+    Spec("interpolate", F.interpolate, interp_call, R.interpolate, INTERP_SCHEMA, INTERP_INVALID),
+    Spec("interpolate_backward", F.interpolate_backward, lambda: interp_call(backward=True),
+         R.interpolate_backward, INTERP_BWD_SCHEMA, INTERP_INVALID + [("grad_out shape", bad_grad_out_shape)]),
+    Spec("local_response_norm", F.local_response_norm, lrn_call, R.local_response_norm, LRN_SCHEMA,
+         [("rank < 3", lrn_low_rank)]),
+    Spec("local_response_norm_backward", F.local_response_norm_backward, lambda: lrn_call(backward=True),
+         R.local_response_norm_backward, LRN_BWD_SCHEMA,
+         [("rank < 3", lrn_low_rank), ("grad_out shape", bad_grad_out_shape)],
+         floor=lambda kw: amax(kw["grad_out"])),
 ]
 
 
@@ -1168,7 +1791,8 @@ def test_table_covers_public_api():
     for mod, names in ((F, F.__all__), (O, O.__all__)):
         for n in names:
             f = getattr(mod, n)
-            if n in covered or n in NOT_ARRAY_FUNCTIONS or getattr(f, "__module__", "") in PENDING:
+            if (n in covered or n in NOT_ARRAY_FUNCTIONS or isinstance(f, type)  # layer classes wrap the functions
+                    or getattr(f, "__module__", "") in PENDING):
                 continue
             missing.append(f"{mod.__name__}.{n}")
     assert not missing, f"public functions without a fuzz spec (add one entry to SPECS): {missing}"
@@ -1235,3 +1859,54 @@ def test_invalid(xp, spec, data):
     assert any(re.search(rf"(?<![\w.]){re.escape(n)}(?!\w)", msg) for n in names), \
         f"{label}: message does not name {names}: {msg!r}"
     assert_unmodified(kw, snap)
+
+
+# ------------------------------------------------------------------------------ known bugs (other owners)
+# Found by this suite in modules this file's owner does not edit: each case fails today and is
+# strict-xfailed, so the fix shows up as an XPASS to turn into a plain test.
+
+@pytest.mark.xfail(strict=True, reason="pydl/ops/roi_pool.py does not check return_indices: 'yes', None, 1 "
+                                       "and 0.0 are taken as truthy/falsy instead of TypeError")
+@pytest.mark.parametrize("value", ["yes", None, 1, 0.0])
+def test_roi_pool_return_indices_must_be_bool(value):
+    x = np.zeros((1, 1, 4, 4))
+    with pytest.raises(TypeError, match="return_indices"):
+        O.roi_pool(x, np.array([[0.0, 0, 0, 2, 2]]), 2, return_indices=value)
+
+
+@pytest.mark.xfail(strict=True, reason="pydl/ops/roi_pool.py: roi_pool_backward(indices=None) reads "
+                                       "indices.dtype: AttributeError instead of TypeError naming indices")
+def test_roi_pool_backward_indices_none():
+    with pytest.raises(TypeError, match="indices"):
+        O.roi_pool_backward(np.zeros((1, 1, 1, 1)), None, np.array([[0.0, 0, 0, 2, 2]]), (1, 1, 4, 4), 1)
+
+
+_ROI_ALIGN_SR = """
+import sys, numpy as np, pydl.ops as O
+x = np.zeros((1, 1, 4, 4))
+b = np.array([[0.0, 0, 0, 3, 3]])
+try:
+    if sys.argv[2] == "forward":
+        O.roi_align(x, b, 1, sampling_ratio=int(sys.argv[1]))
+    else:
+        O.roi_align_backward(np.ones((1, 1, 1, 1)), b, x.shape, 1, sampling_ratio=int(sys.argv[1]))
+except ValueError as e:
+    sys.exit(0 if "sampling_ratio" in str(e) else 3)
+except BaseException:
+    sys.exit(4)
+sys.exit(5)
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="pydl/ops/roi_align.py does not bound sampling_ratio: 2**62 samples per "
+                                       "bin axis crash the CPU kernel (SIGSEGV), 2**31 gives MemoryError, 10**5 "
+                                       "runs for minutes (gh * gw samples per bin)")
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+@pytest.mark.parametrize("sr", [2**62, 2**31])
+def test_roi_align_huge_sampling_ratio_is_value_error(sr, direction):
+    import subprocess
+    import sys
+    # a separate process: the crash must not take the test run with it
+    r = subprocess.run([sys.executable, "-c", _ROI_ALIGN_SR, str(sr), direction], timeout=60,
+                       capture_output=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert r.returncode == 0, f"sampling_ratio={sr}: exit status {r.returncode}, {r.stderr.decode()[-300:]}"

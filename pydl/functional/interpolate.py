@@ -76,6 +76,14 @@ def _plan(in_hw, size, scale_factor, mode, align_corners, recompute_scale_factor
     return out, nearest, ac, sf
 
 
+def _check_out_bytes(shape, itemsize, size):
+    """An output too large to allocate is the caller's size / scale_factor, not a NumPy error."""
+    if math.prod(shape) * itemsize >= 2**62:
+        name = "size" if size is not None else "scale_factor"
+        shown = tuple(v if v < 2**63 else float(v) for v in shape)
+        raise ValueError(f"{name}: output shape {shown} is too large to allocate")
+
+
 def _input_shape(name, x_shape):
     try:
         shape = tuple(_backend.int_arg(name, s, 0) for s in x_shape)
@@ -117,6 +125,7 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
     if x.shape[2] < 1 or x.shape[3] < 1:
         raise ValueError(f"x: expected non-empty spatial dimensions (H, W >= 1), got shape {tuple(x.shape)}")
     out, nearest, ac, sf = _plan(x.shape[2:], size, scale_factor, mode, align_corners, recompute_scale_factor)
+    _check_out_bytes(x.shape[:2] + tuple(out), x.dtype.itemsize, size)
     x = _backend.contiguous(x, xp)
     y = _backend.empty(x.shape[:2] + tuple(out), x.dtype, xp)
     _backend.kernels(xp, "interpolate").interpolate_forward(x, y, nearest, ac, sf[0], sf[1])
@@ -146,6 +155,7 @@ def interpolate_backward(grad_out, input_size, size=None, scale_factor=None, mod
     shape = _input_shape("input_size", input_size)
     out, nearest, ac, sf = _plan(shape[2:], size, scale_factor, mode, align_corners, recompute_scale_factor)
     _backend.check_float("grad_out", grad_out, ndim=4)
+    _check_out_bytes(shape[:2] + tuple(out), grad_out.dtype.itemsize, size)
     _backend.check_shape("grad_out", grad_out, shape[:2] + tuple(out))
     dy = _backend.contiguous(grad_out, xp)
     dx = _backend.empty(shape, dy.dtype, xp)

@@ -16,6 +16,10 @@ __all__ = ["anchor_boxes", "match_anchors", "encode_boxes", "decode_boxes"]
 
 
 def _positive_floats(name, values):
+    if isinstance(values, np.ndarray) and values.ndim != 1:
+        if values.ndim:
+            raise ValueError(f"{name}: expected a 1-D sequence of floats, got an array of shape {values.shape}")
+        values = values.item()  # a 0-d array is a scalar
     if isinstance(values, (numbers.Real, np.floating, np.integer)):
         values = [values]
     if not isinstance(values, (list, tuple, np.ndarray)):
@@ -77,7 +81,11 @@ def anchor_boxes(feature_size, image_size, sizes, aspect_ratios, dtype=np.float3
     cxx = cxx[:, :, None]
     cyy = cyy[:, :, None]
     out = np.stack([cxx - half_w, cyy - half_h, cxx + half_w, cyy + half_h], axis=-1)
-    out = out.reshape(-1, 4).astype(dt)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = out.reshape(-1, 4).astype(dt)
+    if not np.isfinite(out).all():  # e.g. sizes=[1e308], or aspect_ratios=[1e-320] in float32
+        raise ValueError(f"sizes, aspect_ratios: anchors of image_size {(ih, iw)} overflow {dt} "
+                         f"(sizes {sizes}, aspect_ratios {ratios})")
     return out if xp is np else xp.asarray(out)
 
 
@@ -143,7 +151,10 @@ def _pair_check(a_name, a, b_name, b):
 
 
 def _weights(weights):
-    if not isinstance(weights, (list, tuple)) or len(weights) != 4:
+    if not isinstance(weights, (list, tuple)):
+        raise TypeError(f"weights: expected a sequence of 4 floats (wx, wy, ww, wh), got {type(weights).__name__} "
+                        f"{weights!r}")
+    if len(weights) != 4:
         raise ValueError(f"weights: expected 4 floats (wx, wy, ww, wh), got {weights!r}")
     w = [_backend.float_arg("weights", v) for v in weights]
     if not all(v > 0 for v in w):

@@ -75,6 +75,10 @@ def _validate(input, offset, weight, bias, mask, stride, padding, dilation, grad
         _backend.check_shape("bias", bias, (k,))
     if grad_out is not None:
         _backend.check_shape("grad_out", grad_out, (n, k, ho, wo))
+    # A NaN/inf offset has no sampling position: the kernels' float -> int cast of it is undefined
+    # (it disagreed with the reference). One reduction (and one device sync on the GPU).
+    if offset.size and not bool(xp.isfinite(offset).all()):
+        raise ValueError("offset: expected finite values, got NaN or inf")
     return xp, s, p, d, groups, og, (n, k, ho, wo)
 
 
@@ -85,7 +89,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     ----------
     input : ndarray, shape (N, C, H, W), float32 or float64
     offset : ndarray, shape (N, 2*offset_groups*kh*kw, Ho, Wo), same dtype
-        (dh, dw) pairs per kernel tap, taps in row-major order, offset groups outermost.
+        (dh, dw) pairs per kernel tap, taps in row-major order, offset groups outermost; finite.
     weight : ndarray, shape (K, C / groups, kh, kw)
     bias : ndarray, shape (K,), optional
     stride, padding, dilation : int or pair of ints
@@ -132,6 +136,8 @@ def deform_conv2d_backward(grad_out, input, offset, weight, mask=None, stride=1,
     differentiable in the offset; the one-sided derivative torchvision uses (from the
     floor neighbour) is returned.
     """
+    if grad_out is None:  # (None means "forward" to _validate: it reached the kernel's own check)
+        raise TypeError("grad_out: expected a float32 or float64 array, got None")
     xp, s, p, d, groups, og, _ = _validate(input, offset, weight, None, mask, stride, padding, dilation,
                                            grad_out=grad_out)
     try:
