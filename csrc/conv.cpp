@@ -1095,6 +1095,10 @@ Geo make_geo(const py::array& x, const py::array& w, const py::array& y, int64_t
   PYDL_CHECK(g.C % G == 0 && g.K % G == 0 && w.shape(1) * G == g.C, "conv: channels vs groups mismatch");
   PYDL_CHECK(y.shape(0) == g.N && y.shape(1) == g.K, "conv: y has the wrong batch or channel count");
   PYDL_CHECK(g.kh >= 1 && g.kw >= 1, "conv: empty kernel");
+  // Backstops for what Python rejects first: G loops run G times even with C = 0, and an
+  // empty image plane would divide by zero when columns are tiled.
+  PYDL_CHECK(G <= std::max<int64_t>(std::max(g.C, g.K), 1), "conv: more groups than channels");
+  PYDL_CHECK(g.H >= 1 && g.W >= 1 && g.Ho >= 1 && g.Wo >= 1, "conv: empty image plane");
   return g;
 }
 
