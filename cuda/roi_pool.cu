@@ -158,6 +158,98 @@ __global__ void roi_pool_backward_kernel(const T* __restrict__ dy, const int64_t
   }
 }
 
+// Validation of the rois (and of a backward's argmax) in one pass, for the Python checks:
+// flags[0] |= some batch index not an integer in [0, N); flags[1] |= some coordinate not finite
+// or |c * scale| > 2^30 (in T, as NumPy evaluates the same test); flags[2] |= some index outside
+// [-1, HW). Integer atomics only on failure: the flags are exact whatever the order.
+template <typename T>
+__global__ void roi_check_kernel(const T* __restrict__ rois, int64_t K, int64_t N, T scale,
+                                 const int64_t* __restrict__ idx, int64_t M, int64_t HW, int* __restrict__ flags) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x, i0 = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  bool bad_b = false, bad_c = false, bad_i = false;
+  const T lim = static_cast<T>(1073741824.0), n = static_cast<T>(N);
+  for (int64_t i = i0; i < 5 * K; i += stride) {
+    const T v = rois[i];
+    if (i % 5 == 0)
+      bad_b |= !(v == floor(v) && v >= T(0) && v < n);
+    else
+      bad_c |= !(isfinite(v) && fabs(v) * scale <= lim);
+  }
+  for (int64_t i = i0; i < M; i += stride) {
+    const int64_t a = idx[i];
+    bad_i |= a < -1 || a >= HW;
+  }
+  if (bad_b) atomicOr(flags, 1);
+  if (bad_c) atomicOr(flags + 1, 1);
+  if (bad_i) atomicOr(flags + 2, 1);
+}
+
+// CSR of the rois by image, stable (roi index order within an image), no atomics: block n (of
+// N + 1) counts the rois of images < n (first[n]) in one pass, then compacts those of image n to
+// order[first[n] ...] in a second, chunk by chunk (warp ballot + per-warp counts in shared memory).
+// Work 2*K per block: meant for small N (a batch of images); the glue falls back for huge N*K.
+// Batch indices are validated integers in [0, N) before this runs.
+template <typename T>
+__global__ void rois_by_image_kernel(const T* __restrict__ rois, int64_t K, int64_t N, int64_t* __restrict__ order,
+                                     int64_t* __restrict__ first) {
+  __shared__ int warp_cnt[kBlock / 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int64_t n = blockIdx.x; n <= N; n += gridDim.x) {
+    int64_t pos = 0;
+    for (int64_t base = 0; base < K; base += blockDim.x) {
+      const int64_t k = base + threadIdx.x;
+      pos += __syncthreads_count(k < K && static_cast<int64_t>(rois[5 * k]) < n);
+    }
+    if (threadIdx.x == 0) first[n] = pos;
+    if (n == N) continue;  // uniform over the block
+    for (int64_t base = 0; base < K; base += blockDim.x) {
+      const int64_t k = base + threadIdx.x;
+      const bool pred = k < K && static_cast<int64_t>(rois[5 * k]) == n;
+      const unsigned m = __ballot_sync(0xffffffffu, pred);
+      if (lane == 0) warp_cnt[warp] = __popc(m);
+      __syncthreads();
+      int off = __popc(m & ((1u << lane) - 1u));
+      for (int j = 0; j < warp; ++j) off += warp_cnt[j];
+      if (pred) order[pos + off] = k;
+      pos += __syncthreads_count(pred);  // also the barrier before warp_cnt is rewritten
+    }
+  }
+}
+
+// Returns (bad batch index, bad coordinate, bad index) flags; flags: a 3-int device workspace.
+// One small copy back and a sync of the stream (the Python checks need the answer).
+template <typename T>
+py::tuple roi_check(dptr rois, int64_t K, int64_t N, double spatial_scale, dptr idx, int64_t M, int64_t HW,
+                    dptr flags, dptr stream) {
+  PYDL_CHECK(K >= 0 && N >= 0 && M >= 0 && (M == 0 || idx != 0), "roi_check: bad sizes");
+  int host[3] = {0, 0, 0};
+  {
+    py::gil_scoped_release nogil;
+    cudaStream_t st = as_stream(stream);
+    PYDL_CUDA_CHECK(cudaMemsetAsync(as_ptr<int>(flags), 0, 3 * sizeof(int), st));
+    const int64_t n = 5 * K > M ? 5 * K : M;
+    if (n > 0) {
+      roi_check_kernel<T><<<grid_for(n, kBlock), kBlock, 0, st>>>(as_ptr<const T>(rois), K, N,
+                                                                   static_cast<T>(fabs(spatial_scale)),
+                                                                   as_ptr<const int64_t>(idx), M, HW, as_ptr<int>(flags));
+      PYDL_LAUNCH_CHECK();
+    }
+    PYDL_CUDA_CHECK(cudaMemcpyAsync(host, as_ptr<int>(flags), 3 * sizeof(int), cudaMemcpyDeviceToHost, st));
+    PYDL_CUDA_CHECK(cudaStreamSynchronize(st));
+  }
+  return py::make_tuple(host[0] != 0, host[1] != 0, host[2] != 0);
+}
+
+// order (K) and first (N + 1), int64 device arrays.
+template <typename T>
+void rois_by_image(dptr rois, int64_t K, int64_t N, dptr order, dptr first, dptr stream) {
+  PYDL_CHECK(K >= 0 && N >= 0, "rois_by_image: bad sizes");
+  const int64_t blocks = N + 1 < 65535 ? N + 1 : 65535;
+  rois_by_image_kernel<T><<<static_cast<unsigned>(blocks), kBlock, 0, as_stream(stream)>>>(
+      as_ptr<const T>(rois), K, N, as_ptr<int64_t>(order), as_ptr<int64_t>(first));
+  PYDL_LAUNCH_CHECK();
+}
+
 template <typename T>
 void roi_pool_forward(dptr x, dptr rois, dptr y, dptr argmax, int64_t N, int64_t C, int64_t H, int64_t W,
                       int64_t K, int64_t PH, int64_t PW, double spatial_scale, dptr stream) {
@@ -199,6 +291,9 @@ void bind_typed(py::module_& m, const char* suffix) {
         "(x, rois, y, argmax or 0, N, C, H, W, K, PH, PW, spatial_scale, stream)");
   m.def(("roi_pool_backward_" + s).c_str(), &roi_pool_backward<T>,
         "(dy, argmax, rois, order, first, ranges, dx, N, C, H, W, K, PH, PW, spatial_scale, stream)");
+  m.def(("roi_check_" + s).c_str(), &roi_check<T>,
+        "(rois, K, N, spatial_scale, indices or 0, M, HW, flags, stream) -> (bad_batch, bad_coord, bad_index)");
+  m.def(("rois_by_image_" + s).c_str(), &rois_by_image<T>, "(rois, K, N, order, first, stream)");
 }
 
 }  // namespace
