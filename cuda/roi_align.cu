@@ -17,13 +17,16 @@
 // (and Ax alike without 1/count): the sample validity (y in [-1, H] and x in [-1, W]) factors too.
 // A first kernel tabulates Ay, Ax (K*(H*PH + W*PW) values) and, per (roi, row) and (roi, column),
 // the contiguous range of bins whose samples touch it (K*(H+W) int2), rois in image order.
-// The gather kernel gives one thread to (n, block of CPT channels, h, w); it walks the rois of
-// image n in a fixed order (CSR sorted by image, built by the Python glue), skips a roi after two table loads when (h, w) is
-// outside its reach, else sums its 1-4 (more for rois smaller than the output) bins for CPT
-// channels. One writer per dx element and a fixed summation order: race-free, bit-identical.
-// Why this design: per roi the test is O(1), the roi scan is shared by CPT channels, the dy loads
-// of a warp (consecutive w) fall in the same few bins (coalesced), and the work is proportional to
-// the rois' area like torchvision's scatter, without its float atomics and their contention.
+// The gather kernel gives a block to (n, block of CPT channels, 16x16 pixel tile), a thread to a
+// pixel: the block first culls the rois of image n (CSR by image, one kernel of ours) to those that
+// may touch the tile (a conservative extent test, compacted in order into shared memory), then each
+// thread walks that short list, skips a roi after two table loads when (h, w) is outside its
+// reach, else sums its bins for CPT channels. One writer per dx element and a fixed summation
+// order (rois in CSR order): race-free, bit-identical.
+// Why this design: the candidate rois of a pixel are found by the tile cull (K_n/256 block steps
+// per tile) instead of K_n table loads per (pixel, channel block), the per-roi test is O(1), the
+// dy loads of a warp (16 consecutive w) fall in the same few bins (coalesced), and the work is
+// proportional to the rois' area like torchvision's scatter, without its float atomics.
 #include "common.cuh"
 
 namespace pydl {
@@ -31,6 +34,8 @@ namespace {
 
 constexpr int kBlock = 256;
 constexpr int kCPT = 8;  // channels per gather thread
+constexpr int kTile = 16;  // gather tile side: kTile * kTile == kBlock threads, one per pixel
+static_assert(kTile * kTile == kBlock, "one gather thread per tile pixel");
 
 template <typename T>
 struct AlignRoi {
@@ -163,45 +168,88 @@ __global__ void roi_align_tables_kernel(const T* __restrict__ rois, const int64_
   }
 }
 
+// Is [lo, hi) of pixel rows (or columns) possibly touched by a sample of the roi? Samples lie in
+// [start, start + P*b] (either order for aligned, malformed rois) up to rounding; their taps are
+// within one pixel of the sample, or rows 0, 1 / L-1 when clamped. The margin (2 pixels plus far
+// more than the rounding error at any magnitude) only lets through more rois: a cull, not a test.
 template <typename T>
-__global__ void roi_align_backward_kernel(const T* __restrict__ dy, const int2* __restrict__ ranges,
-                                          const T* __restrict__ ay, const T* __restrict__ ax,
-                                          const int64_t* __restrict__ order, const int64_t* __restrict__ first,
-                                          T* __restrict__ dx, int64_t N, int64_t C, int64_t H, int64_t W, int64_t PH,
-                                          int64_t PW) {
-  const int64_t CB = (C + kCPT - 1) / kCPT, total = N * CB * H * W, L = H + W, PP = PH * PW;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t w = i % W, h = (i / W) % H, cb = (i / (W * H)) % CB, n = i / (W * H * CB);
+__device__ inline bool may_touch(T start, T b, int64_t P, int64_t lo, int64_t hi) {
+  const T end = start + b * static_cast<T>(P);
+  const T vmin = start < end ? start : end, vmax = start < end ? end : start;
+  const T m = T(2) + (fabs(start) + fabs(end)) * T(1e-5);
+  return vmin - m < static_cast<T>(hi) && vmax + m >= static_cast<T>(lo);
+}
+
+// One block per (n, channel block, kTile x kTile pixel tile), one thread per pixel. The block culls
+// the rois of image n (CSR order) to those that may touch the tile (may_touch), compacting them in
+// order into shared memory a chunk at a time; each thread then sums over that list exactly as over
+// all the rois (the exact per-pixel test is the ranges table): same order, deterministic.
+template <typename T>
+__global__ void roi_align_backward_kernel(const T* __restrict__ dy, const T* __restrict__ rois,
+                                          const int2* __restrict__ ranges, const T* __restrict__ ay,
+                                          const T* __restrict__ ax, const int64_t* __restrict__ order,
+                                          const int64_t* __restrict__ first, T* __restrict__ dx, int64_t N, int64_t C,
+                                          int64_t H, int64_t W, int64_t PH, int64_t PW, T scale, int64_t sr,
+                                          bool aligned) {
+  __shared__ int lst[kBlock];
+  __shared__ int warp_cnt[kBlock / 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t CB = (C + kCPT - 1) / kCPT, TH = (H + kTile - 1) / kTile, TW = (W + kTile - 1) / kTile;
+  const int64_t tasks = N * CB * TH * TW, L = H + W, PP = PH * PW;
+  for (int64_t task = blockIdx.x; task < tasks; task += gridDim.x) {  // uniform over the block
+    const int64_t tw = task % TW, th = (task / TW) % TH, cb = (task / (TW * TH)) % CB, n = task / (TW * TH * CB);
+    const int64_t h0 = th * kTile, w0 = tw * kTile;
+    const int64_t h1 = min(h0 + kTile, H), w1 = min(w0 + kTile, W);
+    const int64_t h = h0 + threadIdx.x / kTile, w = w0 + threadIdx.x % kTile;
+    const bool inside = h < H && w < W;
     const int64_t c0 = cb * kCPT;
     T acc[kCPT];
 #pragma unroll
     for (int j = 0; j < kCPT; ++j) acc[j] = T(0);
     const int64_t i0 = first[n], i1 = first[n + 1];
-    // The row test of the next roi is loaded one iteration ahead (two loads in flight).
-    int2 next = i0 < i1 ? ranges[i0 * L + h] : make_int2(0, 0);
-    for (int64_t r = i0; r < i1; ++r) {
-      const int2 rr = next;
-      if (r + 1 < i1) next = ranges[(r + 1) * L + h];
-      if (rr.x >= rr.y) continue;
-      const int2 cr = ranges[r * L + H + w];
-      if (cr.x >= cr.y) continue;
-      const int64_t k = order[r];
-      const T* ayk = ay + (r * H + h) * PH;
-      const T* axk = ax + (r * W + w) * PW;
-      for (int ph = rr.x; ph < rr.y; ++ph) {
-        const T wy = ayk[ph];
-        for (int pw = cr.x; pw < cr.y; ++pw) {
-          const T wgt = wy * axk[pw];
-          const int64_t o = (k * C + c0) * PP + ph * PW + pw;
+    for (int64_t base = i0; base < i1; base += kBlock) {
+      const int64_t rc = base + threadIdx.x;
+      bool meets = false;
+      if (rc < i1) {
+        const AlignRoi<T> g = align_roi(rois + 5 * order[rc], scale, aligned, PH, PW, sr);
+        meets = may_touch(g.y0, g.bh, PH, h0, h1) && may_touch(g.x0, g.bw, PW, w0, w1);
+      }
+      const unsigned m = __ballot_sync(0xffffffffu, meets);
+      if (lane == 0) warp_cnt[warp] = __popc(m);
+      __syncthreads();
+      int off = __popc(m & ((1u << lane) - 1u));
+      for (int j = 0; j < warp; ++j) off += warp_cnt[j];
+      if (meets) lst[off] = threadIdx.x;
+      const int cnt = __syncthreads_count(meets);  // barrier: lst complete
+      if (inside) {
+        for (int q = 0; q < cnt; ++q) {
+          const int64_t r = base + lst[q];
+          const int2 rr = ranges[r * L + h];
+          if (rr.x >= rr.y) continue;
+          const int2 cr = ranges[r * L + H + w];
+          if (cr.x >= cr.y) continue;
+          const int64_t k = order[r];
+          const T* ayk = ay + (r * H + h) * PH;
+          const T* axk = ax + (r * W + w) * PW;
+          for (int ph = rr.x; ph < rr.y; ++ph) {
+            const T wy = ayk[ph];
+            for (int pw = cr.x; pw < cr.y; ++pw) {
+              const T wgt = wy * axk[pw];
+              const int64_t o = (k * C + c0) * PP + ph * PW + pw;
 #pragma unroll
-          for (int j = 0; j < kCPT; ++j)
-            if (c0 + j < C) acc[j] += __ldg(dy + o + j * PP) * wgt;
+              for (int j = 0; j < kCPT; ++j)
+                if (c0 + j < C) acc[j] += __ldg(dy + o + j * PP) * wgt;
+            }
+          }
         }
       }
+      __syncthreads();  // lst and warp_cnt are rewritten by the next chunk
     }
+    if (inside) {
 #pragma unroll
-    for (int j = 0; j < kCPT; ++j)
-      if (c0 + j < C) dx[((n * C + c0 + j) * H + h) * W + w] = acc[j];
+      for (int j = 0; j < kCPT; ++j)
+        if (c0 + j < C) dx[((n * C + c0 + j) * H + h) * W + w] = acc[j];
+    }
   }
 }
 
@@ -236,10 +284,12 @@ void roi_align_backward(dptr dy, dptr rois, dptr order, dptr first, dptr ranges,
         static_cast<T>(spatial_scale), sampling_ratio, aligned);
     PYDL_LAUNCH_CHECK();
   }
-  const int64_t threads = N * ((C + kCPT - 1) / kCPT) * H * W;
-  roi_align_backward_kernel<T><<<grid_for(threads, kBlock), kBlock, 0, st>>>(
-      as_ptr<const T>(dy), as_ptr<const int2>(ranges), ay, ax, as_ptr<const int64_t>(order),
-      as_ptr<const int64_t>(first), as_ptr<T>(dx), N, C, H, W, PH, PW);
+  const int64_t tasks = N * ((C + kCPT - 1) / kCPT) * ((H + kTile - 1) / kTile) * ((W + kTile - 1) / kTile);
+  const int64_t cap = 65535LL * 32;  // the block-stride loop covers the rest
+  roi_align_backward_kernel<T><<<static_cast<unsigned>(tasks < cap ? tasks : cap), kBlock, 0, st>>>(
+      as_ptr<const T>(dy), as_ptr<const T>(rois), as_ptr<const int2>(ranges), ay, ax, as_ptr<const int64_t>(order),
+      as_ptr<const int64_t>(first), as_ptr<T>(dx), N, C, H, W, PH, PW, static_cast<T>(spatial_scale), sampling_ratio,
+      aligned);
   PYDL_LAUNCH_CHECK();
 }
 

@@ -72,26 +72,31 @@ def _rois(xp, dtype, boxes, N):
     return _backend.contiguous(boxes, xp)
 
 
-def _check_rois(xp, rois, N, scale):
-    """Batch indices integral and in [0, N), coordinates finite and |c * scale| <= 2**30 (one sync)."""
-    if rois.shape[0] == 0:
-        return
-    b = rois[:, 0]
-    c = rois[:, 1:]
-    ok_b = xp.all((b == xp.floor(b)) & (b >= 0) & (b < N))
-    ok_c = xp.all(xp.isfinite(c) & (xp.abs(c) * abs(scale) <= _COORD_LIMIT))
-    ok = np.asarray(_to_host(xp, xp.stack([ok_b, ok_c])))
-    if not ok[0]:
+def _check_rois(xp, rois, N, scale, indices=None, HW=0):
+    """Batch indices integral and in [0, N), coordinates finite and |c * scale| <= 2**30; with
+    ``indices``, also its values in [-1, HW). One sync; on the GPU one kernel of ours does all the
+    tests and the min/max for the messages run only on failure."""
+    if xp is np:
+        bad_b = bad_c = False
+        if rois.shape[0]:
+            b, c = rois[:, 0], rois[:, 1:]
+            bad_b = not np.all((b == np.floor(b)) & (b >= 0) & (b < N))
+            bad_c = not np.all(np.isfinite(c) & (np.abs(c) * abs(scale) <= _COORD_LIMIT))
+        bad_i = indices is not None and indices.size > 0 and bool(np.any((indices < -1) | (indices >= HW)))
+    else:
+        bad_b, bad_c, bad_i = _backend.kernels(xp, "roi_pool").check_rois(rois, N, scale, indices, HW)
+    if bad_b:
+        b = rois[:, 0]
         raise ValueError(f"boxes: expected integer batch indices in [0, {N}) in column 0, "
                          f"got values in [{float(b.min())}, {float(b.max())}]"
                          + ("" if bool(xp.all(b == xp.floor(b))) else " (some not integers)"))
-    if not ok[1]:
+    if bad_c:
+        c = rois[:, 1:]
         raise ValueError("boxes: expected finite coordinates with |coordinate * spatial_scale| <= 2**30, "
                          f"got values in [{float(c.min())}, {float(c.max())}]")
-
-
-def _to_host(xp, a):
-    return a if xp is np else a.get()
+    if bad_i:
+        raise ValueError(f"indices: expected values in [-1, {HW}) (H * W of x_shape), "
+                         f"got values in [{int(indices.min())}, {int(indices.max())}]")
 
 
 def _setup(x, boxes, output_size, spatial_scale):
@@ -109,8 +114,9 @@ def _setup(x, boxes, output_size, spatial_scale):
     return xp, _backend.contiguous(x, xp), rois, out, scale
 
 
-def _setup_backward(grad_out, boxes, x_shape, output_size, spatial_scale):
-    """Backward checks: (xp, grad_out contiguous, rois, x_shape, scale)."""
+def _setup_backward(grad_out, boxes, x_shape, output_size, spatial_scale, check=True):
+    """Backward checks: (xp, grad_out contiguous, rois, x_shape, scale); ``check=False`` leaves the
+    rois values to the caller (roi_pool_backward folds them into its indices check)."""
     xp = _backend.array_module(grad_out=grad_out)
     _backend.check_float("grad_out", grad_out, ndim=4)
     N, C, H, W = _shape4("x_shape", x_shape)
@@ -121,7 +127,8 @@ def _setup_backward(grad_out, boxes, x_shape, output_size, spatial_scale):
     _backend.check_shape("grad_out", grad_out, (rois.shape[0], C, PH, PW))
     if rois.shape[0] > 0 and (H < 1 or W < 1):
         raise ValueError(f"x_shape: expected a non-empty image (H, W >= 1) when there are boxes, got {(N, C, H, W)}")
-    _check_rois(xp, rois, N, scale)
+    if check:
+        _check_rois(xp, rois, N, scale)
     return xp, _backend.contiguous(grad_out, xp), rois, (N, C, H, W), scale
 
 
@@ -178,24 +185,24 @@ def roi_pool_backward(grad_out, indices, boxes, x_shape, output_size, spatial_sc
         image n. Entries -1, and entries that do not lie in their own bin (which roi_pool never
         produces), pass nothing. Sums run in a fixed order: bit-identical reruns on CPU and GPU.
     """
-    xp, dy, rois, shape, scale = _setup_backward(grad_out, boxes, x_shape, output_size, spatial_scale)
-    _backend.array_module(grad_out=grad_out, indices=indices)
-    if indices.dtype != _INT64:
-        raise TypeError(f"indices: expected dtype int64, got {indices.dtype}")
-    _backend.check_shape("indices", indices, dy.shape)
-    H, W = shape[2], shape[3]
-    if indices.size:
-        bad = _to_host(xp, xp.any((indices < -1) | (indices >= H * W)))
-        if bool(bad):
-            raise ValueError(f"indices: expected values in [-1, {H * W}) (H * W of x_shape), "
-                             f"got values in [{int(indices.min())}, {int(indices.max())}]")
+    xp, dy, rois, shape, scale = _setup_backward(grad_out, boxes, x_shape, output_size, spatial_scale, check=False)
+    try:
+        _backend.array_module(grad_out=grad_out, indices=indices)
+        if indices.dtype != _INT64:
+            raise TypeError(f"indices: expected dtype int64, got {indices.dtype}")
+        _backend.check_shape("indices", indices, dy.shape)
+    except (TypeError, ValueError):
+        _check_rois(xp, rois, shape[0], scale)  # a bad box is reported first, as before
+        raise
+    indices = _backend.contiguous(indices, xp)
+    _check_rois(xp, rois, shape[0], scale, indices, shape[2] * shape[3])
     dx = _backend.empty(shape, dy.dtype, xp)
     if dx.size == 0:
         return dx
     if rois.shape[0] == 0:
         dx.fill(0)
         return dx
-    _backend.kernels(xp, "roi_pool").roi_pool_backward(dy, _backend.contiguous(indices, xp), rois, dx, scale)
+    _backend.kernels(xp, "roi_pool").roi_pool_backward(dy, indices, rois, dx, scale)
     return dx
 
 
