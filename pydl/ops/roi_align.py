@@ -18,9 +18,15 @@ from .roi_pool import _setup, _setup_backward
 
 __all__ = ["roi_align", "roi_align_backward", "RoIAlign"]
 
+_MAX_SAMPLING_RATIO = 1024
+
 
 def _sampling(sampling_ratio, aligned):
     sr = _backend.int_arg("sampling_ratio", sampling_ratio)
+    # sr * sr samples per bin: past this bound a call runs for hours or exhausts memory.
+    if sr > _MAX_SAMPLING_RATIO:
+        raise ValueError(f"sampling_ratio: expected at most {_MAX_SAMPLING_RATIO} (sr * sr bilinear samples "
+                         f"per bin; <= 0 for torchvision's adaptive grid), got {sr}")
     if not isinstance(aligned, bool) and type(aligned).__name__ != "bool_":
         raise TypeError(f"aligned: expected a bool, got {type(aligned).__name__} {aligned!r}")
     return sr, bool(aligned)

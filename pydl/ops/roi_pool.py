@@ -157,6 +157,8 @@ def roi_pool(x, boxes, output_size, spatial_scale=1.0, return_indices=False):
         ``h * W + w`` of the first strict maximum in row-major order, -1 for an empty bin
         (and for a bin whose values are all NaN or below -FLT_MAX).
     """
+    if not isinstance(return_indices, (bool, np.bool_)):
+        raise TypeError(f"return_indices: expected a bool, got {type(return_indices).__name__} {return_indices!r}")
     xp, x, rois, (PH, PW), scale = _setup(x, boxes, output_size, spatial_scale)
     K, C = rois.shape[0], x.shape[1]
     y = _backend.empty((K, C, PH, PW), x.dtype, xp)
@@ -187,6 +189,8 @@ def roi_pool_backward(grad_out, indices, boxes, x_shape, output_size, spatial_sc
     """
     xp, dy, rois, shape, scale = _setup_backward(grad_out, boxes, x_shape, output_size, spatial_scale, check=False)
     try:
+        if not hasattr(indices, "dtype"):
+            raise TypeError(f"indices: expected an int64 array, got {type(indices).__name__}")
         _backend.array_module(grad_out=grad_out, indices=indices)
         if indices.dtype != _INT64:
             raise TypeError(f"indices: expected dtype int64, got {indices.dtype}")
