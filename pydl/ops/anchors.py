@@ -16,6 +16,8 @@ __all__ = ["anchor_boxes", "match_anchors", "encode_boxes", "decode_boxes"]
 
 
 def _positive_floats(name, values):
+    if type(values).__module__.startswith("cupy") and hasattr(values, "get"):
+        values = values.get()  # hyperparameters: a few numbers, read on the host
     if isinstance(values, np.ndarray) and values.ndim != 1:
         if values.ndim:
             raise ValueError(f"{name}: expected a 1-D sequence of floats, got an array of shape {values.shape}")
