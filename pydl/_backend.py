@@ -230,8 +230,12 @@ def check_shape(name: str, a, shape) -> None:
 
 
 def contiguous(a, xp=np):
-    """C-contiguous (a copy only if needed), so kernels never mis-read a view."""
-    return xp.ascontiguousarray(a)
+    """C-contiguous and aligned (a copy only if needed), so kernels never mis-read a view."""
+    a = xp.ascontiguousarray(a)
+    # A view at an odd byte offset: misaligned loads are UB in C++ (CuPy has no such flag).
+    if not getattr(a.flags, "aligned", True):
+        a = a.copy()
+    return a
 
 
 def int_arg(name: str, v, minimum=None) -> int:
