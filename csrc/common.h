@@ -11,6 +11,10 @@
 #include <stdexcept>
 #include <string>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace py = pybind11;
 
 // Throws std::invalid_argument (ValueError in Python) with file:line and the condition.
@@ -24,6 +28,23 @@ namespace py = pybind11;
   } while (0)
 
 namespace pydl {
+
+// OpenMP's thread count and id, 1 and 0 in a build without OpenMP.
+inline int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+inline int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
 
 // C-contiguous array of T; pybind11 rejects other dtypes instead of converting.
 template <typename T>

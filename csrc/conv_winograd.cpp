@@ -35,6 +35,7 @@
 #endif
 
 #include "blas.h"
+#include "common.h"
 
 namespace pydl {
 
@@ -183,14 +184,6 @@ void output_transform(const Plan& p, const T* M, const T* bias, int64_t r0, int6
   }
 }
 
-inline int max_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
 
 // Chunking: tiles per chunk so that `shared` bytes plus, per thread, `fixed` bytes and
 // `per_tile` bytes per tile stay under the workspace cap (and each thread's chunk in L2).
@@ -219,14 +212,6 @@ bool make_plan(Plan& p, int64_t shared, int64_t fixed, int64_t per_tile, int& nt
   }
   nt = (int)std::min<int64_t>(nt, p.nchunks);
   return true;
-}
-
-inline int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
 }
 
 // Z[e][o][t] = (A g A^T)[e] for the 2x2 tiles g of dy (zero past Hout/Wout); buf: 2 rows of 2*tw.

@@ -59,14 +59,6 @@ void blas_one_thread() {
   std::call_once(once, [] { scipy_openblas_set_num_threads(1); });
 }
 
-inline int nthreads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
 inline void thread_range(int64_t n, int64_t& lo, int64_t& hi) {
 #ifdef _OPENMP
   const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
@@ -222,7 +214,7 @@ inline bool parallel_pays(const DGeo& g) { return g.N * g.R() * g.L() * std::max
 // GEMM work items: (image, group, column block); column blocks only when there are too few
 // (image, group) pairs to feed every thread.
 inline int64_t col_blocks(int64_t items, int64_t L) {
-  const int64_t nt = nthreads();
+  const int64_t nt = max_threads();
   if (items >= nt) return 1;
   return std::max<int64_t>(1, std::min((nt + items - 1) / items, L / 32));
 }
@@ -284,7 +276,7 @@ void backward(const DGeo& g, const T* dy, const T* x, const T* off, const T* m, 
   const int64_t nb = chunk_images(g, sizeof(T));
   T* col = buffer<T>(nb * R * L);
   // dW row blocks: enough (group, block) items for every thread.
-  const int64_t rblocks = std::max<int64_t>(1, std::min<int64_t>(Kg, (nthreads() + g.G - 1) / g.G));
+  const int64_t rblocks = std::max<int64_t>(1, std::min<int64_t>(Kg, (max_threads() + g.G - 1) / g.G));
   const bool need_dcol = dx || doff || dm;
   for (int64_t n0 = 0; n0 < g.N; n0 += nb) {
     const int64_t cnt = std::min(nb, g.N - n0);

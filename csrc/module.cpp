@@ -54,13 +54,7 @@ PYBIND11_MODULE(_cpu, m) {
     PYDL_CHECK(s > 0, "stride must be positive");
     return pydl::pool_out_size(i, k, s, p, d, ceil_mode);
   });
-  m.def("max_threads", []() {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-  });
+  m.def("max_threads", &pydl::max_threads);
   // Test-only: throws from C++ (with the GIL released, as kernels do) so tests can check that
   // each exception type reaches Python through the translator above and the process lives on.
   m.def("_test_raise", [](const std::string& kind) {

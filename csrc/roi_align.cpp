@@ -111,22 +111,6 @@ int64_t scan_rois(const T* rp, int64_t K, int64_t N, T scale, bool aligned, int6
   return most;
 }
 
-inline int max_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
-inline int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
 template <typename T>
 void roi_align_forward(const carray<T>& x, const carray<T>& rois, carray<T>& y, double spatial_scale,
                        int64_t sampling_ratio, bool aligned) {

@@ -75,22 +75,6 @@ void check_rois(const T* rois, int64_t K, int64_t N) {
 
 constexpr int64_t kChannelBlock = 16;
 
-inline int max_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
-inline int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
 // The clipped bins of one roi: rows [b[2ph], b[2ph+1]), then columns [b[2PH+2pw], b[2PH+2pw+1]).
 template <typename T>
 inline void roi_bins(const PoolRoi<T>& g, int64_t PH, int64_t PW, int64_t H, int64_t W, int64_t* b) {
