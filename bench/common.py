@@ -30,13 +30,27 @@ class Case:
     extra: dict = field(default_factory=dict)
 
 
+# run.py clears this on the CPU, where PyTorch runs in a worker process only: importing it
+# here would load a second OpenMP runtime into the process that times pydl.
+TORCH_IN_PROCESS = True
+
+
 def try_torch():
+    if not TORCH_IN_PROCESS:
+        return None
     try:
         import torch  # noqa: F401
 
         return torch
     except Exception:
         return None
+
+
+def settle(seconds=0.1):
+    """Sleep before a CPU timing: NumPy's OpenBLAS threads keep spinning for tens of ms after a
+    GEMM (the parity check and the reference run one), and on 2 cores they took half the
+    machine from the next timed kernel (a 1.3 ms convolution read 16 ms)."""
+    time.sleep(seconds)
 
 
 def time_cpu(fn, repeats=7, warmup=1, budget_s=10.0):

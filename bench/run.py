@@ -6,6 +6,8 @@
 For each case: the relative error against the float64 NumPy reference at the
 benchmark shape, then the median time of pydl, the NumPy reference and PyTorch
 (when installed), measured in the same run, with GFLOP/s or GB/s and speedups.
+On the CPU pydl and PyTorch are timed in 3 alternating rounds (median of 5 runs each)
+and the best round of each is reported.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 
 import pydl  # noqa: E402
-from common import time_cpu, time_cupy, time_torch_cuda, try_torch  # noqa: E402
+from common import settle, time_cpu, time_cupy, time_torch_cuda, try_torch  # noqa: E402
 
 BENCH_MODULES = ["bench_conv", "bench_pool", "bench_batch_norm", "bench_cross_entropy", "bench_nms",
                  "bench_roi_pool", "bench_roi_align", "bench_deform_conv", "bench_interpolate",
@@ -95,20 +97,22 @@ def main(argv=None):
                 continue
             row = {"op": case.op, "case": case.name, "dir": case.direction}
             row["rel_err"] = case.check() if case.check else None
+            use_torch = torch is not None and case.torch is not None
+            row["torch_ms"] = None
             if device == "cpu":
-                row["pydl_ms"] = time_cpu(case.run, repeats=3 if args.quick else 7)
+                row["pydl_ms"], torch_ms = time_cpu_rounds(case, torch if use_torch else None, args.quick)
+                if use_torch:
+                    row["torch_ms"] = torch_ms
             else:
                 row["pydl_ms"] = time_cupy(case.run, repeats=5 if args.quick else 20)
+                if use_torch:
+                    with torch.no_grad() if case.direction == "fwd" else _nullcontext():
+                        row["torch_ms"] = time_torch_cuda(case.torch, repeats=5 if args.quick else 20)
             row["ref_ms"] = None
             if case.reference and not (args.quick or args.no_reference):
+                if device == "cpu":
+                    settle()
                 row["ref_ms"] = time_cpu(case.reference, repeats=case.ref_repeats, warmup=0, budget_s=20)
-            row["torch_ms"] = None
-            if torch is not None and case.torch is not None:
-                with torch.no_grad() if case.direction == "fwd" else _nullcontext():
-                    if device == "cpu":
-                        row["torch_ms"] = time_cpu(case.torch, repeats=3 if args.quick else 7)
-                    else:
-                        row["torch_ms"] = time_torch_cuda(case.torch, repeats=5 if args.quick else 20)
             t = row["pydl_ms"] * 1e-3
             row["gflops"] = case.flops / t / 1e9 if case.flops else None
             row["gbs"] = case.bytes / t / 1e9 if case.bytes else None
@@ -132,6 +136,24 @@ def main(argv=None):
         print(f"PARITY FAILED on {len(bad)} case(s)", file=sys.stderr)
         return 1
     return 0
+
+
+def time_cpu_rounds(case, torch, quick):
+    """pydl and PyTorch timed in alternating rounds (median of 5 runs each), keeping each one's
+    best round. On a small shared VM a burst of outside load lands on whichever library is
+    running; alternating gives both the same chances, and the best round drops the burst.
+    settle() first: the other runtimes' threads (NumPy's OpenBLAS after the parity check, the
+    other library's OpenMP pool) spin for a while after their last call."""
+    rounds, repeats = (1, 3) if quick else (3, 5)
+    mine, theirs = [], []
+    for _ in range(rounds):
+        settle()
+        mine.append(time_cpu(case.run, repeats=repeats))
+        if torch is not None:
+            settle()
+            with torch.no_grad() if case.direction == "fwd" else _nullcontext():
+                theirs.append(time_cpu(case.torch, repeats=repeats))
+    return min(mine), (min(theirs) if theirs else None)
 
 
 class _nullcontext:

@@ -559,13 +559,19 @@ def test_conv2d_depthwise_weight_grad_is_deterministic():
         assert np.array_equal(F.conv2d_backward(dy, x, w, padding=1, groups=64)[1], first)
 
 
-# --- image-parallel im2col forward (deep reductions: C/groups*kh*kw >= 256, Ho*Wo >= 64) ---
+# --- image-parallel im2col forward (C/groups*kh*kw >= 16, Ho*Wo >= 64); unless stride 1 keeps
+# the width, its im2col goes through a zero-padded copy of each plane ---
 
 @pytest.mark.parametrize("xs,ws,kw", [
     ((3, 32, 17, 16), (5, 32, 3, 3), dict(stride=2, padding=1)),
     ((2, 24, 14, 13), (4, 12, 5, 5), dict(groups=2)),
     ((1, 16, 20, 19), (3, 16, 4, 4), dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2))),
     ((4, 40, 18, 18), (7, 40, 3, 3), dict(stride=2, padding=0)),
+    ((3, 1, 28, 27), (6, 1, 5, 5), dict()),                                   # shallow, 'valid'
+    ((2, 3, 31, 29), (4, 3, 3, 3), dict(stride=3, padding=(4, 0))),           # pad > kernel; rows past the last window
+    ((3, 4, 25, 26), (5, 4, 3, 2), dict(stride=(2, 3), padding=(3, 1), dilation=(2, 3))),
+    ((2, 6, 19, 23), (4, 3, 3, 3), dict(stride=2, padding=1, groups=2)),
+    ((2, 2, 40, 9), (3, 2, 3, 3), dict(stride=(1, 2), padding=(0, 1))),         # stride 1 rows, stride 2 columns
 ])
 def test_conv2d_per_image_forward_matches_reference(xp, dtype, xs, ws, kw):
     rng = np.random.default_rng(21)
