@@ -122,6 +122,21 @@ PYDL_INLINE void block_apply_impl(const T* x, T* y, int64_t N, int64_t stride, i
     }
 }
 
+// Planes [p0, p1) of the flat (N * C) plane sequence, plane p in channel p % C: evaluation
+// needs no statistics, so it streams through memory in order.
+template <typename T>
+PYDL_INLINE void planes_apply_impl(const T* x, T* y, int64_t p0, int64_t p1, int64_t C, int64_t S,
+                                   const T* par) {
+  for (int64_t pl = p0; pl < p1; ++pl) {
+    const T* p = x + pl * S;
+    T* q = y + pl * S;
+    const T* pc = par + 4 * (pl % C);
+    const T mh = pc[0], ml = pc[1], sc = pc[2], sh = pc[3];
+#pragma omp simd
+    for (int64_t s = 0; s < S; ++s) q[s] = ((p[s] - mh) - ml) * sc + sh;
+  }
+}
+
 // sdy[j] = sum(dy), sdyx[j] = sum(dy * (x - mean)) in double. acc: 2 * cb * kLanes doubles.
 template <typename T>
 PYDL_INLINE void block_bwd_sums_impl(const T* dy, const T* x, int64_t N, int64_t stride,
@@ -194,6 +209,11 @@ PYDL_INLINE void block_bwd_apply_impl(const T* dy, const T* x, T* dx, int64_t N,
                                                          int64_t st, int64_t S, int64_t cb,    \
                                                          const T* par) {                       \
     block_apply_impl<T>(x, y, N, st, S, cb, par);                                              \
+  }                                                                                            \
+  PYDL_CLONES __attribute__((noinline)) void planes_apply(const T* x, T* y, int64_t p0,        \
+                                                          int64_t p1, int64_t C, int64_t S,    \
+                                                          const T* par) {                      \
+    planes_apply_impl<T>(x, y, p0, p1, C, S, par);                                             \
   }                                                                                            \
   PYDL_CLONES __attribute__((noinline)) void block_bwd_sums(                                   \
       const T* dy, const T* x, int64_t N, int64_t st, int64_t S, int64_t cb,                   \
@@ -341,18 +361,14 @@ void forward_eval(const T* x, const T* w, const T* b, const T* rm, const T* rv, 
     }
     return;
   }
-  const int64_t cb = block_channels(C, N * S * static_cast<int64_t>(sizeof(T)));
-  const int64_t nblocks = (C + cb - 1) / cb;
+  std::vector<T> par(static_cast<size_t>(C) * 4);
+  for (int64_t c = 0; c < C; ++c) params(c, par[4 * c], par[4 * c + 1], par[4 * c + 2], par[4 * c + 3]);
+  const int64_t planes = N * C;
 #pragma omp parallel if (parallel_worth(d))
   {
-    std::vector<T> par(static_cast<size_t>(cb) * 4);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t blk = 0; blk < nblocks; ++blk) {
-      const int64_t c0 = blk * cb, nc = std::min(cb, C - c0);
-      for (int64_t j = 0; j < nc; ++j)
-        params(c0 + j, par[4 * j], par[4 * j + 1], par[4 * j + 2], par[4 * j + 3]);
-      block_apply(x + c0 * S, y + c0 * S, N, C * S, S, nc, par.data());
-    }
+    // One contiguous run of planes per thread: x and y stream in order.
+    const int64_t nt = team_size(), t = thread_id();
+    planes_apply(x, y, planes * t / nt, planes * (t + 1) / nt, C, S, par.data());
   }
 }
 

@@ -4,7 +4,11 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <atomic>
+#include <cstring>
 #include <cstdint>
 #include <exception>
 #include <sstream>
@@ -43,6 +47,15 @@ inline int thread_id() {
   return omp_get_thread_num();
 #else
   return 0;
+#endif
+}
+
+// Threads of the current parallel region (1 outside one, or when its `if` was false).
+inline int team_size() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
 #endif
 }
 
@@ -85,5 +98,35 @@ class ParallelError {
   std::atomic<bool> set_{false};
   std::exception_ptr err_;
 };
+
+// Copies `bytes` from src (cache-resident scratch) to dst with non-temporal stores: for a large
+// output written once, a plain store first reads every destination line from memory
+// (read-for-ownership), a third of the traffic of a scatter-into-zeros kernel. Ends with a
+// store fence, so the data is visible once the function returns. Only worth it for outputs
+// well past the last-level cache: the lines go to memory, not to the cache.
+inline void stream_copy(void* dst, const void* src, size_t bytes) {
+#if defined(__SSE2__)
+  char* d = static_cast<char*>(dst);
+  const char* s = static_cast<const char*>(src);
+  size_t head = (16 - (reinterpret_cast<uintptr_t>(d) & 15)) & 15;
+  if (head > bytes) head = bytes;
+  std::memcpy(d, s, head);
+  d += head, s += head, bytes -= head;
+  for (; bytes >= 64; bytes -= 64, d += 64, s += 64) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 16));
+    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 32));
+    const __m128i e = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 48));
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d), a);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + 16), b);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + 32), c);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + 48), e);
+  }
+  std::memcpy(d, s, bytes);
+  _mm_sfence();
+#else
+  std::memcpy(dst, src, bytes);
+#endif
+}
 
 }  // namespace pydl

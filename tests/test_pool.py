@@ -477,7 +477,8 @@ def test_max_pool2d_3x3_s2_p1_even_widths(xp, dtype, shape):
 
 
 # --- max-pool backward on a large dx (> 16 MiB, planes past the L1-sized fast path) ---
-# Lazily zeroed large planes starting at every alignment (odd H*W) on several threads, and
+# Planes built in scratch and streamed out (non-temporal stores) starting at every alignment
+# (odd H*W) on several threads, and
 # bad indices still raise. Oracle: np.add.at over the argmax indices (independent of the kernel).
 
 @pytest.mark.parametrize("dtype_", [np.float32, np.float64])
