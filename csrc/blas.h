@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <mutex>
 
 #include "cblas.h"
 
@@ -82,6 +83,13 @@ void gemm64(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T*
 }
 
 }  // namespace blas_detail
+
+// pydl's kernels split their GEMMs over OpenMP threads themselves, each call single-threaded:
+// one thread pool, no nested parallelism. Called before the first GEMM of a kernel.
+inline void blas_single_thread() {
+  static std::once_flag once;
+  std::call_once(once, [] { scipy_openblas_set_num_threads(1); });
+}
 
 inline void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                  int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {

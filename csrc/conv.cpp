@@ -821,15 +821,10 @@ void dw_backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
   }
 }
 // ---------------------------------------------------------------- GEMM paths
-// Threading: OpenBLAS runs single-threaded (set once, below) and every GEMM is split by
+// Threading: OpenBLAS runs single-threaded (blas_single_thread) and every GEMM is split by
 // OpenMP into independent column (or row) blocks, each thread packing its own im2col
 // block right before multiplying it. One thread pool, no nested parallelism, no
 // oversubscription, and no intra-GEMM synchronization; results do not depend on timing.
-
-void blas_single_thread() {
-  static std::once_flag once;
-  std::call_once(once, [] { scipy_openblas_set_num_threads(1); });
-}
 
 // Tile columns [c0, c1) of the GEMM result tmp (K x width) -> y[n0 + j, k, l0 + l] (+ bias).
 template <typename T>

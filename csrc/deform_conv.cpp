@@ -54,11 +54,6 @@ struct DGeo {
   int64_t cpg() const { return C / OG; }  // channels per offset group
 };
 
-void blas_one_thread() {
-  static std::once_flag once;
-  std::call_once(once, [] { scipy_openblas_set_num_threads(1); });
-}
-
 inline void thread_range(int64_t n, int64_t& lo, int64_t& hi) {
 #ifdef _OPENMP
   const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
@@ -388,7 +383,7 @@ void fwd_t(py::array x, py::array off, py::object m, py::array w, py::object b, 
   if (mp) PYDL_CHECK(numel(m.cast<py::array>()) == g.N * OG * g.T() * g.L(), "deform_conv2d: mask size");
   if (bp) PYDL_CHECK(numel(b.cast<py::array>()) == g.K, "deform_conv2d: b size");
   T* yp = opt_out<T>(y, "y", g.N * g.K * g.L());
-  blas_one_thread();
+  blas_single_thread();
   py::gil_scoped_release nogil;
   forward<T>(g, xp, op, mp, wp, bp, yp);
 }
@@ -410,7 +405,7 @@ void bwd_t(py::array dy, py::array x, py::array off, py::object m, py::array w, 
   T* dmp = opt_out<T>(dm, "dmask", ms);
   T* dwp = opt_out<T>(dwt, "dw", g.K * g.Rg());
   T* dbp = opt_out<T>(db, "db", g.K);
-  blas_one_thread();
+  blas_single_thread();
   py::gil_scoped_release nogil;
   backward<T>(g, dyp, xp, op, mp, wp, dxp, dop, dmp, dwp, dbp);
 }
