@@ -24,75 +24,21 @@
 #endif
 
 #include "common.h"
+#include "roi_align.h"
 
 namespace pydl {
 namespace {
 
+using namespace roi_align_math;
+
 constexpr int64_t kChannelBlock = 16;
-
-template <typename T>
-struct Tap {
-  int64_t lo, hi;  // neighbouring rows (or columns)
-  T wlo, whi;      // their weights
-  bool valid;      // false: the sample lies outside the map and counts as 0 (skipped)
-};
-
-template <typename T>
-struct AlignRoi {
-  int64_t b, gh, gw;
-  T y0, x0, bh, bw, count;
-};
-
-template <typename T>
-inline AlignRoi<T> align_roi(const T* r, T scale, bool aligned, int64_t PH, int64_t PW, int64_t sr) {
-  AlignRoi<T> g;
-  const T off = aligned ? T(0.5) : T(0);
-  g.b = static_cast<int64_t>(r[0]);
-  g.x0 = r[1] * scale - off;
-  g.y0 = r[2] * scale - off;
-  T rw = r[3] * scale - off - g.x0;
-  T rh = r[4] * scale - off - g.y0;
-  if (!aligned) {  // malformed rois are forced to 1x1
-    rw = std::max(rw, T(1));
-    rh = std::max(rh, T(1));
-  }
-  g.bh = rh / static_cast<T>(PH);
-  g.bw = rw / static_cast<T>(PW);
-  g.gh = sr > 0 ? sr : static_cast<int64_t>(std::ceil(rh / static_cast<T>(PH)));
-  g.gw = sr > 0 ? sr : static_cast<int64_t>(std::ceil(rw / static_cast<T>(PW)));
-  g.count = static_cast<T>(std::max<int64_t>(g.gh * g.gw, 1));
-  return g;
-}
-
-template <typename T>
-inline Tap<T> make_tap(T v, int64_t L) {
-  Tap<T> t{0, 0, T(0), T(0), false};
-  if (v < T(-1) || v > static_cast<T>(L)) return t;  // outside: the sample is 0
-  if (v <= 0) v = 0;
-  int64_t lo = static_cast<int64_t>(v), hi;
-  if (lo >= L - 1) {
-    hi = lo = L - 1;
-    v = static_cast<T>(lo);
-  } else {
-    hi = lo + 1;
-  }
-  const T l = v - static_cast<T>(lo);
-  t.lo = lo;
-  t.hi = hi;
-  t.wlo = T(1) - l;
-  t.whi = l;
-  t.valid = true;
-  return t;
-}
 
 // taps[p * g + i] for bin p, sample i along one axis.
 template <typename T>
 inline void axis_taps(Tap<T>* taps, T start, T b, int64_t g, int64_t P, int64_t L) {
   for (int64_t p = 0; p < P; ++p)
     for (int64_t i = 0; i < g; ++i) {
-      const T v = start + static_cast<T>(p) * b +
-                  static_cast<T>(static_cast<float>(i) + .5f) * b / static_cast<T>(g);
-      taps[p * g + i] = make_tap(v, L);
+      taps[p * g + i] = make_tap(sample_pos(start, p, b, i, g), L);
     }
 }
 

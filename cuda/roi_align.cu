@@ -28,75 +28,17 @@
 // dy loads of a warp (16 consecutive w) fall in the same few bins (coalesced), and the work is
 // proportional to the rois' area like torchvision's scatter, without its float atomics.
 #include "common.cuh"
+#include "roi_align.h"
 
 namespace pydl {
 namespace {
+
+using namespace roi_align_math;
 
 constexpr int kBlock = 256;
 constexpr int kCPT = 8;  // channels per gather thread
 constexpr int kTile = 16;  // gather tile side: kTile * kTile == kBlock threads, one per pixel
 static_assert(kTile * kTile == kBlock, "one gather thread per tile pixel");
-
-template <typename T>
-struct AlignRoi {
-  int64_t b, gh, gw;
-  T y0, x0, bh, bw, count;
-};
-
-template <typename T>
-__device__ inline AlignRoi<T> align_roi(const T* r, T scale, bool aligned, int64_t PH, int64_t PW, int64_t sr) {
-  AlignRoi<T> g;
-  const T off = aligned ? T(0.5) : T(0);
-  g.b = static_cast<int64_t>(r[0]);
-  g.x0 = r[1] * scale - off;
-  g.y0 = r[2] * scale - off;
-  T rw = r[3] * scale - off - g.x0;
-  T rh = r[4] * scale - off - g.y0;
-  if (!aligned) {  // malformed rois are forced to 1x1
-    rw = rw > T(1) ? rw : T(1);
-    rh = rh > T(1) ? rh : T(1);
-  }
-  g.bh = rh / static_cast<T>(PH);
-  g.bw = rw / static_cast<T>(PW);
-  g.gh = sr > 0 ? sr : static_cast<int64_t>(ceil(rh / static_cast<T>(PH)));
-  g.gw = sr > 0 ? sr : static_cast<int64_t>(ceil(rw / static_cast<T>(PW)));
-  const int64_t cnt = g.gh * g.gw;
-  g.count = static_cast<T>(cnt > 1 ? cnt : 1);
-  return g;
-}
-
-template <typename T>
-struct Tap {
-  int64_t lo, hi;
-  T wlo, whi;
-  bool valid;
-};
-
-template <typename T>
-__device__ inline Tap<T> make_tap(T v, int64_t L) {
-  Tap<T> t{0, 0, T(0), T(0), false};
-  if (v < T(-1) || v > static_cast<T>(L)) return t;
-  if (v <= T(0)) v = T(0);
-  int64_t lo = static_cast<int64_t>(v), hi;
-  if (lo >= L - 1) {
-    hi = lo = L - 1;
-    v = static_cast<T>(lo);
-  } else {
-    hi = lo + 1;
-  }
-  const T l = v - static_cast<T>(lo);
-  t.lo = lo;
-  t.hi = hi;
-  t.wlo = T(1) - l;
-  t.whi = l;
-  t.valid = true;
-  return t;
-}
-
-template <typename T>
-__device__ inline T sample_pos(T start, int64_t p, T b, int64_t i, int64_t g) {
-  return start + static_cast<T>(p) * b + static_cast<T>(static_cast<float>(i) + .5f) * b / static_cast<T>(g);
-}
 
 template <typename T>
 __global__ void roi_align_forward_kernel(const T* __restrict__ x, const T* __restrict__ rois, T* __restrict__ y,
