@@ -551,7 +551,28 @@ inline double row_sum(const T* p, int64_t n) {
 // as long on the 49-value planes of a ResNet head.)
 template <typename T>
 inline void global_avg_impl(const T* x, T* y, int64_t n, int64_t HW) {
-  for (int64_t pl = 0; pl < n; ++pl) {
+  int64_t pl = 0;
+  // Four planes at a time: four independent add chains (one chain is latency-bound on small
+  // planes, a vector add per 4 values waiting on the previous one). The caller starts every
+  // thread's range at a multiple of 4, so which planes take the quad loop and which the tail
+  // (possibly summed in another order) does not depend on the thread count.
+  for (; pl + 4 <= n; pl += 4) {
+    const T *p0 = x + pl * HW, *p1 = p0 + HW, *p2 = p1 + HW, *p3 = p2 + HW;
+    double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+    for (int64_t q = 0; q < HW; ++q) {
+      a0 += static_cast<double>(p0[q]);
+      a1 += static_cast<double>(p1[q]);
+      a2 += static_cast<double>(p2[q]);
+      a3 += static_cast<double>(p3[q]);
+    }
+    const double count = static_cast<double>(HW);
+    y[pl] = static_cast<T>(a0 / count);
+    y[pl + 1] = static_cast<T>(a1 / count);
+    y[pl + 2] = static_cast<T>(a2 / count);
+    y[pl + 3] = static_cast<T>(a3 / count);
+  }
+  for (; pl < n; ++pl) {
     const T* p = x + pl * HW;
     double acc = 0;
 #pragma omp simd reduction(+ : acc)
@@ -581,7 +602,8 @@ void adaptive_avg_pool2d_forward(carray<T> x, carray<T> y) {
   if (OH == 1 && OW == 1) {  // global pooling: the window is the whole (contiguous) plane
 #pragma omp parallel if (parallel_worth(planes * H * W))
     {
-      const int64_t nt = team_size(), t = thread_id(), p0 = planes * t / nt, p1 = planes * (t + 1) / nt;
+      const int64_t nt = team_size(), t = thread_id(), quads = (planes + 3) / 4;
+      const int64_t p0 = std::min(planes, 4 * (quads * t / nt)), p1 = std::min(planes, 4 * (quads * (t + 1) / nt));
       global_avg_planes(xp + p0 * H * W, yp + p0, p1 - p0, H * W);
     }
     return;

@@ -48,8 +48,10 @@ def _case_arrays(name, rng, dtype):
     if name.startswith("conv2d"):
         return dict(x=r(4, 8, 17, 19), w=r(12, 4, 3, 2), b=r(12), dy=r(4, 12, 9, 9))
     if name.startswith(("max_pool2d", "avg_pool2d", "adaptive", "global")):
-        x = rng.permutation(4 * 6 * 21 * 22).astype(dtype).reshape(4, 6, 21, 22)  # no ties
-        return dict(x=x, dy7=r(4, 6, 7, 8), dy10=r(4, 6, 11, 12), dy5=r(4, 6, 5, 3), dy1=r(4, 6, 1, 1))
+        # No ties; 35 planes (odd, not a multiple of 4) of 1023 values: past the pool kernels'
+        # threading threshold, so OMP 1 vs 2 really compares two thread partitions.
+        x = rng.permutation(5 * 7 * 31 * 33).astype(dtype).reshape(5, 7, 31, 33)
+        return dict(x=x, dy7=r(5, 7, 11, 11), dy10=r(5, 7, 16, 17), dy5=r(5, 7, 5, 3), dy1=r(5, 7, 1, 1))
     if name.startswith("batch_norm"):
         return dict(x=r(6, 5, 13, 17), dy=r(6, 5, 13, 17), m=r(5), v=rng.uniform(0.5, 2, 5).astype(dtype),
                     g=r(5), b=r(5))
