@@ -298,7 +298,7 @@ int64_t max_pool2d_backward(carray<T> dy, carray<int64_t> indices, carray<T> dx,
   const int64_t* ind = in_ptr(indices);
   T* d = out_ptr(dx);
   int64_t bad = 0;
-  // A dx far larger than the cache: each plane is built in a cache-resident scratch plane and
+  // A dx of a last-level cache or more: each plane is built in a cache-resident scratch plane and
   // streamed out, so dx is written once instead of read and written (see stream_copy).
   const int64_t plane_bytes = HW * static_cast<int64_t>(sizeof(T));
   const bool stream = planes * plane_bytes >= kStreamBytes && plane_bytes <= kScratchPlaneBytes;
