@@ -27,17 +27,11 @@ class Case:
     flops: float = 0.0           # minimal work, for GFLOP/s
     bytes: float = 0.0           # minimal traffic, for GB/s
     ref_repeats: int = 3         # the NumPy reference can be slow
+    gemm_yardstick: bool = False  # CPU: report GFLOP/s as a share of the GEMM rate timed beside it
     extra: dict = field(default_factory=dict)
 
 
-# run.py clears this on the CPU, where PyTorch runs in a worker process only: importing it
-# here would load a second OpenMP runtime into the process that times pydl.
-TORCH_IN_PROCESS = True
-
-
 def try_torch():
-    if not TORCH_IN_PROCESS:
-        return None
     try:
         import torch  # noqa: F401
 
@@ -53,16 +47,22 @@ def settle(seconds=0.1):
     time.sleep(seconds)
 
 
-def time_cpu(fn, repeats=7, warmup=1, budget_s=10.0):
+def time_cpu(fn, repeats=7, warmup=1, budget_s=10.0, min_s=0.0):
+    """Median ms of at least `repeats` runs, more until `min_s` seconds have passed (a 0.3 ms
+    kernel's median of 5 is a handful of samples against a noisy neighbour), at most
+    `budget_s` seconds once 3 runs are in."""
     for _ in range(warmup):
         fn()
     times = []
     start = time.perf_counter()
-    for _ in range(repeats):
+    while True:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-        if time.perf_counter() - start > budget_s and len(times) >= 3:
+        elapsed = time.perf_counter() - start
+        if len(times) >= 3 and elapsed > budget_s:
+            break
+        if len(times) >= repeats and elapsed >= min_s:
             break
     return statistics.median(times) * 1e3
 

@@ -6,8 +6,9 @@
 For each case: the relative error against the float64 NumPy reference at the
 benchmark shape, then the median time of pydl, the NumPy reference and PyTorch
 (when installed), measured in the same run, with GFLOP/s or GB/s and speedups.
-On the CPU pydl and PyTorch are timed in 3 alternating rounds (median of 5 runs each)
-and the best round of each is reported.
+On the CPU pydl and PyTorch are timed in 3 alternating rounds (median of at least 5 runs
+and 50 ms each) and the best round of each is reported; dense convolution rows also time the
+GEMM yardstick in each round and report their GFLOP/s as a share of it.
 """
 from __future__ import annotations
 
@@ -30,14 +31,19 @@ BENCH_MODULES = ["bench_conv", "bench_pool", "bench_batch_norm", "bench_cross_en
                  "bench_local_response_norm", "bench_soft_nms"]
 
 
-def machine_gemm_gflops() -> float:
-    """float32 GEMM rate of this machine: numpy matmul on 2048x2048 (the yardstick in the README)."""
-    a = np.random.rand(2048, 2048).astype(np.float32)
-    b = np.random.rand(2048, 2048).astype(np.float32)
-    a @ b  # NumPy's BLAS starts its threads
+_GEMM = {}
+
+
+def machine_gemm_gflops(runs=7) -> float:
+    """float32 GEMM rate of this machine: numpy matmul on 2048x2048 (the yardstick in the README),
+    the best of `runs`: the yardstick is what the machine can do, not a noisy median."""
+    if not _GEMM:
+        _GEMM["a"] = np.random.rand(2048, 2048).astype(np.float32)
+        _GEMM["b"] = np.random.rand(2048, 2048).astype(np.float32)
+        _GEMM["a"] @ _GEMM["b"]  # NumPy's BLAS starts its threads
+    a, b = _GEMM["a"], _GEMM["b"]
     settle()
-    # The best of several runs: the yardstick is what the machine can do, not a noisy median.
-    best = min(time_cpu(lambda: a @ b, repeats=1, warmup=0) for _ in range(7))
+    best = min(time_cpu(lambda: a @ b, repeats=1, warmup=0) for _ in range(runs))
     return 2 * 2048**3 / (best * 1e-3) / 1e9
 
 
@@ -103,7 +109,7 @@ def main(argv=None):
             use_torch = torch is not None and case.torch is not None
             row["torch_ms"] = None
             if device == "cpu":
-                row["pydl_ms"], torch_ms = time_cpu_rounds(case, torch if use_torch else None, args.quick)
+                row["pydl_ms"], torch_ms, gemm = time_cpu_rounds(case, torch if use_torch else None, args.quick)
                 if use_torch:
                     row["torch_ms"] = torch_ms
             else:
@@ -118,6 +124,10 @@ def main(argv=None):
                 row["ref_ms"] = time_cpu(case.reference, repeats=case.ref_repeats, warmup=0, budget_s=20)
             t = row["pydl_ms"] * 1e-3
             row["gflops"] = case.flops / t / 1e9 if case.flops else None
+            row["pct_gemm"] = None
+            if device == "cpu" and gemm and row["gflops"]:
+                row["pct_gemm"] = 100 * row["gflops"] / gemm
+                row["gemm_gflops"] = gemm
             row["gbs"] = case.bytes / t / 1e9 if case.bytes else None
             row["x_ref"] = row["ref_ms"] / row["pydl_ms"] if row["ref_ms"] else None
             row["x_torch"] = row["torch_ms"] / row["pydl_ms"] if row["torch_ms"] else None
@@ -142,21 +152,26 @@ def main(argv=None):
 
 
 def time_cpu_rounds(case, torch, quick):
-    """pydl and PyTorch timed in alternating rounds (median of 5 runs each), keeping each one's
-    best round. On a small shared VM a burst of outside load lands on whichever library is
-    running; alternating gives both the same chances, and the best round drops the burst.
-    settle() first: the other runtimes' threads (NumPy's OpenBLAS after the parity check, the
-    other library's OpenMP pool) spin for a while after their last call."""
-    rounds, repeats = (1, 3) if quick else (3, 5)
-    mine, theirs = [], []
+    """pydl and PyTorch timed in alternating rounds (median of at least 5 runs and 50 ms each),
+    keeping each one's best round; with case.gemm_yardstick, also the GEMM yardstick's best of 2
+    per round. On a small shared VM a burst of outside load, or the host's clock, lands on
+    whatever is running; alternating gives all the same chances, and the best round drops the
+    burst (the machine-wide yardstick timed once at the start read 137 to 171 GFLOP/s on one
+    machine across runs). settle() first: the other runtimes' threads (NumPy's OpenBLAS after
+    the parity check, the other library's OpenMP pool) spin for a while after their last call.
+    Returns (pydl ms, PyTorch ms or None, GEMM GFLOP/s or None)."""
+    rounds, repeats, min_s = (1, 3, 0.0) if quick else (3, 5, 0.05)
+    mine, theirs, gemm = [], [], []
     for _ in range(rounds):
+        if case.gemm_yardstick:
+            gemm.append(machine_gemm_gflops(runs=2))
         settle()
-        mine.append(time_cpu(case.run, repeats=repeats))
+        mine.append(time_cpu(case.run, repeats=repeats, min_s=min_s))
         if torch is not None:
             settle()
             with torch.no_grad() if case.direction == "fwd" else _nullcontext():
-                theirs.append(time_cpu(case.torch, repeats=repeats))
-    return min(mine), (min(theirs) if theirs else None)
+                theirs.append(time_cpu(case.torch, repeats=repeats, min_s=min_s))
+    return min(mine), (min(theirs) if theirs else None), (max(gemm) if gemm else None)
 
 
 class _nullcontext:
@@ -170,16 +185,19 @@ class _nullcontext:
 def _line(r):
     return (f"{r['op']:<14} {r['dir']:<9} {r['case']:<34} err={fmt(r['rel_err'], '{:.1e}')} "
             f"pydl={fmt(r['pydl_ms'])}ms ref={fmt(r['ref_ms'])}ms torch={fmt(r['torch_ms'])}ms "
-            f"x_ref={fmt(r['x_ref'], '{:.1f}')} x_torch={fmt(r['x_torch'], '{:.2f}')}")
+            f"x_ref={fmt(r['x_ref'], '{:.1f}')} x_torch={fmt(r['x_torch'], '{:.2f}')}"
+            + (f" gemm={r['pct_gemm']:.0f}% of {r['gemm_gflops']:.1f} GFLOP/s" if r.get("pct_gemm") else ""))
 
 
 def markdown_table(rows):
-    head = "| op | dir | case | rel err | pydl ms | GFLOP/s | GB/s | NumPy ref ms | PyTorch ms | x ref | x PyTorch |"
-    lines = [head, "|" + "---|" * 11]
+    head = ("| op | dir | case | rel err | pydl ms | GFLOP/s | % GEMM | GB/s | NumPy ref ms | PyTorch ms | x ref "
+            "| x PyTorch |")
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         lines.append(
             f"| {r['op']} | {r['dir']} | {r['case']} | {fmt(r['rel_err'], '{:.1e}')} | {fmt(r['pydl_ms'])} | "
-            f"{fmt(r['gflops'], '{:.1f}')} | {fmt(r['gbs'], '{:.1f}')} | {fmt(r['ref_ms'], '{:.2f}')} | "
+            f"{fmt(r['gflops'], '{:.1f}')} | {fmt(r.get('pct_gemm'), '{:.0f}')} | {fmt(r['gbs'], '{:.1f}')} | "
+            f"{fmt(r['ref_ms'], '{:.2f}')} | "
             f"{fmt(r['torch_ms'])} | {fmt(r['x_ref'], '{:.1f}')} | {fmt(r['x_torch'], '{:.2f}')} |")
     return "\n".join(lines)
 

@@ -102,9 +102,16 @@ class ParallelError {
 // Copies `bytes` from src (cache-resident scratch) to dst with non-temporal stores: for a large
 // output written once, a plain store first reads every destination line from memory
 // (read-for-ownership), a third of the traffic of a scatter-into-zeros kernel. Ends with a
-// store fence, so the data is visible once the function returns. Only worth it for outputs
-// well past the last-level cache: the lines go to memory, not to the cache.
-inline void stream_copy(void* dst, const void* src, size_t bytes) {
+// store fence, so the data is visible once the function returns (fence=false leaves it to the
+// caller: one stream_fence() after many small copies). Only worth it for outputs well past the
+// last-level cache: the lines go to memory, not to the cache.
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
+inline void stream_copy(void* dst, const void* src, size_t bytes, bool fence = true) {
 #if defined(__SSE2__)
   char* d = static_cast<char*>(dst);
   const char* s = static_cast<const char*>(src);
@@ -123,7 +130,7 @@ inline void stream_copy(void* dst, const void* src, size_t bytes) {
     _mm_stream_si128(reinterpret_cast<__m128i*>(d + 48), e);
   }
   std::memcpy(d, s, bytes);
-  _mm_sfence();
+  if (fence) _mm_sfence();
 #else
   std::memcpy(dst, src, bytes);
 #endif

@@ -298,49 +298,100 @@ int64_t max_pool2d_backward(carray<T> dy, carray<int64_t> indices, carray<T> dx,
   const int64_t* ind = in_ptr(indices);
   T* d = out_ptr(dx);
   int64_t bad = 0;
+  const int64_t plane_bytes = HW * static_cast<int64_t>(sizeof(T));
+  auto scatter = [HW](T* dp, const T* gp, const int64_t* ip, int64_t n) {
+    int64_t nbad = 0;
+    for (int64_t q = 0; q < n; ++q) {
+      const int64_t k = ip[q];
+      if (static_cast<uint64_t>(k) < static_cast<uint64_t>(HW)) dp[k] += gp[q];
+      else nbad += (k != -1);
+    }
+    return nbad;
+  };
   // A dx of a last-level cache or more: each plane is built in a cache-resident scratch plane and
   // streamed out, so dx is written once instead of read and written (see stream_copy).
-  const int64_t plane_bytes = HW * static_cast<int64_t>(sizeof(T));
-  const bool stream = planes * plane_bytes >= kStreamBytes && plane_bytes <= kScratchPlaneBytes;
-  std::vector<T> scratch(stream ? static_cast<size_t>(max_threads() * HW) : 0);
-  {
+  if (planes * plane_bytes >= kStreamBytes && plane_bytes <= kScratchPlaneBytes) {
+    const int64_t H = dx.shape(2), OH = dy.shape(2), OW = dy.shape(3);
+    std::vector<T> scratch(static_cast<size_t>(max_threads() * HW));
     py::gil_scoped_release release;
-#pragma omp parallel for schedule(static) if (parallel_worth(planes * (HW + OHW))) \
-    reduction(+ : bad)
-    for (int64_t pl = 0; pl < planes; ++pl) {
-      T* dp = stream ? scratch.data() + thread_id() * HW : d + pl * HW;
-      const T* gp = g + pl * OHW;
-      const int64_t* ip = ind + pl * OHW;
-      if (HW <= 4096 || stream) {  // the plane stays in cache: zero it, then scatter
-        std::memset(dp, 0, sizeof(T) * HW);
-        for (int64_t q = 0; q < OHW; ++q) {
-          const int64_t k = ip[q];
-          if (static_cast<uint64_t>(k) < static_cast<uint64_t>(HW)) dp[k] += gp[q];
-          else bad += (k != -1);
-        }
-        if (stream) stream_copy(d + pl * HW, dp, static_cast<size_t>(plane_bytes));
-        continue;
-      }
-      // A large plane is zeroed lazily, just ahead of the scatter: argmaxes advance through the
-      // plane with the output rows, so zeroing and adds hit the same cache lines back to back.
-      // An index at or past the frontier first pushes it a row beyond itself, so every element
-      // is zeroed before its first add, whatever order the indices come in.
-      int64_t frontier = 0;
-      for (int64_t q = 0; q < OHW; ++q) {
-        const int64_t k = ip[q];
-        if (static_cast<uint64_t>(k) < static_cast<uint64_t>(HW)) {
-          if (k >= frontier) {
-            const int64_t nf = std::min(HW, k + W);
-            std::memset(dp + frontier, 0, sizeof(T) * (nf - frontier));
-            frontier = nf;
+#pragma omp parallel reduction(+ : bad)
+    {
+      T* buf = scratch.data() + thread_id() * HW;
+      std::memset(buf, 0, sizeof(T) * HW);  // kept zero between planes
+#pragma omp for schedule(static)
+      for (int64_t pl = 0; pl < planes; ++pl) {
+        const T* gp = g + pl * OHW;
+        const int64_t* ip = ind + pl * OHW;
+        T* out = d + pl * HW;
+        // Rows go out as soon as no later output row's window reaches them, so the stores to
+        // memory overlap the scatter instead of following it. That needs every index inside its
+        // window's rows (true of max_pool2d's own); the first that is not sends the plane to
+        // the plain build-then-copy below.
+        int64_t done = 0;  // rows [0, done) are streamed and zeroed again in buf
+        bool plain = false;
+        for (int64_t oh = 0; oh < OH && !plain; ++oh) {
+          const int64_t r0 = std::max<int64_t>(0, oh * sh - ph);
+          const int64_t lo = r0 * W, hi = std::min(H, oh * sh - ph + (kh - 1) * dh + 1) * W;
+          const int64_t* ir = ip + oh * OW;
+          const T* gr = gp + oh * OW;
+          for (int64_t q = 0; q < OW; ++q) {
+            const int64_t k = ir[q];
+            if (k >= lo && k < hi) buf[k] += gr[q];
+            else if (k != -1) { plain = true; break; }
           }
-          dp[k] += gp[q];
-        } else {
-          bad += (k != -1);
+          const int64_t next = oh + 1 < OH ? std::min(H, std::max<int64_t>(done, (oh + 1) * sh - ph)) : H;
+          if (!plain && next > done) {
+            stream_copy(out + done * W, buf + done * W, static_cast<size_t>((next - done) * W * sizeof(T)), false);
+            std::memset(buf + done * W, 0, static_cast<size_t>((next - done) * W * sizeof(T)));
+            done = next;
+          }
+        }
+        if (plain) {
+          std::memset(buf, 0, sizeof(T) * HW);
+          bad += scatter(buf, gp, ip, OHW);
+          stream_copy(out, buf, static_cast<size_t>(plane_bytes), false);
+          std::memset(buf, 0, sizeof(T) * HW);
         }
       }
-      std::memset(dp + frontier, 0, sizeof(T) * (HW - frontier));
+      stream_fence();
     }
+    return bad;
+  }
+  py::gil_scoped_release release;
+  if (HW <= 4096) {
+    // The plane stays in cache: zero it, then scatter.
+#pragma omp parallel for schedule(static) if (parallel_worth(planes * (HW + OHW))) reduction(+ : bad)
+    for (int64_t pl = 0; pl < planes; ++pl) {
+      T* dp = d + pl * HW;
+      std::memset(dp, 0, sizeof(T) * HW);
+      bad += scatter(dp, g + pl * OHW, ind + pl * OHW, OHW);
+    }
+    return bad;
+  }
+#pragma omp parallel for schedule(static) if (parallel_worth(planes * (HW + OHW))) reduction(+ : bad)
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    T* dp = d + pl * HW;
+    const T* gp = g + pl * OHW;
+    const int64_t* ip = ind + pl * OHW;
+    // A large plane is zeroed lazily, just ahead of the scatter: argmaxes advance through the
+    // plane with the output rows, so zeroing and adds hit the same cache lines back to back.
+    // An index at or past the frontier first pushes it a row beyond itself, so every element
+    // is zeroed before its first add, whatever order the indices come in.
+    int64_t frontier = 0;
+    for (int64_t q = 0; q < OHW; ++q) {
+      const int64_t k = ip[q];
+      if (static_cast<uint64_t>(k) < static_cast<uint64_t>(HW)) {
+        if (k >= frontier) {
+          const int64_t nf = std::min(HW, k + W);
+          std::memset(dp + frontier, 0, sizeof(T) * (nf - frontier));
+          frontier = nf;
+        }
+        dp[k] += gp[q];
+      } else {
+        bad += (k != -1);
+      }
+    }
+    std::memset(dp + frontier, 0, sizeof(T) * (HW - frontier));
   }
   // The count goes back to Python, which raises: no C++ exception on a user-input path (on
   // the GPU image, one thrown after `import torch` crashed the process - see the closing note).

@@ -498,3 +498,30 @@ def test_max_pool2d_backward_large_dx_matches_scatter(dtype_):
     bad[-1, -1, -1, -1] = h * w
     with pytest.raises(ValueError, match=r"indices out of range"):
         F.max_pool2d_backward(dy, bad, x.shape, 3, 2, 1)
+
+
+# The streamed path sends each row of dx out once no later output row's window reaches it; an
+# index outside its window's rows (legal input: backward is a scatter) must send the plane to the
+# build-then-copy path. Geometries: dilation, ceil_mode, stride > kernel (rows in no window),
+# stride 1; indices outside their windows in the first, middle and last output rows, and -1.
+@pytest.mark.parametrize("k,s,p,d,ceil", [(3, 2, 1, 1, False), (2, 2, 0, 1, True), (3, 3, 1, 2, True),
+                                          (2, 3, 0, 1, True), (5, 1, 2, 1, False)])
+def test_max_pool2d_backward_streamed_rows_any_indices(k, s, p, d, ceil):
+    rng = np.random.default_rng(k * 100 + s * 10 + d)
+    n, c, h, w = 2, 41, 227, 231
+    assert n * c * h * w * 4 > (16 << 20)
+    x = rand(rng, (n, c, h, w), np.float32)
+    y, ind = F.max_pool2d(x, k, s, p, d, ceil_mode=ceil, return_indices=True)
+    dy = rand(rng, y.shape, np.float32)
+    ind = ind.copy()
+    oh = y.shape[2]
+    for plane, row in [(0, 0), (3, oh // 2), (5, oh - 1), (c + 7, oh // 3)]:
+        ind[plane // c, plane % c, row, rng.integers(0, y.shape[3])] = rng.integers(0, h * w)
+    ind[1, 1, oh // 2, :5] = -1  # passes nothing
+    ind[1, 2, 0, 0] = h * w - 1  # far below its window: the first row must not be streamed early
+    dx = F.max_pool2d_backward(dy, ind, x.shape, k, s, p, d, ceil_mode=ceil)
+    want = np.zeros((n * c, h * w))
+    rows = np.repeat(np.arange(n * c), ind[0, 0].size)
+    keep = ind.reshape(-1) >= 0
+    np.add.at(want, (rows[keep], ind.reshape(-1)[keep]), dy.reshape(-1).astype(np.float64)[keep])
+    assert_close(dx, want.reshape(x.shape), np.float32)
