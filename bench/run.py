@@ -34,16 +34,17 @@ BENCH_MODULES = ["bench_conv", "bench_pool", "bench_batch_norm", "bench_cross_en
 _GEMM = {}
 
 
-def machine_gemm_gflops(runs=7) -> float:
+def machine_gemm_gflops(runs=7, median_of=1) -> float:
     """float32 GEMM rate of this machine: numpy matmul on 2048x2048 (the yardstick in the README),
-    the best of `runs`: the yardstick is what the machine can do, not a noisy median."""
+    the best of `runs` (each the median of `median_of` calls): the yardstick is what the machine
+    can do, not a noisy median."""
     if not _GEMM:
         _GEMM["a"] = np.random.rand(2048, 2048).astype(np.float32)
         _GEMM["b"] = np.random.rand(2048, 2048).astype(np.float32)
         _GEMM["a"] @ _GEMM["b"]  # NumPy's BLAS starts its threads
     a, b = _GEMM["a"], _GEMM["b"]
     settle()
-    best = min(time_cpu(lambda: a @ b, repeats=1, warmup=0) for _ in range(runs))
+    best = min(time_cpu(lambda: a @ b, repeats=median_of, warmup=0) for _ in range(runs))
     return 2 * 2048**3 / (best * 1e-3) / 1e9
 
 
@@ -153,8 +154,8 @@ def main(argv=None):
 
 def time_cpu_rounds(case, torch, quick):
     """pydl and PyTorch timed in alternating rounds (median of at least 5 runs and 50 ms each),
-    keeping each one's best round; with case.gemm_yardstick, also the GEMM yardstick's best of 2
-    per round. On a small shared VM a burst of outside load, or the host's clock, lands on
+    keeping each one's best round; with case.gemm_yardstick, also the GEMM yardstick, by the same
+    rule (the median of 3 runs per round, the best round), so the ratio compares like with like. On a small shared VM a burst of outside load, or the host's clock, lands on
     whatever is running; alternating gives all the same chances, and the best round drops the
     burst (the machine-wide yardstick timed once at the start read 137 to 171 GFLOP/s on one
     machine across runs). settle() first: the other runtimes' threads (NumPy's OpenBLAS after
@@ -164,7 +165,7 @@ def time_cpu_rounds(case, torch, quick):
     mine, theirs, gemm = [], [], []
     for _ in range(rounds):
         if case.gemm_yardstick:
-            gemm.append(machine_gemm_gflops(runs=2))
+            gemm.append(machine_gemm_gflops(runs=1, median_of=3))
         settle()
         mine.append(time_cpu(case.run, repeats=repeats, min_s=min_s))
         if torch is not None:
