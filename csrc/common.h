@@ -105,12 +105,6 @@ class ParallelError {
 // store fence, so the data is visible once the function returns (fence=false leaves it to the
 // caller: one stream_fence() after many small copies). Only worth it for outputs well past the
 // last-level cache: the lines go to memory, not to the cache.
-inline void stream_fence() {
-#if defined(__SSE2__)
-  _mm_sfence();
-#endif
-}
-
 inline void stream_copy(void* dst, const void* src, size_t bytes, bool fence = true) {
 #if defined(__SSE2__)
   char* d = static_cast<char*>(dst);
@@ -133,6 +127,13 @@ inline void stream_copy(void* dst, const void* src, size_t bytes, bool fence = t
   if (fence) _mm_sfence();
 #else
   std::memcpy(dst, src, bytes);
+#endif
+}
+
+// Orders the non-temporal stores of stream_copy(..., fence=false) calls before later stores.
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
 #endif
 }
 

@@ -341,8 +341,9 @@ int64_t max_pool2d_backward(carray<T> dy, carray<int64_t> indices, carray<T> dx,
           }
           const int64_t next = oh + 1 < OH ? std::min(H, std::max<int64_t>(done, (oh + 1) * sh - ph)) : H;
           if (!plain && next > done) {
-            stream_copy(out + done * W, buf + done * W, static_cast<size_t>((next - done) * W * sizeof(T)), false);
-            std::memset(buf + done * W, 0, static_cast<size_t>((next - done) * W * sizeof(T)));
+            const size_t bytes = static_cast<size_t>((next - done) * W) * sizeof(T);
+            stream_copy(out + done * W, buf + done * W, bytes, false);
+            std::memset(buf + done * W, 0, bytes);
             done = next;
           }
         }

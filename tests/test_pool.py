@@ -481,6 +481,16 @@ def test_max_pool2d_3x3_s2_p1_even_widths(xp, dtype, shape):
 # (odd H*W) on several threads, and
 # bad indices still raise. Oracle: np.add.at over the argmax indices (independent of the kernel).
 
+def _scatter_oracle(dy, ind, x_shape):
+    """grad_x[n, c].flat[ind] += dy, -1 entries skipped, in float64 (np.add.at: independent of the kernel)."""
+    planes, hw = x_shape[0] * x_shape[1], x_shape[2] * x_shape[3]
+    want = np.zeros((planes, hw))
+    rows = np.repeat(np.arange(planes), ind[0, 0].size)
+    keep = ind.reshape(-1) >= 0
+    np.add.at(want, (rows[keep], ind.reshape(-1)[keep]), dy.reshape(-1).astype(np.float64)[keep])
+    return want.reshape(x_shape)
+
+
 @pytest.mark.parametrize("dtype_", [np.float32, np.float64])
 def test_max_pool2d_backward_large_dx_matches_scatter(dtype_):
     rng = np.random.default_rng(31)
@@ -490,10 +500,7 @@ def test_max_pool2d_backward_large_dx_matches_scatter(dtype_):
     y, ind = F.max_pool2d(x, 3, 2, 1, return_indices=True)
     dy = rand(rng, y.shape, dtype_)
     dx = F.max_pool2d_backward(dy, ind, x.shape, 3, 2, 1)
-    want = np.zeros((n * c, h * w))
-    rows = np.repeat(np.arange(n * c), ind[0, 0].size)
-    np.add.at(want, (rows, ind.reshape(-1)), dy.reshape(-1).astype(np.float64))
-    assert_close(dx, want.reshape(x.shape), dtype_)
+    assert_close(dx, _scatter_oracle(dy, ind, x.shape), dtype_)
     bad = ind.copy()
     bad[-1, -1, -1, -1] = h * w
     with pytest.raises(ValueError, match=r"indices out of range"):
@@ -520,8 +527,4 @@ def test_max_pool2d_backward_streamed_rows_any_indices(k, s, p, d, ceil):
     ind[1, 1, oh // 2, :5] = -1  # passes nothing
     ind[1, 2, 0, 0] = h * w - 1  # far below its window: the first row must not be streamed early
     dx = F.max_pool2d_backward(dy, ind, x.shape, k, s, p, d, ceil_mode=ceil)
-    want = np.zeros((n * c, h * w))
-    rows = np.repeat(np.arange(n * c), ind[0, 0].size)
-    keep = ind.reshape(-1) >= 0
-    np.add.at(want, (rows[keep], ind.reshape(-1)[keep]), dy.reshape(-1).astype(np.float64)[keep])
-    assert_close(dx, want.reshape(x.shape), np.float32)
+    assert_close(dx, _scatter_oracle(dy, ind, x.shape), np.float32)
