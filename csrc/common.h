@@ -137,4 +137,19 @@ inline void stream_fence() {
 #endif
 }
 
+// Whether this CPU runs AVX2 + FMA: kernels compiled twice (target("avx2,fma") and the
+// baseline) pick one with this, since target_clones' "arch=haswell" tests the CPU model, not
+// its features (AMD parts with AVX2 fall back to SSE2).
+inline bool cpu_has_avx2_fma() {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return yes;
+#else
+  return false;
+#endif
+}
+
 }  // namespace pydl

@@ -242,6 +242,38 @@ void im2col_image_padded(const Geo& g, const T* xn, T* col, T* pad) {
   }
 }
 
+// The adjoint of im2col_image_padded: one image's columns summed into dx_n through the padded
+// plane (no bounds logic in the scatter), then the plane's interior copied out. Called by one
+// thread, which owns dx_n.
+template <typename T>
+void col2im_image_padded(const Geo& g, const T* col, T* dxn, T* pad) {
+  const int64_t Hp = padded_rows(g), Wp = padded_cols(g), L = g.L();
+  const int64_t r0 = std::min(std::max<int64_t>(g.ph, 0), Hp), r1 = std::max(r0, std::min(Hp, g.ph + g.H));
+  const int64_t q0 = std::min(std::max<int64_t>(g.pw, 0), Wp), q1 = std::max(q0, std::min(Wp, g.pw + g.W));
+  const bool covers = r0 == g.ph && r1 == g.ph + g.H && q0 == g.pw && q1 == g.pw + g.W;
+  for (int64_t c = 0; c < g.C; ++c) {
+    std::fill(pad, pad + Hp * Wp, T(0));
+    for (int64_t i = 0; i < g.kh; ++i)
+      for (int64_t jj = 0; jj < g.kw; ++jj) {
+        const T* s = col + ((c * g.kh + i) * g.kw + jj) * L;
+        T* d = pad + i * g.dh * Wp + jj * g.dw;
+        for (int64_t oh = 0; oh < g.Ho; ++oh, s += g.Wo, d += g.sh * Wp) {
+          if (g.sw == 1)
+            for (int64_t ow = 0; ow < g.Wo; ++ow) d[ow] += s[ow];
+          else if (g.sw == 2)
+            for (int64_t ow = 0; ow < g.Wo; ++ow) d[2 * ow] += s[ow];
+          else
+            for (int64_t ow = 0; ow < g.Wo; ++ow) d[ow * g.sw] += s[ow];
+        }
+      }
+    T* xc = dxn + c * g.HW();
+    // Input pixels the padded window never reaches (bottom/right remainder) get no gradient.
+    if (!covers) std::fill(xc, xc + g.HW(), T(0));
+    for (int64_t r = r0; r < r1; ++r)
+      std::memcpy(xc + (r - g.ph) * g.W + (q0 - g.pw), pad + r * Wp + q0, (size_t)(q1 - q0) * sizeof(T));
+  }
+}
+
 // Called by one thread: col[r, c] for rows [r0, r1) and tile columns [c0, c1), where tile
 // column c = j*lc + (l - l0) holds pixel l of image n0 + j, and r = (channel, i, jj).
 template <typename T>
@@ -477,29 +509,19 @@ __attribute__((always_inline)) inline void dw_bwd_weight_flat_impl(const Geo& g,
     }
 }
 
-// AVX2/FMA variants are compiled with target("avx2,fma") and picked by a CPU-feature test
-// (target_clones("arch=haswell") dispatches on the CPU model and falls back to SSE2 on
-// AMD parts that do have AVX2).
+// AVX2/FMA variants are compiled with target("avx2,fma") and picked by cpu_has_avx2_fma().
 #ifdef PYDL_X86
 #define PYDL_AVX2 __attribute__((target("avx2,fma")))
 #define PYDL_AVX2_INL __attribute__((target("avx2,fma"), always_inline)) inline
-bool cpu_has_avx2() {
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return has;
-}
 #else
 #define PYDL_AVX2
-bool cpu_has_avx2() { return false; }
 #endif
 
 #define PYDL_DW_DISPATCH(RET, NAME, PARAMS, ARGS)            \
   PYDL_AVX2 RET NAME##_avx2 PARAMS { NAME##_impl<T> ARGS; }  \
   RET NAME##_base PARAMS { NAME##_impl<T> ARGS; }            \
   RET NAME PARAMS {                                        \
-    if (cpu_has_avx2()) return NAME##_avx2 ARGS;           \
+    if (cpu_has_avx2_fma()) return NAME##_avx2 ARGS;       \
     return NAME##_base ARGS;                               \
   }
 #define PYDL_DW_PLANES(T)                                                                                       \
@@ -666,7 +688,7 @@ PYDL_AVX2 void stencil_s1_wgrad(const T* src, int64_t Hs, int64_t Ws, const T* g
 
 // The fixed-size stencils cover stride 1 with 3x3 and 5x5 kernels (any padding/dilation).
 inline bool use_stencil(const Geo& g) {
-  if (!(cpu_has_avx2() && g.sh == 1 && g.sw == 1 && g.kh == g.kw && (g.kh == 3 || g.kh == 5))) return false;
+  if (!(cpu_has_avx2_fma() && g.sh == 1 && g.sw == 1 && g.kh == g.kw && (g.kh == 3 || g.kh == 5))) return false;
   // The padded plane is a per-thread scratch: huge planes take the row-wise path.
   const PadGeo p(std::max(g.H, g.Ho), std::max(g.W, g.Wo), g.kh, g.kw, g.dh, g.dw, 8);
   return p.Hp * p.Wp * 8 <= (int64_t(16) << 20);
@@ -980,6 +1002,33 @@ void forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
   }
 }
 
+// Image-parallel grad input, the mirror of forward_per_image: each thread GEMMs one image's
+// columns into its own buffer and sums them into that image's dx through a padded plane; no
+// shared tiles, barriers or zero pass. Taken where the padded im2col is (strided convolutions).
+template <typename T>
+void backward_input_per_image(const Geo& g, const T* dy, const T* w, T* dx) {
+  const int64_t Kg = g.Kg(), L = g.L(), Rg = g.Cg() * g.kh * g.kw;
+  ParallelError err;
+#pragma omp parallel if (parallel_pays(g))
+  {
+    T* col = nullptr;
+    try {
+      col = static_cast<T*>(t_ws.get((g.R() * L + padded_plane(g)) * (int64_t)sizeof(T)));
+    } catch (...) {
+      err.capture();
+    }
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < g.N; ++n) {
+      if (!col) continue;  // this thread has no workspace: the call raises below
+      for (int64_t gi = 0; gi < g.G; ++gi)
+        gemm(true, false, Rg, L, Kg, T(1), w + gi * Kg * Rg, Rg, dy + (n * g.K + gi * Kg) * L, L, T(0),
+             col + gi * Rg * L, L);
+      col2im_image_padded(g, col, dx + n * g.C * g.HW(), col + g.R() * L);
+    }
+  }
+  err.rethrow();
+}
+
 template <typename T>
 void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
   if (g.N == 0) return;
@@ -1001,6 +1050,7 @@ void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
     }
     return;
   }
+  if (padded_im2col_pays(g) && per_image_pays(g, sizeof(T))) return backward_input_per_image(g, dy, w, dx);
   int64_t maxw;
   auto tiles = make_tiles(g, g.R(), g.K, sizeof(T), maxw);
   const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });

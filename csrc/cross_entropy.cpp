@@ -409,15 +409,10 @@ PYDL_INLINE void ce_prob_bwd_rows_impl(const Rows<T, 2>& rows, const CeArgs<T>& 
   });
 }
 
-// Per-dtype entry points compiled twice, AVX2+FMA and the baseline, picked at run time
-// by CPU features (target_clones' "arch=haswell" would test the CPU model, not its
-// features). OpenMP regions stay outside them: outlined OpenMP bodies are not cloned.
+// Per-dtype entry points compiled twice, AVX2+FMA and the baseline, picked at run time by
+// cpu_has_avx2_fma(). OpenMP regions stay outside them: outlined OpenMP bodies are not cloned.
 #if defined(__x86_64__) && defined(__GNUC__)
 #define PYDL_X86_CLONES 1
-inline bool cpu_has_avx2_fma() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-}
 #define PYDL_DISPATCH(fn, ...) (cpu_has_avx2_fma() ? fn##_avx2(__VA_ARGS__) : fn##_base(__VA_ARGS__))
 #else
 #define PYDL_DISPATCH(fn, ...) fn##_base(__VA_ARGS__)

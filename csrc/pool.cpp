@@ -15,13 +15,18 @@
 // branch-free loop over ow (stride 1 and 2 are compile-time constants so strided loads vectorize);
 // the few border columns take a clipped scalar path. Max pooling without indices is done
 // separably (max over the window rows, then over the columns), which needs far fewer operations;
-// with indices it scans the taps in PyTorch's order to pick the same argmax.
+// with indices it scans the taps in PyTorch's order to pick the same argmax. 2x2 windows at
+// stride 2 inside the image (float32, AVX2) take a dedicated 8-outputs-per-step kernel.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "common.h"
 #include "geometry.h"
@@ -221,10 +226,146 @@ PYDL_SIMD_CLONES void max_forward_plane_sep(const T* plane, T* y, T* r, const Ax
   }
 }
 
+// ---- 2x2 windows at stride 2, all inside the image (the classic downsampling pool), float32.
+// The general kernels spend most of their time on loop control for such short windows; here
+// each step takes 8 outputs from 16 columns of the window's two rows, deinterleaves even and
+// odd columns, and picks the winner as a tree: within each row first, then top against bottom.
+// That tree picks what PyTorch's (0,0),(0,1),(1,0),(1,1) scan picks, ties and NaNs included:
+// a later element replaces only if strictly larger or NaN, so the first maximum and the last
+// NaN win either way.
+#if defined(__GNUC__) && defined(__x86_64__)
+#define PYDL_POOL2X2 1
+#define PYDL_AVX2_FN __attribute__((target("avx2,fma")))
+#define PYDL_AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) inline
+
+// The 2x2 step on 8 outputs (AVX) or 4 (SSE): the same tree, lane ops from these.
+struct Lanes8 {
+  using V = __m256;
+  using VI = __m256i;
+  static constexpr int n = 8;
+  static PYDL_AVX2_INLINE V load(const float* p) { return _mm256_loadu_ps(p); }
+  static PYDL_AVX2_INLINE V even(V a, V b) { return _mm256_shuffle_ps(a, b, 0x88); }
+  static PYDL_AVX2_INLINE V odd(V a, V b) { return _mm256_shuffle_ps(a, b, 0xDD); }
+  static PYDL_AVX2_INLINE V cmp_gt(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
+  static PYDL_AVX2_INLINE V is_nan(V a) { return _mm256_cmp_ps(a, a, _CMP_UNORD_Q); }
+  static PYDL_AVX2_INLINE V or_(V a, V b) { return _mm256_or_ps(a, b); }
+  static PYDL_AVX2_INLINE V blend(V a, V b, V m) { return _mm256_blendv_ps(a, b, m); }
+  static PYDL_AVX2_INLINE VI bits(V a) { return _mm256_castps_si256(a); }
+  static PYDL_AVX2_INLINE VI set1(int32_t v) { return _mm256_set1_epi32(v); }
+  static PYDL_AVX2_INLINE VI add(VI a, VI b) { return _mm256_add_epi32(a, b); }
+  static PYDL_AVX2_INLINE VI sub(VI a, VI b) { return _mm256_sub_epi32(a, b); }
+  static PYDL_AVX2_INLINE VI and_(VI a, VI b) { return _mm256_and_si256(a, b); }
+  // Shuffles stay within 128-bit halves: lanes hold outputs {0,1,4,5 | 2,3,6,7} until stored.
+  static PYDL_AVX2_INLINE VI lane2() { return _mm256_setr_epi32(0, 2, 8, 10, 4, 6, 12, 14); }
+  static PYDL_AVX2_INLINE void store(float* o, V r) {
+    _mm256_storeu_ps(o, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(r), 0xD8)));
+  }
+  static PYDL_AVX2_INLINE void store(int64_t* id, VI k) {
+    k = _mm256_permute4x64_epi64(k, 0xD8);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(id), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(k)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(id + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(k, 1)));
+  }
+};
+struct Lanes4 {
+  using V = __m128;
+  using VI = __m128i;
+  static constexpr int n = 4;
+  static PYDL_AVX2_INLINE V load(const float* p) { return _mm_loadu_ps(p); }
+  static PYDL_AVX2_INLINE V even(V a, V b) { return _mm_shuffle_ps(a, b, 0x88); }
+  static PYDL_AVX2_INLINE V odd(V a, V b) { return _mm_shuffle_ps(a, b, 0xDD); }
+  static PYDL_AVX2_INLINE V cmp_gt(V a, V b) { return _mm_cmp_ps(a, b, _CMP_GT_OQ); }
+  static PYDL_AVX2_INLINE V is_nan(V a) { return _mm_cmp_ps(a, a, _CMP_UNORD_Q); }
+  static PYDL_AVX2_INLINE V or_(V a, V b) { return _mm_or_ps(a, b); }
+  static PYDL_AVX2_INLINE V blend(V a, V b, V m) { return _mm_blendv_ps(a, b, m); }
+  static PYDL_AVX2_INLINE VI bits(V a) { return _mm_castps_si128(a); }
+  static PYDL_AVX2_INLINE VI set1(int32_t v) { return _mm_set1_epi32(v); }
+  static PYDL_AVX2_INLINE VI add(VI a, VI b) { return _mm_add_epi32(a, b); }
+  static PYDL_AVX2_INLINE VI sub(VI a, VI b) { return _mm_sub_epi32(a, b); }
+  static PYDL_AVX2_INLINE VI and_(VI a, VI b) { return _mm_and_si128(a, b); }
+  static PYDL_AVX2_INLINE VI lane2() { return _mm_setr_epi32(0, 2, 4, 6); }  // in order
+  static PYDL_AVX2_INLINE void store(float* o, V r) { _mm_storeu_ps(o, r); }
+  static PYDL_AVX2_INLINE void store(int64_t* id, VI k) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(id), _mm256_cvtepi32_epi64(k));
+  }
+};
+
+// Lanes where v replaces m: v > m or v is NaN.
+template <class L>
+PYDL_AVX2_INLINE typename L::V replaces(typename L::V m, typename L::V v) {
+  return L::or_(L::cmp_gt(v, m), L::is_nan(v));
+}
+
+// Outputs [q, q + L::n) of one row; see max2x2_row.
+template <class L, bool IDX>
+PYDL_AVX2_INLINE void max2x2_step(const float* a, const float* b, int64_t q, int32_t base, int32_t W,
+                                  float* o, int64_t* id) {
+  using V = typename L::V;
+  const V a0 = L::load(a + 2 * q), a1 = L::load(a + 2 * q + L::n);
+  const V b0 = L::load(b + 2 * q), b1 = L::load(b + 2 * q + L::n);
+  const V ae = L::even(a0, a1), ao = L::odd(a0, a1), be = L::even(b0, b1), bo = L::odd(b0, b1);
+  const V ct = replaces<L>(ae, ao), cb = replaces<L>(be, bo);
+  const V t = L::blend(ae, ao, ct), u = L::blend(be, bo, cb);
+  const V rv = replaces<L>(t, u);
+  L::store(o + q, L::blend(t, u, rv));
+  if (IDX) {
+    // index = base + 2q + (bottom ? W : 0) + (odd column ? 1 : 0); a true mask is -1.
+    auto k = L::add(L::set1(base + 2 * static_cast<int32_t>(q)), L::lane2());
+    k = L::sub(k, L::bits(L::blend(ct, cb, rv)));
+    L::store(id + q, L::add(k, L::and_(L::bits(rv), L::set1(W))));
+  }
+}
+
+// One output row: a and b are the window's two input rows from its first column, n outputs,
+// flat in-plane index of a[0] is base (indices fit int32: the caller checks the plane size).
+template <bool IDX>
+PYDL_AVX2_FN void max2x2_row(const float* a, const float* b, int64_t n, int32_t base, int32_t W,
+                             float* o, int64_t* id) {
+  int64_t q = 0;
+  for (; q + 8 <= n; q += 8) max2x2_step<Lanes8, IDX>(a, b, q, base, W, o, id);
+  for (; q + 4 <= n; q += 4) max2x2_step<Lanes4, IDX>(a, b, q, base, W, o, id);
+  for (; q < n; ++q) {  // same tree, scalar
+    const float* pa = a + 2 * q;
+    const float* pb = b + 2 * q;
+    const bool ct = (pa[1] > pa[0]) | (pa[1] != pa[1]), cb = (pb[1] > pb[0]) | (pb[1] != pb[1]);
+    const float t = ct ? pa[1] : pa[0], u = cb ? pb[1] : pb[0];
+    const bool rv = (u > t) | (u != u);
+    o[q] = rv ? u : t;
+    if (IDX) id[q] = base + 2 * q + (rv ? W + cb : ct);
+  }
+}
+
+template <bool IDX>
+PYDL_AVX2_FN void max2x2_plane(const float* plane, float* y, int64_t* ind, int64_t W, int64_t OH,
+                               int64_t OW) {
+  for (int64_t oh = 0; oh < OH; ++oh) {
+    const float* a = plane + 2 * oh * W;
+    max2x2_row<IDX>(a, a + W, OW, static_cast<int32_t>(2 * oh * W), static_cast<int32_t>(W), y + oh * OW,
+                    IDX ? ind + oh * OW : nullptr);
+  }
+}
+
+// Whether the 2x2 path takes this call.
+inline bool max2x2_fits(const Axis& ah, const Axis& aw) {
+  return ah.k == 2 && aw.k == 2 && ah.s == 2 && aw.s == 2 && ah.p == 0 && aw.p == 0 && ah.d == 1 &&
+         aw.d == 1 && 2 * ah.out <= ah.in && 2 * aw.out <= aw.in &&
+         ah.in * aw.in < (int64_t(1) << 31) && cpu_has_avx2_fma();
+}
+#endif
+
 template <typename T, typename I, int S, bool IDX>
 void max_forward_impl(const T* x, T* y, int64_t* ind, int64_t planes, const Axis& ah,
                       const Axis& aw) {
   const int64_t HW = ah.in * aw.in, OHW = ah.out * aw.out;
+#ifdef PYDL_POOL2X2
+  if constexpr (std::is_same<T, float>::value && S == 2) {
+    if (max2x2_fits(ah, aw)) {
+#pragma omp parallel for schedule(static) if (parallel_worth(planes * (HW + OHW)))
+      for (int64_t pl = 0; pl < planes; ++pl)
+        max2x2_plane<IDX>(x + pl * HW, y + pl * OHW, IDX ? ind + pl * OHW : nullptr, aw.in, ah.out, aw.out);
+      return;
+    }
+  }
+#endif
   int64_t c_lo, c_hi;
   aw.interior(c_lo, c_hi);
 #pragma omp parallel if (parallel_worth(planes * (ah.in * aw.in + ah.out * aw.out)))

@@ -562,7 +562,7 @@ def test_conv2d_depthwise_weight_grad_is_deterministic():
 # --- image-parallel im2col forward (C/groups*kh*kw >= 16, Ho*Wo >= 64); unless stride 1 keeps
 # the width, its im2col goes through a zero-padded copy of each plane ---
 
-@pytest.mark.parametrize("xs,ws,kw", [
+PER_IMAGE_CASES = [
     ((3, 32, 17, 16), (5, 32, 3, 3), dict(stride=2, padding=1)),
     ((2, 24, 14, 13), (4, 12, 5, 5), dict(groups=2)),
     ((1, 16, 20, 19), (3, 16, 4, 4), dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2))),
@@ -572,7 +572,10 @@ def test_conv2d_depthwise_weight_grad_is_deterministic():
     ((3, 4, 25, 26), (5, 4, 3, 2), dict(stride=(2, 3), padding=(3, 1), dilation=(2, 3))),
     ((2, 6, 19, 23), (4, 3, 3, 3), dict(stride=2, padding=1, groups=2)),
     ((2, 2, 40, 9), (3, 2, 3, 3), dict(stride=(1, 2), padding=(0, 1))),         # stride 1 rows, stride 2 columns
-])
+]
+
+
+@pytest.mark.parametrize("xs,ws,kw", PER_IMAGE_CASES)
 def test_conv2d_per_image_forward_matches_reference(xp, dtype, xs, ws, kw):
     rng = np.random.default_rng(21)
     x, w, b = _make(rng, xs, ws, dtype, xp)
@@ -581,6 +584,21 @@ def test_conv2d_per_image_forward_matches_reference(xp, dtype, xs, ws, kw):
     assert_close(F.conv2d(x, w, None, **kw), R.conv2d(to_numpy(x), to_numpy(w), None, **kw), dtype)
     F.set_conv_workspace_limit(4096)  # below one image's columns: the tiled path
     assert_close(F.conv2d(x, w, b, **kw), want, dtype)
+
+
+# The same shapes backward: strided ones take the image-parallel grad input, which sums each
+# image's columns through a padded plane (input rows and columns past the last window get 0).
+@pytest.mark.parametrize("xs,ws,kw", PER_IMAGE_CASES)
+def test_conv2d_per_image_backward_matches_reference(xp, dtype, xs, ws, kw):
+    rng = np.random.default_rng(22)
+    x, w, _ = _make(rng, xs, ws, dtype, xp, bias=False)
+    dy = rand(rng, R.conv2d(np.zeros(xs), np.zeros(ws), **kw).shape, dtype, xp)
+    want = R.conv2d_backward(to_numpy(dy), to_numpy(x), to_numpy(w), **kw)
+    for limit in (None, 4096):  # 4096 bytes: below one image's columns, the tiled path
+        if limit:
+            F.set_conv_workspace_limit(limit)
+        for got, wnt in zip(F.conv2d_backward(dy, x, w, **kw), want):
+            assert_close(got, wnt, dtype)
 
 
 def test_conv2d_depthwise_and_bias_grads_identical_across_thread_counts(tmp_path):

@@ -476,6 +476,29 @@ def test_max_pool2d_3x3_s2_p1_even_widths(xp, dtype, shape):
     assert np.array_equal(got2, want.astype(dtype), equal_nan=True) and view.size == n
 
 
+# --- 2x2 windows at stride 2 without padding (float32 takes a vectorized path that decides each
+# window as a tree, row pairs first): widths hit its 8-output and 4-output steps and the scalar
+# tail; odd sizes leave the last row / column unused; ties, several NaNs per window and -inf ---
+
+@pytest.mark.parametrize("shape", [(2, 3, 6, 2), (1, 2, 4, 7), (2, 1, 5, 8), (1, 2, 6, 17), (3, 2, 7, 24),
+                                   (1, 1, 3, 26), (2, 2, 8, 31), (1, 3, 4, 43), (1, 1, 2, 64)])
+def test_max_pool2d_2x2_s2_matches_reference_values_and_indices(xp, dtype, shape):
+    rng = np.random.default_rng(sum(shape))
+    x = rng.integers(0, 3, size=shape).astype(dtype)  # ties in most windows
+    x.flat[rng.integers(0, x.size, max(2, x.size // 10))] = np.nan
+    x.flat[rng.integers(0, x.size, 3)] = -np.inf
+    flat = np.concatenate([[0.0], x.ravel()]).astype(dtype)
+    for arr in (x, flat[1:].reshape(shape)):  # aligned, and 4 bytes off 16-byte alignment
+        y, ind = F.max_pool2d(xp.asarray(arr), 2, 2, return_indices=True)
+        yr, ir = R.max_pool2d(x.astype(np.float64), 2, 2, return_indices=True)
+        assert np.array_equal(to_numpy(ind), ir)
+        assert np.array_equal(to_numpy(y), yr.astype(dtype), equal_nan=True)
+        assert np.array_equal(to_numpy(F.max_pool2d(xp.asarray(arr), 2, 2)), yr.astype(dtype), equal_nan=True)
+    if torch is not None:
+        yt, it = TF.max_pool2d(torch.from_numpy(x), 2, 2, return_indices=True)
+        assert np.array_equal(to_numpy(ind), it.numpy())
+
+
 # --- max-pool backward on a large dx (> 16 MiB, planes past the L1-sized fast path) ---
 # Planes built in scratch and streamed out (non-temporal stores) starting at every alignment
 # (odd H*W) on several threads, and
