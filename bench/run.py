@@ -6,9 +6,9 @@
 For each case: the relative error against the float64 NumPy reference at the
 benchmark shape, then the median time of pydl, the NumPy reference and PyTorch
 (when installed), measured in the same run, with GFLOP/s or GB/s and speedups.
-On the CPU pydl and PyTorch are timed in 3 alternating rounds (median of at least 5 runs
+On the CPU pydl and PyTorch are timed in 5 alternating rounds (median of at least 5 runs
 and 50 ms each) and the best round of each is reported; dense convolution rows also time the
-GEMM yardstick in each round (5 rounds) and report their GFLOP/s as a share of it.
+GEMM yardstick in each round and report their GFLOP/s as a share of it.
 """
 from __future__ import annotations
 
@@ -155,17 +155,16 @@ def main(argv=None):
 def time_cpu_rounds(case, torch, quick):
     """pydl and PyTorch timed in alternating rounds (median of at least 5 runs and 50 ms each),
     keeping each one's best round; with case.gemm_yardstick, also the GEMM yardstick, by the same
-    rule (the median of at least 5 runs per round, the best round; 5 rounds for these rows), so
-    the ratio compares like with like: a yardstick from fewer samples per round has a noisier
-    median, and the best of noisier medians reads high. On a small shared VM a burst of outside load, or the host's clock, lands on
+    rule (the median of at least 5 runs per round, the best round), so the ratio compares like
+    with like: a yardstick from fewer samples per round has a noisier median, and the best of
+    noisier medians reads high. 5 rounds: with 3, a sub-ms row's ratio swung by 20% between runs.
+    On a small shared VM a burst of outside load, or the host's clock, lands on
     whatever is running; alternating gives all the same chances, and the best round drops the
     burst (the machine-wide yardstick timed once at the start read 137 to 171 GFLOP/s on one
     machine across runs). settle() first: the other runtimes' threads (NumPy's OpenBLAS after
     the parity check, the other library's OpenMP pool) spin for a while after their last call.
     Returns (pydl ms, PyTorch ms or None, GEMM GFLOP/s or None)."""
-    rounds, repeats, min_s = (1, 3, 0.0) if quick else (3, 5, 0.05)
-    if case.gemm_yardstick and not quick:
-        rounds = 5  # a ratio of two noisy rates: more rounds for both bests to settle
+    rounds, repeats, min_s = (1, 3, 0.0) if quick else (5, 5, 0.05)
     mine, theirs, gemm = [], [], []
     for _ in range(rounds):
         if case.gemm_yardstick:

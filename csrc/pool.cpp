@@ -350,6 +350,54 @@ inline bool max2x2_fits(const Axis& ah, const Axis& aw) {
          aw.d == 1 && 2 * ah.out <= ah.in && 2 * aw.out <= aw.in &&
          ah.in * aw.in < (int64_t(1) << 31) && cpu_has_avx2_fma();
 }
+
+// Backward of the 2x2 path: the windows tile the plane without overlap, so each dx element is
+// written once, dy where the window's index points and 0 elsewhere: no zero pass and no
+// read-modify-write scatter. Returns false, part-written, at the first index outside its
+// window (indices are the caller's); the caller then redoes the plane with the general scatter.
+PYDL_AVX2_FN bool max2x2_backward_plane(const float* gy, const int64_t* ind, float* dx, int64_t H, int64_t W,
+                                        int64_t OH, int64_t OW) {
+  const __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);  // low dwords of 64-bit masks
+  const __m256i vW = _mm256_set1_epi64x(W), vW1 = _mm256_set1_epi64x(W + 1), one = _mm256_set1_epi64x(1);
+  const __m256i step = _mm256_setr_epi64x(0, 2, 4, 6);
+  for (int64_t oh = 0; oh < OH; ++oh) {
+    float* top = dx + 2 * oh * W;
+    float* bot = top + W;
+    const int64_t* ir = ind + oh * OW;
+    const float* gr = gy + oh * OW;
+    const int64_t base = 2 * oh * W;
+    int64_t q = 0;
+    for (; q + 4 <= OW; q += 4) {
+      const __m256i d = _mm256_sub_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ir + q)),
+                                         _mm256_add_epi64(_mm256_set1_epi64x(base + 2 * q), step));
+      const __m256i mc[4] = {_mm256_cmpeq_epi64(d, _mm256_setzero_si256()), _mm256_cmpeq_epi64(d, one),
+                             _mm256_cmpeq_epi64(d, vW), _mm256_cmpeq_epi64(d, vW1)};
+      const __m256i any = _mm256_or_si256(_mm256_or_si256(mc[0], mc[1]), _mm256_or_si256(mc[2], mc[3]));
+      if (_mm256_movemask_epi8(any) != -1) return false;
+      const __m128 g = _mm_loadu_ps(gr + q);
+      __m128 t[4];
+      for (int c = 0; c < 4; ++c)
+        t[c] = _mm_and_ps(g, _mm_castsi128_ps(_mm256_castsi256_si128(_mm256_permutevar8x32_epi32(mc[c], pick))));
+      for (int r = 0; r < 2; ++r) {
+        float* row = (r ? bot : top) + 2 * q;
+        _mm_storeu_ps(row, _mm_unpacklo_ps(t[2 * r], t[2 * r + 1]));
+        _mm_storeu_ps(row + 4, _mm_unpackhi_ps(t[2 * r], t[2 * r + 1]));
+      }
+    }
+    for (; q < OW; ++q) {
+      const int64_t d = ir[q] - (base + 2 * q);
+      if (d != 0 && d != 1 && d != W && d != W + 1) return false;
+      const float v[2] = {0.f, gr[q]};  // selected by index: no data-dependent branch
+      top[2 * q] = v[d == 0];
+      top[2 * q + 1] = v[d == 1];
+      bot[2 * q] = v[d == W];
+      bot[2 * q + 1] = v[d == W + 1];
+    }
+    for (int64_t w = 2 * OW; w < W; ++w) top[w] = bot[w] = 0.f;  // columns no window reaches
+  }
+  std::memset(dx + 2 * OH * W, 0, sizeof(float) * (H - 2 * OH) * W);  // rows no window reaches
+  return true;
+}
 #endif
 
 template <typename T, typename I, int S, bool IDX>
@@ -500,6 +548,22 @@ int64_t max_pool2d_backward(carray<T> dy, carray<int64_t> indices, carray<T> dx,
     return bad;
   }
   py::gil_scoped_release release;
+#ifdef PYDL_POOL2X2
+  if constexpr (std::is_same<T, float>::value) {
+    const Axis ah{dx.shape(2), dy.shape(2), kh, sh, ph, dh}, aw{W, dy.shape(3), kw, sw, pw, dw};
+    if (max2x2_fits(ah, aw)) {
+#pragma omp parallel for schedule(static) if (parallel_worth(planes * (HW + OHW))) reduction(+ : bad)
+      for (int64_t pl = 0; pl < planes; ++pl) {
+        T* dp = d + pl * HW;
+        if (!max2x2_backward_plane(g + pl * OHW, ind + pl * OHW, dp, ah.in, W, ah.out, aw.out)) {
+          std::memset(dp, 0, sizeof(T) * HW);
+          bad += scatter(dp, g + pl * OHW, ind + pl * OHW, OHW);
+        }
+      }
+      return bad;
+    }
+  }
+#endif
   if (HW <= 4096) {
     // The plane stays in cache: zero it, then scatter.
 #pragma omp parallel for schedule(static) if (parallel_worth(planes * (HW + OHW))) reduction(+ : bad)

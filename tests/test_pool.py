@@ -499,6 +499,29 @@ def test_max_pool2d_2x2_s2_matches_reference_values_and_indices(xp, dtype, shape
         assert np.array_equal(to_numpy(ind), it.numpy())
 
 
+# Its backward writes each dx element once (dy where the window's index points, 0 elsewhere) while
+# every index lies in its own window, and redoes a plane by the general scatter at the first one
+# that does not (any in-plane index is legal input); -1 passes nothing, out-of-plane raises.
+@pytest.mark.parametrize("shape", [(2, 3, 6, 2), (1, 2, 5, 7), (2, 1, 4, 9), (1, 2, 7, 24), (2, 2, 8, 31)])
+def test_max_pool2d_2x2_s2_backward_matches_scatter(xp, dtype, shape):
+    rng = np.random.default_rng(sum(shape) + 1)
+    x = rng.integers(0, 3, size=shape).astype(dtype)
+    x.flat[rng.integers(0, x.size, 3)] = np.nan
+    y, ind = F.max_pool2d(xp.asarray(x), 2, 2, return_indices=True)
+    dy = rand(rng, y.shape, dtype, xp)
+    ind_h = to_numpy(ind)
+    wild = ind_h.copy()  # plane 0: one index outside its window; plane 1: a -1
+    wild[0, 0, -1, -1] = 0
+    wild.reshape(-1, *wild.shape[2:])[min(1, wild.shape[0] * wild.shape[1] - 1), 0, 0] = -1
+    for ii in (ind_h, wild):
+        got = F.max_pool2d_backward(dy, xp.asarray(ii), shape, 2, 2)
+        assert_close(got, _scatter_oracle(to_numpy(dy), ii, shape), dtype)
+    bad = ind_h.copy()
+    bad[-1, -1, 0, 0] = shape[2] * shape[3]
+    with pytest.raises(ValueError, match="indices"):
+        F.max_pool2d_backward(dy, xp.asarray(bad), shape, 2, 2)
+
+
 # --- max-pool backward on a large dx (> 16 MiB, planes past the L1-sized fast path) ---
 # Planes built in scratch and streamed out (non-temporal stores) starting at every alignment
 # (odd H*W) on several threads, and
