@@ -137,6 +137,16 @@ inline void stream_fence() {
 #endif
 }
 
+// AVX2/FMA variants of hot kernels: functions compiled with PYDL_AVX2 (PYDL_AVX2_INL for the
+// helpers they inline) next to a baseline, picked at run time by cpu_has_avx2_fma().
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define PYDL_AVX2 __attribute__((target("avx2,fma")))
+#define PYDL_AVX2_INL __attribute__((target("avx2,fma"), always_inline)) inline
+#else
+#define PYDL_AVX2
+#define PYDL_AVX2_INL inline
+#endif
+
 // Whether this CPU runs AVX2 + FMA: kernels compiled twice (target("avx2,fma") and the
 // baseline) pick one with this, since target_clones' "arch=haswell" tests the CPU model, not
 // its features (AMD parts with AVX2 fall back to SSE2).

@@ -509,14 +509,6 @@ __attribute__((always_inline)) inline void dw_bwd_weight_flat_impl(const Geo& g,
     }
 }
 
-// AVX2/FMA variants are compiled with target("avx2,fma") and picked by cpu_has_avx2_fma().
-#ifdef PYDL_X86
-#define PYDL_AVX2 __attribute__((target("avx2,fma")))
-#define PYDL_AVX2_INL __attribute__((target("avx2,fma"), always_inline)) inline
-#else
-#define PYDL_AVX2
-#endif
-
 #define PYDL_DW_DISPATCH(RET, NAME, PARAMS, ARGS)            \
   PYDL_AVX2 RET NAME##_avx2 PARAMS { NAME##_impl<T> ARGS; }  \
   RET NAME##_base PARAMS { NAME##_impl<T> ARGS; }            \

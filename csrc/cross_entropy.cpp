@@ -442,8 +442,8 @@ PYDL_INLINE void ce_prob_bwd_rows_impl(const Rows<T, 2>& rows, const CeArgs<T>& 
 PYDL_CE_VARIANT(float, , _base)
 PYDL_CE_VARIANT(double, , _base)
 #ifdef PYDL_X86_CLONES
-PYDL_CE_VARIANT(float, __attribute__((target("avx2,fma"))), _avx2)
-PYDL_CE_VARIANT(double, __attribute__((target("avx2,fma"))), _avx2)
+PYDL_CE_VARIANT(float, PYDL_AVX2, _avx2)
+PYDL_CE_VARIANT(double, PYDL_AVX2, _avx2)
 #endif
 #undef PYDL_CE_VARIANT
 

@@ -235,32 +235,30 @@ PYDL_SIMD_CLONES void max_forward_plane_sep(const T* plane, T* y, T* r, const Ax
 // NaN win either way.
 #if defined(__GNUC__) && defined(__x86_64__)
 #define PYDL_POOL2X2 1
-#define PYDL_AVX2_FN __attribute__((target("avx2,fma")))
-#define PYDL_AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) inline
 
 // The 2x2 step on 8 outputs (AVX) or 4 (SSE): the same tree, lane ops from these.
 struct Lanes8 {
   using V = __m256;
   using VI = __m256i;
   static constexpr int n = 8;
-  static PYDL_AVX2_INLINE V load(const float* p) { return _mm256_loadu_ps(p); }
-  static PYDL_AVX2_INLINE V even(V a, V b) { return _mm256_shuffle_ps(a, b, 0x88); }
-  static PYDL_AVX2_INLINE V odd(V a, V b) { return _mm256_shuffle_ps(a, b, 0xDD); }
-  static PYDL_AVX2_INLINE V cmp_gt(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
-  static PYDL_AVX2_INLINE V is_nan(V a) { return _mm256_cmp_ps(a, a, _CMP_UNORD_Q); }
-  static PYDL_AVX2_INLINE V or_(V a, V b) { return _mm256_or_ps(a, b); }
-  static PYDL_AVX2_INLINE V blend(V a, V b, V m) { return _mm256_blendv_ps(a, b, m); }
-  static PYDL_AVX2_INLINE VI bits(V a) { return _mm256_castps_si256(a); }
-  static PYDL_AVX2_INLINE VI set1(int32_t v) { return _mm256_set1_epi32(v); }
-  static PYDL_AVX2_INLINE VI add(VI a, VI b) { return _mm256_add_epi32(a, b); }
-  static PYDL_AVX2_INLINE VI sub(VI a, VI b) { return _mm256_sub_epi32(a, b); }
-  static PYDL_AVX2_INLINE VI and_(VI a, VI b) { return _mm256_and_si256(a, b); }
+  static PYDL_AVX2_INL V load(const float* p) { return _mm256_loadu_ps(p); }
+  static PYDL_AVX2_INL V even(V a, V b) { return _mm256_shuffle_ps(a, b, 0x88); }
+  static PYDL_AVX2_INL V odd(V a, V b) { return _mm256_shuffle_ps(a, b, 0xDD); }
+  static PYDL_AVX2_INL V cmp_gt(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
+  static PYDL_AVX2_INL V is_nan(V a) { return _mm256_cmp_ps(a, a, _CMP_UNORD_Q); }
+  static PYDL_AVX2_INL V or_(V a, V b) { return _mm256_or_ps(a, b); }
+  static PYDL_AVX2_INL V blend(V a, V b, V m) { return _mm256_blendv_ps(a, b, m); }
+  static PYDL_AVX2_INL VI bits(V a) { return _mm256_castps_si256(a); }
+  static PYDL_AVX2_INL VI set1(int32_t v) { return _mm256_set1_epi32(v); }
+  static PYDL_AVX2_INL VI add(VI a, VI b) { return _mm256_add_epi32(a, b); }
+  static PYDL_AVX2_INL VI sub(VI a, VI b) { return _mm256_sub_epi32(a, b); }
+  static PYDL_AVX2_INL VI and_(VI a, VI b) { return _mm256_and_si256(a, b); }
   // Shuffles stay within 128-bit halves: lanes hold outputs {0,1,4,5 | 2,3,6,7} until stored.
-  static PYDL_AVX2_INLINE VI lane2() { return _mm256_setr_epi32(0, 2, 8, 10, 4, 6, 12, 14); }
-  static PYDL_AVX2_INLINE void store(float* o, V r) {
+  static PYDL_AVX2_INL VI lane2() { return _mm256_setr_epi32(0, 2, 8, 10, 4, 6, 12, 14); }
+  static PYDL_AVX2_INL void store(float* o, V r) {
     _mm256_storeu_ps(o, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(r), 0xD8)));
   }
-  static PYDL_AVX2_INLINE void store(int64_t* id, VI k) {
+  static PYDL_AVX2_INL void store(int64_t* id, VI k) {
     k = _mm256_permute4x64_epi64(k, 0xD8);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(id), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(k)));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(id + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(k, 1)));
@@ -270,34 +268,34 @@ struct Lanes4 {
   using V = __m128;
   using VI = __m128i;
   static constexpr int n = 4;
-  static PYDL_AVX2_INLINE V load(const float* p) { return _mm_loadu_ps(p); }
-  static PYDL_AVX2_INLINE V even(V a, V b) { return _mm_shuffle_ps(a, b, 0x88); }
-  static PYDL_AVX2_INLINE V odd(V a, V b) { return _mm_shuffle_ps(a, b, 0xDD); }
-  static PYDL_AVX2_INLINE V cmp_gt(V a, V b) { return _mm_cmp_ps(a, b, _CMP_GT_OQ); }
-  static PYDL_AVX2_INLINE V is_nan(V a) { return _mm_cmp_ps(a, a, _CMP_UNORD_Q); }
-  static PYDL_AVX2_INLINE V or_(V a, V b) { return _mm_or_ps(a, b); }
-  static PYDL_AVX2_INLINE V blend(V a, V b, V m) { return _mm_blendv_ps(a, b, m); }
-  static PYDL_AVX2_INLINE VI bits(V a) { return _mm_castps_si128(a); }
-  static PYDL_AVX2_INLINE VI set1(int32_t v) { return _mm_set1_epi32(v); }
-  static PYDL_AVX2_INLINE VI add(VI a, VI b) { return _mm_add_epi32(a, b); }
-  static PYDL_AVX2_INLINE VI sub(VI a, VI b) { return _mm_sub_epi32(a, b); }
-  static PYDL_AVX2_INLINE VI and_(VI a, VI b) { return _mm_and_si128(a, b); }
-  static PYDL_AVX2_INLINE VI lane2() { return _mm_setr_epi32(0, 2, 4, 6); }  // in order
-  static PYDL_AVX2_INLINE void store(float* o, V r) { _mm_storeu_ps(o, r); }
-  static PYDL_AVX2_INLINE void store(int64_t* id, VI k) {
+  static PYDL_AVX2_INL V load(const float* p) { return _mm_loadu_ps(p); }
+  static PYDL_AVX2_INL V even(V a, V b) { return _mm_shuffle_ps(a, b, 0x88); }
+  static PYDL_AVX2_INL V odd(V a, V b) { return _mm_shuffle_ps(a, b, 0xDD); }
+  static PYDL_AVX2_INL V cmp_gt(V a, V b) { return _mm_cmp_ps(a, b, _CMP_GT_OQ); }
+  static PYDL_AVX2_INL V is_nan(V a) { return _mm_cmp_ps(a, a, _CMP_UNORD_Q); }
+  static PYDL_AVX2_INL V or_(V a, V b) { return _mm_or_ps(a, b); }
+  static PYDL_AVX2_INL V blend(V a, V b, V m) { return _mm_blendv_ps(a, b, m); }
+  static PYDL_AVX2_INL VI bits(V a) { return _mm_castps_si128(a); }
+  static PYDL_AVX2_INL VI set1(int32_t v) { return _mm_set1_epi32(v); }
+  static PYDL_AVX2_INL VI add(VI a, VI b) { return _mm_add_epi32(a, b); }
+  static PYDL_AVX2_INL VI sub(VI a, VI b) { return _mm_sub_epi32(a, b); }
+  static PYDL_AVX2_INL VI and_(VI a, VI b) { return _mm_and_si128(a, b); }
+  static PYDL_AVX2_INL VI lane2() { return _mm_setr_epi32(0, 2, 4, 6); }  // in order
+  static PYDL_AVX2_INL void store(float* o, V r) { _mm_storeu_ps(o, r); }
+  static PYDL_AVX2_INL void store(int64_t* id, VI k) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(id), _mm256_cvtepi32_epi64(k));
   }
 };
 
 // Lanes where v replaces m: v > m or v is NaN.
 template <class L>
-PYDL_AVX2_INLINE typename L::V replaces(typename L::V m, typename L::V v) {
+PYDL_AVX2_INL typename L::V replaces(typename L::V m, typename L::V v) {
   return L::or_(L::cmp_gt(v, m), L::is_nan(v));
 }
 
 // Outputs [q, q + L::n) of one row; see max2x2_row.
 template <class L, bool IDX>
-PYDL_AVX2_INLINE void max2x2_step(const float* a, const float* b, int64_t q, int32_t base, int32_t W,
+PYDL_AVX2_INL void max2x2_step(const float* a, const float* b, int64_t q, int32_t base, int32_t W,
                                   float* o, int64_t* id) {
   using V = typename L::V;
   const V a0 = L::load(a + 2 * q), a1 = L::load(a + 2 * q + L::n);
@@ -318,7 +316,7 @@ PYDL_AVX2_INLINE void max2x2_step(const float* a, const float* b, int64_t q, int
 // One output row: a and b are the window's two input rows from its first column, n outputs,
 // flat in-plane index of a[0] is base (indices fit int32: the caller checks the plane size).
 template <bool IDX>
-PYDL_AVX2_FN void max2x2_row(const float* a, const float* b, int64_t n, int32_t base, int32_t W,
+PYDL_AVX2 void max2x2_row(const float* a, const float* b, int64_t n, int32_t base, int32_t W,
                              float* o, int64_t* id) {
   int64_t q = 0;
   for (; q + 8 <= n; q += 8) max2x2_step<Lanes8, IDX>(a, b, q, base, W, o, id);
@@ -335,7 +333,7 @@ PYDL_AVX2_FN void max2x2_row(const float* a, const float* b, int64_t n, int32_t 
 }
 
 template <bool IDX>
-PYDL_AVX2_FN void max2x2_plane(const float* plane, float* y, int64_t* ind, int64_t W, int64_t OH,
+PYDL_AVX2 void max2x2_plane(const float* plane, float* y, int64_t* ind, int64_t W, int64_t OH,
                                int64_t OW) {
   for (int64_t oh = 0; oh < OH; ++oh) {
     const float* a = plane + 2 * oh * W;
@@ -355,7 +353,7 @@ inline bool max2x2_fits(const Axis& ah, const Axis& aw) {
 // written once, dy where the window's index points and 0 elsewhere: no zero pass and no
 // read-modify-write scatter. Returns false, part-written, at the first index outside its
 // window (indices are the caller's); the caller then redoes the plane with the general scatter.
-PYDL_AVX2_FN bool max2x2_backward_plane(const float* gy, const int64_t* ind, float* dx, int64_t H, int64_t W,
+PYDL_AVX2 bool max2x2_backward_plane(const float* gy, const int64_t* ind, float* dx, int64_t H, int64_t W,
                                         int64_t OH, int64_t OW) {
   const __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);  // low dwords of 64-bit masks
   const __m256i vW = _mm256_set1_epi64x(W), vW1 = _mm256_set1_epi64x(W + 1), one = _mm256_set1_epi64x(1);
