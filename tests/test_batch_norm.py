@@ -128,6 +128,22 @@ def test_large_offset_data_keeps_accuracy(xp, dtype):
     assert_close(y, yr, dtype, factor=1.0 if dtype == np.float32 else 1e6)
 
 
+def test_large_offset_backward_keeps_accuracy(xp, dtype):
+    # The float32 backward sums dy * (x - mean) in short float partials: on 1e4-offset data
+    # x - mean must be taken before the product (dy * x summed, then minus mean * sum(dy),
+    # would cancel away the unit noise), and the partials must not drift over long rows.
+    offset = 1e4 if dtype == np.float32 else 1e9
+    rng = np.random.default_rng(4)
+    x = xp.asarray((offset + rng.standard_normal((6, 3, 40, 37))).astype(dtype))
+    dy = xp.asarray(rng.standard_normal(x.shape).astype(dtype))
+    w = xp.asarray(rng.uniform(0.5, 2.0, 3).astype(dtype))
+    _, mean, invstd = F.batch_norm_forward(x, None, None, w, None, training=True)
+    got = F.batch_norm_backward(dy, x, w, mean, invstd, training=True)
+    want = R.batch_norm_backward(_f64(dy), _f64(x), _f64(w), _f64(mean), _f64(invstd), training=True)
+    for g, r in zip(got, want):
+        assert_close(g, r, dtype, factor=4)
+
+
 def test_training_with_one_value_per_channel_raises(xp, dtype):
     for shape in [(1, 3), (1, 3, 1, 1), (1, 2, 1)]:
         x = xp.ones(shape, dtype)
