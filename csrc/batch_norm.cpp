@@ -225,6 +225,22 @@ PYDL_INLINE void block_bwd_apply_impl(const T* dy, const T* x, T* dx, int64_t N,
     }
 }
 
+// Planes [p0, p1) of the flat (N * C) plane sequence, as block_bwd_apply_impl: once every
+// channel's coefficients are known, dx streams through memory in order.
+template <typename T>
+PYDL_INLINE void planes_bwd_apply_impl(const T* dy, const T* x, T* dx, int64_t p0, int64_t p1,
+                                       int64_t C, int64_t S, const T* par) {
+  for (int64_t pl = p0; pl < p1; ++pl) {
+    const T* g = dy + pl * S;
+    const T* p = x + pl * S;
+    T* q = dx + pl * S;
+    const T* pc = par + 5 * (pl % C);
+    const T mh = pc[0], ml = pc[1], A = pc[2], B = pc[3], K = pc[4];
+#pragma omp simd
+    for (int64_t s = 0; s < S; ++s) q[s] = A * g[s] + B * ((p[s] - mh) - ml) + K;
+  }
+}
+
 // Non-template entry points so that each gets its AVX2/FMA clone (target_clones does not
 // apply to templates); the OpenMP loops stay in the callers.
 #define PYDL_BN_BLOCK_FUNCS(T)                                                                 \
@@ -248,6 +264,11 @@ PYDL_INLINE void block_bwd_apply_impl(const T* dy, const T* x, T* dx, int64_t N,
       const double* mean, double* sdy, double* sdyx, double* acc) {                            \
     block_bwd_sums_impl<T>(dy, x, N, st, S, cb, mean, sdy, sdyx, acc);                         \
   }                                                                                            \
+  PYDL_CLONES __attribute__((noinline)) void planes_bwd_apply(                                 \
+      const T* dy, const T* x, T* dx, int64_t p0, int64_t p1, int64_t C, int64_t S,            \
+      const T* par) {                                                                          \
+    planes_bwd_apply_impl<T>(dy, x, dx, p0, p1, C, S, par);                                    \
+  }                                                                                            \
   PYDL_CLONES __attribute__((noinline)) void block_bwd_apply(                                  \
       const T* dy, const T* x, T* dx, int64_t N, int64_t st, int64_t S, int64_t cb,            \
       const T* par) {                                                                          \
@@ -269,6 +290,8 @@ inline int64_t block_channels(int64_t C, int64_t bytes_per_channel) {
 }
 
 // ---------------------------------------------------------------- drivers
+
+constexpr int64_t kStreamBytes = int64_t(24) << 20;
 
 struct Dims {
   int64_t N, C, S;
@@ -470,10 +493,16 @@ void backward(const T* dy, const T* x, const T* w, const T* mean_p, const T* inv
   }
   const int64_t cb = block_channels(C, 2 * N * S * static_cast<int64_t>(sizeof(T)));
   const int64_t nblocks = (C + cb - 1) / cb;
+  // x, dy and dx within the last-level cache: all channels' sums first, then dx in memory
+  // order (long streams; 20% faster at 8x64x56x56 than applying block by block). Larger:
+  // block by block, so each block's apply rereads x and dy from L2, not DRAM (10-20% faster
+  // at 16-32x64x56x56). The threshold sits below the 32 MiB L3 of the machine measured.
+  const bool stream = dx != nullptr && 3 * N * C * S * static_cast<int64_t>(sizeof(T)) <= kStreamBytes;
+  std::vector<T> all(stream ? static_cast<size_t>(C) * 5 : 0);
 #pragma omp parallel if (parallel_worth(d))
   {
     std::vector<double> scratch(static_cast<size_t>(cb) * (2 * kLanes + 3));
-    std::vector<T> par(static_cast<size_t>(cb) * 5);
+    std::vector<T> par(stream ? 0 : static_cast<size_t>(cb) * 5);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t blk = 0; blk < nblocks; ++blk) {
       const int64_t c0 = blk * cb, nc = std::min(cb, C - c0);
@@ -487,12 +516,17 @@ void backward(const T* dy, const T* x, const T* w, const T* mean_p, const T* inv
       } else {
         for (int64_t j = 0; j < nc; ++j) sdy[j] = sdyx[j] = 0.0;
       }
+      T* pb = stream ? all.data() + 5 * c0 : par.data();
       for (int64_t j = 0; j < nc; ++j) {
-        T* pj = par.data() + 5 * j;
+        T* pj = pb + 5 * j;
         coeffs(c0 + j, sdy[j], sdyx[j], pj[2], pj[3], pj[4]);
         split(mean[j], pj[0], pj[1]);
       }
-      if (dx && M > 0) block_bwd_apply(dy + c0 * S, x + c0 * S, dx + c0 * S, N, C * S, S, nc, par.data());
+      if (!stream && dx && M > 0) block_bwd_apply(dy + c0 * S, x + c0 * S, dx + c0 * S, N, C * S, S, nc, pb);
+    }
+    if (stream && M > 0) {  // after the loop's barrier: every channel's coefficients are in `all`
+      const int64_t nt = team_size(), t = thread_id(), planes = N * C;
+      planes_bwd_apply(dy, x, dx, planes * t / nt, planes * (t + 1) / nt, C, S, all.data());
     }
   }
 }

@@ -208,6 +208,23 @@ def test_backward_parity(xp, dtype, shape, training, affine):
 
 
 @pytest.mark.parametrize("training", [True, False])
+def test_backward_parity_past_the_cache_threshold(xp, training):
+    # x, dy and dx over 24 MiB take the CPU's block-by-block apply, smaller ones the streaming
+    # apply after all sums (batch_norm.cpp): both must give the same gradients.
+    rng = np.random.default_rng(8)
+    for shape in [(3, 5, 400, 401), (2, 3, 7, 9)]:
+        x = rand(rng, shape, np.float32, xp, -2.0, 3.0)
+        dy = rand(rng, shape, np.float32, xp)
+        w = xp.asarray(rng.uniform(0.5, 2.0, shape[1]).astype(np.float32))
+        _, mean, invstd = F.batch_norm_forward(x, None, None, w, None, training=True)
+        got = F.batch_norm_backward(dy, x, w, mean, invstd, training=training)
+        want = R.batch_norm_backward(_f64(dy), _f64(x), _f64(w), _f64(mean), _f64(invstd),
+                                     training=training)
+        for g, r in zip(got, want):
+            assert_close(g, r, np.float32, factor=4)
+
+
+@pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("shape", [(3, 2, 2, 3), (5, 3)])
 def test_backward_matches_finite_differences(xp, training, shape):
     rng = np.random.default_rng(6)
