@@ -889,8 +889,8 @@ inline bool winograd_fits(const Geo& g) {
 // when there are at least as many images as threads and one image's columns per thread fit
 // the cache target and the workspace cap. Images are handed out one at a time (dynamic): on a
 // shared machine a preempted thread then delays one image, not its static half of the batch
-// (8 images, 2 threads: 3-25% faster medians; each image is still one thread's work, so the
-// result does not change). Batching several images per GEMM measured 5-10% slower.
+// (8 images, 2 threads: faster medians in 8 of 10 paired runs; each image is still one
+// thread's work, so the result does not change). Batching several images per GEMM measured 5-10% slower.
 inline bool per_image_pays(const Geo& g, int64_t elem) {
 #ifdef _OPENMP
   const int64_t nt = parallel_pays(g) ? omp_get_max_threads() : 1;
