@@ -522,6 +522,29 @@ def test_max_pool2d_2x2_s2_backward_matches_scatter(xp, dtype, shape):
         F.max_pool2d_backward(dy, xp.asarray(bad), shape, 2, 2)
 
 
+# The 2x2 backward's 8-output step checks each index against its window from the low 32 bits
+# plus a zero high half: an index outside its window anywhere in those 8 lanes (in-plane: the
+# plane is redone by the scatter; low bits aliasing a window position + 2^32: out of range) must
+# not be taken for the window position its low bits name.
+@pytest.mark.parametrize("shape", [(1, 2, 4, 16), (2, 1, 6, 35)])
+@pytest.mark.parametrize("lane", [0, 3, 4, 7])
+def test_max_pool2d_2x2_s2_backward_checks_every_lane_of_8(dtype, shape, lane):
+    rng = np.random.default_rng(lane + shape[3])
+    x = rand(rng, shape, dtype)
+    y, ind = F.max_pool2d(x, 2, 2, return_indices=True)
+    dy = rand(rng, y.shape, dtype)
+    wild = ind.copy()
+    w0 = wild[0, 0, 1, lane]  # output row 1: window origin 2 * W + 2 * lane
+    wild[0, 0, 1, lane] = w0 + 2 if (w0 % shape[3]) < shape[3] - 2 else w0 - 2  # the next window over
+    got = F.max_pool2d_backward(dy, wild, shape, 2, 2)
+    assert_close(got, _scatter_oracle(dy, wild, shape), dtype)
+    for off in (1 << 32, -(1 << 32), 1 << 33):
+        alias = ind.copy()
+        alias[0, -1, 1, lane] += off
+        with pytest.raises(ValueError, match="indices"):
+            F.max_pool2d_backward(dy, alias, shape, 2, 2)
+
+
 # --- max-pool backward on a large dx (> 16 MiB, planes past the L1-sized fast path) ---
 # Planes built in scratch and streamed out (non-temporal stores) starting at every alignment
 # (odd H*W) on several threads, and
