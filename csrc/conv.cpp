@@ -540,9 +540,8 @@ PYDL_DW_PLANES(T)
 
 // ---- register-blocked AVX2 stencils (stride 1, small fixed kernels)
 // One output row at a time, 8 (float) / 4 (double) outputs per vector, every tap an
-// unaligned load of the input row shifted by the tap's column offset. Blocks whose taps all
-// lie inside the row use plain loads; edge blocks use masked loads (masked-off lanes read
-// as zero and never fault), so padding needs no scratch copy and no scalar tail.
+// unaligned load from a zero-padded copy of the plane that is wide enough for whole vectors:
+// no bounds logic and no scalar tail; only the plane's last stores are masked.
 #ifdef PYDL_X86
 template <typename T>
 struct Vec;
@@ -600,6 +599,19 @@ __attribute__((always_inline)) inline void pad_plane(const T* src, int64_t Hs, i
                                                      int64_t offh, int64_t offw, T* xp) {
   const int64_t a = std::min(std::max<int64_t>(-offw, 0), p.Wp);  // first column inside src
   const int64_t e = std::max(a, std::min(p.Wp, Ws - offw));        // one past the last
+  // The zero border depends only on the geometry: planes after the first of a geometry (the
+  // scratch is per thread) copy just the interior (the border fills were a quarter of the
+  // 8x256x28x28 depthwise forward: 1.25-1.33x faster paired).
+  thread_local int64_t last[7] = {-1, -1, -1, -1, -1, -1, -1};
+  const int64_t key[7] = {p.Hp, p.Wp, Hs, Ws, offh, offw, static_cast<int64_t>(reinterpret_cast<uintptr_t>(xp))};
+  if (std::equal(key, key + 7, last)) {
+    const int64_t r0 = std::max<int64_t>(0, -offh), r1 = std::min(p.Hp, Hs - offh);
+    if (e > a)
+      for (int64_t r = r0; r < r1; ++r)
+        std::memcpy(xp + r * p.Wp + a, src + (r + offh) * Ws + a + offw, (size_t)(e - a) * sizeof(T));
+    return;
+  }
+  std::copy(key, key + 7, last);
   for (int64_t r = 0; r < p.Hp; ++r) {
     T* d = xp + r * p.Wp;
     const int64_t ih = r + offh;
@@ -638,7 +650,10 @@ PYDL_AVX2 void stencil_s1(const T* src, int64_t Hs, int64_t Ws, T* dst, int64_t 
       }
       typename A::V sum = acc[0];
       for (int i = 1; i < KH; ++i) sum = A::add(sum, acc[i]);
-      if (c0 + n <= Wd)
+      // A block past the row end is stored whole while it stays inside the plane: its extra
+      // lanes land on the next row, which is written after it (masked stores are slow on AMD:
+      // 8x256x28x28 depthwise 1.09-1.20x faster paired). Only the plane's last blocks mask.
+      if ((r * Wd + c0 + n) <= Hd * Wd)
         A::store(d + c0, sum);
       else
         A::mstore(d + c0, A::mask(0, Wd - c0), sum);

@@ -497,13 +497,15 @@ def test_winograd_backward_matches_finite_differences(wino, xs, k, pad):
 
 # --- depthwise AVX2 path ---
 # Depthwise (groups == C == K) at stride 1 with 3x3 / 5x5 kernels runs the register-blocked
-# stencils (padded plane, full vectors, masked row tails); other depthwise shapes the
+# stencils (padded plane, full vectors; a row's last vector is stored whole onto the next row,
+# which overwrites it, and masked only where it would leave the plane); other depthwise shapes the
 # generic per-plane loops. Widths around the vector width (4 doubles / 8 floats), W < 8,
 # padding 0..2, dilation, stride 2, and the multiplier (K = 2C, the grouped GEMM path).
 
 _DW_CASES = [
     ((2, 3, 7, 5), 3, dict(padding=1)),
     ((1, 2, 5, 3), 3, dict(padding=0)),                 # W < 8, Wo = 1
+    ((2, 3, 9, 4), 3, dict(padding=1)),                 # Wo = 4: a float vector spans 2 rows
     ((2, 4, 9, 17), 3, dict(padding=2)),                # output wider than the input
     ((1, 3, 12, 8), 3, dict(padding=1)),                # W a multiple of 8
     ((1, 3, 6, 16), 3, dict(padding=(0, 1))),
@@ -535,6 +537,26 @@ def test_conv2d_depthwise_stencil_matches_reference(xp, dtype, case):
         want = R.conv2d_backward(to_numpy(dy), to_numpy(x), to_numpy(w), **kw)
         for g, wnt in zip(got, want):
             assert_close(g, wnt, dtype)
+
+
+# Each thread keeps its padded plane's zero border from one plane to the next while the
+# geometry stays the same; calls whose outputs (and so padded planes) have one size but whose
+# inputs or padding differ must not see each other's border.
+@pytest.mark.parametrize("dtype_", [np.float32, np.float64])
+def test_conv2d_depthwise_stencil_border_follows_geometry(dtype_):
+    rng = np.random.default_rng(5)
+    calls = [((1, 2, 10, 12), dict(padding=0)), ((1, 2, 8, 10), dict(padding=1)),
+             ((1, 2, 8, 12), dict(padding=(1, 0))), ((1, 2, 8, 10), dict(padding=(1, 2), dilation=(1, 2))),
+             ((1, 2, 10, 12), dict(padding=0)), ((1, 2, 8, 10), dict(padding=1))]
+    for xs, kw in calls + calls[::-1]:
+        x, w, b = _make(rng, xs, (2, 1, 3, 3), dtype_, np)
+        kw = dict(kw, groups=2)
+        y = F.conv2d(x, w, b, **kw)
+        assert y.shape[2:] == (8, 10)
+        assert_close(y, R.conv2d(x, w, b, **kw), dtype_)
+        dy = rand(rng, y.shape, dtype_, np)
+        for g, want in zip(F.conv2d_backward(dy, x, w, **kw), R.conv2d_backward(dy, x, w, **kw)):
+            assert_close(g, want, dtype_)
 
 
 @pytest.mark.parametrize("k,kw", [(3, dict(padding=1)), (5, dict(padding=(2, 1), dilation=(1, 2))),
