@@ -749,7 +749,9 @@ void dw_forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
   const bool flat = use_flat(g, f, sizeof(T));
   const int64_t kk = g.kh * g.kw;
   if (use_stencil(g)) {
-#pragma omp parallel for schedule(static) if (parallel_pays(g))
+    // Planes in chunks of 16 handed out as threads free up: a preempted thread no longer holds
+    // up its static half (8x256x28x28: 1.06-1.16x paired). Each plane is one thread's work.
+#pragma omp parallel for schedule(dynamic, 16) if (parallel_pays(g))
     for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
       const int64_t c = nc % g.C;
       stencil_fwd(g, x + nc * g.HW(), g.H, g.W, y + nc * g.L(), g.Ho, g.Wo, w + c * kk, b ? b[c] : T(0), -g.ph,
@@ -784,7 +786,7 @@ void dw_backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
     std::vector<T> wf((size_t)(g.C * kk));
     for (int64_t c = 0; c < g.C; ++c)
       for (int64_t t = 0; t < kk; ++t) wf[c * kk + t] = w[c * kk + kk - 1 - t];
-#pragma omp parallel for schedule(static) if (parallel_pays(g))
+#pragma omp parallel for schedule(dynamic, 16) if (parallel_pays(g))
     for (int64_t nc = 0; nc < g.N * g.C; ++nc)
       stencil_fwd(g, dy + nc * g.L(), g.Ho, g.Wo, dx + nc * g.HW(), g.H, g.W, wf.data() + (nc % g.C) * kk, T(0),
                   g.ph - (g.kh - 1) * g.dh, g.pw - (g.kw - 1) * g.dw);
