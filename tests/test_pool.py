@@ -438,6 +438,37 @@ def test_random_configs_match_reference(xp, dtype):
                      R.avg_pool2d_backward(ga.astype(np.float64), shape, k, s, p, ceil, inc, div), dtype)
 
 
+def test_max_pool2d_indices_ties_nans_and_infinities_sweep(xp, dtype):
+    # The CPU takes the argmax separably (per column over the window's rows, then over the
+    # columns), which must pick what the row-major scan picks: the first maximum, or the last
+    # NaN, in every window. Heavy ties, several NaNs and +-inf per window, widths past a few
+    # vector lengths, every stride / dilation / padding / ceil mode from the sweep.
+    rng = np.random.default_rng(41)
+    checked = 0
+    while checked < 80:
+        shape, k, s, p, d, ceil = _random_window(rng)
+        shape = shape[:3] + (int(rng.integers(1, 45)),)
+        try:
+            R.max_pool2d(np.zeros(shape), k, s, p, d, ceil)
+        except ValueError:
+            continue
+        checked += 1
+        x = rng.integers(-2, 3, size=shape).astype(dtype)
+        u = rng.random(shape)
+        x[u < 0.15] = np.nan
+        x[(u >= 0.15) & (u < 0.2)] = -np.inf
+        x[(u >= 0.2) & (u < 0.23)] = np.inf
+        y, ind = F.max_pool2d(xp.asarray(x), k, s, p, d, ceil, return_indices=True)
+        want, want_ind = R.max_pool2d(x.astype(np.float64), k, s, p, d, ceil, return_indices=True)
+        assert np.array_equal(to_numpy(ind), want_ind), (shape, k, s, p, d, ceil)
+        assert np.array_equal(to_numpy(y), want.astype(dtype), equal_nan=True)
+        if torch is not None and xp is np:
+            # (A window wholly in the padding gets -1 here; PyTorch's index there means nothing.)
+            ty, ti = TF.max_pool2d(torch.from_numpy(x), k, s, p, d, ceil, return_indices=True)
+            held = want_ind >= 0
+            assert np.array_equal(ti.numpy()[held], want_ind[held]), (shape, k, s, p, d, ceil)
+
+
 def test_max_pool2d_backward_large_planes_and_arbitrary_indices(xp, dtype):
     # Planes above 4096 elements take the CPU's lazily zeroed scatter: forward indices, then
     # in-range indices in arbitrary order (backward is a pure scatter: each goes where it says).
