@@ -27,6 +27,7 @@
 // Reductions across rows (the loss sum, the weight sum) run per chunk in row order,
 // then over chunks in chunk order: bit-identical results for any thread count.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -551,8 +552,11 @@ void ce_forward(const carray<T>& logits, const py::array& target, const carray<T
   nrm[1] = bad;
 }
 
+// Returns the number of invalid class indices (0 for probability targets): they get a zero
+// gradient like ignored ones, and the caller raises. Counting here, in the pass that reads the
+// targets anyway, spares the caller a separate check when the forward was skipped (saved=).
 template <typename T, bool PROB>
-void ce_backward(const carray<T>& grad, const carray<T>& logits, const py::array& target,
+int64_t ce_backward(const carray<T>& grad, const carray<T>& logits, const py::array& target,
                  const carray<T>& weight, const carray<T>& stats, const carray<double>& norm, carray<T>& dx,
                  int64_t outer, int64_t C, int64_t inner, int64_t ignore_index, double eps, int reduction,
                  bool has_weight) {
@@ -590,12 +594,21 @@ void ce_backward(const carray<T>& grad, const carray<T>& logits, const py::array
   rw.L = C;
   rw.inner = inner;
   py::gil_scoped_release nogil;
+  std::atomic<int64_t> bad{0};
   parallel_chunks(rows, C, [&](int64_t, int64_t r0, int64_t r1) {
-    if constexpr (PROB)
+    if constexpr (PROB) {
       PYDL_DISPATCH(ce_prob_bwd_rows, rw, a, r0, r1);
-    else
+    } else {
       PYDL_DISPATCH(ce_bwd_rows, rw, a, r0, r1);
+      int64_t n = 0;
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t t = a.target[r];
+        n += t != ignore_index && (t < 0 || t >= C);
+      }
+      if (n) bad += n;
+    }
   });
+  return bad.load();
 }
 
 template <typename T>

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import math
 import numbers
 import os
 
@@ -231,6 +232,8 @@ def check_shape(name: str, a, shape) -> None:
 
 def contiguous(a, xp=np):
     """C-contiguous and aligned (a copy only if needed), so kernels never mis-read a view."""
+    if type(a) is np.ndarray and a.ndim and a.flags.c_contiguous and a.flags.aligned:
+        return a  # the common case without a NumPy call (small ops pay per call); 0-d becomes (1,)
     a = xp.ascontiguousarray(a)
     # A view at an odd byte offset: misaligned loads are UB in C++ (CuPy has no such flag).
     if not getattr(a.flags, "aligned", True):
@@ -261,10 +264,11 @@ def pair(name: str, v, minimum=None) -> tuple[int, int]:
 
 
 def float_arg(name: str, v, minimum=None, maximum=None, finite=True) -> float:
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Real, np.floating, np.integer)):
-        raise TypeError(f"{name}: expected a float, got {type(v).__name__} {v!r}")
-    v = float(v)
-    if finite and not np.isfinite(v):
+    if type(v) is not float:  # a plain float skips the ABC checks, as int_arg
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Real, np.floating, np.integer)):
+            raise TypeError(f"{name}: expected a float, got {type(v).__name__} {v!r}")
+        v = float(v)
+    if finite and not math.isfinite(v):
         raise ValueError(f"{name}: expected a finite float, got {v}")
     if minimum is not None and v < minimum:
         raise ValueError(f"{name}: expected a float >= {minimum}, got {v}")

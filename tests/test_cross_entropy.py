@@ -256,6 +256,29 @@ def test_cross_entropy_is_deterministic(xp):
     assert ga.tobytes() == to_numpy(F.cross_entropy_backward(1.0, logits, target)).tobytes()
 
 
+@pytest.mark.parametrize("shape", [(6, 4), (3, 5, 7), (70, 3, 40, 30)], ids=["2d", "3d", "chunked"])
+def test_backward_with_saved_raises_on_invalid_targets(xp, dtype, shape):
+    # With saved= the forward (which checked the targets) is skipped: the backward counts
+    # invalid class indices itself, in any chunk of rows (the last shape runs in parallel
+    # chunks), and raises; ignore_index and valid targets still pass.
+    rng = np.random.default_rng(len(shape))
+    logits = rand(rng, shape, dtype, xp)
+    C = shape[1]
+    tshape = (shape[0],) + shape[2:]
+    t = rng.integers(0, C, size=tshape)
+    t.flat[rng.integers(0, t.size, 3)] = -100
+    weight = xp.asarray(rng.random(C).astype(dtype))
+    for kw in [{}, {"weight": weight}]:
+        loss, saved = F.cross_entropy_forward(logits, xp.asarray(t), **kw)
+        good = F.cross_entropy_backward(1.0, logits, xp.asarray(t), saved=saved, **kw)
+        assert_close(good, F.cross_entropy_backward(1.0, logits, xp.asarray(t), **kw), dtype)
+        for value, pos in [(C, 0), (-1, t.size - 1), (C + 5, t.size // 2)]:
+            bad = t.copy()
+            bad.flat[pos] = value
+            with pytest.raises(ValueError, match=f"target: .*got {value} \\(at flat position {pos}"):
+                F.cross_entropy_backward(1.0, logits, xp.asarray(bad), saved=saved, **kw)
+
+
 def test_bad_inputs_raise(xp, dtype):
     rng = np.random.default_rng(9)
     logits = rand(rng, (4, 3), dtype, xp)

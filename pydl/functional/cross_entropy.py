@@ -313,9 +313,6 @@ def cross_entropy_backward(grad_loss, logits, target, weight=None, ignore_index=
     rows = outer * inner
     if saved is None:
         _, saved = cross_entropy_forward(logits, target, weight, ignore_index, reduction, label_smoothing)
-    elif not prob and t.size and bool((((t < 0) | (t >= C)) & (t != ignore_index)).any()):
-        # the forward that checked the targets is skipped: an invalid one would pass silently
-        raise _bad_target(t, C, ignore_index)
     if not (isinstance(saved, tuple) and len(saved) == 2):
         raise TypeError(f"saved: expected the CrossEntropySaved pair from cross_entropy_forward, "
                         f"got {type(saved).__name__}")
@@ -329,6 +326,10 @@ def cross_entropy_backward(grad_loss, logits, target, weight=None, ignore_index=
     dx = _backend.empty(x.shape, x.dtype, xp)
     k = _backend.kernels(xp, "cross_entropy")
     fn = k.cross_entropy_prob_backward if prob else k.cross_entropy_backward
-    fn(grad_loss, x, t, x if w is None else w, _backend.contiguous(stats, xp), _backend.contiguous(norm, xp),
-       dx, outer, C, inner, ignore_index, eps, red, w is not None)
+    # The kernels count invalid class indices (the forward that checked them may have been
+    # skipped with saved=): without the count one would pass silently.
+    bad = fn(grad_loss, x, t, x if w is None else w, _backend.contiguous(stats, xp),
+             _backend.contiguous(norm, xp), dx, outer, C, inner, ignore_index, eps, red, w is not None)
+    if bad:
+        raise _bad_target(t, C, ignore_index)
     return dx
