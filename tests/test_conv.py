@@ -594,6 +594,12 @@ PER_IMAGE_CASES = [
     ((3, 4, 25, 26), (5, 4, 3, 2), dict(stride=(2, 3), padding=(3, 1), dilation=(2, 3))),
     ((2, 6, 19, 23), (4, 3, 3, 3), dict(stride=2, padding=1, groups=2)),
     ((2, 2, 40, 9), (3, 2, 3, 3), dict(stride=(1, 2), padding=(0, 1))),         # stride 1 rows, stride 2 columns
+    # Strided im2col copies a tap row / column that repeats an earlier one shifted by one output:
+    ((2, 8, 21, 22), (3, 8, 3, 3), dict(stride=2, padding=2, dilation=2)),      # shift by 1 tap each way
+    ((2, 4, 30, 31), (3, 4, 5, 5), dict(stride=3, padding=2)),                  # by 3: taps 3, 4 from 0, 1
+    ((1, 8, 3, 131), (2, 8, 3, 3), dict(stride=2)),                             # one output row: columns only
+    ((1, 8, 131, 3), (2, 8, 3, 3), dict(stride=2)),                             # one output column: rows only
+    ((2, 4, 23, 35), (3, 4, 4, 3), dict(stride=(2, 3), padding=1, dilation=(1, 3))),  # by 2 rows, 1 column
 ]
 
 
