@@ -279,6 +279,38 @@ def test_backward_with_saved_raises_on_invalid_targets(xp, dtype, shape):
                 F.cross_entropy_backward(1.0, logits, xp.asarray(bad), saved=saved, **kw)
 
 
+def test_backward_checks_targets_itself_when_the_kernel_does_not_count(monkeypatch):
+    # The GPU glue returns None rather than a count (a count costs a sync): the backward then
+    # checks the targets itself, but only when saved= skipped the forward that checked them.
+    import pydl._backend as B
+
+    real = B.kernels
+
+    class NoCount:
+        def __init__(self, k):
+            self.k = k
+
+        def __getattr__(self, name):
+            return getattr(self.k, name)
+
+        def cross_entropy_backward(self, *a):
+            self.k.cross_entropy_backward(*a)
+            return None
+
+    monkeypatch.setattr(B, "kernels", lambda xp, op: NoCount(real(xp, op)))
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((5, 4))
+    t = np.array([0, 3, -100, 1, 2])
+    _, saved = F.cross_entropy_forward(logits, t)
+    bad = t.copy()
+    bad[3] = 4
+    with pytest.raises(ValueError, match=r"target: .*got 4 \(at flat position 3"):
+        F.cross_entropy_backward(1.0, logits, bad, saved=saved)
+    with pytest.raises(ValueError, match="got 4"):  # the forward's own check
+        F.cross_entropy_backward(1.0, logits, bad)
+    assert F.cross_entropy_backward(1.0, logits, t, saved=saved).shape == logits.shape
+
+
 def test_bad_inputs_raise(xp, dtype):
     rng = np.random.default_rng(9)
     logits = rand(rng, (4, 3), dtype, xp)

@@ -73,12 +73,8 @@ def cross_entropy_prob_forward(logits, target, weight, loss, stats, norm, outer,
 
 def cross_entropy_backward(grad_loss, logits, target, weight, stats, norm, grad_logits, outer, C, inner,
                            ignore_index, label_smoothing, reduction, has_weight):
-    """Returns the number of invalid class indices, as the CPU kernel (one sync to read it)."""
     _backward(False, grad_loss, logits, target, weight, stats, norm, grad_logits, outer, C, inner, ignore_index,
               label_smoothing, reduction, has_weight)
-    if target.size == 0:
-        return 0
-    return int((((target < 0) | (target >= C)) & (target != ignore_index)).sum())
 
 
 def cross_entropy_prob_backward(grad_loss, logits, target, weight, stats, norm, grad_logits, outer, C, inner,

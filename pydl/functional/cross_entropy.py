@@ -192,9 +192,13 @@ def _ce_args(logits, target, weight, ignore_index, reduction, label_smoothing, *
             outer, C, inner, ignore_index, eps, _REDUCTIONS[reduction], elem_shape)
 
 
+def _invalid_targets(t, C, ignore_index):
+    return ((t < 0) | (t >= C)) & (t != ignore_index)
+
+
 def _bad_target(target, C, ignore_index):
     t = target.reshape(-1)
-    bad = ((t < 0) | (t >= C)) & (t != ignore_index)
+    bad = _invalid_targets(t, C, ignore_index)
     i = int(bad.argmax())
     return ValueError(f"target: expected class indices in [0, {C - 1}] or ignore_index={ignore_index}, "
                       f"got {int(t[i])} (at flat position {i}, {int(bad.sum())} invalid in all)")
@@ -311,7 +315,8 @@ def cross_entropy_backward(grad_loss, logits, target, weight=None, ignore_index=
         _backend.check_shape("grad_loss", grad_loss, elem_shape if red == 0 else ())
         grad_loss = _backend.contiguous(grad_loss, xp)
     rows = outer * inner
-    if saved is None:
+    checked = saved is None  # the forward checks the targets
+    if checked:
         _, saved = cross_entropy_forward(logits, target, weight, ignore_index, reduction, label_smoothing)
     if not (isinstance(saved, tuple) and len(saved) == 2):
         raise TypeError(f"saved: expected the CrossEntropySaved pair from cross_entropy_forward, "
@@ -326,10 +331,13 @@ def cross_entropy_backward(grad_loss, logits, target, weight=None, ignore_index=
     dx = _backend.empty(x.shape, x.dtype, xp)
     k = _backend.kernels(xp, "cross_entropy")
     fn = k.cross_entropy_prob_backward if prob else k.cross_entropy_backward
-    # The kernels count invalid class indices (the forward that checked them may have been
-    # skipped with saved=): without the count one would pass silently.
+    # With saved= the forward that checked the targets is skipped: an invalid one would pass
+    # silently. The CPU kernel counts them as it reads them; the GPU glue returns None (a
+    # count costs a sync), so they are checked here only when the forward was skipped.
     bad = fn(grad_loss, x, t, x if w is None else w, _backend.contiguous(stats, xp),
              _backend.contiguous(norm, xp), dx, outer, C, inner, ignore_index, eps, red, w is not None)
+    if bad is None and not checked and not prob and t.size:
+        bad = int(_invalid_targets(t, C, ignore_index).sum())
     if bad:
         raise _bad_target(t, C, ignore_index)
     return dx
