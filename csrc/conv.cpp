@@ -911,9 +911,12 @@ inline int64_t col_parts(int64_t items, int64_t L) {
   return std::max<int64_t>(1, std::min((2 * nt + items - 1) / items, L / 64));
 }
 
-// Dense 3x3 stride-1 convolutions may take the Winograd path (conv_winograd.cpp).
-inline bool winograd_fits(const Geo& g) {
-  return g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 && g.G == 1;
+// Dense 3x3 convolutions of stride 1 or 2 may take the Winograd path (conv_winograd.cpp):
+// the stride, or 0 when it does not apply.
+inline int64_t winograd_fits(const Geo& g) {
+  const bool fits = g.kh == 3 && g.kw == 3 && g.sh == g.sw && (g.sh == 1 || g.sh == 2) && g.dh == 1 && g.dw == 1 &&
+                    g.G == 1;
+  return fits ? g.sh : 0;
 }
 
 // Image-parallel forward: each thread takes whole images, im2col into its own buffer (one
@@ -975,8 +978,8 @@ template <typename T>
 void forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
   if (g.N == 0) return;
   if (g.depthwise()) return dw_forward(g, x, w, b, y);
-  if (winograd_fits(g) && winograd_pays(g.N, g.C, g.K, g.Ho, g.Wo) &&
-      winograd_conv3x3(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, -g.ph, -g.pw, x, w, false, b, y))
+  if (winograd_fits(g) && winograd_pays(g.N, g.C, g.K, g.Ho, g.Wo, g.sh, false) &&
+      winograd_conv3x3(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.sh, -g.ph, -g.pw, x, w, false, b, y))
     return;
   const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
   if (g.pointwise()) {
@@ -1063,8 +1066,8 @@ void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
   if (g.N == 0) return;
   if (g.depthwise()) return dw_backward_input(g, dy, w, dx);
   // dx = conv(dy, w rotated 180 degrees, channels swapped) at offset pad - 2.
-  if (winograd_fits(g) && winograd_pays(g.N, g.K, g.C, g.H, g.W) &&
-      winograd_conv3x3(g.N, g.K, g.Ho, g.Wo, g.C, g.H, g.W, g.ph - 2, g.pw - 2, dy, w, true,
+  if (winograd_fits(g) == 1 && winograd_pays(g.N, g.K, g.C, g.H, g.W, 1, false) &&
+      winograd_conv3x3(g.N, g.K, g.Ho, g.Wo, g.C, g.H, g.W, 1, g.ph - 2, g.pw - 2, dy, w, true,
                        static_cast<const T*>(nullptr), dx))
     return;
   const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
@@ -1121,8 +1124,8 @@ void backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
     return;
   }
   if (g.depthwise()) return dw_backward_weight(g, dy, x, dw);
-  if (winograd_fits(g) && winograd_pays(g.N, g.C, g.K, g.Ho, g.Wo) &&
-      winograd_conv3x3_weight(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, -g.ph, -g.pw, x, dy, dw))
+  if (winograd_fits(g) && winograd_pays(g.N, g.C, g.K, g.Ho, g.Wo, g.sh, true) &&
+      winograd_conv3x3_weight(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.sh, -g.ph, -g.pw, x, dy, dw))
     return;
   if (g.pointwise()) {
     // dW_g[:, c0:c1] = sum_n dY[n, g] X[n, g, c0:c1]^T: thread blocks over (group, channels),

@@ -1,4 +1,4 @@
-// conv, Winograd path: dense 3x3 stride-1 dilation-1 convolution by F(2x2, 3x3).
+// conv, Winograd path: dense 3x3 dilation-1 convolution of stride 1 or 2 by F(2x2, 3x3).
 //
 // Math (Lavin & Gray): every 2x2 output tile Y of one (image, out-channel) plane is
 //   Y = A^T [ sum_i (G g_oi G^T) .* (B^T d_i B) ] A
@@ -15,7 +15,18 @@
 // Backward input is the same convolution of dy with the weight rotated by 180 degrees and
 // channel-transposed, at offset pad - 2 (dx[p] = sum_a dy[p + pad - a] w[a]
 // = sum_a' dy[p + pad - 2 + a'] w[2 - a']).
-// Layout: NCHW in/out, C-contiguous; U[e][o][i], V[e][i][t], M[e][o][t] (t = tile in chunk).
+// Stride 2: per axis the two outputs y_r = d[2r] g0 + d[2r+1] g1 + d[2r+2] g2 split by tap
+// parity into the 2-tap even part, F(2, 2) on (d0, d2, d4) with (g0, g2), and the 1-tap odd
+// part d[2r+1] g1.
+// On the 5-input patch (tiles step 4 inputs):
+//   B^T d = [d0 - d2, d2, d4 - d2, d1, d3], G g = [g0, g0 + g2, g2, g1, g1],
+//   y0 = m0 + m1 + m3, y1 = m1 + m2 + m4   (all weights +-1: error at the im2col level).
+// 2-D: 25 products per tile against 36 (1.44x fewer multiplies). Positions 3 and 4 share the
+// kernel value g1, so they form one GEMM class of two columns per tile: 16 GEMMs again,
+// 9 of Tc columns, 6 of 2 Tc and 1 of 4 Tc. Its backward input is a transposed convolution
+// and stays on col2im; the weight gradient takes this path too.
+// Layout: NCHW in/out, C-contiguous; U[c][o][i], V[c][i][t], M[c][o][t] (t = tile in chunk,
+// a class's sub-columns side by side); class matrices 4 KiB-staggered (see kStridePad).
 // Weight gradient: dU_e = sum_tiles Z_e V_e^T with Z = A dy A^T (derivation at the function).
 // Threading: the tiles (all images) are cut into chunks of whole tile rows (or row segments
 // for very wide images), ~1.5 MiB per thread but at least 128 tiles (each GEMM re-packs its
@@ -45,22 +56,76 @@ std::atomic<int> g_wino_mode{1};
 std::atomic<int64_t> g_wino_chunk_bytes{int64_t(1536) << 10};
 std::atomic<int64_t> g_wino_calls{0};
 
-bool winograd_pays(int64_t N, int64_t Cin, int64_t Cout, int64_t Hout, int64_t Wout) {
+bool winograd_pays(int64_t N, int64_t Cin, int64_t Cout, int64_t Hout, int64_t Wout, int64_t stride,
+                   bool weight_grad) {
   const int mode = g_wino_mode.load();
   if (mode == 0) return false;
   if (mode == 2) return true;
+  const int64_t TH = (Hout + 1) / 2, TW = (Wout + 1) / 2, tiles = N * TH * TW;
   // Few channels: the GEMMs are too thin for the transforms to pay back. Few tiles: the
   // per-call weight transform (16 C K values) and narrow GEMMs dominate (measured: 7x7 images
   // with 512 channels run 2-5x slower than im2col at batch 1-8).
-  const int64_t tiles = N * ((Hout + 1) / 2) * ((Wout + 1) / 2);
-  return Cin >= 16 && Cout >= 16 && tiles >= 256;
+  if (stride == 1) return Cin >= 16 && Cout >= 16 && tiles >= 256;
+  // Stride 2 saves only 25 of 36 multiplies, so the 2x2 tiles must not overhang the output
+  // much (7x7 outputs: 64 tiled for 49, measured 0.6-1.0x), and the forward needs 64 input
+  // channels (16-32 measured 0.85-0.94x; the weight gradient gained 1.04-1.27x there).
+  // Measured on 2 cores against im2col: 1.07-1.18x forward, 1.09-1.26x weight gradient.
+  if (10 * Hout * Wout < 9 * 4 * TH * TW || tiles < 192) return false;
+  return weight_grad ? Cin >= 16 && Cout >= 16 : Cin >= 64 && Cout >= 64;
 }
 
 namespace {
 
-// U[e][o][i] = (G g G^T)[e] with g = W(o, i, ., .).
+// The 16 GEMM classes c = 4 * alpha + beta (alpha: row position, beta: column position).
+// Stride 1: class c is transformed position c, one column per tile. Stride 2: position 3 of
+// each axis holds the odd-phase samples d1 and d3, which share the kernel value g1, so
+// they are one class of two columns per tile (sub-column 0 feeds output 0, 1 feeds output 1).
+template <int S>
+constexpr int axis_mult(int a) {
+  return (S == 2 && a == 3) ? 2 : 1;
+}
+template <int S>
+constexpr int class_mult(int c) {
+  return axis_mult<S>(c / 4) * axis_mult<S>(c % 4);
+}
+
+// Stride between the transformed matrices of one chunk. A multiple of 4 KiB would put
+// the 16 streams a transform reads or writes in the same L1 sets (measured: 30% slower at
+// 112 tiles x 64 channels); round up to 4 KiB and add 5 cache lines instead.
+constexpr int64_t kStridePad = 4096 + 320;  // bytes a padded stride may add
 template <typename T>
-void weight_transform(const T* w, bool flip, int64_t Cin, int64_t Cout, int64_t o, int64_t i, T* U) {
+inline int64_t pad_stride(int64_t n) {
+  return ((n * (int64_t)sizeof(T) + 4095) / 4096 * 4096 + 320) / (int64_t)sizeof(T);
+}
+
+// Offsets of the 16 class matrices (rows x class_mult * Tc, row-major) in a chunk buffer.
+template <typename T, int S>
+struct Slots {
+  int64_t off[17];
+  Slots(int64_t rows, int64_t Tc) {
+    off[0] = 0;
+    for (int c = 0; c < 16; ++c) off[c + 1] = off[c] + pad_stride<T>(rows * class_mult<S>(c) * Tc);
+  }
+  int64_t size() const { return off[16]; }
+  // element (row, sub-column sub, tile t) of class c
+  int64_t at(int c, int64_t row, int sub, int64_t Tc, int64_t t) const {
+    return off[c] + (row * class_mult<S>(c) + sub) * Tc + t;
+  }
+  // Stride 2: the 5 x 5 entries of one row, per axis class 0, 1, 2, 3 (sub 0), 3 (sub 1).
+  template <typename P>
+  void entries(P* base, int64_t row, int64_t Tc, P* (&e)[5][5]) const {
+    for (int k = 0; k < 5; ++k)
+      for (int l = 0; l < 5; ++l) {
+        const int a = k < 3 ? k : 3, ra = k < 3 ? 0 : k - 3, b = l < 3 ? l : 3, rb = l < 3 ? 0 : l - 3;
+        e[k][l] = base + at(4 * a + b, row, ra * axis_mult<S>(b) + rb, Tc, 0);
+      }
+  }
+};
+
+// U[c][o][i] from g = W(o, i, ., .): stride 1 G g G^T, G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1];
+// stride 2 per axis [g0, g0 + g2, g2, g1].
+template <typename T, int S>
+void weight_transform(const T* w, bool flip, int64_t Cin, int64_t Cout, int64_t o, int64_t i, T* U, int64_t stride) {
   T g[3][3];
   const T* src = flip ? w + (i * Cout + o) * 9 : w + (o * Cin + i) * 9;
   for (int a = 0; a < 3; ++a)
@@ -68,27 +133,33 @@ void weight_transform(const T* w, bool flip, int64_t Cin, int64_t Cout, int64_t 
   const T h = T(0.5);
   T tg[4][3];  // G g
   for (int b = 0; b < 3; ++b) {
-    tg[0][b] = g[0][b];
-    tg[1][b] = h * (g[0][b] + g[1][b] + g[2][b]);
-    tg[2][b] = h * (g[0][b] - g[1][b] + g[2][b]);
-    tg[3][b] = g[2][b];
+    if (S == 1) {
+      tg[0][b] = g[0][b];
+      tg[1][b] = h * (g[0][b] + g[1][b] + g[2][b]);
+      tg[2][b] = h * (g[0][b] - g[1][b] + g[2][b]);
+      tg[3][b] = g[2][b];
+    } else {
+      tg[0][b] = g[0][b];
+      tg[1][b] = g[0][b] + g[2][b];
+      tg[2][b] = g[2][b];
+      tg[3][b] = g[1][b];
+    }
   }
-  const int64_t stride = Cout * Cin, at = o * Cin + i;
+  const int64_t at = o * Cin + i;
   for (int a = 0; a < 4; ++a) {
-    U[(a * 4 + 0) * stride + at] = tg[a][0];
-    U[(a * 4 + 1) * stride + at] = h * (tg[a][0] + tg[a][1] + tg[a][2]);
-    U[(a * 4 + 2) * stride + at] = h * (tg[a][0] - tg[a][1] + tg[a][2]);
-    U[(a * 4 + 3) * stride + at] = tg[a][2];
+    T* u = U + (a * 4) * stride + at;
+    if (S == 1) {
+      u[0] = tg[a][0];
+      u[stride] = h * (tg[a][0] + tg[a][1] + tg[a][2]);
+      u[2 * stride] = h * (tg[a][0] - tg[a][1] + tg[a][2]);
+      u[3 * stride] = tg[a][2];
+    } else {
+      u[0] = tg[a][0];
+      u[stride] = tg[a][0] + tg[a][2];
+      u[2 * stride] = tg[a][2];
+      u[3 * stride] = tg[a][1];
+    }
   }
-}
-
-// Stride between the 16 transformed matrices of one chunk. A multiple of 4 KiB would put
-// the 16 streams a transform reads or writes in the same L1 sets (measured: 30% slower at
-// 112 tiles x 64 channels); round up to 4 KiB and add 5 cache lines instead.
-constexpr int64_t kStridePad = 4096 + 320;  // bytes a padded stride may add
-template <typename T>
-inline int64_t pad_stride(int64_t n) {
-  return ((n * (int64_t)sizeof(T) + 4095) / 4096 * 4096 + 320) / (int64_t)sizeof(T);
 }
 
 struct Plan {
@@ -110,19 +181,99 @@ struct Plan {
   }
 };
 
-// V[e][i][t] for the chunk's tiles; buf holds 4 padded input rows.
+// A tile covers 2x2 outputs and reads an n x n input patch every 2*S inputs.
+template <int S>
+constexpr int patch() {
+  return S + 3;
+}
+// Row buffer elements: n input rows of a chunk's tiles, or 2 output rows of all its tiles
+// (tw tiles per row, tiles in all).
+template <int S>
+constexpr int64_t row_buf(int64_t tw, int64_t tiles) {
+  if (S == 2) return 5 * (4 * tiles + 1) + 5 * tiles;  // input_transform_s2 (tiles >= its rows)
+  return std::max<int64_t>(patch<S>() * (2 * S * tw + patch<S>() - 2 * S), 4 * tiles);
+}
+
+// Stride 2: V[c][i][t] for the chunk's tiles. The chunk's tile rows are laid end to end
+// (4*tw inputs each) in 5 rows of buf, so the column pass is one loop over all its tiles
+// (7-tile rows left 7-long scalar loops); the one input a row's last tile reads past its
+// 4*tw (x4, overwritten by the next row's segment) is kept in ext and patched in after.
+// buf: 5 * (4 * Tc + 1) + 5 * rows elements.
 template <typename T>
-void input_transform(const Plan& p, const T* in, int64_t r0, int64_t r1, int64_t c0, int64_t c1, T* V, T* buf) {
-  const int64_t tw = c1 - c0, Tc = (r1 - r0) * tw, Wp = 2 * tw + 2, es = pad_stride<T>(p.Cin * Tc);
-  const int64_t iw0 = 2 * c0 + p.ow;
+void input_transform_s2(const Plan& p, const T* in, int64_t r0, int64_t r1, int64_t c0, int64_t c1, T* V, T* buf) {
+  const int64_t tw = c1 - c0, nr = r1 - r0, Tc = nr * tw, Wp = 4 * tw + 1, Lb = 4 * Tc + 1;
+  const Slots<T, 2> sl(p.Cin, Tc);
+  const int64_t iw0 = 4 * c0 + p.ow;
   const int64_t qlo = std::min(Wp, std::max<int64_t>(0, -iw0)), qhi = std::max(qlo, std::min(Wp, p.Win - iw0));
+  T* s[5];
+  T* ext[5];
+  for (int a = 0; a < 5; ++a) s[a] = buf + a * Lb, ext[a] = buf + 5 * Lb + a * nr;
+  for (int64_t i = 0; i < p.Cin; ++i) {
+    for (int64_t rr = 0; rr < nr; ++rr) {
+      const int64_t r = r0 + rr, nn = r / p.TH, th = r % p.TH;
+      const T* plane = in + (nn * p.Cin + i) * p.Hin * p.Win;
+      for (int a = 0; a < 5; ++a) {
+        T* d = s[a] + rr * 4 * tw;
+        const int64_t ih = 4 * th + p.oh + a;
+        if (ih < 0 || ih >= p.Hin) {
+          std::fill(d, d + Wp, T(0));
+        } else {
+          std::fill(d, d + qlo, T(0));
+          if (qlo < qhi) std::memcpy(d + qlo, plane + ih * p.Win + iw0 + qlo, (size_t)(qhi - qlo) * sizeof(T));
+          std::fill(d + qhi, d + Wp, T(0));
+        }
+        ext[a][rr] = d[4 * tw];
+      }
+    }
+    // Rows, per axis [d0 - d2, d2, d4 - d2 | d1, d3]: two rows change, in place.
+    for (int64_t q = 0; q < Lb; ++q) {
+      const T d2 = s[2][q];
+      s[0][q] -= d2, s[4][q] -= d2;
+    }
+    for (int64_t rr = 0; rr < nr; ++rr) ext[0][rr] -= ext[2][rr], ext[4][rr] -= ext[2][rr];
+    const int phys[5] = {0, 2, 4, 1, 3};
+    for (int k = 0; k < 5; ++k) {
+      const int a = k < 3 ? k : 3, ra = k < 3 ? 0 : k - 3;
+      const T* x = s[phys[k]];
+      T* v0 = V + sl.at(4 * a, i, ra, Tc, 0);
+      T* v1 = V + sl.at(4 * a + 1, i, ra, Tc, 0);
+      T* v2 = V + sl.at(4 * a + 2, i, ra, Tc, 0);
+      T* v3 = V + sl.at(4 * a + 3, i, 2 * ra, Tc, 0);
+      T* v4 = v3 + Tc;
+#pragma omp simd
+      for (int64_t j = 0; j < Tc; ++j) {
+        const T x0 = x[4 * j], x1 = x[4 * j + 1], x2 = x[4 * j + 2], x3 = x[4 * j + 3], x4 = x[4 * j + 4];
+        v0[j] = x0 - x2, v1[j] = x2, v2[j] = x4 - x2, v3[j] = x1, v4[j] = x3;
+      }
+      const T* e = ext[phys[k]];
+      for (int64_t rr = 0; rr < nr; ++rr) {
+        const int64_t j = rr * tw + tw - 1;
+        v2[j] = e[rr] - x[4 * j + 2];
+      }
+    }
+  }
+}
+
+// V[c][i][t] for the chunk's tiles; buf holds the patch's input rows (stride 1 here).
+template <typename T, int S>
+void input_transform(const Plan& p, const T* in, int64_t r0, int64_t r1, int64_t c0, int64_t c1, T* V, T* buf) {
+  if constexpr (S == 2) {
+    input_transform_s2(p, in, r0, r1, c0, c1, V, buf);
+    return;
+  }
+  constexpr int n = patch<S>(), step = 2 * S;
+  const int64_t tw = c1 - c0, Tc = (r1 - r0) * tw, Wp = step * tw + n - step;
+  const Slots<T, S> sl(p.Cin, Tc);
+  const int64_t iw0 = step * c0 + p.ow;
+  const int64_t qlo = std::min(Wp, std::max<int64_t>(0, -iw0)), qhi = std::max(qlo, std::min(Wp, p.Win - iw0));
+  T* s[n];
+  for (int a = 0; a < n; ++a) s[a] = buf + a * Wp;
   for (int64_t i = 0; i < p.Cin; ++i) {
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t n = r / p.TH, th = r % p.TH;
-      const T* plane = in + (n * p.Cin + i) * p.Hin * p.Win;
-      T* s[4] = {buf, buf + Wp, buf + 2 * Wp, buf + 3 * Wp};
-      for (int a = 0; a < 4; ++a) {
-        const int64_t ih = 2 * th + p.oh + a;
+      const int64_t nn = r / p.TH, th = r % p.TH, t0 = (r - r0) * tw;
+      const T* plane = in + (nn * p.Cin + i) * p.Hin * p.Win;
+      for (int a = 0; a < n; ++a) {
+        const int64_t ih = step * th + p.oh + a;
         if (ih < 0 || ih >= p.Hin) {
           std::fill(s[a], s[a] + Wp, T(0));
           continue;
@@ -137,13 +288,12 @@ void input_transform(const Plan& p, const T* in, int64_t r0, int64_t r1, int64_t
         s[0][q] = d0 - d2, s[1][q] = d1 + d2, s[2][q] = d2 - d1, s[3][q] = d1 - d3;
       }
       // Columns: (B^T d) B, one tile every 2 columns.
-      T* v = V + i * Tc + (r - r0) * tw;
       for (int a = 0; a < 4; ++a) {
         const T* x = s[a];
-        T* v0 = v + (4 * a) * es;
-        T* v1 = v0 + es;
-        T* v2 = v1 + es;
-        T* v3 = v2 + es;
+        T* v0 = V + sl.at(4 * a, i, 0, Tc, t0);
+        T* v1 = V + sl.at(4 * a + 1, i, 0, Tc, t0);
+        T* v2 = V + sl.at(4 * a + 2, i, 0, Tc, t0);
+        T* v3 = V + sl.at(4 * a + 3, i, 0, Tc, t0);
         for (int64_t j = 0; j < tw; ++j) {
           const T x0 = x[2 * j], x1 = x[2 * j + 1], x2 = x[2 * j + 2], x3 = x[2 * j + 3];
           v0[j] = x0 - x2, v1[j] = x1 + x2, v2[j] = x2 - x1, v3[j] = x1 - x3;
@@ -153,21 +303,24 @@ void input_transform(const Plan& p, const T* in, int64_t r0, int64_t r1, int64_t
   }
 }
 
-// out tiles of the chunk from M[e][o][t] (+ bias); buf holds 2 output rows of 2*tw.
-template <typename T>
+// out tiles of the chunk from M[c][o][t] (+ bias). One loop over all the chunk's tiles per
+// output channel (a chunk of 7-tile rows left a 7-long loop, mostly vector remainder), into
+// buf (2 output rows of 2*Tc), then copied out row by row.
+template <typename T, int S>
 void output_transform(const Plan& p, const T* M, const T* bias, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
                       T* out, T* buf) {
-  const int64_t tw = c1 - c0, Tc = (r1 - r0) * tw, es = pad_stride<T>(p.Cout * Tc);
+  const int64_t tw = c1 - c0, Tc = (r1 - r0) * tw;
+  const Slots<T, S> sl(p.Cout, Tc);
   const int64_t ow0 = 2 * c0, wn = std::min(2 * tw, p.Wout - ow0);
   T* y0 = buf;
-  T* y1 = buf + 2 * tw;
+  T* y1 = buf + 2 * Tc;
   for (int64_t o = 0; o < p.Cout; ++o) {
     const T bv = bias ? bias[o] : T(0);
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t n = r / p.TH, th = r % p.TH;
-      const T* m = M + o * Tc + (r - r0) * tw;
+    if (S == 1) {
+      const T* m = M + sl.at(0, o, 0, Tc, 0);
+      const int64_t es = sl.off[1];
 #pragma omp simd  // (GCC leaves this loop scalar without it: 6% of the forward)
-      for (int64_t j = 0; j < tw; ++j) {
+      for (int64_t j = 0; j < Tc; ++j) {
         T q[16];
         for (int e = 0; e < 16; ++e) q[e] = m[e * es + j];
         // A^T m: rows
@@ -177,9 +330,27 @@ void output_transform(const Plan& p, const T* M, const T* bias, int64_t r0, int6
         y0[2 * j] = u0[0] + u0[1] + u0[2] + bv, y0[2 * j + 1] = u0[1] - u0[2] - u0[3] + bv;
         y1[2 * j] = u1[0] + u1[1] + u1[2] + bv, y1[2 * j + 1] = u1[1] - u1[2] - u1[3] + bv;
       }
+    } else {
+      // 5 x 5 entries: per axis classes 0, 1, 2, 3 (sub 0), 3 (sub 1); A^T = [1 1 0 1 0; 0 1 1 0 1].
+      const T* m[5][5];
+      sl.entries(M, o, Tc, m);
+#pragma omp simd
+      for (int64_t j = 0; j < Tc; ++j) {
+        T u0[5], u1[5];  // A^T m: rows
+        for (int l = 0; l < 5; ++l) {
+          const T q1 = m[1][l][j];
+          u0[l] = m[0][l][j] + q1 + m[3][l][j], u1[l] = q1 + m[2][l][j] + m[4][l][j];
+        }
+        y0[2 * j] = u0[0] + u0[1] + u0[3] + bv, y0[2 * j + 1] = u0[1] + u0[2] + u0[4] + bv;
+        y1[2 * j] = u1[0] + u1[1] + u1[3] + bv, y1[2 * j + 1] = u1[1] + u1[2] + u1[4] + bv;
+      }
+    }
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / p.TH, th = r % p.TH, t0 = (r - r0) * tw;
       T* plane = out + (n * p.Cout + o) * p.Hout * p.Wout;
-      std::memcpy(plane + (2 * th) * p.Wout + ow0, y0, (size_t)wn * sizeof(T));
-      if (2 * th + 1 < p.Hout) std::memcpy(plane + (2 * th + 1) * p.Wout + ow0, y1, (size_t)wn * sizeof(T));
+      std::memcpy(plane + (2 * th) * p.Wout + ow0, y0 + 2 * t0, (size_t)wn * sizeof(T));
+      if (2 * th + 1 < p.Hout)
+        std::memcpy(plane + (2 * th + 1) * p.Wout + ow0, y1 + 2 * t0, (size_t)wn * sizeof(T));
     }
   }
 }
@@ -214,28 +385,41 @@ bool make_plan(Plan& p, int64_t shared, int64_t fixed, int64_t per_tile, int& nt
   return true;
 }
 
-// Z[e][o][t] = (A g A^T)[e] for the 2x2 tiles g of dy (zero past Hout/Wout); buf: 2 rows of 2*tw.
-template <typename T>
+// Per tile: the transformed values of one input channel (16 at stride 1, 25 at stride 2).
+template <int S>
+constexpr int64_t tile_values() {
+  return S == 1 ? 16 : 25;
+}
+
+// Z[c][o][t] = (A g A^T) for the 2x2 tiles g of dy (zero past Hout/Wout): the chunk's dy rows
+// gathered into buf (2 rows of 2*Tc), then one loop over all its tiles (as output_transform).
+template <typename T, int S>
 void grad_output_transform(const Plan& p, const T* dy, int64_t r0, int64_t r1, int64_t c0, int64_t c1, T* Z,
                            T* buf) {
-  const int64_t tw = c1 - c0, Tc = (r1 - r0) * tw, es = pad_stride<T>(p.Cout * Tc);
+  const int64_t tw = c1 - c0, Tc = (r1 - r0) * tw;
+  const Slots<T, S> sl(p.Cout, Tc);
   const int64_t ow0 = 2 * c0, wn = std::min(2 * tw, p.Wout - ow0);
   T* g0 = buf;
-  T* g1 = buf + 2 * tw;
-  std::fill(g0 + wn, g0 + 2 * tw, T(0));
-  std::fill(g1 + wn, g1 + 2 * tw, T(0));
+  T* g1 = buf + 2 * Tc;
   for (int64_t o = 0; o < p.Cout; ++o) {
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t n = r / p.TH, th = r % p.TH;
+      const int64_t n = r / p.TH, th = r % p.TH, t0 = (r - r0) * tw;
       const T* plane = dy + (n * p.Cout + o) * p.Hout * p.Wout;
-      std::memcpy(g0, plane + (2 * th) * p.Wout + ow0, (size_t)wn * sizeof(T));
+      T* a = g0 + 2 * t0;
+      T* b = g1 + 2 * t0;
+      std::memcpy(a, plane + (2 * th) * p.Wout + ow0, (size_t)wn * sizeof(T));
+      std::fill(a + wn, a + 2 * tw, T(0));
       if (2 * th + 1 < p.Hout)
-        std::memcpy(g1, plane + (2 * th + 1) * p.Wout + ow0, (size_t)wn * sizeof(T));
+        std::memcpy(b, plane + (2 * th + 1) * p.Wout + ow0, (size_t)wn * sizeof(T));
       else
-        std::fill(g1, g1 + wn, T(0));
-      T* z = Z + o * Tc + (r - r0) * tw;
+        std::fill(b, b + wn, T(0));
+      std::fill(b + wn, b + 2 * tw, T(0));
+    }
+    if (S == 1) {
+      T* z = Z + sl.at(0, o, 0, Tc, 0);
+      const int64_t es = sl.off[1];
 #pragma omp simd
-      for (int64_t j = 0; j < tw; ++j) {
+      for (int64_t j = 0; j < Tc; ++j) {
         // A g: rows (4 x 2), then (A g) A^T: columns (4 x 4).
         const T a0 = g0[2 * j], a1 = g0[2 * j + 1], b0 = g1[2 * j], b1 = g1[2 * j + 1];
         const T h[4][2] = {{a0, a1}, {a0 + b0, a1 + b1}, {a0 - b0, a1 - b1}, {-b0, -b1}};
@@ -246,25 +430,40 @@ void grad_output_transform(const Plan& p, const T* dy, int64_t r0, int64_t r1, i
           z[(4 * a + 3) * es + j] = -h[a][1];
         }
       }
+    } else {
+      // Per axis A = [g0, g0 + g1, g1 | g0, g1].
+      T* z[5][5];
+      sl.entries(Z, o, Tc, z);
+#pragma omp simd
+      for (int64_t j = 0; j < Tc; ++j) {
+        const T a0 = g0[2 * j], a1 = g0[2 * j + 1], b0 = g1[2 * j], b1 = g1[2 * j + 1];
+        const T h[5][2] = {{a0, a1}, {a0 + b0, a1 + b1}, {b0, b1}, {a0, a1}, {b0, b1}};
+        for (int k = 0; k < 5; ++k) {
+          z[k][0][j] = h[k][0];
+          z[k][1][j] = h[k][0] + h[k][1];
+          z[k][2][j] = h[k][1];
+          z[k][3][j] = h[k][0];
+          z[k][4][j] = h[k][1];
+        }
+      }
     }
   }
 }
 
-}  // namespace
-
-template <typename T>
-bool winograd_conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t Cout, int64_t Hout,
-                      int64_t Wout, int64_t off_h, int64_t off_w, const T* in, const T* w, bool flip,
-                      const T* bias, T* out) {
-  if (N == 0 || Cout == 0 || Hout == 0 || Wout == 0) return true;  // nothing to write
+template <typename T, int S>
+bool conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t Cout, int64_t Hout, int64_t Wout,
+             int64_t off_h, int64_t off_w, const T* in, const T* w, bool flip, const T* bias, T* out) {
   Plan p{N, Cin, Hin, Win, Cout, Hout, Wout, off_h, off_w, (Hout + 1) / 2, (Wout + 1) / 2, 0, 0, 0, 0, 0};
   p.rows = N * p.TH;
-  const int64_t elem = sizeof(T), ubytes = 16 * Cout * Cin * elem;
+  // U's classes 4 KiB-staggered too: at 128 x 256 channels (a 128 KiB stride) the weight
+  // transform's 16 store streams shared L1 sets and took 19% of a stride-2 forward.
+  const int64_t elem = sizeof(T), us = pad_stride<T>(Cout * Cin), ubytes = 16 * us * elem;
   int nt;
   // per tile: V + M + (bounded by) the row buffers
-  if (!make_plan(p, ubytes, 32 * kStridePad, (16 * (Cin + Cout) + 16) * elem, nt)) return false;
-  const int64_t vsz = 16 * pad_stride<T>(Cin * p.tmax), msz = 16 * pad_stride<T>(Cout * p.tmax);
-  const int64_t bsz = 4 * (2 * p.twmax + 2);
+  constexpr int64_t E = tile_values<S>(), rb = row_buf<S>(1, 1);
+  if (!make_plan(p, ubytes, 32 * kStridePad, (E * (Cin + Cout) + rb) * elem, nt)) return false;
+  const int64_t vsz = Slots<T, S>(Cin, p.tmax).size(), msz = Slots<T, S>(Cout, p.tmax).size();
+  const int64_t bsz = row_buf<S>(p.twmax, p.tmax);
   const int64_t per_thread = vsz + msz + bsz;
   T* ws = static_cast<T*>(conv_workspace(ubytes + nt * per_thread * elem));
   T* U = ws;
@@ -272,8 +471,8 @@ bool winograd_conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
 #pragma omp for schedule(static)
-    for (int64_t oi = 0; oi < Cout * Cin; ++oi) weight_transform(w, flip, Cin, Cout, oi / Cin, oi % Cin, U);
-    T* V = ws + 16 * Cout * Cin + thread_id() * per_thread;
+    for (int64_t oi = 0; oi < Cout * Cin; ++oi) weight_transform<T, S>(w, flip, Cin, Cout, oi / Cin, oi % Cin, U, us);
+    T* V = ws + 16 * us + thread_id() * per_thread;
     T* M = V + vsz;
     T* buf = M + msz;
 #pragma omp for schedule(static)
@@ -282,11 +481,14 @@ bool winograd_conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t 
       p.chunk(k, r0, r1, c0, c1);
       const int64_t Tc = (r1 - r0) * (c1 - c0);
       if (Tc == 0) continue;
-      input_transform(p, in, r0, r1, c0, c1, V, buf);
-      for (int e = 0; e < 16; ++e)
-        gemm(false, false, Cout, Tc, Cin, T(1), U + e * Cout * Cin, Cin, V + e * pad_stride<T>(Cin * Tc), Tc,
-             T(0), M + e * pad_stride<T>(Cout * Tc), Tc);
-      output_transform(p, M, bias, r0, r1, c0, c1, out, buf);
+      input_transform<T, S>(p, in, r0, r1, c0, c1, V, buf);
+      const Slots<T, S> sv(Cin, Tc), sm(Cout, Tc);
+      for (int c = 0; c < 16; ++c) {
+        const int64_t cols = class_mult<S>(c) * Tc;
+        gemm(false, false, Cout, cols, Cin, T(1), U + c * us, Cin, V + sv.off[c], cols, T(0), M + sm.off[c],
+             cols);
+      }
+      output_transform<T, S>(p, M, bias, r0, r1, c0, c1, out, buf);
     }
   }
   return true;
@@ -294,20 +496,21 @@ bool winograd_conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t 
 
 // Weight gradient (derivation): y = A^T [U .* V] A per tile is linear in U = G g G^T, so
 //   dU = sum_tiles (A dy_tile A^T) .* V   and   dw = G^T dU G.
-// Per position e the tile sum is a GEMM: dU_e (K x C) += Z_e (K x tiles) @ V_e^T (tiles x C).
+// Per class c the tile sum is a GEMM: dU_c (K x C) += Z_c (K x cols) @ V_c^T (cols x C); at
+// stride 2 the two sub-columns of a shared kernel value sum in the same GEMM.
 // Each thread accumulates its own dU over its chunks; the per-thread sums are added in
 // thread order (deterministic for a given thread count).
-template <typename T>
-bool winograd_conv3x3_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
-                             int64_t off_h, int64_t off_w, const T* x, const T* dy, T* dw) {
-  if (N == 0 || Ho == 0 || Wo == 0) return false;  // the caller zero-fills
+template <typename T, int S>
+bool conv3x3_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo, int64_t off_h,
+                    int64_t off_w, const T* x, const T* dy, T* dw) {
   Plan p{N, C, H, W, K, Ho, Wo, off_h, off_w, (Ho + 1) / 2, (Wo + 1) / 2, 0, 0, 0, 0, 0};
   p.rows = N * p.TH;
-  const int64_t elem = sizeof(T), usz = 16 * K * C;
+  const int64_t elem = sizeof(T), us = pad_stride<T>(K * C), usz = 16 * us;  // staggered as in conv3x3
   int nt;
-  if (!make_plan(p, 0, usz * elem + 32 * kStridePad, (16 * (C + K) + 16) * elem, nt)) return false;
-  const int64_t vsz = 16 * pad_stride<T>(C * p.tmax), zsz = 16 * pad_stride<T>(K * p.tmax);
-  const int64_t bsz = 4 * (2 * p.twmax + 2);
+  constexpr int64_t E = tile_values<S>(), rb = row_buf<S>(1, 1);
+  if (!make_plan(p, 0, usz * elem + 32 * kStridePad, (E * (C + K) + rb) * elem, nt)) return false;
+  const int64_t vsz = Slots<T, S>(C, p.tmax).size(), zsz = Slots<T, S>(K, p.tmax).size();
+  const int64_t bsz = row_buf<S>(p.twmax, p.tmax);
   const int64_t per_thread = usz + vsz + zsz + bsz;
   T* ws = static_cast<T*>(conv_workspace(nt * per_thread * elem));
   g_wino_calls.fetch_add(1);
@@ -324,11 +527,13 @@ bool winograd_conv3x3_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t
       p.chunk(k, r0, r1, c0, c1);
       const int64_t Tc = (r1 - r0) * (c1 - c0);
       if (Tc == 0) continue;
-      input_transform(p, x, r0, r1, c0, c1, V, buf);
-      grad_output_transform(p, dy, r0, r1, c0, c1, Z, buf);
-      for (int e = 0; e < 16; ++e)
-        gemm(false, true, K, C, Tc, T(1), Z + e * pad_stride<T>(K * Tc), Tc, V + e * pad_stride<T>(C * Tc), Tc,
-             T(1), dU + e * K * C, C);
+      input_transform<T, S>(p, x, r0, r1, c0, c1, V, buf);
+      grad_output_transform<T, S>(p, dy, r0, r1, c0, c1, Z, buf);
+      const Slots<T, S> sv(C, Tc), sz(K, Tc);
+      for (int c = 0; c < 16; ++c) {
+        const int64_t cols = class_mult<S>(c) * Tc;
+        gemm(false, true, K, C, cols, T(1), Z + sz.off[c], cols, V + sv.off[c], cols, T(1), dU + c * us, C);
+      }
     }
     // implicit barrier: every thread's dU is complete
 #pragma omp for schedule(static)
@@ -336,37 +541,74 @@ bool winograd_conv3x3_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t
       T u[16];
       for (int e = 0; e < 16; ++e) {
         T acc = 0;
-        for (int t = 0; t < nt; ++t) acc += ws[t * per_thread + e * K * C + kc];
+        for (int t = 0; t < nt; ++t) acc += ws[t * per_thread + e * us + kc];
         u[e] = acc;
       }
-      // dw = G^T u G, G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1]
-      const T h = T(0.5);
       T r[3][4];
-      for (int b = 0; b < 4; ++b) {
-        r[0][b] = u[b] + h * (u[4 + b] + u[8 + b]);
-        r[1][b] = h * (u[4 + b] - u[8 + b]);
-        r[2][b] = h * (u[4 + b] + u[8 + b]) + u[12 + b];
-      }
       T* d = dw + kc * 9;
-      for (int a = 0; a < 3; ++a) {
-        d[a * 3 + 0] = r[a][0] + h * (r[a][1] + r[a][2]);
-        d[a * 3 + 1] = h * (r[a][1] - r[a][2]);
-        d[a * 3 + 2] = h * (r[a][1] + r[a][2]) + r[a][3];
+      if (S == 1) {
+        // dw = G^T u G, G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1]
+        const T h = T(0.5);
+        for (int b = 0; b < 4; ++b) {
+          r[0][b] = u[b] + h * (u[4 + b] + u[8 + b]);
+          r[1][b] = h * (u[4 + b] - u[8 + b]);
+          r[2][b] = h * (u[4 + b] + u[8 + b]) + u[12 + b];
+        }
+        for (int a = 0; a < 3; ++a) {
+          d[a * 3 + 0] = r[a][0] + h * (r[a][1] + r[a][2]);
+          d[a * 3 + 1] = h * (r[a][1] - r[a][2]);
+          d[a * 3 + 2] = h * (r[a][1] + r[a][2]) + r[a][3];
+        }
+      } else {
+        // per axis G^T = [1 1 0 0; 0 0 0 1; 0 1 1 0]
+        for (int b = 0; b < 4; ++b) {
+          r[0][b] = u[b] + u[4 + b];
+          r[1][b] = u[12 + b];
+          r[2][b] = u[4 + b] + u[8 + b];
+        }
+        for (int a = 0; a < 3; ++a) {
+          d[a * 3 + 0] = r[a][0] + r[a][1];
+          d[a * 3 + 1] = r[a][3];
+          d[a * 3 + 2] = r[a][1] + r[a][2];
+        }
       }
     }
   }
   return true;
 }
 
+}  // namespace
+
+template <typename T>
+bool winograd_conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t Cout, int64_t Hout,
+                      int64_t Wout, int64_t stride, int64_t off_h, int64_t off_w, const T* in, const T* w,
+                      bool flip, const T* bias, T* out) {
+  if (N == 0 || Cout == 0 || Hout == 0 || Wout == 0) return true;  // nothing to write
+  if (stride == 1) return conv3x3<T, 1>(N, Cin, Hin, Win, Cout, Hout, Wout, off_h, off_w, in, w, flip, bias, out);
+  if (stride == 2 && !flip)
+    return conv3x3<T, 2>(N, Cin, Hin, Win, Cout, Hout, Wout, off_h, off_w, in, w, flip, bias, out);
+  return false;
+}
+
+template <typename T>
+bool winograd_conv3x3_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
+                             int64_t stride, int64_t off_h, int64_t off_w, const T* x, const T* dy, T* dw) {
+  if (N == 0 || Ho == 0 || Wo == 0) return false;  // the caller zero-fills
+  if (stride == 1) return conv3x3_weight<T, 1>(N, C, H, W, K, Ho, Wo, off_h, off_w, x, dy, dw);
+  if (stride == 2) return conv3x3_weight<T, 2>(N, C, H, W, K, Ho, Wo, off_h, off_w, x, dy, dw);
+  return false;
+}
+
 template bool winograd_conv3x3_weight<float>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                             int64_t, int64_t, const float*, const float*, float*);
+                                             int64_t, int64_t, int64_t, const float*, const float*, float*);
 template bool winograd_conv3x3_weight<double>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                              int64_t, int64_t, const double*, const double*, double*);
+                                              int64_t, int64_t, int64_t, const double*, const double*, double*);
 
 template bool winograd_conv3x3<float>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                      int64_t, const float*, const float*, bool, const float*, float*);
+                                      int64_t, int64_t, const float*, const float*, bool, const float*, float*);
 template bool winograd_conv3x3<double>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                       int64_t, const double*, const double*, bool, const double*, double*);
+                                       int64_t, int64_t, const double*, const double*, bool, const double*,
+                                       double*);
 
 void set_winograd(int mode, int64_t chunk_bytes) {
   if (mode >= 0) g_wino_mode.store(mode);

@@ -1,4 +1,4 @@
-// Winograd F(2x2, 3x3) for dense 3x3 stride-1 convolutions (see conv_winograd.cpp).
+// Winograd F(2x2, 3x3) for dense 3x3 convolutions of stride 1 or 2 (see conv_winograd.cpp).
 #pragma once
 #include <cstdint>
 
@@ -9,24 +9,27 @@ namespace pydl {
 void* conv_workspace(int64_t bytes);
 int64_t conv_workspace_limit();
 
-// out[n, o, p, q] = bias[o] + sum_{i, 3x3 taps} in[n, i, p + off_h + a, q + off_w + b] * W(o, i, a, b)
-// with in = 0 outside [0, Hin) x [0, Win). Forward: W(o, i, a, b) = w[o, i, a, b] (w is K x C x 3 x 3),
-// off = -pad. Backward input (flip = true): W(o, i, a, b) = w[i, o, 2 - a, 2 - b], off = pad - 2.
+// out[n, o, p, q] = bias[o] + sum_{i, 3x3 taps} in[n, i, s*p + off_h + a, s*q + off_w + b] * W(o, i, a, b)
+// with in = 0 outside [0, Hin) x [0, Win) and s = stride (1 or 2). Forward: W(o, i, a, b) = w[o, i, a, b]
+// (w is K x C x 3 x 3), off = -pad. Backward input of a stride-1 convolution (flip = true, stride 1 only):
+// W(o, i, a, b) = w[i, o, 2 - a, 2 - b], off = pad - 2.
 // Returns false (and writes nothing) when this path does not pay or the workspace cap is too
 // small for it; the caller then takes the im2col path.
 template <typename T>
 bool winograd_conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t Cout, int64_t Hout,
-                      int64_t Wout, int64_t off_h, int64_t off_w, const T* in, const T* w, bool flip,
-                      const T* bias, T* out);
+                      int64_t Wout, int64_t stride, int64_t off_h, int64_t off_w, const T* in, const T* w,
+                      bool flip, const T* bias, T* out);
 
 // dw[k, c] (K x C x 3 x 3) = gradient of the forward call above (off = -pad) w.r.t. w, from
 // x (N, C, H, W) and dy (N, K, Ho, Wo). False: declined (nothing written).
 template <typename T>
 bool winograd_conv3x3_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
-                             int64_t off_h, int64_t off_w, const T* x, const T* dy, T* dw);
+                             int64_t stride, int64_t off_h, int64_t off_w, const T* x, const T* dy, T* dw);
 
-// Whether the Winograd path is worth taking for this batch, channel counts and output size.
-bool winograd_pays(int64_t N, int64_t Cin, int64_t Cout, int64_t Hout, int64_t Wout);
+// Whether the Winograd path is worth taking for this batch, channel counts, output size and stride,
+// for the convolution (weight_grad false) or its weight gradient.
+bool winograd_pays(int64_t N, int64_t Cin, int64_t Cout, int64_t Hout, int64_t Wout, int64_t stride,
+                   bool weight_grad);
 
 // Private knobs for tests and tuning: mode 0 = off, 1 = auto, 2 = whenever the geometry fits
 // (negative: unchanged); per-thread chunk bytes (<= 0: unchanged). Calls that took the path.

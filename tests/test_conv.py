@@ -354,10 +354,11 @@ def test_bad_inputs_raise(xp, dtype):
 
 # ---------------------------------------------------------------- Winograd path
 # Dense 3x3, stride 1, dilation 1, groups 1 convolutions (forward and grad input) may run
-# Winograd F(2x2, 3x3) on the CPU (csrc/conv_winograd.cpp). The private knob
+# Winograd F(2x2, 3x3) on the CPU (csrc/conv_winograd.cpp), stride 1 and 2. The private knob
 # _cpu._set_conv_winograd(mode) forces it (2) on shapes too small for the automatic choice
 # (1, default) or switches it off (0); _cpu._conv_winograd_calls() proves the path ran.
-# CPU-only: the knob belongs to the C++ kernels.
+# At stride 2 it runs the forward and the weight gradient; the input gradient (a transposed
+# convolution) stays on col2im. CPU-only: the knob belongs to the C++ kernels.
 
 @pytest.fixture
 def wino():
@@ -382,22 +383,26 @@ WINO_CONFIGS = [
 ]
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("case", range(len(WINO_CONFIGS)))
-def test_winograd_matches_reference(wino, dtype, case):
+def test_winograd_matches_reference(wino, dtype, case, stride):
     xs, k, pad = WINO_CONFIGS[case]
+    if stride == 2 and pad == "same":
+        pad = 1
     rng = np.random.default_rng(100 + case)
     x64, w64, b64 = rng.uniform(-1, 1, xs), rng.uniform(-1, 1, (k, xs[1], 3, 3)), rng.uniform(-1, 1, k)
     x, w, b = (a.astype(dtype) for a in (x64, w64, b64))
-    want = R.conv2d(x64, w64, b64, padding=pad)
+    want = R.conv2d(x64, w64, b64, stride=stride, padding=pad)
     dy64 = rng.uniform(-1, 1, want.shape)
     dy = dy64.astype(dtype)
     saved = [a.copy() for a in (x, w, b, dy)]
     wino._set_conv_winograd(2)
     before = wino._conv_winograd_calls()
-    y = F.conv2d(x, w, b, padding=pad)
-    gx, gw, gb = F.conv2d_backward(dy, x, w, padding=pad)
-    assert wino._conv_winograd_calls() - before == (3 if xs[0] > 0 else 0)  # y, gx, gw
-    rx, rw, rb = R.conv2d_backward(dy64, x64, w64, padding=pad)
+    y = F.conv2d(x, w, b, stride=stride, padding=pad)
+    gx, gw, gb = F.conv2d_backward(dy, x, w, stride=stride, padding=pad)
+    calls = 3 if stride == 1 else 2  # y, gx (stride 1 only), gw
+    assert wino._conv_winograd_calls() - before == (calls if xs[0] > 0 else 0)
+    rx, rw, rb = R.conv2d_backward(dy64, x64, w64, stride=stride, padding=pad)
     assert_close(y, want, dtype)
     assert_close(gx, rx, dtype)
     assert_close(gw, rw, dtype)
@@ -447,12 +452,38 @@ def test_winograd_auto_choice_agrees_with_im2col(wino, dtype):
     assert wino._conv_winograd_calls() - before == 2
 
 
+@pytest.mark.parametrize("xs,k,takes_fwd,takes_wgrad", [
+    ((4, 64, 28, 28), 64, True, True),     # 196 tiles of a 14x14 output
+    ((4, 16, 28, 28), 32, False, True),    # too few input channels for the forward
+    ((16, 64, 14, 14), 64, False, False),  # 7x7 output: 2x2 tiles overhang it by 64/49
+    ((1, 64, 28, 28), 64, False, False),   # 49 tiles
+])
+def test_winograd_stride2_auto_choice(wino, dtype, xs, k, takes_fwd, takes_wgrad):
+    """Default mode at stride 2: the forward needs >= 64 channels, both need >= 192 tiles that
+    cover the output with little overhang; taken or not, the results match the reference."""
+    rng = np.random.default_rng(123)
+    x, w, b = rand(rng, xs, dtype), rand(rng, (k, xs[1], 3, 3), dtype), rand(rng, (k,), dtype)
+    kw = dict(stride=2, padding=1)
+    x64, w64, b64 = (a.astype(np.float64) for a in (x, w, b))
+    want = R.conv2d(x64, w64, b64, **kw)
+    dy = rand(rng, want.shape, dtype)
+    before = wino._conv_winograd_calls()
+    y = F.conv2d(x, w, b, **kw)
+    assert wino._conv_winograd_calls() - before == takes_fwd
+    gx, gw, gb = F.conv2d_backward(dy, x, w, **kw)
+    assert wino._conv_winograd_calls() - before == takes_fwd + takes_wgrad
+    assert_close(y, want, dtype)
+    for got, ref in zip((gx, gw, gb), R.conv2d_backward(dy.astype(np.float64), x64, w64, **kw)):
+        assert_close(got, ref, dtype)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("shape,k,tiles,threads", [
-    ((1, 3, 5, 70), 4, 4, 1),     # a tile row (35 tiles) is cut into segments of <= 4 tiles
+    ((1, 3, 5, 70), 4, 4, 1),     # a tile row (35 tiles at stride 1) is cut into segments of <= 4 tiles
     ((3, 2, 9, 6), 3, 7, 1),      # chunks of whole tile rows
     ((2, 16, 24, 24), 16, 9, 2),  # big enough for threads: each thread gets its own slice
 ])
-def test_winograd_chunks_stay_under_workspace_cap(wino, dtype, shape, k, tiles, threads):
+def test_winograd_chunks_stay_under_workspace_cap(wino, dtype, shape, k, tiles, threads, stride):
     """A cap of the transformed weights plus `tiles` tiles (per thread) forces many chunks;
     the workspace peak stays under it (the weight gradient keeps a 16*C*K accumulator per
     thread, so it takes fewer tiles). A cap below one tile falls back to im2col."""
@@ -461,37 +492,44 @@ def test_winograd_chunks_stay_under_workspace_cap(wino, dtype, shape, k, tiles, 
     x, w, b = rand(rng, shape, dtype), rand(rng, (k, c, 3, 3), dtype), rand(rng, (k,), dtype)
     dy = rand(rng, (shape[0], k) + shape[2:], dtype)
     x64, w64, b64, dy64 = (a.astype(np.float64) for a in (x, w, b, dy))
-    want = R.conv2d(x64, w64, b64, padding=1)
-    _, want_gw, _ = R.conv2d_backward(dy64, x64, w64, padding=1)
-    want_gx = R.conv2d_backward(dy64, x64, w64, padding=1)[0]
+    kw = dict(stride=stride, padding=1)
+    want = R.conv2d(x64, w64, b64, **kw)
+    dy, dy64 = dy[:, :, ::stride, ::stride], dy64[:, :, ::stride, ::stride]
+    want_gx, want_gw, _ = R.conv2d_backward(dy64, x64, w64, **kw)
     item = np.dtype(dtype).itemsize
-    per_tile = (16 * (c + k) + 16) * item
+    values = 16 if stride == 1 else 25  # transformed values per tile and channel
+    per_tile = (values * (c + k) + (16 if stride == 1 else 30)) * item  # + row buffers
     cpu = _backend.cpu()
     wino._set_conv_winograd(2)
     strides_pad = 32 * (4096 + 320)  # per thread: the 4 KiB-staggered strides of the transforms
-    room = 16 * c * k * item + threads * (strides_pad + tiles * per_tile)
+    u_bytes = 16 * ((c * k * item + 4095) // 4096 * 4096 + 320)  # the 16 transformed weights, staggered
+    room = u_bytes + threads * (strides_pad + tiles * per_tile)
     for limit, takes in ((room, True), (16 * c * k * item, False)):
         F.set_conv_workspace_limit(limit)
         before = wino._conv_winograd_calls()
         cpu.conv_workspace_peak_bytes(True)
-        y = F.conv2d(x, w, b, padding=1)
+        y = F.conv2d(x, w, b, **kw)
         if takes:
             assert 0 < cpu.conv_workspace_peak_bytes() <= limit
-        gx, gw, _ = F.conv2d_backward(dy, x, w, padding=1, output_mask=(True, True, False))
+        gw = F.conv2d_backward(dy, x, w, **kw, output_mask=(False, True, False))[1]
         if takes:
             assert 0 < cpu.conv_workspace_peak_bytes() <= limit
-        assert wino._conv_winograd_calls() - before == (3 if takes else 0)
+        gx = F.conv2d_backward(dy, x, w, **kw, output_mask=(True, False, False))[0]
+        calls = 3 if stride == 1 else 2  # at stride 2 the input gradient is col2im's
+        assert wino._conv_winograd_calls() - before == (calls if takes else 0)
         assert_close(y, want, dtype)
         assert_close(gx, want_gx, dtype)
         assert_close(gw, want_gw, dtype)
 
 
-@pytest.mark.parametrize("xs,k,pad", [((2, 3, 5, 4), 2, 1), ((1, 2, 4, 5), 3, (2, 0))])
-def test_winograd_backward_matches_finite_differences(wino, xs, k, pad):
+@pytest.mark.parametrize("xs,k,kw", [((2, 3, 5, 4), 2, dict(padding=1)), ((1, 2, 4, 5), 3, dict(padding=(2, 0))),
+                                     ((2, 3, 7, 6), 2, dict(stride=2, padding=1)),
+                                     ((1, 2, 6, 9), 3, dict(stride=2, padding=(0, 2)))])
+def test_winograd_backward_matches_finite_differences(wino, xs, k, kw):
     wino._set_conv_winograd(2)
     fwd = lambda x, w, b, **kw: F.conv2d(x, w, b, **kw)  # noqa: E731
     before = wino._conv_winograd_calls()
-    _fd_check(fwd, xs, (k, xs[1], 3, 3), (k,), dict(padding=pad), F.conv2d_backward, np)
+    _fd_check(fwd, xs, (k, xs[1], 3, 3), (k,), kw, F.conv2d_backward, np)
     assert wino._conv_winograd_calls() > before
 
 
