@@ -1070,6 +1070,10 @@ void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
       winograd_conv3x3(g.N, g.K, g.Ho, g.Wo, g.C, g.H, g.W, 1, g.ph - 2, g.pw - 2, dy, w, true,
                        static_cast<const T*>(nullptr), dx))
     return;
+  // Stride 2: the adjoint of the stride-2 Winograd forward.
+  if (winograd_fits(g) == 2 && winograd_pays(g.N, g.C, g.K, g.Ho, g.Wo, 2, false) &&
+      winograd_conv3x3_input_grad(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, -g.ph, -g.pw, dy, w, dx))
+    return;
   const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
   if (g.pointwise()) {
     const int64_t parts = col_parts(g.N * g.G, L), items = g.N * g.G * parts;

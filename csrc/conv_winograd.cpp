@@ -125,7 +125,8 @@ struct Slots {
 // U[c][o][i] from g = W(o, i, ., .): stride 1 G g G^T, G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1];
 // stride 2 per axis [g0, g0 + g2, g2, g1].
 template <typename T, int S>
-void weight_transform(const T* w, bool flip, int64_t Cin, int64_t Cout, int64_t o, int64_t i, T* U, int64_t stride) {
+void weight_transform(const T* w, bool flip, int64_t Cin, int64_t Cout, int64_t o, int64_t i, T* U, int64_t stride,
+                      bool swap = false) {
   T g[3][3];
   const T* src = flip ? w + (i * Cout + o) * 9 : w + (o * Cin + i) * 9;
   for (int a = 0; a < 3; ++a)
@@ -145,7 +146,7 @@ void weight_transform(const T* w, bool flip, int64_t Cin, int64_t Cout, int64_t 
       tg[3][b] = g[1][b];
     }
   }
-  const int64_t at = o * Cin + i;
+  const int64_t at = swap ? i * Cout + o : o * Cin + i;  // swap: U[c][i][o]
   for (int a = 0; a < 4; ++a) {
     T* u = U + (a * 4) * stride + at;
     if (S == 1) {
@@ -577,6 +578,111 @@ bool conv3x3_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64
   return true;
 }
 
+// Stride 2, input gradient: the adjoint of conv3x3<T, 2>. Per tile dV_c = U_c^T Z_c (U stored
+// transposed, C x K: OpenBLAS packing a transposed U took 12% of the samples) with
+// Z = A dy A^T, and the 5x5 patch gradient B dV B^T is added into dx; per axis the adjoint
+// of B^T is dd = [t0, t3, t1 - t0 - t2, t4, t2] (t: entries 0, 1, 2, 3 sub 0, 3 sub 1).
+// Patches of neighbouring tiles share a row or column, so chunks run in two phases (even,
+// then odd chunks; chunks are whole tile rows, so chunk k and k + 2 never share a row) into
+// a dx zeroed first. Images whose tile rows need several chunks are declined (col2im).
+template <typename T>
+void input_grad_transform_s2(const Plan& p, const T* dV, int64_t r0, int64_t r1, T* dx, T* buf) {
+  const int64_t tw = p.TW, Tc = (r1 - r0) * tw, Wp = 4 * tw + 1;
+  const Slots<T, 2> sl(p.Cin, Tc);
+  const int64_t iw0 = p.ow;
+  const int64_t qlo = std::min(Wp, std::max<int64_t>(0, -iw0)), qhi = std::max(qlo, std::min(Wp, p.Win - iw0));
+  T* X[5];
+  for (int k = 0; k < 5; ++k) X[k] = buf + k * Wp;
+  for (int64_t i = 0; i < p.Cin; ++i) {
+    const T* e[5][5];
+    sl.entries(dV, i, Tc, e);
+    for (int64_t rr = 0; rr < r1 - r0; ++rr) {
+      const int64_t r = r0 + rr, n = r / p.TH, th = r % p.TH, t0 = rr * tw;
+      // Columns, per row entry k: x[4j] = v0[j] + v2[j-1], x[4j+1] = v3, x[4j+2] = v1 - v0 - v2,
+      // x[4j+3] = v4, and x[4 tw] = v2[tw-1].
+      for (int k = 0; k < 5; ++k) {
+        const T* v0 = e[k][0] + t0;
+        const T* v1 = e[k][1] + t0;
+        const T* v2 = e[k][2] + t0;
+        const T* v3 = e[k][3] + t0;
+        const T* v4 = e[k][4] + t0;
+        T* x = X[k];
+        x[0] = v0[0];
+        for (int64_t j = 1; j < tw; ++j) x[4 * j] = v0[j] + v2[j - 1];
+        for (int64_t j = 0; j < tw; ++j)
+          x[4 * j + 1] = v3[j], x[4 * j + 2] = v1[j] - v0[j] - v2[j], x[4 * j + 3] = v4[j];
+        x[4 * tw] = v2[tw - 1];
+      }
+      // Rows: physical rows [X0, X3, X1 - X0 - X2, X4, X2], added where they fall inside dx.
+      T* plane = dx + (n * p.Cin + i) * p.Hin * p.Win;
+      for (int a = 0; a < 5; ++a) {
+        const int64_t ih = 4 * th + p.oh + a;
+        if (ih < 0 || ih >= p.Hin || qlo >= qhi) continue;
+        T* d = plane + ih * p.Win + iw0;
+        if (a == 2) {
+          for (int64_t q = qlo; q < qhi; ++q) d[q] += X[1][q] - X[0][q] - X[2][q];
+        } else {
+          const T* s = X[a == 0 ? 0 : a == 1 ? 3 : a == 3 ? 4 : 2];
+          for (int64_t q = qlo; q < qhi; ++q) d[q] += s[q];
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+bool conv3x3_input_grad_s2(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
+                           int64_t off_h, int64_t off_w, const T* dy, const T* w, T* dx) {
+  // Plan roles: Cin = C (dx channels), Cout = K (dy channels).
+  Plan p{N, C, H, W, K, Ho, Wo, off_h, off_w, (Ho + 1) / 2, (Wo + 1) / 2, 0, 0, 0, 0, 0};
+  p.rows = N * p.TH;
+  const int64_t elem = sizeof(T), us = pad_stride<T>(K * C), ubytes = 16 * us * elem;
+  int nt;
+  constexpr int64_t E = tile_values<2>(), rb = row_buf<2>(1, 1);
+  if (!make_plan(p, ubytes, 32 * kStridePad, (E * (C + K) + rb) * elem, nt) || p.segs != 1) return false;
+  if (nt > 1) {  // every phase gets a chunk per thread where the rows allow
+    p.nchunks = std::min(p.rows, (p.nchunks + 2 * nt - 1) / (2 * nt) * (2 * nt));
+    p.tmax = ((p.rows + p.nchunks - 1) / p.nchunks) * p.TW;
+  }
+  const int64_t vsz = Slots<T, 2>(C, p.tmax).size(), zsz = Slots<T, 2>(K, p.tmax).size();
+  const int64_t bsz = row_buf<2>(p.twmax, p.tmax);
+  const int64_t per_thread = vsz + zsz + bsz;
+  T* ws = static_cast<T*>(conv_workspace(ubytes + nt * per_thread * elem));
+  T* U = ws;
+  g_wino_calls.fetch_add(1);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+#pragma omp for schedule(static) nowait
+    // Blocks of 32 output channels: the 32 weight rows read stay in L1, the stores are runs of 32.
+    for (int64_t bi = 0; bi < (K + 31) / 32 * C; ++bi) {
+      const int64_t o0 = bi / C * 32, i = bi % C;
+      for (int64_t o = o0; o < std::min(K, o0 + 32); ++o) weight_transform<T, 2>(w, false, C, K, o, i, U, us, true);
+    }
+#pragma omp for schedule(static)
+    for (int64_t pl = 0; pl < N * C; ++pl) std::fill(dx + pl * H * W, dx + (pl + 1) * H * W, T(0));
+    T* dV = ws + 16 * us + thread_id() * per_thread;
+    T* Z = dV + vsz;
+    T* buf = Z + zsz;
+    for (int phase = 0; phase < 2; ++phase) {
+#pragma omp for schedule(static)
+      for (int64_t k = phase; k < p.nchunks; k += 2) {
+        int64_t r0, r1, c0, c1;
+        p.chunk(k, r0, r1, c0, c1);
+        const int64_t Tc = (r1 - r0) * p.TW;
+        if (Tc == 0) continue;
+        grad_output_transform<T, 2>(p, dy, r0, r1, c0, c1, Z, buf);
+        const Slots<T, 2> sv(C, Tc), sz(K, Tc);
+        for (int c = 0; c < 16; ++c) {
+          const int64_t cols = class_mult<2>(c) * Tc;
+          gemm(false, false, C, cols, K, T(1), U + c * us, K, Z + sz.off[c], cols, T(0), dV + sv.off[c], cols);
+        }
+        input_grad_transform_s2(p, dV, r0, r1, dx, buf);
+      }
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 template <typename T>
@@ -588,6 +694,14 @@ bool winograd_conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t 
   if (stride == 2 && !flip)
     return conv3x3<T, 2>(N, Cin, Hin, Win, Cout, Hout, Wout, off_h, off_w, in, w, flip, bias, out);
   return false;
+}
+
+template <typename T>
+bool winograd_conv3x3_input_grad(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
+                                 int64_t off_h, int64_t off_w, const T* dy, const T* w, T* dx) {
+  if (N == 0 || C == 0 || H == 0 || W == 0) return true;  // nothing to write
+  if (K == 0 || Ho == 0 || Wo == 0) return false;       // the caller zero-fills
+  return conv3x3_input_grad_s2<T>(N, C, H, W, K, Ho, Wo, off_h, off_w, dy, w, dx);
 }
 
 template <typename T>
@@ -603,6 +717,11 @@ template bool winograd_conv3x3_weight<float>(int64_t, int64_t, int64_t, int64_t,
                                              int64_t, int64_t, int64_t, const float*, const float*, float*);
 template bool winograd_conv3x3_weight<double>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                               int64_t, int64_t, int64_t, const double*, const double*, double*);
+
+template bool winograd_conv3x3_input_grad<float>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                                 int64_t, int64_t, const float*, const float*, float*);
+template bool winograd_conv3x3_input_grad<double>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                                  int64_t, int64_t, const double*, const double*, double*);
 
 template bool winograd_conv3x3<float>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                       int64_t, int64_t, const float*, const float*, bool, const float*, float*);

@@ -26,6 +26,12 @@ template <typename T>
 bool winograd_conv3x3_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
                              int64_t stride, int64_t off_h, int64_t off_w, const T* x, const T* dy, T* dw);
 
+// dx (N x C x H x W) = gradient of the stride-2 forward call above (off = -pad, w is K x C x 3 x 3)
+// w.r.t. its input, from dy (N, K, Ho, Wo). False: declined (nothing written; the caller takes col2im).
+template <typename T>
+bool winograd_conv3x3_input_grad(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
+                                 int64_t off_h, int64_t off_w, const T* dy, const T* w, T* dx);
+
 // Whether the Winograd path is worth taking for this batch, channel counts, output size and stride,
 // for the convolution (weight_grad false) or its weight gradient.
 bool winograd_pays(int64_t N, int64_t Cin, int64_t Cout, int64_t Hout, int64_t Wout, int64_t stride,
