@@ -23,8 +23,8 @@
 //   y0 = m0 + m1 + m3, y1 = m1 + m2 + m4   (all weights +-1: error at the im2col level).
 // 2-D: 25 products per tile against 36 (1.44x fewer multiplies). Positions 3 and 4 share the
 // kernel value g1, so they form one GEMM class of two columns per tile: 16 GEMMs again,
-// 9 of Tc columns, 6 of 2 Tc and 1 of 4 Tc. Its backward input is a transposed convolution
-// and stays on col2im; the weight gradient takes this path too.
+// 9 of Tc columns, 6 of 2 Tc and 1 of 4 Tc. The weight gradient takes this path too, and the
+// input gradient runs its adjoint (conv3x3_input_grad_s2).
 // Layout: NCHW in/out, C-contiguous; U[c][o][i], V[c][i][t], M[c][o][t] (t = tile in chunk,
 // a class's sub-columns side by side); class matrices 4 KiB-staggered (see kStridePad).
 // Weight gradient: dU_e = sum_tiles Z_e V_e^T with Z = A dy A^T (derivation at the function).
