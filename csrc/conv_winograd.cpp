@@ -585,6 +585,8 @@ bool conv3x3_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64
 // Patches of neighbouring tiles share a row or column, so chunks run in two phases (even,
 // then odd chunks; chunks are whole tile rows, so chunk k and k + 2 never share a row) into
 // a dx zeroed first. Images whose tile rows need several chunks are declined (col2im).
+// Accuracy: the patch's middle row and column sum three products that largely cancel, so the
+// float32 error is ~2.5x im2col's (1.1e-6 against 4e-7 normwise at 128-512 channels).
 template <typename T>
 void input_grad_transform_s2(const Plan& p, const T* dV, int64_t r0, int64_t r1, T* dx, T* buf) {
   const int64_t tw = p.TW, Tc = (r1 - r0) * tw, Wp = 4 * tw + 1;
