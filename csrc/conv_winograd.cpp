@@ -172,6 +172,7 @@ struct Plan {
   int64_t nchunks;   // chunks: groups of whole rows (segs == 1) or single row segments
   int64_t tmax;      // most tiles in one chunk
   int64_t twmax;     // most tiles of one row in one chunk
+  int64_t split = 1; // the chunk count is a multiple of this (where the rows allow)
   // chunk -> tile rows [r0, r1), tiles [c0, c1) of each row
   void chunk(int64_t k, int64_t& r0, int64_t& r1, int64_t& c0, int64_t& c1) const {
     if (segs == 1) {
@@ -369,14 +370,18 @@ bool make_plan(Plan& p, int64_t shared, int64_t fixed, int64_t per_tile, int& nt
   // At least 128 tiles per chunk where the cap allows: each GEMM re-packs its U_e (C x K), so
   // narrow chunks with many channels spend their time packing.
   const int64_t want = std::max(g_wino_chunk_bytes.load(), 128 * per_tile);
-  int64_t tmax = std::min(want, (cap - shared) / nt - fixed) / per_tile;
-  if (tmax < 1 && nt > 1) nt = 1, tmax = (cap - shared - fixed) / per_tile;
+  // The tiles are cut as for max(nt, 2) threads, so that 1 and 2 threads cut them alike:
+  // OpenBLAS's sums depend on a GEMM's column count, and 1 vs 2 threads must give the same
+  // bits (the forward and input gradient; not where the cap fits one thread's slice only).
+  p.split = std::max(nt, 2);
+  int64_t tmax = std::min(want, (cap - shared) / p.split - fixed) / per_tile;
+  if (tmax < 1) nt = 1, p.split = 1, tmax = (cap - shared - fixed) / per_tile;
   if (tmax < 1) return false;  // cap too small even for one tile: im2col's problem
   tmax = std::min(tmax, p.rows * p.TW);
   if (p.TW <= tmax) {
     const int64_t rpc = tmax / p.TW;
     int64_t nch = (p.rows + rpc - 1) / rpc;
-    nch = std::min(p.rows, (nch + nt - 1) / nt * nt);  // a multiple of nt where rows allow
+    nch = std::min(p.rows, (nch + p.split - 1) / p.split * p.split);  // a multiple of split where rows allow
     p.segs = 1, p.nchunks = nch;
     p.tmax = ((p.rows + nch - 1) / nch) * p.TW, p.twmax = p.TW;
   } else {
@@ -501,8 +506,8 @@ bool conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t Cout, int
 //   dU = sum_tiles (A dy_tile A^T) .* V   and   dw = G^T dU G.
 // Per class c the tile sum is a GEMM: dU_c (K x C) += Z_c (K x cols) @ V_c^T (cols x C); at
 // stride 2 the two sub-columns of a shared kernel value sum in the same GEMM.
-// Each thread accumulates its own dU over its chunks; the per-thread sums are added in
-// thread order (deterministic for a given thread count).
+// Accumulators of fixed chunk ranges (see p.split), added in order: deterministic, and the
+// same bits for 1 and 2 threads.
 template <typename T, int S>
 bool conv3x3_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo, int64_t off_h,
                     int64_t off_w, const T* x, const T* dy, T* dw) {
@@ -514,37 +519,40 @@ bool conv3x3_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64
   if (!make_plan(p, 0, usz * elem + 32 * kStridePad, (E * (C + K) + rb) * elem, nt)) return false;
   const int64_t vsz = Slots<T, S>(C, p.tmax).size(), zsz = Slots<T, S>(K, p.tmax).size();
   const int64_t bsz = row_buf<S>(p.twmax, p.tmax);
-  const int64_t per_thread = usz + vsz + zsz + bsz;
-  T* ws = static_cast<T*>(conv_workspace(nt * per_thread * elem));
+  // p.split accumulators, each the sum of a fixed range of chunks, added in order at the end:
+  // the same sums for 1 and 2 threads (a thread per accumulator, or one thread for all).
+  const int64_t split = p.split, per_thread = vsz + zsz + bsz;
+  T* ws = static_cast<T*>(conv_workspace((split * usz + nt * per_thread) * elem));
   g_wino_calls.fetch_add(1);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    T* dU = ws + thread_id() * per_thread;
-    T* V = dU + usz;
+    T* V = ws + split * usz + thread_id() * per_thread;
     T* Z = V + vsz;
     T* buf = Z + zsz;
-    std::fill(dU, dU + usz, T(0));
-#pragma omp for schedule(static)
-    for (int64_t k = 0; k < p.nchunks; ++k) {
-      int64_t r0, r1, c0, c1;
-      p.chunk(k, r0, r1, c0, c1);
-      const int64_t Tc = (r1 - r0) * (c1 - c0);
-      if (Tc == 0) continue;
-      input_transform<T, S>(p, x, r0, r1, c0, c1, V, buf);
-      grad_output_transform<T, S>(p, dy, r0, r1, c0, c1, Z, buf);
-      const Slots<T, S> sv(C, Tc), sz(K, Tc);
-      for (int c = 0; c < 16; ++c) {
-        const int64_t cols = class_mult<S>(c) * Tc;
-        gemm(false, true, K, C, cols, T(1), Z + sz.off[c], cols, V + sv.off[c], cols, T(1), dU + c * us, C);
+    for (int64_t a = thread_id(); a < split; a += team_size()) {
+      T* dU = ws + a * usz;
+      std::fill(dU, dU + usz, T(0));
+      for (int64_t k = p.nchunks * a / split; k < p.nchunks * (a + 1) / split; ++k) {
+        int64_t r0, r1, c0, c1;
+        p.chunk(k, r0, r1, c0, c1);
+        const int64_t Tc = (r1 - r0) * (c1 - c0);
+        if (Tc == 0) continue;
+        input_transform<T, S>(p, x, r0, r1, c0, c1, V, buf);
+        grad_output_transform<T, S>(p, dy, r0, r1, c0, c1, Z, buf);
+        const Slots<T, S> sv(C, Tc), sz(K, Tc);
+        for (int c = 0; c < 16; ++c) {
+          const int64_t cols = class_mult<S>(c) * Tc;
+          gemm(false, true, K, C, cols, T(1), Z + sz.off[c], cols, V + sv.off[c], cols, T(1), dU + c * us, C);
+        }
       }
     }
-    // implicit barrier: every thread's dU is complete
+#pragma omp barrier
 #pragma omp for schedule(static)
     for (int64_t kc = 0; kc < K * C; ++kc) {
       T u[16];
       for (int e = 0; e < 16; ++e) {
         T acc = 0;
-        for (int t = 0; t < nt; ++t) acc += ws[t * per_thread + e * us + kc];
+        for (int64_t a = 0; a < split; ++a) acc += ws[a * usz + e * us + kc];
         u[e] = acc;
       }
       T r[3][4];
@@ -644,10 +652,9 @@ bool conv3x3_input_grad_s2(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K
   int nt;
   constexpr int64_t E = tile_values<2>(), rb = row_buf<2>(1, 1);
   if (!make_plan(p, ubytes, 32 * kStridePad, (E * (C + K) + rb) * elem, nt) || p.segs != 1) return false;
-  if (nt > 1) {  // every phase gets a chunk per thread where the rows allow
-    p.nchunks = std::min(p.rows, (p.nchunks + 2 * nt - 1) / (2 * nt) * (2 * nt));
-    p.tmax = ((p.rows + p.nchunks - 1) / p.nchunks) * p.TW;
-  }
+  // Every phase gets a chunk per thread where the rows allow (cut alike for 1 and 2 threads).
+  p.nchunks = std::min(p.rows, (p.nchunks + 2 * p.split - 1) / (2 * p.split) * (2 * p.split));
+  p.tmax = ((p.rows + p.nchunks - 1) / p.nchunks) * p.TW;
   const int64_t vsz = Slots<T, 2>(C, p.tmax).size(), zsz = Slots<T, 2>(K, p.tmax).size();
   const int64_t bsz = row_buf<2>(p.twmax, p.tmax);
   const int64_t per_thread = vsz + zsz + bsz;
