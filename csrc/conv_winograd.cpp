@@ -663,8 +663,8 @@ bool conv3x3_input_grad_s2(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K
   g_wino_calls.fetch_add(1);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-#pragma omp for schedule(static) nowait
     // Blocks of 32 output channels: the 32 weight rows read stay in L1, the stores are runs of 32.
+#pragma omp for schedule(static) nowait
     for (int64_t bi = 0; bi < (K + 31) / 32 * C; ++bi) {
       const int64_t o0 = bi / C * 32, i = bi % C;
       for (int64_t o = o0; o < std::min(K, o0 + 32); ++o) weight_transform<T, 2>(w, false, C, K, o, i, U, us, true);
