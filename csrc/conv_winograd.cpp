@@ -185,18 +185,33 @@ struct Plan {
   }
 };
 
-// A tile covers 2x2 outputs and reads an n x n input patch every 2*S inputs.
-template <int S>
-constexpr int patch() {
-  return S + 3;
-}
 // Row buffer elements: n input rows of a chunk's tiles, or 2 output rows of all its tiles
 // (tw tiles per row, tiles in all).
 template <int S>
 constexpr int64_t row_buf(int64_t tw, int64_t tiles) {
   if (S == 2) return 5 * (4 * tiles + 1) + 5 * tiles;  // input_transform_s2 (tiles >= its rows)
-  return std::max<int64_t>(patch<S>() * (2 * S * tw + patch<S>() - 2 * S), 4 * tiles);
+  return std::max<int64_t>(4 * (2 * tw + 2), 4 * tiles);
 }
+
+// The Wp input columns a chunk's patches span from column iw0, of which [qlo, qhi) lie inside
+// the image; load() copies one input row (zeros outside the image).
+struct Cols {
+  int64_t Wp, iw0, qlo, qhi;
+  Cols(const Plan& p, int64_t Wp_, int64_t iw0_) : Wp(Wp_), iw0(iw0_) {
+    qlo = std::min(Wp, std::max<int64_t>(0, -iw0));
+    qhi = std::max(qlo, std::min(Wp, p.Win - iw0));
+  }
+  template <typename T>
+  void load(const Plan& p, const T* plane, int64_t ih, T* d) const {
+    if (ih < 0 || ih >= p.Hin) {
+      std::fill(d, d + Wp, T(0));
+      return;
+    }
+    std::fill(d, d + qlo, T(0));
+    if (qlo < qhi) std::memcpy(d + qlo, plane + ih * p.Win + iw0 + qlo, (size_t)(qhi - qlo) * sizeof(T));
+    std::fill(d + qhi, d + Wp, T(0));
+  }
+};
 
 // Stride 2: V[c][i][t] for the chunk's tiles. The chunk's tile rows are laid end to end
 // (4*tw inputs each) in 5 rows of buf, so the column pass is one loop over all its tiles
@@ -207,8 +222,7 @@ template <typename T>
 void input_transform_s2(const Plan& p, const T* in, int64_t r0, int64_t r1, int64_t c0, int64_t c1, T* V, T* buf) {
   const int64_t tw = c1 - c0, nr = r1 - r0, Tc = nr * tw, Wp = 4 * tw + 1, Lb = 4 * Tc + 1;
   const Slots<T, 2> sl(p.Cin, Tc);
-  const int64_t iw0 = 4 * c0 + p.ow;
-  const int64_t qlo = std::min(Wp, std::max<int64_t>(0, -iw0)), qhi = std::max(qlo, std::min(Wp, p.Win - iw0));
+  const Cols cols(p, Wp, 4 * c0 + p.ow);
   T* s[5];
   T* ext[5];
   for (int a = 0; a < 5; ++a) s[a] = buf + a * Lb, ext[a] = buf + 5 * Lb + a * nr;
@@ -218,14 +232,7 @@ void input_transform_s2(const Plan& p, const T* in, int64_t r0, int64_t r1, int6
       const T* plane = in + (nn * p.Cin + i) * p.Hin * p.Win;
       for (int a = 0; a < 5; ++a) {
         T* d = s[a] + rr * 4 * tw;
-        const int64_t ih = 4 * th + p.oh + a;
-        if (ih < 0 || ih >= p.Hin) {
-          std::fill(d, d + Wp, T(0));
-        } else {
-          std::fill(d, d + qlo, T(0));
-          if (qlo < qhi) std::memcpy(d + qlo, plane + ih * p.Win + iw0 + qlo, (size_t)(qhi - qlo) * sizeof(T));
-          std::fill(d + qhi, d + Wp, T(0));
-        }
+        cols.load(p, plane, 4 * th + p.oh + a, d);
         ext[a][rr] = d[4 * tw];
       }
     }
@@ -236,14 +243,15 @@ void input_transform_s2(const Plan& p, const T* in, int64_t r0, int64_t r1, int6
     }
     for (int64_t rr = 0; rr < nr; ++rr) ext[0][rr] -= ext[2][rr], ext[4][rr] -= ext[2][rr];
     const int phys[5] = {0, 2, 4, 1, 3};
+    T* e5[5][5];
+    sl.entries(V, i, Tc, e5);
     for (int k = 0; k < 5; ++k) {
-      const int a = k < 3 ? k : 3, ra = k < 3 ? 0 : k - 3;
       const T* x = s[phys[k]];
-      T* v0 = V + sl.at(4 * a, i, ra, Tc, 0);
-      T* v1 = V + sl.at(4 * a + 1, i, ra, Tc, 0);
-      T* v2 = V + sl.at(4 * a + 2, i, ra, Tc, 0);
-      T* v3 = V + sl.at(4 * a + 3, i, 2 * ra, Tc, 0);
-      T* v4 = v3 + Tc;
+      T* v0 = e5[k][0];
+      T* v1 = e5[k][1];
+      T* v2 = e5[k][2];
+      T* v3 = e5[k][3];
+      T* v4 = e5[k][4];
 #pragma omp simd
       for (int64_t j = 0; j < Tc; ++j) {
         const T x0 = x[4 * j], x1 = x[4 * j + 1], x2 = x[4 * j + 2], x3 = x[4 * j + 3], x4 = x[4 * j + 4];
@@ -265,27 +273,17 @@ void input_transform(const Plan& p, const T* in, int64_t r0, int64_t r1, int64_t
     input_transform_s2(p, in, r0, r1, c0, c1, V, buf);
     return;
   }
-  constexpr int n = patch<S>(), step = 2 * S;
-  const int64_t tw = c1 - c0, Tc = (r1 - r0) * tw, Wp = step * tw + n - step;
+  // A tile covers 2x2 outputs and reads a 4x4 input patch every 2 inputs.
+  const int64_t tw = c1 - c0, Tc = (r1 - r0) * tw, Wp = 2 * tw + 2;
   const Slots<T, S> sl(p.Cin, Tc);
-  const int64_t iw0 = step * c0 + p.ow;
-  const int64_t qlo = std::min(Wp, std::max<int64_t>(0, -iw0)), qhi = std::max(qlo, std::min(Wp, p.Win - iw0));
-  T* s[n];
-  for (int a = 0; a < n; ++a) s[a] = buf + a * Wp;
+  const Cols cols(p, Wp, 2 * c0 + p.ow);
+  T* s[4];
+  for (int a = 0; a < 4; ++a) s[a] = buf + a * Wp;
   for (int64_t i = 0; i < p.Cin; ++i) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t nn = r / p.TH, th = r % p.TH, t0 = (r - r0) * tw;
       const T* plane = in + (nn * p.Cin + i) * p.Hin * p.Win;
-      for (int a = 0; a < n; ++a) {
-        const int64_t ih = step * th + p.oh + a;
-        if (ih < 0 || ih >= p.Hin) {
-          std::fill(s[a], s[a] + Wp, T(0));
-          continue;
-        }
-        std::fill(s[a], s[a] + qlo, T(0));
-        if (qlo < qhi) std::memcpy(s[a] + qlo, plane + ih * p.Win + iw0 + qlo, (size_t)(qhi - qlo) * sizeof(T));
-        std::fill(s[a] + qhi, s[a] + Wp, T(0));
-      }
+      for (int a = 0; a < 4; ++a) cols.load(p, plane, 2 * th + p.oh + a, s[a]);
       // Rows: B^T d (in place, all columns at once).
       for (int64_t q = 0; q < Wp; ++q) {
         const T d0 = s[0][q], d1 = s[1][q], d2 = s[2][q], d3 = s[3][q];
@@ -601,8 +599,8 @@ template <typename T>
 void input_grad_transform_s2(const Plan& p, const T* dV, int64_t r0, int64_t r1, T* dx, T* buf) {
   const int64_t tw = p.TW, Tc = (r1 - r0) * tw, Wp = 4 * tw + 1;
   const Slots<T, 2> sl(p.Cin, Tc);
-  const int64_t iw0 = p.ow;
-  const int64_t qlo = std::min(Wp, std::max<int64_t>(0, -iw0)), qhi = std::max(qlo, std::min(Wp, p.Win - iw0));
+  const Cols cols(p, Wp, p.ow);
+  const int64_t qlo = cols.qlo, qhi = cols.qhi;
   T* X[5];
   for (int k = 0; k < 5; ++k) X[k] = buf + k * Wp;
   for (int64_t i = 0; i < p.Cin; ++i) {
@@ -630,7 +628,7 @@ void input_grad_transform_s2(const Plan& p, const T* dV, int64_t r0, int64_t r1,
       for (int a = 0; a < 5; ++a) {
         const int64_t ih = 4 * th + p.oh + a;
         if (ih < 0 || ih >= p.Hin || qlo >= qhi) continue;
-        T* d = plane + ih * p.Win + iw0;
+        T* d = plane + ih * p.Win + cols.iw0;
         if (a == 2) {
           for (int64_t q = qlo; q < qhi; ++q) d[q] += X[1][q] - X[0][q] - X[2][q];
         } else {
