@@ -130,6 +130,17 @@ inline void stream_copy(void* dst, const void* src, size_t bytes, bool fence = t
 #endif
 }
 
+// Streams 16 bytes from s to d (d 16-byte aligned) and zeroes them in s.
+inline void stream_move16(char* d, char* s) {
+#if defined(__SSE2__)
+  _mm_stream_si128(reinterpret_cast<__m128i*>(d), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(s), _mm_setzero_si128());
+#else
+  std::memcpy(d, s, 16);
+  std::memset(s, 0, 16);
+#endif
+}
+
 // Orders the non-temporal stores of stream_copy(..., fence=false) calls before later stores.
 inline void stream_fence() {
 #if defined(__SSE2__)
