@@ -11,6 +11,7 @@
 #include <cstring>
 #include <cstdint>
 #include <exception>
+#include <fstream>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -139,6 +140,27 @@ inline void stream_move16(char* d, char* s) {
   std::memcpy(d, s, 16);
   std::memset(s, 0, 16);
 #endif
+}
+
+// The last-level cache a core shares, in bytes: Linux sysfs (sysconf reports the whole
+// package's L3 on multi-CCX AMD parts, 256 MiB where a core sees 16 MiB), else 32 MiB.
+inline int64_t last_level_cache_bytes() {
+  static const int64_t bytes = [] {
+    int64_t best = 0;
+    for (int i = 0; i < 8; ++i) {
+      const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+      std::ifstream level(dir + "level"), size(dir + "size");
+      int lv = 0;
+      int64_t v = 0;
+      std::string unit;
+      if (!(level >> lv) || !(size >> v)) continue;
+      size >> unit;
+      v <<= unit == "K" ? 10 : unit == "M" ? 20 : 0;
+      if (lv >= 2 && v > best) best = v;
+    }
+    return best > 0 ? best : int64_t(32) << 20;
+  }();
+  return bytes;
 }
 
 // Orders the non-temporal stores of stream_copy(..., fence=false) calls before later stores.

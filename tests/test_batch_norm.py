@@ -224,6 +224,24 @@ def test_backward_parity_past_the_cache_threshold(xp, training):
             assert_close(g, r, np.float32, factor=4)
 
 
+@pytest.mark.parametrize("dtype,shape", [(np.float32, (8, 61, 53, 59)), (np.float64, (4, 61, 53, 59))])
+def test_backward_parity_streamed_past_the_last_level_cache(xp, dtype, shape):
+    # x, dy and dx of 18.3 MB: over a 16 MiB last-level cache the CPU's streaming apply writes
+    # dx a 16 KiB chunk at a time with non-temporal stores (chunks ending on 64-byte
+    # boundaries, planes of an odd 53 * 59 crossing them); with a larger cache, the plain apply.
+    rng = np.random.default_rng(9)
+    x = rand(rng, shape, dtype, xp, -2.0, 3.0)
+    dy = rand(rng, shape, dtype, xp)
+    w = xp.asarray(rng.uniform(0.5, 2.0, shape[1]).astype(dtype))
+    _, mean, invstd = F.batch_norm_forward(x, None, None, w, None, training=True)
+    for training in (True, False):
+        got = F.batch_norm_backward(dy, x, w, mean, invstd, training=training)
+        want = R.batch_norm_backward(_f64(dy), _f64(x), _f64(w), _f64(mean), _f64(invstd),
+                                     training=training)
+        for g, r in zip(got, want):
+            assert_close(g, r, dtype, factor=4)
+
+
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("shape", [(3, 2, 2, 3), (5, 3)])
 def test_backward_matches_finite_differences(xp, training, shape):
