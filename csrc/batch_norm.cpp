@@ -312,7 +312,8 @@ void write_range(T* dst, int64_t e0, int64_t e1, bool stream, F&& apply) {
   for (int64_t e = e0; e < e1;) {
     int64_t n = std::min(kChunk, e1 - e);
     // Chunks end on dst's 64-byte boundaries: no cache line is split between two copies.
-    if (e + n < e1) n -= static_cast<int64_t>((reinterpret_cast<uintptr_t>(dst + e + n) & 63) / sizeof(T));
+    if (e + n < e1)
+      n -= static_cast<int64_t>((reinterpret_cast<uintptr_t>(dst + e + n) & 63) / sizeof(T));
     apply(e, e + n, buf);
     stream_copy(dst + e, buf, static_cast<size_t>(n) * sizeof(T), false);
     e += n;
@@ -446,7 +447,8 @@ void forward_eval(const T* x, const T* w, const T* b, const T* rm, const T* rv, 
   {
     // One contiguous run of planes per thread: x and y stream in order.
     const int64_t nt = team_size(), t = thread_id();
-    range_apply(x, y + planes * t / nt * S, planes * t / nt * S, planes * (t + 1) / nt * S, C, S, par.data());
+    const int64_t e0 = planes * t / nt * S, e1 = planes * (t + 1) / nt * S;
+    range_apply(x, y + e0, e0, e1, C, S, par.data());
   }
 }
 
@@ -559,8 +561,11 @@ void backward(const T* dy, const T* x, const T* w, const T* mean_p, const T* inv
     }
     if (stream && M > 0) {  // after the loop's barrier: every channel's coefficients are in `all`
       const int64_t nt = team_size(), t = thread_id(), planes = N * C;
+      const T* par = all.data();
       write_range(dx, planes * t / nt * S, planes * (t + 1) / nt * S, past_cache,
-                  [&](int64_t b, int64_t e, T* out) { range_bwd_apply(dy, x, out, b, e, C, S, all.data()); });
+                  [&](int64_t b, int64_t e, T* out) {
+                    range_bwd_apply(dy, x, out, b, e, C, S, par);
+                  });
     }
   }
 }
