@@ -297,12 +297,13 @@ inline int64_t block_channels(int64_t C, int64_t bytes_per_channel) {
 // ---------------------------------------------------------------- drivers
 
 constexpr int64_t kStreamBytes = int64_t(24) << 20;
+constexpr int64_t kLongRunBytes = int64_t(8) << 10;
 
 // Writes dst[e0, e1) through apply(b, e, out) (which fills out[0, e - b) with elements [b, e)):
 // straight into dst, or, with `stream`, a chunk at a time into an L1 buffer that goes out with
 // non-temporal stores, so that the output neither reads its lines first nor evicts the inputs.
 template <typename T, typename F>
-void write_range(T* dst, int64_t e0, int64_t e1, bool stream, F&& apply) {
+void write_range(T* dst, int64_t e0, int64_t e1, bool stream, F&& apply, bool fence = true) {
   if (!stream) {
     apply(e0, e1, dst + e0);
     return;
@@ -318,7 +319,7 @@ void write_range(T* dst, int64_t e0, int64_t e1, bool stream, F&& apply) {
     stream_copy(dst + e, buf, static_cast<size_t>(n) * sizeof(T), false);
     e += n;
   }
-  stream_fence();
+  if (fence) stream_fence();
 }
 
 struct Dims {
@@ -527,17 +528,26 @@ void backward(const T* dy, const T* x, const T* w, const T* mean_p, const T* inv
   // block by block, so each block's apply rereads x and dy from L2, not DRAM (10-20% faster
   // at 16-32x64x56x56). The threshold sits below the 32 MiB L3 of the machine measured.
   const int64_t bytes3 = 3 * N * C * S * static_cast<int64_t>(sizeof(T));
-  const bool stream = dx != nullptr && bytes3 <= kStreamBytes;
+  bool stream = dx != nullptr && bytes3 <= kStreamBytes;
   // x, dy and dx more than the last-level cache: dx goes out with non-temporal stores, so that
   // it neither reads its lines first nor evicts the x and dy that the apply rereads. 8x64x56x56
-  // (19.3 MB) against a 16 MiB L3: 14-18% faster in-process; 4x64x56x56 (9.6 MB, all in
-  // cache) was 35% slower that way.
+  // (19.3 MB) against a 16 MiB L3: 14-18% faster in-process (before block_stream below took that
+  // shape); 4x64x56x56 (9.6 MB, all in cache) was 35% slower that way.
   const bool past_cache = bytes3 > last_level_cache_bytes();
-  std::vector<T> all(stream ? static_cast<size_t>(C) * 5 : 0);
+  // Past the last-level cache with long runs per sample (a block's cb * S values), block by block
+  // with non-temporal dx instead: the apply rereads x and dy from L2 and dx neither reads its lines
+  // nor evicts them. Against a 16 MiB L3, alternating processes: 8x64x56x56 and 2x64x112x112
+  // (19.3 MB) 0.51-0.54 against 0.59-0.61 ms and 0.51 against 0.57-0.59; 4x64x112x112 (38.5 MB,
+  // past kStreamBytes) 1.31-1.33 against 1.37-1.40 ms, 16x64x56x56 the same. With short runs it
+  // loses: 32x256x14x14 (runs of 3.9 KB) 0.89-0.91 against 0.74-0.76 ms, so those keep the rest.
+  const bool block_stream =
+      dx != nullptr && past_cache && cb * S * static_cast<int64_t>(sizeof(T)) >= kLongRunBytes;
+  if (block_stream) stream = false;
+  std::vector<T> all(stream || block_stream ? static_cast<size_t>(C) * 5 : 0);
 #pragma omp parallel if (parallel_worth(d))
   {
     std::vector<double> scratch(static_cast<size_t>(cb) * (2 * kLanes + 3));
-    std::vector<T> par(stream ? 0 : static_cast<size_t>(cb) * 5);
+    std::vector<T> par(stream || block_stream ? 0 : static_cast<size_t>(cb) * 5);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t blk = 0; blk < nblocks; ++blk) {
       const int64_t c0 = blk * cb, nc = std::min(cb, C - c0);
@@ -551,14 +561,23 @@ void backward(const T* dy, const T* x, const T* w, const T* mean_p, const T* inv
       } else {
         for (int64_t j = 0; j < nc; ++j) sdy[j] = sdyx[j] = 0.0;
       }
-      T* pb = stream ? all.data() + 5 * c0 : par.data();
+      T* pb = stream || block_stream ? all.data() + 5 * c0 : par.data();
       for (int64_t j = 0; j < nc; ++j) {
         T* pj = pb + 5 * j;
         coeffs(c0 + j, sdy[j], sdyx[j], pj[2], pj[3], pj[4]);
         split(mean[j], pj[0], pj[1]);
       }
-      if (!stream && dx && M > 0) block_bwd_apply(dy + c0 * S, x + c0 * S, dx + c0 * S, N, C * S, S, nc, pb);
+      if (block_stream && M > 0) {
+        for (int64_t n = 0; n < N; ++n)
+          write_range(
+              dx, (n * C + c0) * S, (n * C + c0 + nc) * S, true,
+              [&](int64_t b, int64_t e, T* out) { range_bwd_apply(dy, x, out, b, e, C, S, all.data()); },
+              false);
+      } else if (!stream && dx && M > 0) {
+        block_bwd_apply(dy + c0 * S, x + c0 * S, dx + c0 * S, N, C * S, S, nc, pb);
+      }
     }
+    if (block_stream) stream_fence();  // once per thread, not per run
     if (stream && M > 0) {  // after the loop's barrier: every channel's coefficients are in `all`
       const int64_t nt = team_size(), t = thread_id(), planes = N * C;
       const T* par = all.data();

@@ -224,11 +224,15 @@ def test_backward_parity_past_the_cache_threshold(xp, training):
             assert_close(g, r, np.float32, factor=4)
 
 
-@pytest.mark.parametrize("dtype,shape", [(np.float32, (8, 61, 53, 59)), (np.float64, (4, 61, 53, 59))])
+@pytest.mark.parametrize("dtype,shape", [(np.float32, (8, 61, 53, 59)), (np.float64, (4, 61, 53, 59)),
+                                         (np.float32, (32, 253, 13, 15)), (np.float64, (16, 253, 13, 15))])
 def test_backward_parity_streamed_past_the_last_level_cache(xp, dtype, shape):
-    # x, dy and dx of 18.3 MB: over a 16 MiB last-level cache the CPU's streaming apply writes
-    # dx a 16 KiB chunk at a time with non-temporal stores (chunks ending on 64-byte
-    # boundaries, planes of an odd 53 * 59 crossing them); with a larger cache, the plain apply.
+    # x, dy and dx of 18.3-18.9 MB: over a 16 MiB last-level cache the CPU writes dx a 16 KiB
+    # chunk at a time with non-temporal stores (chunks ending on 64-byte boundaries, planes of an
+    # odd 53 * 59 or 13 * 15 crossing them). The 53 x 59 planes go block by block (each sample's
+    # run of a block is 12.5 or 25 KB, unaligned, and neighbouring blocks' runs share cache
+    # lines); the 13 x 15 ones (runs under 8 KiB) through the apply in memory order. With a
+    # larger cache, both take the plain apply.
     rng = np.random.default_rng(9)
     x = rand(rng, shape, dtype, xp, -2.0, 3.0)
     dy = rand(rng, shape, dtype, xp)
