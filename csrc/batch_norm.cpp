@@ -537,7 +537,7 @@ void backward(const T* dy, const T* x, const T* w, const T* mean_p, const T* inv
   // Past the last-level cache with long runs per sample (a block's cb * S values), block by block
   // with non-temporal dx instead: the apply rereads x and dy from L2 and dx neither reads its lines
   // nor evicts them. Against a 16 MiB L3, alternating processes: 8x64x56x56 and 2x64x112x112
-  // (19.3 MB) 0.51-0.54 against 0.59-0.61 ms and 0.51 against 0.57-0.59; 4x64x112x112 (38.5 MB,
+  // (19.3 MB) 0.51-0.54 against 0.59-0.62 ms and 0.51 against 0.57-0.59; 4x64x112x112 (38.5 MB,
   // past kStreamBytes) 1.31-1.33 against 1.37-1.40 ms, 16x64x56x56 the same. With short runs it
   // loses: 32x256x14x14 (runs of 3.9 KB) 0.89-0.91 against 0.74-0.76 ms, so those keep the rest.
   const bool block_stream =
