@@ -523,31 +523,32 @@ void backward(const T* dy, const T* x, const T* w, const T* mean_p, const T* inv
   }
   const int64_t cb = block_channels(C, 2 * N * S * static_cast<int64_t>(sizeof(T)));
   const int64_t nblocks = (C + cb - 1) / cb;
-  // x, dy and dx within the last-level cache: all channels' sums first, then dx in memory
-  // order (long streams; 20% faster at 8x64x56x56 than applying block by block). Larger:
-  // block by block, so each block's apply rereads x and dy from L2, not DRAM (10-20% faster
-  // at 16-32x64x56x56). The threshold sits below the 32 MiB L3 of the machine measured.
   const int64_t bytes3 = 3 * N * C * S * static_cast<int64_t>(sizeof(T));
-  bool stream = dx != nullptr && bytes3 <= kStreamBytes;
   // x, dy and dx more than the last-level cache: dx goes out with non-temporal stores, so that
   // it neither reads its lines first nor evicts the x and dy that the apply rereads. 8x64x56x56
   // (19.3 MB) against a 16 MiB L3: 14-18% faster in-process (before block_stream below took that
   // shape); 4x64x56x56 (9.6 MB, all in cache) was 35% slower that way.
   const bool past_cache = bytes3 > last_level_cache_bytes();
-  // Past the last-level cache with long runs per sample (a block's cb * S values), block by block
-  // with non-temporal dx instead: the apply rereads x and dy from L2 and dx neither reads its lines
+  // Past the last-level cache with long runs per sample (a block's cb * S values): block by block
+  // with non-temporal dx, so the apply rereads x and dy from L2 and dx neither reads its lines
   // nor evicts them. Against a 16 MiB L3, alternating processes: 8x64x56x56 and 2x64x112x112
   // (19.3 MB) 0.51-0.54 against 0.59-0.62 ms and 0.51 against 0.57-0.59; 4x64x112x112 (38.5 MB,
   // past kStreamBytes) 1.31-1.33 against 1.37-1.40 ms, 16x64x56x56 the same. With short runs it
   // loses: 32x256x14x14 (runs of 3.9 KB) 0.89-0.91 against 0.74-0.76 ms, so those keep the rest.
   const bool block_stream =
       dx != nullptr && past_cache && cb * S * static_cast<int64_t>(sizeof(T)) >= kLongRunBytes;
-  if (block_stream) stream = false;
-  std::vector<T> all(stream || block_stream ? static_cast<size_t>(C) * 5 : 0);
+  // Otherwise, up to kStreamBytes: all channels' sums first, then dx in memory order (long
+  // streams; 20% faster at 8x64x56x56 than applying block by block where the 32 MiB L3 held all
+  // three). Larger: block by block, so each block's apply rereads x and dy from L2, not DRAM
+  // (10-20% faster at 16-32x64x56x56).
+  const bool stream = dx != nullptr && bytes3 <= kStreamBytes && !block_stream;
+  // Both keep every channel's coefficients; the plain block path only its block's.
+  const bool all_coeffs = stream || block_stream;
+  std::vector<T> all(all_coeffs ? static_cast<size_t>(C) * 5 : 0);
 #pragma omp parallel if (parallel_worth(d))
   {
     std::vector<double> scratch(static_cast<size_t>(cb) * (2 * kLanes + 3));
-    std::vector<T> par(stream || block_stream ? 0 : static_cast<size_t>(cb) * 5);
+    std::vector<T> par(all_coeffs ? 0 : static_cast<size_t>(cb) * 5);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t blk = 0; blk < nblocks; ++blk) {
       const int64_t c0 = blk * cb, nc = std::min(cb, C - c0);
@@ -561,7 +562,7 @@ void backward(const T* dy, const T* x, const T* w, const T* mean_p, const T* inv
       } else {
         for (int64_t j = 0; j < nc; ++j) sdy[j] = sdyx[j] = 0.0;
       }
-      T* pb = stream || block_stream ? all.data() + 5 * c0 : par.data();
+      T* pb = all_coeffs ? all.data() + 5 * c0 : par.data();
       for (int64_t j = 0; j < nc; ++j) {
         T* pj = pb + 5 * j;
         coeffs(c0 + j, sdy[j], sdyx[j], pj[2], pj[3], pj[4]);
