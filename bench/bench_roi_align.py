@@ -12,7 +12,7 @@ import numpy as np
 
 import pydl.ops
 import pydl.reference as R
-from bench_roi_pool import _host, device_arrays, problem, torch_arrays, tvops
+from bench_roi_pool import device_arrays, problem, torch_arrays, tvops
 from common import Case, max_rel_error, try_torch
 
 

@@ -599,7 +599,7 @@ const T* get_in(const py::object& o, const char* name, int64_t size, bool option
     return nullptr;
   }
   py::array a = o.cast<py::array>();
-  PYDL_CHECK(a.dtype().is(py::dtype::of<T>()), name << ": wrong dtype");
+  PYDL_CHECK(has_dtype<T>(a), name << ": wrong dtype");
   PYDL_CHECK(a.flags() & py::array::c_style, name << ": must be C-contiguous");
   PYDL_CHECK(numel(a) == size, name << ": expected " << size << " elements, got " << numel(a));
   return static_cast<const T*>(a.data());
@@ -612,7 +612,7 @@ T* get_out(const py::object& o, const char* name, int64_t size, bool optional = 
     return nullptr;
   }
   py::array a = o.cast<py::array>();
-  PYDL_CHECK(a.dtype().is(py::dtype::of<T>()), name << ": wrong dtype");
+  PYDL_CHECK(has_dtype<T>(a), name << ": wrong dtype");
   PYDL_CHECK(a.flags() & py::array::c_style, name << ": must be C-contiguous");
   PYDL_CHECK(a.writeable(), name << ": read-only");
   PYDL_CHECK(numel(a) == size, name << ": expected " << size << " elements, got " << numel(a));
@@ -685,12 +685,6 @@ void backward_py(const py::object& dy, const py::array& xa, const py::object& w,
   backward<T>(dyp, x, wp, smp, sip, dxp, dwp, dbp, d, training);
 }
 
-bool is_f32(const py::array& x) {
-  if (x.dtype().is(py::dtype::of<float>())) return true;
-  PYDL_CHECK(x.dtype().is(py::dtype::of<double>()), "x: expected float32 or float64");
-  return false;
-}
-
 }  // namespace
 
 void bind_batch_norm(py::module_& m) {
@@ -700,12 +694,10 @@ void bind_batch_norm(py::module_& m) {
          const py::object& running_mean, const py::object& running_var, const py::object& y,
          const py::object& save_mean, const py::object& save_invstd, double momentum,
          double eps) {
-        if (is_f32(x))
-          forward_train_py<float>(x, weight, bias, running_mean, running_var, y, save_mean,
-                                  save_invstd, momentum, eps);
-        else
-          forward_train_py<double>(x, weight, bias, running_mean, running_var, y, save_mean,
-                                   save_invstd, momentum, eps);
+        dispatch_float(x, "batch_norm", "x", [&](auto t) {
+          forward_train_py<decltype(t)>(x, weight, bias, running_mean, running_var, y, save_mean,
+                                        save_invstd, momentum, eps);
+        });
       },
       py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("running_mean"),
       py::arg("running_var"), py::arg("y"), py::arg("save_mean"), py::arg("save_invstd"),
@@ -717,12 +709,10 @@ void bind_batch_norm(py::module_& m) {
       [](const py::array& x, const py::object& weight, const py::object& bias,
          const py::object& running_mean, const py::object& running_var, const py::object& y,
          double eps, const py::object& save_mean, const py::object& save_invstd) {
-        if (is_f32(x))
-          forward_eval_py<float>(x, weight, bias, running_mean, running_var, y, eps, save_mean,
-                                 save_invstd);
-        else
-          forward_eval_py<double>(x, weight, bias, running_mean, running_var, y, eps, save_mean,
-                                  save_invstd);
+        dispatch_float(x, "batch_norm", "x", [&](auto t) {
+          forward_eval_py<decltype(t)>(x, weight, bias, running_mean, running_var, y, eps, save_mean,
+                                       save_invstd);
+        });
       },
       py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("running_mean"),
       py::arg("running_var"), py::arg("y"), py::arg("eps"), py::arg("save_mean") = py::none(),
@@ -733,12 +723,10 @@ void bind_batch_norm(py::module_& m) {
       [](const py::object& grad_out, const py::array& x, const py::object& weight,
          const py::object& save_mean, const py::object& save_invstd, const py::object& grad_x,
          const py::object& grad_weight, const py::object& grad_bias, bool training) {
-        if (is_f32(x))
-          backward_py<float>(grad_out, x, weight, save_mean, save_invstd, grad_x, grad_weight,
-                             grad_bias, training);
-        else
-          backward_py<double>(grad_out, x, weight, save_mean, save_invstd, grad_x, grad_weight,
-                              grad_bias, training);
+        dispatch_float(x, "batch_norm", "x", [&](auto t) {
+          backward_py<decltype(t)>(grad_out, x, weight, save_mean, save_invstd, grad_x, grad_weight,
+                                   grad_bias, training);
+        });
       },
       py::arg("grad_out"), py::arg("x"), py::arg("weight"), py::arg("save_mean"),
       py::arg("save_invstd"), py::arg("grad_x"), py::arg("grad_weight"), py::arg("grad_bias"),

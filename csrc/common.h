@@ -82,6 +82,27 @@ inline const T* opt_ptr(const py::object& o) {
 
 inline int64_t numel(const py::array& a) { return static_cast<int64_t>(a.size()); }
 
+// dtypes compare by value (NumPy's EquivTypes, as pybind11's array_t check): an array that went
+// through pickle carries a dtype equal to, not the same object as, np.dtype(np.float64).
+inline bool same_dtype(const py::array& a, const py::array& b) {
+  return py::detail::npy_api::get().PyArray_EquivTypes_(a.dtype().ptr(), b.dtype().ptr());
+}
+
+template <typename T>
+inline bool has_dtype(const py::array& a) {
+  return py::detail::npy_api::get().PyArray_EquivTypes_(a.dtype().ptr(), py::dtype::of<T>().ptr());
+}
+
+// The float dispatch of every binding that takes untyped arrays: calls f(T{}) with T float or
+// double, the native-order dtype of `a`; anything else raises naming `name` (and `who`).
+template <typename F>
+decltype(auto) dispatch_float(const py::array& a, const char* who, const char* name, F&& f) {
+  if (has_dtype<float>(a)) return f(float{});
+  PYDL_CHECK(has_dtype<double>(a), who << ": " << name << " must be float32 or float64 in native byte order, got "
+                                       << std::string(py::str(py::object(a.dtype()))));
+  return f(double{});
+}
+
 // An exception must not leave an OpenMP region (std::terminate would kill the interpreter):
 // code inside the region catches into this (the first one is kept), the region runs to its
 // end, and the caller rethrows after it, so e.g. std::bad_alloc still becomes MemoryError.

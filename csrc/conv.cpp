@@ -1230,7 +1230,7 @@ Geo make_geo(const py::array& x, const py::array& w, const py::array& y, int64_t
 
 template <typename T>
 void check_dtype(const py::array& a, const char* name) {
-  PYDL_CHECK(py::isinstance<carray<T>>(a) && (a.flags() & py::array::c_style),
+  PYDL_CHECK(has_dtype<T>(a) && (a.flags() & py::array::c_style),
              "conv: " << name << " must be C-contiguous with the dtype of the other arrays");
 }
 
@@ -1296,8 +1296,6 @@ void bwd_bias_t(py::array dy, py::array db) {
   backward_bias<T>(N, K, L, dyp, dbp);
 }
 
-bool is_f64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
-
 }  // namespace
 
 void bind_conv(py::module_& m) {
@@ -1306,7 +1304,7 @@ void bind_conv(py::module_& m) {
       "conv2d_forward",
       [](py::array x, py::array w, py::object b, py::array y, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
          int64_t dh, int64_t dw, int64_t G) {
-        (is_f64(x) ? fwd_t<double> : fwd_t<float>)(x, w, b, y, sh, sw, ph, pw, dh, dw, G);
+        dispatch_float(x, "conv", "x", [&](auto t) { fwd_t<decltype(t)>(x, w, b, y, sh, sw, ph, pw, dh, dw, G); });
       },
       "x"_a, "w"_a, "b"_a.none(true), "y"_a, "stride_h"_a, "stride_w"_a, "pad_h"_a, "pad_w"_a, "dil_h"_a,
       "dil_w"_a, "groups"_a, "y = conv2d(x, w) + b; y preallocated (N, K, Ho, Wo), pad = top/left");
@@ -1314,7 +1312,7 @@ void bind_conv(py::module_& m) {
       "conv2d_backward_input",
       [](py::array dy, py::array w, py::array dx, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
          int64_t dw, int64_t G) {
-        (is_f64(dy) ? bwd_input_t<double> : bwd_input_t<float>)(dy, w, dx, sh, sw, ph, pw, dh, dw, G);
+        dispatch_float(dy, "conv", "dy", [&](auto t) { bwd_input_t<decltype(t)>(dy, w, dx, sh, sw, ph, pw, dh, dw, G); });
       },
       "dy"_a, "w"_a, "dx"_a, "stride_h"_a, "stride_w"_a, "pad_h"_a, "pad_w"_a, "dil_h"_a, "dil_w"_a,
       "groups"_a, "dx (N, C, H, W) = gradient of conv2d w.r.t. x");
@@ -1322,13 +1320,15 @@ void bind_conv(py::module_& m) {
       "conv2d_backward_weight",
       [](py::array dy, py::array x, py::array dwt, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
          int64_t dw, int64_t G) {
-        (is_f64(dy) ? bwd_weight_t<double> : bwd_weight_t<float>)(dy, x, dwt, sh, sw, ph, pw, dh, dw, G);
+        dispatch_float(dy, "conv", "dy", [&](auto t) { bwd_weight_t<decltype(t)>(dy, x, dwt, sh, sw, ph, pw, dh, dw, G); });
       },
       "dy"_a, "x"_a, "dw"_a, "stride_h"_a, "stride_w"_a, "pad_h"_a, "pad_w"_a, "dil_h"_a, "dil_w"_a,
       "groups"_a, "dw (K, C/groups, kh, kw) = gradient of conv2d w.r.t. w");
   m.def(
       "conv2d_backward_bias",
-      [](py::array dy, py::array db) { (is_f64(dy) ? bwd_bias_t<double> : bwd_bias_t<float>)(dy, db); },
+      [](py::array dy, py::array db) {
+        dispatch_float(dy, "conv", "dy", [&](auto t) { bwd_bias_t<decltype(t)>(dy, db); });
+      },
       "dy"_a, "db"_a, "db (K,) = sum of dy over N, Ho, Wo");
   m.def(
       "set_conv_workspace_limit",

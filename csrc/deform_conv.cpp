@@ -333,11 +333,9 @@ void backward(const DGeo& g, const T* dy, const T* x, const T* off, const T* m, 
   }
 }
 
-bool is_f64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
-
 template <typename T>
 const T* arr_in(const py::array& a, const char* name) {
-  PYDL_CHECK(py::isinstance<carray<T>>(a) && (a.flags() & py::array::c_style),
+  PYDL_CHECK(has_dtype<T>(a) && (a.flags() & py::array::c_style),
              "deform_conv2d: " << name << " must be a C-contiguous array of the input's dtype");
   return static_cast<const T*>(a.data());
 }
@@ -418,7 +416,9 @@ void bind_deform_conv(py::module_& m) {
       "deform_conv2d_forward",
       [](py::array x, py::array off, py::object mask, py::array w, py::object b, py::array y, int64_t sh,
          int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t G, int64_t OG) {
-        (is_f64(x) ? fwd_t<double> : fwd_t<float>)(x, off, mask, w, b, y, sh, sw, ph, pw, dh, dw, G, OG);
+        dispatch_float(x, "deform_conv2d", "x", [&](auto t) {
+          fwd_t<decltype(t)>(x, off, mask, w, b, y, sh, sw, ph, pw, dh, dw, G, OG);
+        });
       },
       "x"_a, "offset"_a, "mask"_a.none(true), "w"_a, "b"_a.none(true), "y"_a, "stride_h"_a, "stride_w"_a,
       "pad_h"_a, "pad_w"_a, "dil_h"_a, "dil_w"_a, "groups"_a, "offset_groups"_a,
@@ -428,8 +428,9 @@ void bind_deform_conv(py::module_& m) {
       [](py::array dy, py::array x, py::array off, py::object mask, py::array w, py::object dx, py::object doff,
          py::object dmask, py::object dwt, py::object db, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
          int64_t dh, int64_t dw, int64_t G, int64_t OG) {
-        (is_f64(x) ? bwd_t<double> : bwd_t<float>)(dy, x, off, mask, w, dx, doff, dmask, dwt, db, sh, sw, ph, pw,
-                                                   dh, dw, G, OG);
+        dispatch_float(x, "deform_conv2d", "x", [&](auto t) {
+          bwd_t<decltype(t)>(dy, x, off, mask, w, dx, doff, dmask, dwt, db, sh, sw, ph, pw, dh, dw, G, OG);
+        });
       },
       "dy"_a, "x"_a, "offset"_a, "mask"_a.none(true), "w"_a, "dx"_a.none(true), "doffset"_a.none(true),
       "dmask"_a.none(true), "dw"_a.none(true), "db"_a.none(true), "stride_h"_a, "stride_w"_a, "pad_h"_a,

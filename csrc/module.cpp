@@ -3,6 +3,9 @@
 #include <omp.h>
 #endif
 
+#include <pthread.h>
+
+#include <atomic>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -24,6 +27,20 @@ void bind_deform_conv(py::module_& m);
 void bind_interpolate(py::module_& m);
 void bind_local_response_norm(py::module_& m);
 void bind_soft_nms(py::module_& m);
+
+namespace {
+std::atomic<bool> g_forked_child{false};
+
+// A child made by fork() has only the forking thread: GNU OpenMP's pool threads are gone, and its
+// next parallel region would wait for them forever. The child runs pydl's kernels on one thread
+// (omp_set_num_threads only sets this thread's ICV; nothing of the old pool is touched).
+void after_fork_in_child() {
+  g_forked_child.store(true);
+#ifdef _OPENMP
+  omp_set_num_threads(1);
+#endif
+}
+}  // namespace
 }  // namespace pydl
 
 PYBIND11_MODULE(_cpu, m) {
@@ -55,6 +72,9 @@ PYBIND11_MODULE(_cpu, m) {
     return pydl::pool_out_size(i, k, s, p, d, ceil_mode);
   });
   m.def("max_threads", &pydl::max_threads);
+  pthread_atfork(nullptr, nullptr, &pydl::after_fork_in_child);
+  m.def("_in_forked_child", [] { return pydl::g_forked_child.load(); },
+        "Whether this process was forked after pydl was imported (its kernels then run on one thread).");
   // Test-only: throws from C++ (with the GIL released, as kernels do) so tests can check that
   // each exception type reaches Python through the translator above and the process lives on.
   m.def("_test_raise", [](const std::string& kind) {

@@ -358,9 +358,6 @@ void box_iou_bind(const py::array& boxes1, const py::array& boxes2, py::array& o
   box_iou_forward(p1, n, p2, m, op);
 }
 
-bool is_f32(const py::array& a) { return a.dtype().is(py::dtype::of<float>()); }
-bool is_f64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
-
 }  // namespace
 
 void bind_nms(py::module_& m) {
@@ -368,21 +365,18 @@ void bind_nms(py::module_& m) {
       "nms",
       [](const py::array& boxes, const py::array& scores, const py::object& idxs, double thr,
          carray<int64_t> out) -> int64_t {
-        PYDL_CHECK(boxes.dtype().is(scores.dtype()), "nms: boxes and scores must share a dtype");
-        if (is_f32(boxes)) return nms_bind<float>(boxes, scores, idxs, thr, out);
-        PYDL_CHECK(is_f64(boxes), "nms: boxes must be float32 or float64");
-        return nms_bind<double>(boxes, scores, idxs, thr, out);
+        PYDL_CHECK(same_dtype(boxes, scores), "nms: boxes and scores must share a dtype");
+        return dispatch_float(boxes, "nms", "boxes",
+                              [&](auto t) { return nms_bind<decltype(t)>(boxes, scores, idxs, thr, out); });
       },
       py::arg("boxes"), py::arg("scores"), py::arg("idxs"), py::arg("iou_threshold"), py::arg("out"),
       "Greedy NMS (idxs: per-category, or None); writes kept indices to out, returns their count.");
   m.def(
       "box_iou",
       [](const py::array& boxes1, const py::array& boxes2, py::array out) {
-        PYDL_CHECK(boxes1.dtype().is(boxes2.dtype()) && boxes1.dtype().is(out.dtype()),
+        PYDL_CHECK(same_dtype(boxes1, boxes2) && same_dtype(boxes1, out),
                    "box_iou: boxes1, boxes2 and out must share a dtype");
-        if (is_f32(boxes1)) return box_iou_bind<float>(boxes1, boxes2, out);
-        PYDL_CHECK(is_f64(boxes1), "box_iou: boxes must be float32 or float64");
-        box_iou_bind<double>(boxes1, boxes2, out);
+        dispatch_float(boxes1, "box_iou", "boxes1", [&](auto t) { box_iou_bind<decltype(t)>(boxes1, boxes2, out); });
       },
       py::arg("boxes1"), py::arg("boxes2"), py::arg("out"), "Pairwise IoU into out (N, M).");
 }

@@ -277,14 +277,12 @@ void bind_soft_nms(py::module_& m) {
       "soft_nms",
       [](const py::array& boxes, const py::array& scores, double sigma, double score_threshold, int method,
          double iou_threshold, carray<int64_t> keep, const py::array& kept_scores) -> int64_t {
-        PYDL_CHECK(boxes.dtype().is(scores.dtype()) && boxes.dtype().is(kept_scores.dtype()),
+        PYDL_CHECK(same_dtype(boxes, scores) && same_dtype(boxes, kept_scores),
                    "soft_nms: boxes, scores and kept_scores must share a dtype");
-        if (boxes.dtype().is(py::dtype::of<float>()))
-          return soft_nms_bind<float>(boxes, scores, sigma, score_threshold, method, iou_threshold, keep,
-                                      kept_scores);
-        PYDL_CHECK(boxes.dtype().is(py::dtype::of<double>()), "soft_nms: boxes must be float32 or float64");
-        return soft_nms_bind<double>(boxes, scores, sigma, score_threshold, method, iou_threshold, keep,
-                                     kept_scores);
+        return dispatch_float(boxes, "soft_nms", "boxes", [&](auto t) {
+          return soft_nms_bind<decltype(t)>(boxes, scores, sigma, score_threshold, method, iou_threshold, keep,
+                                            kept_scores);
+        });
       },
       py::arg("boxes"), py::arg("scores"), py::arg("sigma"), py::arg("score_threshold"), py::arg("method"),
       py::arg("iou_threshold"), py::arg("keep"), py::arg("kept_scores"),

@@ -93,12 +93,30 @@ def cuda_available() -> bool:
 
 
 _cuda_ok = False
+_forked_after_cuda = False
+
+
+def _after_fork_in_child():
+    # CUDA does not survive fork: a child of a parent that used the GPU gets a clear error (as
+    # CuPy gives) instead of a CUDA initialization error from deep inside a kernel launch.
+    global _cuda_ok, _forked_after_cuda
+    if _cuda_ok:
+        _cuda_ok, _forked_after_cuda = False, True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def cuda():
     """The CUDA module, or a RuntimeError that says how to get one."""
     global _cuda_ok
     if not _cuda_ok:  # checked once: the probe imports CuPy and counts devices
+        if _forked_after_cuda:
+            raise RuntimeError(
+                "pydl: CUDA cannot be used in a process forked after its parent used CUDA; start "
+                "worker processes with the 'spawn' or 'forkserver' method "
+                "(multiprocessing.get_context('spawn'), ProcessPoolExecutor(mp_context=...))")
         err = cuda_build_error()
         if err is not None:
             raise RuntimeError(err)
@@ -203,13 +221,34 @@ def ptr(a) -> int:
 def check_float(name: str, a, ndim=None) -> None:
     """a must be a float32/float64 array (of rank ndim, an int or a tuple of ints)."""
     _require_array(name, a)
-    if a.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
+    if a.dtype not in FLOAT_DTYPES:  # by value: unpickled arrays carry equal, not identical, dtypes
+        raise TypeError(f"{name}: expected dtype float32 or float64, got {_dtype_str(a.dtype)}")
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if a.ndim not in allowed:
             want = " or ".join(f"{n}-D" for n in allowed)
             raise ValueError(f"{name}: expected a {want} array, got shape {tuple(a.shape)}")
+
+
+def _dtype_str(dt) -> str:
+    """The dtype as NumPy writes it, with the byte order spelled out when it is not native
+    (a '>f4' array is rejected, never read as garbage)."""
+    dt = np.dtype(dt) if not hasattr(dt, "isnative") else dt
+    if not dt.isnative:
+        order = "big-endian" if dt.byteorder == ">" else "little-endian"
+        return (f"{dt.str} ({order}, not this machine's byte order; convert with "
+                f"a.astype(a.dtype.newbyteorder('=')))")
+    return str(dt)
+
+
+def check_writeable(name: str, a) -> None:
+    """a is updated in place: a read-only array (np.load's mmap_mode='r', setflags(write=False))
+    or a zero-strided broadcast is refused before anything is written."""
+    if not getattr(a.flags, "writeable", True):
+        raise ValueError(f"{name}: expected a writeable array (updated in place), got a read-only one")
+    if a.size > 1 and 0 in a.strides:  # CuPy has no read-only flag for broadcasts
+        raise ValueError(f"{name}: expected a writeable array (updated in place), got a broadcast view "
+                         "whose elements share memory")
 
 
 def _require_array(name: str, a) -> None:
@@ -221,7 +260,7 @@ def _require_array(name: str, a) -> None:
 def check_same_dtype(ref_name: str, ref, **arrays) -> None:
     for name, a in arrays.items():
         if a is not None and a.dtype != ref.dtype:
-            raise TypeError(f"{name}: expected dtype {ref.dtype} (the dtype of {ref_name}), got {a.dtype}")
+            raise TypeError(f"{name}: expected dtype {ref.dtype} (the dtype of {ref_name}), got {_dtype_str(a.dtype)}")
 
 
 def check_shape(name: str, a, shape) -> None:

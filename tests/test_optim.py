@@ -184,3 +184,44 @@ def test_reduce_on_plateau_matches_torch():
     s.step(1.0)
     s.step(1.0)
     assert s.get_last_lr() == [pytest.approx(0.01)]
+
+
+def _readonly(a):
+    a.flags.writeable = False
+    return a
+
+
+def _memmap(a, tmp_path):
+    np.save(tmp_path / "p.npy", a)
+    return np.load(tmp_path / "p.npy", mmap_mode="r")
+
+
+@pytest.mark.parametrize("bad", ["readonly data", "memmap data", "int grad", "grad shape", "readonly state"])
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_step_rejects_unwritable_state_before_writing(name, bad, tmp_path):
+    """A read-only (or np.load mmap_mode='r') parameter, a grad of the wrong kind, or read-only
+    optimizer state is a clear error naming it, raised before any parameter is updated."""
+    rng = np.random.default_rng(0)
+    ps = [nn.Parameter(rng.standard_normal((3, 2))) for _ in range(3)]
+    for p in ps:
+        p.grad = rng.standard_normal(p.data.shape)
+    opt = getattr(optim, name)(ps, lr=0.1, **({"momentum": 0.9} if name == "SGD" else {}))
+    opt.step()  # creates the state
+    before = [p.data.copy() for p in ps]
+    if bad == "readonly data":
+        ps[2].data = _readonly(ps[2].data.copy())
+    elif bad == "memmap data":
+        ps[2].data = _memmap(ps[2].data, tmp_path)
+    elif bad == "int grad":
+        ps[2].grad = ps[2].grad.astype(np.int64)
+    elif bad == "grad shape":
+        ps[2].grad = ps[2].grad[:2]
+    else:
+        st = opt.state[ps[2]]
+        k = next(k for k, v in st.items() if isinstance(v, np.ndarray) and v.ndim)
+        st[k] = _readonly(st[k].copy())
+    before = [p.data.copy() for p in ps]
+    with pytest.raises((TypeError, ValueError), match=r"params\[2\]"):
+        opt.step()
+    for p, b in zip(ps, before):
+        assert np.array_equal(np.asarray(p.data), b), "a parameter was updated before the error"

@@ -262,6 +262,110 @@ def test_cpu_results_identical_across_thread_counts(tmp_path):
         assert outs[0][k].tobytes() == outs[1][k].tobytes(), f"{k}: 1 vs 2 threads differ"
 
 
+# ---------------------------------------------------------------- processes
+
+_FORK_SCRIPT = """
+import os, sys
+sys.path.append({tests!r})
+import numpy as np
+import test_reliability as T
+
+
+def results():
+    # Every kernel's case (big enough for the threaded paths), both dtypes.
+    return [a for name in T.CASES for dt in (np.float32, np.float64)
+            for a in T.flat_arrays(T.make_case(name, np, dt)())]
+
+
+def same(want):
+    got = results()
+    return len(got) == len(want) and all(x.tobytes() == y.tobytes() for x, y in zip(got, want))
+
+
+if __name__ == "__main__":
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    method = sys.argv[1]
+    want = results()  # the parent ran every threaded kernel: its OpenMP pool exists
+    if method == "os.fork":
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if same(want) else 3)
+        ok = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0]
+    elif method == "pool":
+        with mp.get_context("fork").Pool(2) as pool:
+            ok = pool.map(same, [want] * 2)
+    else:  # a ProcessPoolExecutor on the start method after the colon
+        with cf.ProcessPoolExecutor(2, mp_context=mp.get_context(method.split(":")[1])) as ex:
+            ok = list(ex.map(same, [want] * 2))
+    assert all(ok), f"{{method}}: a child computed other results: {{ok}}"
+    assert same(want), f"{{method}}: the parent's results changed after its children ran"
+    print("fork-ok", method)
+"""
+
+
+@pytest.mark.parametrize("method", ["os.fork", "pool", "executor:fork", "executor:spawn", "executor:forkserver"])
+def test_pydl_works_in_worker_processes(method, tmp_path):
+    """After the parent ran every threaded kernel, a child made by os.fork, a 'fork' Pool or a
+    ProcessPoolExecutor computes the same bits (GNU OpenMP's pool does not survive fork: on
+    the old code the child's first parallel region waited forever), and the parent keeps
+    working. A hang kills the child's whole process group and fails this test, not the run."""
+    import signal
+    script = tmp_path / "forkcheck.py"
+    script.write_text(_FORK_SCRIPT.format(tests=TESTS_DIR))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(_backend.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, TESTS_DIR, *sys.path]), OMP_NUM_THREADS="2")
+    proc = subprocess.Popen([sys.executable, str(script), method], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"{method}: pydl hung in a worker process (killed after 240 s)")
+    assert proc.returncode == 0 and "fork-ok" in out, f"{method}: exit {proc.returncode}\n{err[-3000:]}"
+
+
+def test_forked_child_runs_one_thread(tmp_path):
+    """The child of a fork runs pydl's kernels on one OpenMP thread and says so; the parent
+    keeps its thread count."""
+    r = run_child("""
+        import os
+        import numpy as np
+        from pydl import _backend
+        import pydl.functional as F
+        cpu = _backend.cpu()
+        F.conv2d(np.ones((2, 8, 16, 16)), np.ones((8, 8, 3, 3)))
+        assert cpu.max_threads() == 2 and not cpu._in_forked_child()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if cpu.max_threads() == 1 and cpu._in_forked_child() else 3)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        assert cpu.max_threads() == 2
+        """, tmp_path, env={"OMP_NUM_THREADS": "2"}, timeout=120)
+    assert r.returncode == 0
+
+
+def test_cuda_in_forked_child_is_a_clear_error(tmp_path):
+    """A child forked after the parent used CUDA gets a RuntimeError that names the fix (the
+    logic runs without a GPU: the parent's 'CUDA in use' state is set by hand)."""
+    r = run_child("""
+        import os
+        from pydl import _backend
+        _backend._cuda_ok = True  # as after the parent's first GPU call
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _backend.cuda()
+            except RuntimeError as e:
+                os._exit(0 if "spawn" in str(e) and "fork" in str(e) else 4)
+            os._exit(3)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        assert _backend.cuda() is _backend._cuda_module  # the parent is unaffected
+        """, tmp_path, timeout=120)
+    assert r.returncode == 0
+
+
 # ---------------------------------------------------------------- concurrency
 
 def test_python_threads_match_sequential(xp):

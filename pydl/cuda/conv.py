@@ -261,17 +261,8 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, g
         # Row-major y[n,g] (Kg x P) = W_g (Kg x CKg) @ col[n,g] (CKg x P) is, column-major,
         # y^T (P x Kg) = col^T (P x CKg) @ W_g^T (CKg x Kg): m = P, n = Kg, k = CKg.
         if _is_gemm_1x1(kh, kw, H, W, Ho, Wo, sh, sw, ph, pw) and P > _INT32_MAX:
-            # A plane past 2**31 pixels is a leading dimension cuBLAS's 32-bit API cannot take:
-            # y[k] += w[k, c] * x[c], one 64-bit-indexed CuPy pass per input channel, in order.
-            for n in range(N):
-                for g in range(groups):
-                    xg = x[n, g * Cg:(g + 1) * Cg].reshape(Cg, P)
-                    yg = y[n, g * Kg:(g + 1) * Kg].reshape(Kg, P)
-                    wg = w[g * Kg:(g + 1) * Kg, :, 0, 0]
-                    if b is None:
-                        yg.fill(0)
-                    for c in range(Cg):
-                        yg += wg[:, c:c + 1] * xg[c:c + 1]
+            # A plane past 2**31 pixels is a leading dimension cuBLAS's 32-bit API cannot take.
+            _mix_channels_64bit(y, x, [w[g * Kg:(g + 1) * Kg, :, 0, 0] for g in range(groups)], b is None)
             return
         if _is_gemm_1x1(kh, kw, H, W, Ho, Wo, sh, sw, ph, pw):
             for n0 in range(0, N, _MAX_BATCH):
@@ -294,6 +285,21 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, g
                      _backend.ptr(col) + g * CKg * P * item, P, rows * P,
                      _backend.ptr(w) + g * Kg * CKg * item, CKg, 0,
                      beta, _backend.ptr(y) + ((n0 * K + g * Kg) * P) * item, P, K * P, cnt)
+
+
+def _mix_channels_64bit(out, inp, mats, zero):
+    """out[n, group g] (R x P) (+)= mats[g] (R x S) @ inp[n, group g] (S x P), one 64-bit-indexed
+    CuPy pass per input channel in order (a 1x1 convolution or its x-adjoint on huge planes)."""
+    N, R, S = out.shape[0], mats[0].shape[0], mats[0].shape[1]
+    P = out[0, 0].size
+    for n in range(N):
+        for g, m in enumerate(mats):
+            ig = inp[n, g * S:(g + 1) * S].reshape(S, P)
+            og = out[n, g * R:(g + 1) * R].reshape(R, P)
+            if zero:
+                og.fill(0)
+            for c in range(S):
+                og += m[:, c:c + 1] * ig[c:c + 1]
 
 
 def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups):
@@ -328,17 +334,8 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_h, pad_w, dil_h, di
         # dcol^T (P x CKg) = dy^T (P x Kg) @ W_g (Kg x CKg): A = dy (op N, lda P),
         # B = W_g stored column-major as CKg x Kg (op T, ldb CKg).
         if _is_gemm_1x1(kh, kw, H, W, Ho, Wo, sh, sw, ph, pw) and P > _INT32_MAX:
-            # A plane past 2**31 pixels is a leading dimension cuBLAS's 32-bit API cannot take:
-            # y[k] += w[k, c] * x[c], one 64-bit-indexed CuPy pass per input channel, in order.
-            for n in range(N):
-                for g in range(groups):
-                    xg = x[n, g * Cg:(g + 1) * Cg].reshape(Cg, P)
-                    yg = y[n, g * Kg:(g + 1) * Kg].reshape(Kg, P)
-                    wg = w[g * Kg:(g + 1) * Kg, :, 0, 0]
-                    if b is None:
-                        yg.fill(0)
-                    for c in range(Cg):
-                        yg += wg[:, c:c + 1] * xg[c:c + 1]
+            # A plane past 2**31 pixels is a leading dimension cuBLAS's 32-bit API cannot take.
+            _mix_channels_64bit(dx, dy, [w[g * Kg:(g + 1) * Kg, :, 0, 0].T for g in range(groups)], True)
             return
         if _is_gemm_1x1(kh, kw, H, W, Ho, Wo, sh, sw, ph, pw):
             for n0 in range(0, N, _MAX_BATCH):

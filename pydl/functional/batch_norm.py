@@ -102,11 +102,7 @@ def batch_norm_forward(x, running_mean, running_var, weight=None, bias=None, tra
         raise ValueError("running_mean, running_var: expected arrays in evaluation mode, got None")
     if training and running_mean is not None:
         for name, a in (("running_mean", running_mean), ("running_var", running_var)):
-            if not getattr(a.flags, "writeable", True):
-                raise ValueError(f"{name}: expected a writeable array (updated in place), got a read-only one")
-            if a.size > 1 and 0 in a.strides:  # CuPy has no read-only flag for broadcasts
-                raise ValueError(f"{name}: expected a writeable array (updated in place), "
-                                 "got a zero-strided (broadcast) view")
+            B.check_writeable(name, a)
     M = x.size // C if C else 0
     if training and M == 1:
         raise ValueError(

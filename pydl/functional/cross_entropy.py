@@ -162,7 +162,7 @@ def _ce_args(logits, target, weight, ignore_index, reduction, label_smoothing, *
         prob = True
     else:
         raise TypeError(f"target: expected dtype int64 (class indices) or {logits.dtype} (class "
-                        f"probabilities, the dtype of logits), got {target.dtype}")
+                        f"probabilities, the dtype of logits), got {_backend._dtype_str(target.dtype)}")
     if prob and ignore_index != -100:
         raise ValueError(f"ignore_index: not supported with class-probability targets (as in PyTorch), "
                          f"expected the default -100, got {ignore_index}")
@@ -327,7 +327,7 @@ def cross_entropy_backward(grad_loss, logits, target, weight=None, ignore_index=
     _backend.check_shape("saved.stats", stats, (rows, 3))
     _backend.check_shape("saved.norm", norm, (2,))
     if norm.dtype != np.float64:
-        raise TypeError(f"saved.norm: expected dtype float64, got {norm.dtype}")
+        raise TypeError(f"saved.norm: expected dtype float64, got {_backend._dtype_str(norm.dtype)}")
     dx = _backend.empty(x.shape, x.dtype, xp)
     k = _backend.kernels(xp, "cross_entropy")
     fn = k.cross_entropy_prob_backward if prob else k.cross_entropy_backward

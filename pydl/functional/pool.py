@@ -152,7 +152,7 @@ def max_pool2d_backward(grad_out, indices, x_shape, kernel_size, stride=None, pa
     if indices is None:
         raise TypeError("indices: expected an int64 array, got None")
     if indices.dtype != np.int64:
-        raise TypeError(f"indices: expected dtype int64, got {indices.dtype}")
+        raise TypeError(f"indices: expected dtype int64, got {_backend._dtype_str(indices.dtype)}")
     _backend.check_shape("indices", indices, grad_out.shape)
     ind = _backend.contiguous(indices.reshape(dy.shape), xp)
     dx = _backend.empty(shape4, dy.dtype, xp)

@@ -28,7 +28,7 @@ def _prepare(boxes, scores, idxs, iou_threshold):
     _backend.check_shape("scores", scores, (boxes.shape[0],))
     if idxs is not None:
         if idxs.dtype != _INT64:
-            raise TypeError(f"idxs: expected dtype int64, got {idxs.dtype}")
+            raise TypeError(f"idxs: expected dtype int64, got {_backend._dtype_str(idxs.dtype)}")
         _backend.check_shape("idxs", idxs, (boxes.shape[0],))
     thr = _backend.float_arg("iou_threshold", iou_threshold)
     return xp, thr

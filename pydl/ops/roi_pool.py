@@ -52,7 +52,7 @@ def _rois(xp, dtype, boxes, N):
                                 f"got {type(b).__module__}.{type(b).__name__}")
             _backend.check_float(name, b, ndim=2)
             if b.dtype != dtype:
-                raise TypeError(f"{name}: expected dtype {dtype} (the dtype of x), got {b.dtype}")
+                raise TypeError(f"{name}: expected dtype {dtype} (the dtype of x), got {_backend._dtype_str(b.dtype)}")
             if b.shape[1] != 4:
                 raise ValueError(f"{name}: expected shape (L, 4) as (x1, y1, x2, y2), got {tuple(b.shape)}")
             col = xp.full((b.shape[0], 1), i, dtype=dtype)
@@ -65,7 +65,7 @@ def _rois(xp, dtype, boxes, N):
                         f"got {type(boxes).__module__}.{type(boxes).__name__}")
     _backend.check_float("boxes", boxes, ndim=2)
     if boxes.dtype != dtype:
-        raise TypeError(f"boxes: expected dtype {dtype} (the dtype of x), got {boxes.dtype}")
+        raise TypeError(f"boxes: expected dtype {dtype} (the dtype of x), got {_backend._dtype_str(boxes.dtype)}")
     if boxes.shape[1] != 5:
         raise ValueError("boxes: expected shape (K, 5) as (batch_index, x1, y1, x2, y2) or a list of "
                          f"(L, 4) arrays, got shape {tuple(boxes.shape)}")
@@ -193,7 +193,7 @@ def roi_pool_backward(grad_out, indices, boxes, x_shape, output_size, spatial_sc
             raise TypeError(f"indices: expected an int64 array, got {type(indices).__name__}")
         _backend.array_module(grad_out=grad_out, indices=indices)
         if indices.dtype != _INT64:
-            raise TypeError(f"indices: expected dtype int64, got {indices.dtype}")
+            raise TypeError(f"indices: expected dtype int64, got {_backend._dtype_str(indices.dtype)}")
         _backend.check_shape("indices", indices, dy.shape)
     except (TypeError, ValueError):
         _check_rois(xp, rois, shape[0], scale)  # a bad box is reported first, as before

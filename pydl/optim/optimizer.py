@@ -54,7 +54,10 @@ class Optimizer:
                     yield g, p, self.state.setdefault(p, {})
 
     def step(self):
-        for g, p, st in self._params():
+        todo = list(self._params())
+        for i, (g, p, st) in enumerate(todo):  # all checked before any parameter is written
+            _check_param(i, p, st)
+        for g, p, st in todo:
             grad = p.grad
             if g.get("maximize", False):
                 grad = -grad
@@ -66,6 +69,23 @@ class Optimizer:
     def __repr__(self):
         hp = ", ".join(f"{k}={v}" for k, v in self.defaults.items())
         return f"{type(self).__name__}({hp})"
+
+
+def _check_param(i, p, state):
+    """p.data, p.grad and the state arrays of parameter i: float arrays of one shape and dtype,
+    the updated ones writeable (a read-only or memory-mapped array is never half-updated)."""
+    data, grad = p.data, p.grad
+    _backend.check_float(f"params[{i}].data", data)
+    _backend.check_writeable(f"params[{i}].data", data)
+    _backend.check_float(f"params[{i}].grad", grad)
+    _backend.check_same_dtype(f"params[{i}].data", data, **{f"params[{i}].grad": grad})
+    _backend.check_shape(f"params[{i}].grad", grad, data.shape)
+    for k, v in state.items():
+        if hasattr(v, "shape") and getattr(v, "ndim", 0):
+            name = f"state[params[{i}]][{k!r}]"
+            _backend.check_same_dtype(f"params[{i}].data", data, **{name: v})
+            _backend.check_shape(name, v, data.shape)
+            _backend.check_writeable(name, v)
 
 
 def _check_lr(lr):
