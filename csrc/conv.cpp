@@ -52,6 +52,7 @@
 #include "blas.h"
 #include "common.h"
 #include "conv_winograd.h"
+#include "epilogue.h"
 #include "geometry.h"
 
 namespace pydl {
@@ -759,7 +760,8 @@ inline bool use_flat(const Geo& g, const Flat& f, int64_t elem) {
 }
 
 template <typename T>
-void dw_forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
+void dw_forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* y) {
+  const T* b = ep.bias;
   const TapRanges tr(g);
   const Flat f(g);
   const bool flat = use_flat(g, f, sizeof(T));
@@ -772,6 +774,7 @@ void dw_forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
       const int64_t c = nc % g.C;
       stencil_fwd(g, x + nc * g.HW(), g.H, g.W, y + nc * g.L(), g.Ho, g.Wo, w + c * kk, b ? b[c] : T(0), -g.ph,
                   -g.pw);
+      if (ep.fused()) ep.run(y + nc * g.L(), y + nc * g.L(), nc * g.L(), nullptr, g.L());
     }
     return;
   }
@@ -786,6 +789,7 @@ void dw_forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
                     scratch.data() + f.Hp * f.Wp);
       else
         dw_fwd_plane(g, tr, x + nc * g.HW(), w + c * kk, b ? b[c] : T(0), y + nc * g.L());
+      if (ep.fused()) ep.run(y + nc * g.L(), y + nc * g.L(), nc * g.L(), nullptr, g.L());
     }
   }
 }
@@ -873,17 +877,16 @@ void dw_backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
 // block right before multiplying it. One thread pool, no nested parallelism, no
 // oversubscription, and no intra-GEMM synchronization; results do not depend on timing.
 
-// Tile columns [c0, c1) of the GEMM result tmp (K x width) -> y[n0 + j, k, l0 + l] (+ bias).
+// Tile columns [c0, c1) of the GEMM result tmp (K x width) -> y[n0 + j, k, l0 + l] (+ epilogue).
 template <typename T>
-void unpack_cols(const Geo& g, const T* tmp, const Tile& t, const T* b, T* y, int64_t c0, int64_t c1) {
+void unpack_cols(const Geo& g, const T* tmp, const Tile& t, const Epilogue<T>& ep, T* y, int64_t c0, int64_t c1) {
   const int64_t width = t.width();
   for (int64_t j = c0 / t.lc; j * t.lc < c1; ++j) {
     const int64_t a = std::max<int64_t>(c0 - j * t.lc, 0), e = std::min(c1 - j * t.lc, t.lc);
     for (int64_t k = 0; k < g.K; ++k) {
       const T* s = tmp + k * width + j * t.lc;
-      T* d = y + ((t.n0 + j) * g.K + k) * g.L() + t.l0;
-      const T bv = b ? b[k] : T(0);
-      for (int64_t l = a; l < e; ++l) d[l] = s[l] + bv;
+      const int64_t off = ((t.n0 + j) * g.K + k) * g.L() + t.l0 + a;
+      ep.run(y + off, s + a, off, ep.bias_at(k), e - a);
     }
   }
 }
@@ -940,7 +943,7 @@ inline bool per_image_pays(const Geo& g, int64_t elem) {
 }
 
 template <typename T>
-void forward_per_image(const Geo& g, const T* x, const T* w, const T* b, T* y) {
+void forward_per_image(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* y) {
   const int64_t Kg = g.Kg(), L = g.L(), Rg = g.Cg() * g.kh * g.kw;
   ParallelError err;
 #pragma omp parallel if (parallel_pays(g))
@@ -964,22 +967,19 @@ void forward_per_image(const Geo& g, const T* x, const T* w, const T* b, T* y) {
       for (int64_t gi = 0; gi < g.G; ++gi)
         gemm(false, false, Kg, L, Rg, T(1), w + gi * Kg * Rg, Rg, col + gi * Rg * L, L, T(0),
              y + (n * g.K + gi * Kg) * L, L);
-      if (b)
-        for (int64_t k = 0; k < g.K; ++k) {
-          T* d = y + (n * g.K + k) * L;
-          for (int64_t l = 0; l < L; ++l) d[l] += b[k];
-        }
+      for (int64_t k = 0; k < g.K; ++k) ep.run(y + (n * g.K + k) * L, y + (n * g.K + k) * L, (n * g.K + k) * L,
+                                                ep.bias_at(k), L);
     }
   }
   err.rethrow();
 }
 
 template <typename T>
-void forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
+void forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* y) {
   if (g.N == 0) return;
-  if (g.depthwise()) return dw_forward(g, x, w, b, y);
+  if (g.depthwise()) return dw_forward(g, x, w, ep, y);
   if (winograd_fits(g) && winograd_pays(g.N, g.C, g.K, g.Ho, g.Wo, g.sh, false) &&
-      winograd_conv3x3(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.sh, -g.ph, -g.pw, x, w, false, b, y))
+      winograd_conv3x3(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.sh, -g.ph, -g.pw, x, w, false, ep, y))
     return;
   const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
   if (g.pointwise()) {
@@ -991,13 +991,14 @@ void forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
       T* yp = y + (n * g.K + gi * Kg) * L;
       gemm(false, false, Kg, c1 - c0, Cg, T(1), w + gi * Kg * Cg, Cg, x + (n * g.C + gi * Cg) * L + c0, L,
            T(0), yp + c0, L);
-      if (b)
-        for (int64_t k = 0; k < Kg; ++k)
-          for (int64_t l = c0; l < c1; ++l) yp[k * L + l] += b[gi * Kg + k];
+      for (int64_t k = 0; k < Kg; ++k) {
+        const int64_t off = (n * g.K + gi * Kg + k) * L + c0;
+        ep.run(y + off, y + off, off, ep.bias_at(gi * Kg + k), c1 - c0);
+      }
     }
     return;
   }
-  if (per_image_pays(g, sizeof(T))) return forward_per_image(g, x, w, b, y);
+  if (per_image_pays(g, sizeof(T))) return forward_per_image(g, x, w, ep, y);
   int64_t maxw;
   auto tiles = make_tiles(g, g.R(), g.K, sizeof(T), maxw);
   const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });
@@ -1022,11 +1023,11 @@ void forward(const Geo& g, const T* x, const T* w, const T* b, T* y) {
           gemm(false, false, Kg, c1 - c0, Rg, T(1), A, Rg, B, width, T(0), tmp + gi * Kg * width + c0, width);
       }
       if (t.nb > 1) {
-        unpack_cols(g, tmp, t, b, y, c0, c1);
-      } else if (b) {
+        unpack_cols(g, tmp, t, ep, y, c0, c1);
+      } else {
         for (int64_t k = 0; k < g.K; ++k) {
-          T* d = y + (t.n0 * g.K + k) * L + t.l0;
-          for (int64_t l = c0; l < c1; ++l) d[l] += b[k];
+          const int64_t off = (t.n0 * g.K + k) * L + t.l0 + c0;
+          ep.run(y + off, y + off, off, ep.bias_at(k), c1 - c0);
         }
       }
     }
@@ -1067,8 +1068,8 @@ void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
   if (g.depthwise()) return dw_backward_input(g, dy, w, dx);
   // dx = conv(dy, w rotated 180 degrees, channels swapped) at offset pad - 2.
   if (winograd_fits(g) == 1 && winograd_pays(g.N, g.K, g.C, g.H, g.W, 1, false) &&
-      winograd_conv3x3(g.N, g.K, g.Ho, g.Wo, g.C, g.H, g.W, 1, g.ph - 2, g.pw - 2, dy, w, true,
-                       static_cast<const T*>(nullptr), dx))
+      winograd_conv3x3(g.N, g.K, g.Ho, g.Wo, g.C, g.H, g.W, 1, g.ph - 2, g.pw - 2, dy, w, true, Epilogue<T>{},
+                       dx))
     return;
   // Stride 2: the adjoint of the stride-2 Winograd forward.
   if (winograd_fits(g) == 2 && winograd_pays(g.N, g.C, g.K, g.Ho, g.Wo, 2, false) &&
@@ -1236,23 +1237,34 @@ void check_dtype(const py::array& a, const char* name) {
 
 template <typename T>
 void fwd_t(py::array x, py::array w, py::object b, py::array y, int64_t sh, int64_t sw, int64_t ph,
-           int64_t pw, int64_t dh, int64_t dw, int64_t G) {
+           int64_t pw, int64_t dh, int64_t dw, int64_t G, int act, double slope, py::object residual) {
   Geo g = make_geo(x, w, y, sh, sw, ph, pw, dh, dw, G);
   check_dtype<T>(x, "x"), check_dtype<T>(w, "w"), check_dtype<T>(y, "y");
-  const T* bp = nullptr;
+  Epilogue<T> ep;
   if (!b.is_none()) {
     py::array ba = b.cast<py::array>();
     check_dtype<T>(ba, "b");
     PYDL_CHECK(ba.ndim() == 1 && ba.shape(0) == g.K, "conv: b must have shape (K,)");
-    bp = static_cast<const T*>(ba.data());
+    ep.bias = static_cast<const T*>(ba.data());
   }
+  if (!residual.is_none()) {
+    py::array ra = residual.cast<py::array>();
+    check_dtype<T>(ra, "residual");
+    PYDL_CHECK(ra.ndim() == 4 && ra.size() == y.size() && ra.shape(1) == g.K && ra.shape(2) == g.Ho &&
+                   ra.shape(3) == g.Wo,
+               "conv: residual must have y's shape");
+    ep.residual = static_cast<const T*>(ra.data());
+  }
+  PYDL_CHECK(act >= 0 && act <= static_cast<int>(Act::hardswish), "conv: unknown activation " << act);
+  ep.act = static_cast<Act>(act);
+  ep.slope = static_cast<T>(slope);
   PYDL_CHECK(y.writeable(), "conv: y is read-only");
   const T* xp = static_cast<const T*>(x.data());
   const T* wp = static_cast<const T*>(w.data());
   T* yp = static_cast<T*>(y.mutable_data());
   blas_single_thread();
   py::gil_scoped_release nogil;
-  forward<T>(g, xp, wp, bp, yp);
+  forward<T>(g, xp, wp, ep, yp);
 }
 
 template <typename T>
@@ -1303,11 +1315,15 @@ void bind_conv(py::module_& m) {
   m.def(
       "conv2d_forward",
       [](py::array x, py::array w, py::object b, py::array y, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
-         int64_t dh, int64_t dw, int64_t G) {
-        dispatch_float(x, "conv", "x", [&](auto t) { fwd_t<decltype(t)>(x, w, b, y, sh, sw, ph, pw, dh, dw, G); });
+         int64_t dh, int64_t dw, int64_t G, int act, double slope, py::object residual) {
+        dispatch_float(x, "conv", "x", [&](auto t) {
+          fwd_t<decltype(t)>(x, w, b, y, sh, sw, ph, pw, dh, dw, G, act, slope, residual);
+        });
       },
       "x"_a, "w"_a, "b"_a.none(true), "y"_a, "stride_h"_a, "stride_w"_a, "pad_h"_a, "pad_w"_a, "dil_h"_a,
-      "dil_w"_a, "groups"_a, "y = conv2d(x, w) + b; y preallocated (N, K, Ho, Wo), pad = top/left");
+      "dil_w"_a, "groups"_a, "activation"_a = 0, "negative_slope"_a = 0.01, "residual"_a = py::none(),
+      "y = act(conv2d(x, w) + b + residual); y preallocated (N, K, Ho, Wo), pad = top/left; activation: "
+      "0 none, 1 relu, 2 relu6, 3 leaky_relu, 4 silu, 5 hardswish");
   m.def(
       "conv2d_backward_input",
       [](py::array dy, py::array w, py::array dx, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,

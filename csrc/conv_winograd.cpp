@@ -305,12 +305,13 @@ void input_transform(const Plan& p, const T* in, int64_t r0, int64_t r1, int64_t
   }
 }
 
-// out tiles of the chunk from M[c][o][t] (+ bias). One loop over all the chunk's tiles per
+// out tiles of the chunk from M[c][o][t] (+ bias, then the rest of the epilogue as rows go out). One loop over all the chunk's tiles per
 // output channel (a chunk of 7-tile rows left a 7-long loop, mostly vector remainder), into
 // buf (2 output rows of 2*Tc), then copied out row by row.
 template <typename T, int S>
-void output_transform(const Plan& p, const T* M, const T* bias, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
-                      T* out, T* buf) {
+void output_transform(const Plan& p, const T* M, const Epilogue<T>& ep, int64_t r0, int64_t r1, int64_t c0,
+                      int64_t c1, T* out, T* buf) {
+  const T* bias = ep.bias;
   const int64_t tw = c1 - c0, Tc = (r1 - r0) * tw;
   const Slots<T, S> sl(p.Cout, Tc);
   const int64_t ow0 = 2 * c0, wn = std::min(2 * tw, p.Wout - ow0);
@@ -349,10 +350,10 @@ void output_transform(const Plan& p, const T* M, const T* bias, int64_t r0, int6
     }
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / p.TH, th = r % p.TH, t0 = (r - r0) * tw;
-      T* plane = out + (n * p.Cout + o) * p.Hout * p.Wout;
-      std::memcpy(plane + (2 * th) * p.Wout + ow0, y0 + 2 * t0, (size_t)wn * sizeof(T));
-      if (2 * th + 1 < p.Hout)
-        std::memcpy(plane + (2 * th + 1) * p.Wout + ow0, y1 + 2 * t0, (size_t)wn * sizeof(T));
+      const int64_t plane = (n * p.Cout + o) * p.Hout * p.Wout;
+      const int64_t off0 = plane + (2 * th) * p.Wout + ow0, off1 = off0 + p.Wout;
+      ep.run(out + off0, y0 + 2 * t0, off0, nullptr, wn);
+      if (2 * th + 1 < p.Hout) ep.run(out + off1, y1 + 2 * t0, off1, nullptr, wn);
     }
   }
 }
@@ -458,7 +459,7 @@ void grad_output_transform(const Plan& p, const T* dy, int64_t r0, int64_t r1, i
 
 template <typename T, int S>
 bool conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t Cout, int64_t Hout, int64_t Wout,
-             int64_t off_h, int64_t off_w, const T* in, const T* w, bool flip, const T* bias, T* out) {
+             int64_t off_h, int64_t off_w, const T* in, const T* w, bool flip, const Epilogue<T>& ep, T* out) {
   Plan p{N, Cin, Hin, Win, Cout, Hout, Wout, off_h, off_w, (Hout + 1) / 2, (Wout + 1) / 2, 0, 0, 0, 0, 0};
   p.rows = N * p.TH;
   // U's classes 4 KiB-staggered too: at 128 x 256 channels (a 128 KiB stride) the weight
@@ -494,7 +495,7 @@ bool conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t Cout, int
         gemm(false, false, Cout, cols, Cin, T(1), U + c * us, Cin, V + sv.off[c], cols, T(0), M + sm.off[c],
              cols);
       }
-      output_transform<T, S>(p, M, bias, r0, r1, c0, c1, out, buf);
+      output_transform<T, S>(p, M, ep, r0, r1, c0, c1, out, buf);
     }
   }
   return true;
@@ -697,11 +698,11 @@ bool conv3x3_input_grad_s2(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K
 template <typename T>
 bool winograd_conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t Cout, int64_t Hout,
                       int64_t Wout, int64_t stride, int64_t off_h, int64_t off_w, const T* in, const T* w,
-                      bool flip, const T* bias, T* out) {
+                      bool flip, const Epilogue<T>& ep, T* out) {
   if (N == 0 || Cout == 0 || Hout == 0 || Wout == 0) return true;  // nothing to write
-  if (stride == 1) return conv3x3<T, 1>(N, Cin, Hin, Win, Cout, Hout, Wout, off_h, off_w, in, w, flip, bias, out);
+  if (stride == 1) return conv3x3<T, 1>(N, Cin, Hin, Win, Cout, Hout, Wout, off_h, off_w, in, w, flip, ep, out);
   if (stride == 2 && !flip)
-    return conv3x3<T, 2>(N, Cin, Hin, Win, Cout, Hout, Wout, off_h, off_w, in, w, flip, bias, out);
+    return conv3x3<T, 2>(N, Cin, Hin, Win, Cout, Hout, Wout, off_h, off_w, in, w, flip, ep, out);
   return false;
 }
 
@@ -733,10 +734,11 @@ template bool winograd_conv3x3_input_grad<double>(int64_t, int64_t, int64_t, int
                                                   int64_t, int64_t, const double*, const double*, double*);
 
 template bool winograd_conv3x3<float>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                      int64_t, int64_t, const float*, const float*, bool, const float*, float*);
+                                      int64_t, int64_t, const float*, const float*, bool, const Epilogue<float>&,
+                                      float*);
 template bool winograd_conv3x3<double>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                       int64_t, int64_t, const double*, const double*, bool, const double*,
-                                       double*);
+                                       int64_t, int64_t, const double*, const double*, bool,
+                                       const Epilogue<double>&, double*);
 
 void set_winograd(int mode, int64_t chunk_bytes) {
   if (mode >= 0) g_wino_mode.store(mode);

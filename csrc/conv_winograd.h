@@ -2,6 +2,8 @@
 #pragma once
 #include <cstdint>
 
+#include "epilogue.h"
+
 namespace pydl {
 
 // The conv workspace (conv.cpp): a per-thread buffer of at least `bytes`, recorded by the
@@ -9,7 +11,7 @@ namespace pydl {
 void* conv_workspace(int64_t bytes);
 int64_t conv_workspace_limit();
 
-// out[n, o, p, q] = bias[o] + sum_{i, 3x3 taps} in[n, i, s*p + off_h + a, s*q + off_w + b] * W(o, i, a, b)
+// out[n, o, p, q] = ep(bias[o] + sum_{i, 3x3 taps} in[n, i, s*p + off_h + a, s*q + off_w + b] * W(o, i, a, b))
 // with in = 0 outside [0, Hin) x [0, Win) and s = stride (1 or 2). Forward: W(o, i, a, b) = w[o, i, a, b]
 // (w is K x C x 3 x 3), off = -pad. Backward input of a stride-1 convolution (flip = true, stride 1 only):
 // W(o, i, a, b) = w[i, o, 2 - a, 2 - b], off = pad - 2.
@@ -18,7 +20,7 @@ int64_t conv_workspace_limit();
 template <typename T>
 bool winograd_conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t Cout, int64_t Hout,
                       int64_t Wout, int64_t stride, int64_t off_h, int64_t off_w, const T* in, const T* w,
-                      bool flip, const T* bias, T* out);
+                      bool flip, const Epilogue<T>& ep, T* out);
 
 // dw[k, c] (K x C x 3 x 3) = gradient of the forward call above (off = -pad) w.r.t. w, from
 // x (N, C, H, W) and dy (N, K, Ho, Wo). False: declined (nothing written).

@@ -690,3 +690,90 @@ def test_conv2d_depthwise_and_bias_grads_identical_across_thread_counts(tmp_path
         outs.append(np.load(path))
     for k in outs[0]:
         assert np.array_equal(outs[0][k], outs[1][k])
+
+
+# ---------------------------------------------------------------- fused epilogue (inference)
+# conv2d(..., activation=, residual=) applies y = act(conv + bias + residual) inside every
+# forward path: each case below takes one path (forced where a knob exists).
+
+_ACT_REF = {  # float64 oracles, PyTorch's formulas
+    None: lambda v: v,
+    "relu": lambda v: np.maximum(v, 0),
+    "relu6": lambda v: np.clip(v, 0, 6),
+    "leaky_relu": lambda v: np.where(v < 0, 0.2 * v, v),
+    "silu": lambda v: v / (1 + np.exp(-v)),
+    "hardswish": lambda v: v * np.clip(v + 3, 0, 6) / 6,
+}
+
+# (x shape, w shape, conv kwargs, winograd mode or None, workspace limit or None)
+_FUSED_PATHS = {
+    "depthwise stencil": ((2, 3, 7, 5), (3, 1, 3, 3), dict(padding=1, groups=3), None, None),
+    "depthwise generic": ((2, 3, 9, 12), (3, 1, 3, 3), dict(stride=2, padding=1, groups=3), None, None),
+    "winograd s1": ((2, 3, 7, 9), (5, 3, 3, 3), dict(padding=1), 2, None),
+    "winograd s2": ((2, 3, 7, 9), (5, 3, 3, 3), dict(stride=2, padding=1), 2, None),
+    "1x1": ((2, 6, 5, 7), (4, 6, 1, 1), dict(), None, None),
+    "grouped 1x1": ((2, 6, 5, 7), (4, 3, 1, 1), dict(groups=2), None, None),
+    "per image": ((3, 2, 28, 27), (6, 2, 5, 5), dict(), 0, None),
+    "tiles of images": ((5, 3, 5, 5), (4, 3, 3, 3), dict(padding=1), 0, None),
+    "tiles of pixels": ((1, 4, 25, 26), (5, 4, 3, 2), dict(stride=(2, 3), padding=(3, 1), dilation=(2, 3)), 0, 4096),
+    "grouped": ((2, 6, 19, 23), (4, 3, 3, 3), dict(stride=2, padding=1, groups=2), 0, None),
+}
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("activation", list(_ACT_REF), ids=str)
+@pytest.mark.parametrize("path", list(_FUSED_PATHS))
+def test_conv2d_fused_epilogue_matches_reference(xp, dtype, path, activation, residual):
+    xs, ws, kw, wino_mode, limit = _FUSED_PATHS[path]
+    rng = np.random.default_rng(list(_FUSED_PATHS).index(path))
+    x64, w64, b64 = rng.uniform(-1, 1, xs), rng.uniform(-1, 1, ws), rng.uniform(-1, 1, ws[0])
+    conv = R.conv2d(x64, w64, b64, **kw)
+    r64 = rng.uniform(-1, 1, conv.shape) if residual else None
+    want = _ACT_REF[activation](conv + (r64 if residual else 0))
+    x, w, b = (xp.asarray(a.astype(dtype)) for a in (x64, w64, b64))
+    r = xp.asarray(r64.astype(dtype)) if residual else None
+    saved = [to_numpy(a).copy() for a in (x, w, b) + ((r,) if residual else ())]
+    cpu = _backend.cpu()
+    old_limit = F.get_conv_workspace_limit()
+    try:
+        if xp is np and wino_mode is not None:
+            cpu._set_conv_winograd(wino_mode)
+        if limit:
+            F.set_conv_workspace_limit(limit)
+        calls = cpu._conv_winograd_calls()
+        got = F.conv2d(x, w, b, **kw, activation=activation, residual=r, negative_slope=0.2)
+        if xp is np and wino_mode == 2:
+            assert cpu._conv_winograd_calls() == calls + 1, "the Winograd path did not run"
+    finally:
+        cpu._set_conv_winograd(1)
+        F.set_conv_workspace_limit(old_limit)
+    assert_close(got, want, dtype)
+    for a, s in zip((x, w, b) + ((r,) if residual else ()), saved):
+        assert np.array_equal(to_numpy(a), s), "an input was modified"
+
+
+def test_conv2d_fused_bad_arguments():
+    x, w = np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3))
+    with pytest.raises(ValueError, match="activation"):
+        F.conv2d(x, w, activation="gelu")
+    with pytest.raises(ValueError, match="activation"):
+        F.conv2d(x, w, activation=1)
+    with pytest.raises(ValueError, match="residual"):
+        F.conv2d(x, w, residual=np.ones((1, 3, 5, 5)))
+    with pytest.raises(TypeError, match="residual"):
+        F.conv2d(x, w, residual=np.ones((1, 3, 3, 3), np.float32))
+    with pytest.raises(TypeError, match="residual"):
+        F.conv2d(x, w, residual=[[1.0]])
+    with pytest.raises(ValueError, match="negative_slope"):
+        F.conv2d(x, w, activation="leaky_relu", negative_slope=float("nan"))
+    with pytest.raises(TypeError, match="fused"):
+        F.conv2d_backward(np.ones((1, 3, 3, 3)), x, w, activation="relu")
+
+
+def test_conv2d_fused_nan_propagates():
+    """NaN from the convolution stays NaN through every activation, as in PyTorch."""
+    x = np.ones((1, 1, 3, 3))
+    x[0, 0, 1, 1] = np.nan
+    for act in _ACT_REF:
+        y = F.conv2d(x, np.ones((1, 1, 1, 1)), activation=act)
+        assert np.isnan(y[0, 0, 1, 1]) and np.isfinite(np.delete(y.ravel(), 4)).all(), act

@@ -5,7 +5,8 @@ NCHW, weight (K, C/groups, kh, kw) for conv2d and (C_in, C_out/groups, kh, kw) f
 transposed convolution). Arguments are validated here, before dispatch; the kernels
 (``pydl._cpu`` or ``pydl.cuda.conv``) share one contract:
 
-- ``conv2d_forward(x, w, b, y, sh, sw, ph, pw, dh, dw, groups)``
+- ``conv2d_forward(x, w, b, y, sh, sw, ph, pw, dh, dw, groups, activation=0, negative_slope=0.01,
+  residual=None)`` (the epilogue: y = act(conv + b + residual), activation numbered as ACTIVATIONS)
 - ``conv2d_backward_input(dy, w, dx, ...)``, ``conv2d_backward_weight(dy, x, dw, ...)``
 - ``conv2d_backward_bias(dy, db)``
 
@@ -125,8 +126,29 @@ def _mask(output_mask):
 
 # ---------------------------------------------------------------- conv2d
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """2-D convolution (cross-correlation), as ``torch.nn.functional.conv2d``.
+# Activations conv2d can end with, in the kernels' numbering (csrc/epilogue.h's Act).
+ACTIVATIONS = {None: 0, "relu": 1, "relu6": 2, "leaky_relu": 3, "silu": 4, "hardswish": 5}
+
+
+def _epilogue(activation, negative_slope, residual, x, y_shape, xp):
+    """(activation code, slope, residual) of a fused conv2d call, validated."""
+    if not (activation is None or isinstance(activation, str)) or activation not in ACTIVATIONS:
+        names = ", ".join(repr(a) for a in ACTIVATIONS)
+        raise ValueError(f"activation: expected one of {names}, got {activation!r}")
+    slope = _backend.float_arg("negative_slope", negative_slope)
+    if residual is not None:
+        _backend.array_module(x=x, residual=residual)
+        _backend.check_float("residual", residual, 4)
+        _backend.check_same_dtype("x", x, residual=residual)
+        _backend.check_shape("residual", residual, y_shape)
+        residual = _backend.contiguous(residual, xp)
+    return ACTIVATIONS[activation], slope, residual
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
+           residual=None, negative_slope=0.01):
+    """2-D convolution (cross-correlation), as ``torch.nn.functional.conv2d``, optionally fused
+    with what follows it in inference: ``y = activation(conv2d(x, weight) + bias + residual)``.
 
     Parameters
     ----------
@@ -138,6 +160,17 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         'same' keeps H, W (stride 1 only); for an even dilated kernel the extra row/column
         of padding goes to the bottom/right, as PyTorch does.
     groups : int, dividing C and K
+    activation : None, 'relu', 'relu6', 'leaky_relu', 'silu' or 'hardswish' (keyword only)
+        Applied to each output value right after it is computed, while it is in cache (pydl's
+        own keyword: PyTorch has none). Same math as ``pydl.functional.relu`` etc.
+    residual : ndarray, shape (N, K, Ho, Wo), same dtype, optional (keyword only)
+        Added before the activation (a ResNet block's shortcut).
+    negative_slope : float
+        leaky_relu's slope (default 0.01, as PyTorch's).
+
+    A fused call has no backward: training calls conv2d and the activations separately
+    (:func:`conv2d_backward` and e.g. ``relu_backward``); ``pydl.nn.utils.fuse`` builds
+    fused inference models.
 
     Returns
     -------
@@ -146,17 +179,20 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     xp = _check_common(x, weight, bias)
     s, p, d, groups, (ho, wo) = _conv_params(x, weight, stride, padding, dilation, groups)
     _check_bias(bias, weight.shape[0])
+    y_shape = (x.shape[0], weight.shape[0], ho, wo)
+    act, slope, residual = _epilogue(activation, negative_slope, residual, x, y_shape, xp)
     x, weight = _backend.contiguous(x, xp), _backend.contiguous(weight, xp)
     bias = None if bias is None else _backend.contiguous(bias, xp)
-    y = _backend.empty((x.shape[0], weight.shape[0], ho, wo), x.dtype, xp)
+    y = _backend.empty(y_shape, x.dtype, xp)
     K = _backend.kernels(xp, "conv")
-    K.conv2d_forward(x, weight, bias, y, s[0], s[1], p[0], p[1], d[0], d[1], groups)
+    K.conv2d_forward(x, weight, bias, y, s[0], s[1], p[0], p[1], d[0], d[1], groups, act, slope, residual)
     return y
 
 
 def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1,
-                    output_mask=(True, True, True)):
-    """Gradients of :func:`conv2d` (with the same arguments).
+                    output_mask=(True, True, True), *, activation=None, residual=None):
+    """Gradients of :func:`conv2d` (with the same arguments; a fused call's ``activation`` and
+    ``residual`` have no backward here: a TypeError says to train with the unfused functions).
 
     Parameters
     ----------
@@ -172,6 +208,10 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     grad_weight : ndarray, shape (K, C / groups, kh, kw) or None
     grad_bias : ndarray, shape (K,) or None
     """
+    if activation is not None or residual is not None:
+        raise TypeError("activation, residual: a fused conv2d call has no backward; for training call "
+                        "conv2d without them, then the activation and the residual add, and "
+                        "backpropagate through each (e.g. relu_backward, then conv2d_backward)")
     xp = _backend.array_module(grad_out=grad_out, x=x, weight=weight)
     _check_common(x, weight, None)
     _backend.check_float("grad_out", grad_out, 4)
