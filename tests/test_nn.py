@@ -236,8 +236,8 @@ def test_state_dict_npz_roundtrip(tmp_path, xp):
     a = _small_cnn().to(_dev(xp))
     a(rand(np.random.default_rng(0), (4, 1, 4, 4), np.float32, xp))  # BN buffers move
     sd = a.state_dict()
-    assert list(sd) == ["0.weight", "0.bias", "1.weight", "1.bias", "5.weight", "5.bias", "7.weight", "7.bias",
-                        "1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    assert list(sd) == ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var",
+                        "1.num_batches_tracked", "5.weight", "5.bias", "7.weight", "7.bias"]  # PyTorch's order
     assert all(isinstance(v, np.ndarray) for v in sd.values())
     path = tmp_path / "m.npz"
     a.save(path)
@@ -257,6 +257,54 @@ def test_state_dict_npz_roundtrip(tmp_path, xp):
     sd["0.bias"] = np.zeros(5, np.float32)
     with pytest.raises(ValueError, match="0.bias"):
         b.load_state_dict(sd)
+
+
+def test_load_state_dict_keys_as_pytorch():
+    a = _small_cnn()
+    sd = a.state_dict()
+    assert a.load_state_dict(sd) == ([], [])  # (missing_keys, unexpected_keys), as PyTorch returns
+    del sd["1.num_batches_tracked"]  # absent from checkpoints older than PyTorch 0.4.1: accepted, kept
+    a[1].num_batches_tracked = np.array(7)
+    assert a.load_state_dict(sd).missing_keys == [] and int(a[1].num_batches_tracked) == 7
+    w0 = a[0].weight.data.copy()
+    bad = dict(sd, extra=np.zeros(1))
+    bad["0.weight"] = np.ones_like(w0)
+    bad.pop("5.bias")
+    with pytest.raises(nn.StateDictKeyError) as err:
+        a.load_state_dict(bad)
+    msg = str(err.value)  # readable, not KeyError's quoted repr
+    assert msg.startswith("Error(s) in loading state_dict for Sequential:\n")
+    assert "Missing key(s) in state_dict (1): 5.bias" in msg and "Unexpected key(s) in state_dict (1): extra" in msg
+    assert isinstance(err.value, KeyError) and err.value.unexpected_keys == ["extra"]
+    assert np.array_equal(a[0].weight.data, w0)  # nothing copied
+    assert a.load_state_dict(bad, strict=False) == (["5.bias"], ["extra"])
+    assert (a[0].weight.data == 1).all()
+    bad["0.bias"] = np.zeros(3)
+    w0 = a[1].weight.data.copy()
+    bad["1.weight"] = w0 + 1
+    with pytest.raises(ValueError, match="0.bias: expected shape"):
+        a.load_state_dict(bad, strict=False)
+    assert np.array_equal(a[1].weight.data, w0)  # shapes are all checked before anything is copied
+
+
+def test_module_tree_as_pytorch():
+    seq = _small_cnn()
+    order = list(seq._modules)
+    seq[2] = nn.Identity()  # a replaced child keeps its place (Sequential order)
+    setattr(seq, "3", nn.AvgPool2d(2))
+    assert list(seq._modules) == order and type(seq[2]) is nn.Identity and type(seq[3]) is nn.AvgPool2d
+    with pytest.raises(TypeError, match="Module"):
+        seq[0] = "conv"
+    seq.add_module("8", nn.ReLU())
+    assert list(seq._modules)[-1] == "8" and seq.get_submodule("8") is seq[8]
+    assert [n for n, _ in seq.named_children()] == order + ["8"]
+    assert [n for n, _ in seq.named_buffers()] == ["1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    assert len(list(seq.buffers())) == 3
+    seen = []
+    seq.apply(lambda m: seen.append(type(m).__name__))
+    assert seen[-1] == "Sequential" and seen.count("Linear") == 2
+    with pytest.raises(AttributeError, match="nope"):
+        seq.get_submodule("1.nope")
 
 
 def test_sequential_composition():

@@ -7,13 +7,13 @@ A Module computes ``forward(x)`` (also ``module(x)``), caching what its backward
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 
 import numpy as np
 
 from .. import _backend
 
-__all__ = ["Parameter", "Module", "Sequential"]
+__all__ = ["Parameter", "Module", "Sequential", "StateDictKeyError"]
 
 
 def _to_device(a, device):
@@ -33,6 +33,25 @@ def _check_device(device):
     if device == "cuda":
         _backend.cuda()  # raises with the reason when the GPU path is unusable
     return device
+
+
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+
+class StateDictKeyError(KeyError):
+    """load_state_dict(strict=True) found missing and/or unexpected keys (both listed)."""
+
+    def __init__(self, model_name, missing, unexpected):
+        self.missing_keys, self.unexpected_keys = list(missing), list(unexpected)
+        lines = [f"Error(s) in loading state_dict for {model_name}:"]
+        if missing:
+            lines.append(f"  Missing key(s) in state_dict ({len(missing)}): " + ", ".join(missing))
+        if unexpected:
+            lines.append(f"  Unexpected key(s) in state_dict ({len(unexpected)}): " + ", ".join(unexpected))
+        super().__init__("\n".join(lines))
+
+    def __str__(self):  # KeyError would print the repr of the message, escapes and quotes included
+        return self.args[0]
 
 
 class Parameter:
@@ -89,12 +108,15 @@ class Module:
         if name in self._buffers and not isinstance(value, (Parameter, Module)):
             object.__setattr__(self, name, value)  # a buffer stays a buffer when reassigned
             return
+        # A Parameter or Module replacing one of its kind keeps its place (as in PyTorch), so
+        # swapping a submodule (fusion, fine-tuning a new head) keeps Sequential's order.
+        kind = self._parameters if isinstance(value, Parameter) else \
+            self._modules if isinstance(value, Module) else None
         for d in (self._parameters, self._buffers, self._modules):
-            d.pop(name, None)
-        if isinstance(value, Parameter):
-            self._parameters[name] = value
-        elif isinstance(value, Module):
-            self._modules[name] = value
+            if d is not kind:
+                d.pop(name, None)
+        if kind is not None:
+            kind[name] = value
         object.__setattr__(self, name, value)
 
     def register_buffer(self, name, array):
@@ -105,6 +127,18 @@ class Module:
     def _buffer_items(self):
         for name in self._buffers:
             yield name, getattr(self, name)
+
+    def add_module(self, name, module):
+        """Register ``module`` (a Module or None) as the child ``name``, as ``setattr`` does."""
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"name: expected a non-empty string without '.', got {name!r}")
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"module: expected a Module or None, got {type(module).__name__}")
+        if module is None:
+            self._modules.pop(name, None)
+        setattr(self, name, module)
+
+    register_module = add_module
 
     # -------------------------------------------------------- calling
     def forward(self, *args):
@@ -119,6 +153,25 @@ class Module:
     # -------------------------------------------------------- traversal
     def children(self):
         return iter(self._modules.values())
+
+    def named_children(self):
+        return iter(self._modules.items())
+
+    def get_submodule(self, target):
+        """The submodule at dotted path ``target`` ('' is self), e.g. ``'layer1.0.conv1'``."""
+        m = self
+        for part in target.split(".") if target else ():
+            if part not in m._modules:
+                raise AttributeError(f"{type(m).__name__} has no submodule {part!r} (in {target!r})")
+            m = m._modules[part]
+        return m
+
+    def apply(self, fn):
+        """Call ``fn(m)`` on every submodule (children first) and on self; returns self."""
+        for m in self.children():
+            m.apply(fn)
+        fn(self)
+        return self
 
     def named_modules(self, prefix=""):
         yield prefix, self
@@ -141,10 +194,15 @@ class Module:
         for _, p in self.named_parameters():
             yield p
 
-    def named_buffers(self):
-        for mname, m in self.named_modules():
+    def named_buffers(self, prefix=""):
+        for mname, m in self.named_modules(prefix):
             for name, b in m._buffer_items():
-                yield (f"{mname}.{name}" if mname else name), b
+                if b is not None:
+                    yield (f"{mname}.{name}" if mname else name), b
+
+    def buffers(self):
+        for _, b in self.named_buffers():
+            yield b
 
     def zero_grad(self, set_to_none=True):
         for p in self.parameters():
@@ -215,50 +273,77 @@ class Module:
         return self.to(dtype=np.float64)
 
     # -------------------------------------------------------- state
+    def _state_targets(self):
+        """Ordered key -> (module, name, is_parameter), in PyTorch's state_dict order: each
+        module's own parameters, then its buffers, then its children (depth first)."""
+        targets = OrderedDict()
+        for mname, m in self.named_modules():
+            for name in m._parameters:
+                targets[f"{mname}.{name}" if mname else name] = (m, name, True)
+            for name, b in m._buffer_items():
+                if b is not None:
+                    targets[f"{mname}.{name}" if mname else name] = (m, name, False)
+        return targets
+
     def state_dict(self):
-        """Ordered name -> NumPy array copy of every parameter and buffer (host copies)."""
+        """Ordered name -> NumPy array copy of every parameter and buffer (host copies).
+
+        Keys and order are PyTorch's (``layer1.0.bn1.running_mean``...), so a PyTorch
+        model with the same structure takes them as ``{k: torch.from_numpy(v)}``.
+        """
         out = OrderedDict()
-        for name, p in self.named_parameters():
-            out[name] = np.array(_to_device(p.data, "cpu"), copy=True)
-        for name, b in self.named_buffers():
-            if b is not None:
-                out[name] = np.array(_to_device(b, "cpu"), copy=True)
+        for key, (m, name, is_param) in self._state_targets().items():
+            a = m._parameters[name].data if is_param else getattr(m, name)
+            out[key] = np.array(_to_device(a, "cpu"), copy=True)
         return out
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy arrays into the parameters and buffers (keeping their device and dtype).
 
-        strict: every key must match (missing or unexpected keys raise KeyError). Shapes
-        must match (ValueError naming the key).
+        Parameters
+        ----------
+        state_dict : mapping of key -> array
+            NumPy or CuPy arrays, or anything ``numpy.asarray`` takes (CPU torch tensors:
+            ``{k: v.numpy() for k, v in torch_model.state_dict().items()}``). Values are
+            cast to the dtype of the array they replace.
+        strict : bool
+            Keys must match exactly: the missing and unexpected keys are listed in one
+            ``KeyError``. As PyTorch's batch norm, a missing ``num_batches_tracked``
+            (checkpoints from before PyTorch 0.4.1) is accepted and keeps its value.
+
+        Returns
+        -------
+        (missing_keys, unexpected_keys) : named tuple of two lists, as PyTorch returns.
+
+        Shapes must match (ValueError naming the key); nothing is copied unless every
+        key and shape checks out.
         """
-        targets = OrderedDict()
-        for mname, m in self.named_modules():
-            for name, p in m._parameters.items():
-                targets[f"{mname}.{name}" if mname else name] = (m, name, True)
-            for name, b in m._buffer_items():
-                if b is not None:
-                    targets[f"{mname}.{name}" if mname else name] = (m, name, False)
-        if strict:
-            missing = [k for k in targets if k not in state_dict]
-            unexpected = [k for k in state_dict if k not in targets]
-            if missing or unexpected:
-                raise KeyError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        targets = self._state_targets()
+        missing = [k for k, (_, name, _) in targets.items()
+                   if k not in state_dict and name != "num_batches_tracked"]
+        unexpected = [k for k in state_dict if k not in targets]
+        if strict and (missing or unexpected):
+            raise StateDictKeyError(type(self).__name__, missing, unexpected)
+        for key, (m, name, is_param) in targets.items():
+            if key in state_dict:
+                cur = m._parameters[name].data if is_param else getattr(m, name)
+                got = tuple(np.shape(state_dict[key]))
+                if got != tuple(cur.shape):
+                    raise ValueError(f"{key}: expected shape {tuple(cur.shape)}, got {got} "
+                                     "(a model built with other arguments?)")
         for key, (m, name, is_param) in targets.items():
             if key not in state_dict:
                 continue
             cur = m._parameters[name].data if is_param else getattr(m, name)
-            src = state_dict[key]
-            if tuple(src.shape) != tuple(cur.shape):
-                raise ValueError(f"{key}: expected shape {tuple(cur.shape)}, got {tuple(src.shape)}")
             dev = "cuda" if _backend.is_cuda(cur) else "cpu"
-            new = _to_device(np.asarray(_to_device(src, "cpu")), dev).astype(cur.dtype, copy=True)
+            new = _to_device(np.asarray(_to_device(state_dict[key], "cpu")), dev).astype(cur.dtype, copy=True)
             if is_param:
                 m._parameters[name].data = new
             else:
                 object.__setattr__(m, name, new)
         for m in self.modules():
             m._on_apply()
-        return self
+        return IncompatibleKeys(missing, unexpected)
 
     def save(self, path):
         """Write state_dict() to an .npz file."""
@@ -303,6 +388,12 @@ class Sequential(Module):
         if isinstance(i, slice):
             return Sequential(*mods[i])
         return mods[i]
+
+    def __setitem__(self, i, m):
+        """Replace the i-th module in place (its key and position stay)."""
+        if not isinstance(m, Module):
+            raise TypeError(f"module: expected a Module, got {type(m).__name__}")
+        setattr(self, list(self._modules)[i], m)
 
     def __iter__(self):
         return iter(self._modules.values())
