@@ -21,50 +21,13 @@ import numpy as np
 
 from .. import _backend
 from .. import functional as F
+from ..functional.conv import ACTIVATIONS as _CONV_ACTIVATIONS
 from .layers import BatchNorm2d, Conv2d, ConvTranspose2d, Identity, LeakyReLU
 from .module import Module, Parameter, Sequential
 
 __all__ = ["fuse_conv_bn_weights", "fuse_conv_bn_eval", "FusedConv2d", "fuse"]
 
-ACTIVATIONS = (None, "relu", "relu6", "leaky_relu", "silu", "hardswish")
-
-# The single switch to pydl.functional.conv2d's own fused keywords (activation=, residual=,
-# negative_slope=): set True once they are on this branch; False runs the NumPy/CuPy shim.
-_NATIVE_FUSED_CONV = False
-
-
-def _apply_activation(y, activation, negative_slope, xp):
-    """act(y) in place on y (a fresh array) for the names of ACTIVATIONS."""
-    if activation == "relu":
-        xp.maximum(y, 0, out=y)
-    elif activation == "relu6":
-        xp.clip(y, 0, 6, out=y)
-    elif activation == "leaky_relu":
-        y[...] = xp.where(y > 0, y, y * y.dtype.type(negative_slope))
-    elif activation == "silu":
-        e = xp.exp(-xp.abs(y))  # sigmoid without overflow: 1 / (1 + e) or e / (1 + e)
-        y *= xp.where(y >= 0, 1, e) / (1 + e)
-    elif activation == "hardswish":
-        y *= xp.clip(y + 3, 0, 6) / 6
-    return y
-
-
-def _conv2d_fused(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
-                  residual=None, negative_slope=0.01):
-    """``act(conv2d(x, weight, bias) + residual)``: the one place that calls the fused convolution."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
-    if _NATIVE_FUSED_CONV:
-        return F.conv2d(x, weight, bias, stride, padding, dilation, groups, activation=activation,
-                        residual=residual, negative_slope=negative_slope)
-    y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    xp = _backend.array_module(x=x, residual=residual)
-    if residual is not None:
-        if tuple(residual.shape) != tuple(y.shape):
-            raise ValueError(f"residual: expected the output's shape {tuple(y.shape)}, got {tuple(residual.shape)}")
-        _backend.check_same_dtype("x", x, residual=residual)
-        y += residual
-    return _apply_activation(y, activation, negative_slope, xp)
+ACTIVATIONS = tuple(_CONV_ACTIVATIONS)  # those conv2d's epilogue applies
 
 
 # ---------------------------------------------------------------- conv + batch norm
@@ -214,7 +177,7 @@ class FusedConv2d(Module):
 
     def forward(self, x, residual=None):
         b = None if self.bias is None else self.bias.data
-        return _conv2d_fused(x, self.weight.data, b, self.stride, self.padding, self.dilation, self.groups,
+        return F.conv2d(x, self.weight.data, b, self.stride, self.padding, self.dilation, self.groups,
                              activation=self.activation, residual=residual, negative_slope=self.negative_slope)
 
     def backward(self, grad_out):
