@@ -25,6 +25,7 @@ void bind_interpolate(py::module_& m);
 void bind_local_response_norm(py::module_& m);
 void bind_soft_nms(py::module_& m);
 void bind_activation(py::module_& m);
+void bind_linear(py::module_& m);
 }  // namespace pydl
 
 PYBIND11_MODULE(_cpu, m) {
@@ -87,4 +88,5 @@ PYBIND11_MODULE(_cpu, m) {
   pydl::bind_local_response_norm(m);
   pydl::bind_soft_nms(m);
   pydl::bind_activation(m);
+  pydl::bind_linear(m);
 }

@@ -1765,6 +1765,40 @@ def act_specs():
     return specs
 
 
+# ------------------------------------------------------------------------------ linear
+
+@st.composite
+def linear_call(draw, backward=False):
+    rng, dt = draw(seeds()), draw(st.sampled_from(DTYPES))
+    lead = tuple(draw(st.lists(st.integers(0, 4), min_size=0, max_size=3)))
+    n_in, n_out = draw(st.integers(0, 6)), draw(st.integers(0, 6))
+    kw_ = dict(x=rnd(rng, lead + (n_in,), dt), weight=rnd(rng, (n_out, n_in), dt))
+    if backward:
+        kw_ = dict(grad_out=rnd(rng, lead + (n_out,), dt), **kw_,
+                   output_mask=tuple(draw(st.lists(st.booleans(), min_size=3, max_size=3))))
+    elif draw(st.booleans()):
+        kw_["bias"] = rnd(rng, (n_out,), dt)
+    return Call(draw(laid_out(kw_)), dtype=dt)
+
+
+def linear_in_features(draw, call):
+    kw = dict(call.kw)
+    x = np.asarray(kw["x"])
+    kw["x"] = np.concatenate([x, np.zeros(x.shape[:-1] + (1,), x.dtype)], axis=-1)
+    return kw, ValueError, ("x", "weight")
+
+
+def linear_scalar_x(draw, call):
+    kw = dict(call.kw)
+    kw["x"] = np.ones((), call.dtype)
+    return kw, ValueError, ("x",)
+
+
+LINEAR_SCHEMA = dict(x=Arr(), weight=Arr((2,)), bias=Arr((1,), optional=True))
+LINEAR_BWD_SCHEMA = dict(grad_out=Arr(), x=Arr(), weight=Arr((2,)), output_mask=Mask())
+LINEAR_INVALID = [("in_features", linear_in_features), ("0-d x", linear_scalar_x)]
+
+
 # ------------------------------------------------------------------------------ the table
 
 def _first(r):
@@ -1863,6 +1897,13 @@ SPECS = [
          [("rank < 3", lrn_low_rank), ("grad_out shape", bad_grad_out_shape)],
          floor=lambda kw: amax(kw["grad_out"])),
     *act_specs(),
+    # sums cancel: float32 results are accurate relative to the magnitude of their terms
+    Spec("linear", F.linear, linear_call, R.linear, LINEAR_SCHEMA,
+         LINEAR_INVALID + [("bias length", bad_bias)],
+         floor=lambda kw: max(amax(kw["x"], kw["weight"]), amax(kw.get("bias")))),
+    Spec("linear_backward", F.linear_backward, lambda: linear_call(backward=True), R.linear_backward,
+         LINEAR_BWD_SCHEMA, LINEAR_INVALID + [("grad_out shape", bad_grad_out_shape)],
+         floor=lambda kw: amax(kw["grad_out"]) * max(amax(kw["x"]), amax(kw["weight"]))),
 ]
 
 

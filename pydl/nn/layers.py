@@ -1,5 +1,5 @@
-"""Layers: thin stateful wrappers over pydl.functional kernels (conv, pool, batch norm, activations)
-and NumPy/CuPy array expressions (linear, ELU, PReLU, dropout, flatten).
+"""Layers: thin stateful wrappers over pydl.functional kernels (linear, conv, pool, batch norm,
+activations) and NumPy/CuPy array expressions (ELU, PReLU, dropout, flatten).
 
 Every layer caches in forward what its backward needs and follows the Module contract:
 ``backward(grad_out)`` returns the input gradient and accumulates parameter gradients.
@@ -84,26 +84,19 @@ class Linear(Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
     def forward(self, x):
-        _backend.array_module(input=x, weight=self.weight.data)
-        _backend.check_float("input", x)
-        _backend.check_same_dtype("weight", self.weight.data, input=x)
-        if x.ndim < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(f"input: expected last dimension {self.in_features}, got shape {tuple(x.shape)}")
-        y = x @ self.weight.data.T
-        if self.bias is not None:
-            y += self.bias.data
+        b = None if self.bias is None else self.bias.data
+        y = F.linear(x, self.weight.data, b)
         self._cache = x
         return y
 
     def backward(self, grad_out):
         _need_forward(self)
-        x = self._cache
-        dy2 = grad_out.reshape(-1, self.out_features)
-        x2 = x.reshape(-1, self.in_features)
-        self.weight.accumulate(dy2.T @ x2)
+        gx, gw, gb = F.linear_backward(grad_out, self._cache, self.weight.data,
+                                       output_mask=(True, True, self.bias is not None))
+        self.weight.accumulate(gw)
         if self.bias is not None:
-            self.bias.accumulate(dy2.sum(axis=0))
-        return grad_out @ self.weight.data
+            self.bias.accumulate(gb)
+        return gx
 
 
 # ---------------------------------------------------------------- convolutions
