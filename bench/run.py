@@ -28,7 +28,7 @@ from common import settle, time_cpu, time_cupy, time_torch_cuda, try_torch  # no
 
 BENCH_MODULES = ["bench_conv", "bench_pool", "bench_batch_norm", "bench_cross_entropy", "bench_nms",
                  "bench_roi_pool", "bench_roi_align", "bench_deform_conv", "bench_interpolate",
-                 "bench_local_response_norm", "bench_soft_nms"]
+                 "bench_local_response_norm", "bench_soft_nms", "bench_activation", "bench_linear"]
 
 
 _GEMM = {}

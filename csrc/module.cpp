@@ -27,6 +27,8 @@ void bind_deform_conv(py::module_& m);
 void bind_interpolate(py::module_& m);
 void bind_local_response_norm(py::module_& m);
 void bind_soft_nms(py::module_& m);
+void bind_activation(py::module_& m);
+void bind_linear(py::module_& m);
 
 namespace {
 std::atomic<bool> g_forked_child{false};
@@ -105,4 +107,6 @@ PYBIND11_MODULE(_cpu, m) {
   pydl::bind_interpolate(m);
   pydl::bind_local_response_norm(m);
   pydl::bind_soft_nms(m);
+  pydl::bind_activation(m);
+  pydl::bind_linear(m);
 }

@@ -13,6 +13,7 @@ void bind_deform_conv_cuda(py::module_& m);
 void bind_interpolate_cuda(py::module_& m);
 void bind_local_response_norm_cuda(py::module_& m);
 void bind_soft_nms_cuda(py::module_& m);
+void bind_activation_cuda(py::module_& m);
 
 // Smoke kernel: proves the module's device code runs on this GPU.
 __global__ void fill_kernel(float* p, int64_t n, float v) {
@@ -78,4 +79,5 @@ PYBIND11_MODULE(_cuda, m) {
   pydl::bind_interpolate_cuda(m);
   pydl::bind_local_response_norm_cuda(m);
   pydl::bind_soft_nms_cuda(m);
+  pydl::bind_activation_cuda(m);
 }

@@ -1690,6 +1690,115 @@ LRN_SCHEMA = dict(x=Arr(), size=Int(1), alpha=Float(), beta=Float(), k=Float())
 LRN_BWD_SCHEMA = dict(LRN_SCHEMA, grad_out=Arr())
 
 
+# ------------------------------------------------------------------------------ activations
+
+ACT_NAMES = ("relu", "relu6", "leaky_relu", "hardtanh", "silu", "hardswish", "sigmoid", "tanh")
+ACT_FROM_Y = ("sigmoid", "tanh")  # their backward takes the forward output y
+
+
+def act_params(draw, name):
+    if name == "leaky_relu" and draw(st.booleans()):
+        return dict(negative_slope=draw(st.sampled_from([0.01, 0.2, 0.0, -0.5, 1.5])))
+    if name == "hardtanh" and draw(st.booleans()):
+        lo = draw(st.sampled_from([-1.0, -2.5, 0.0, 0.5]))
+        return dict(min_val=lo, max_val=lo + draw(st.sampled_from([0.0, 0.5, 2.0, 6.0])))
+    return {}
+
+
+@st.composite
+def act_call(draw, name, backward=False):
+    """Any shape (0-d, empty, odd), values over every kink; sometimes out= or inplace=True."""
+    rng, dt = draw(seeds()), draw(st.sampled_from(DTYPES))
+    shape = tuple(draw(st.lists(st.integers(0, 5), min_size=0, max_size=4)))
+    x = rnd(rng, shape, dt, -8.0, 8.0)
+    params = act_params(draw, name)
+    if backward:
+        v = getattr(R, name)(x, **params) if name in ACT_FROM_Y else x
+        kw_ = dict(grad_out=rnd(rng, shape, dt), **{"y" if name in ACT_FROM_Y else "x": v}, **params)
+    else:
+        kw_ = dict(x=x, **params)
+    inplace = ()
+    mode = draw(st.sampled_from(["fresh", "fresh", "out"] + ([] if backward or name in ACT_FROM_Y else ["inplace"])))
+    if mode == "out":
+        kw_["out"], inplace = np.zeros(shape, dt), ("out",)
+    elif mode == "inplace":
+        kw_["inplace"], inplace = True, ("x",)
+    return Call(draw(laid_out(kw_, inplace)), inplace=inplace, dtype=dt)
+
+
+def act_bad_bounds(draw, call):
+    kw = dict(call.kw)
+    kw["min_val"], kw["max_val"] = 1.0, draw(st.sampled_from([0.5, -1.0, 0.999]))
+    return kw, ValueError, ("max_val",)
+
+
+def act_inplace_and_out(draw, call):
+    kw = dict(call.kw)
+    kw["inplace"], kw["out"] = True, np.zeros(np.shape(kw["x"]), call.dtype)
+    return kw, ValueError, ("out",)
+
+
+def act_schema(name, backward):
+    sch = dict(grad_out=Arr(), **{("y" if name in ACT_FROM_Y else "x"): Arr()}) if backward else dict(x=Arr())
+    sch["out"] = Arr(optional=True)
+    if not backward and name not in ACT_FROM_Y:
+        sch["inplace"] = Bool()
+    if name == "leaky_relu":
+        sch["negative_slope"] = Float()
+    if name == "hardtanh":
+        sch.update(min_val=Float(), max_val=Float())
+    return sch
+
+
+def act_specs():
+    specs = []
+    for name in ACT_NAMES:
+        fwd_bad = [("inplace with out", act_inplace_and_out)] if name not in ACT_FROM_Y else []
+        bounds = [("max_val < min_val", act_bad_bounds)] if name == "hardtanh" else []
+        specs.append(Spec(name, getattr(F, name), lambda name=name: act_call(name), getattr(R, name),
+                          act_schema(name, False), fwd_bad + bounds))
+        # 1 - y*y and x/3 + 1/2 cancel: float32 results are accurate relative to |grad_out|
+        specs.append(Spec(f"{name}_backward", getattr(F, f"{name}_backward"),
+                          lambda name=name: act_call(name, backward=True), getattr(R, f"{name}_backward"),
+                          act_schema(name, True), [("grad_out shape", bad_grad_out_shape)] + bounds,
+                          floor=lambda kw: amax(kw["grad_out"])))
+    return specs
+
+
+# ------------------------------------------------------------------------------ linear
+
+@st.composite
+def linear_call(draw, backward=False):
+    rng, dt = draw(seeds()), draw(st.sampled_from(DTYPES))
+    lead = tuple(draw(st.lists(st.integers(0, 4), min_size=0, max_size=3)))
+    n_in, n_out = draw(st.integers(0, 6)), draw(st.integers(0, 6))
+    kw_ = dict(x=rnd(rng, lead + (n_in,), dt), weight=rnd(rng, (n_out, n_in), dt))
+    if backward:
+        kw_ = dict(grad_out=rnd(rng, lead + (n_out,), dt), **kw_,
+                   output_mask=tuple(draw(st.lists(st.booleans(), min_size=3, max_size=3))))
+    elif draw(st.booleans()):
+        kw_["bias"] = rnd(rng, (n_out,), dt)
+    return Call(draw(laid_out(kw_)), dtype=dt)
+
+
+def linear_in_features(draw, call):
+    kw = dict(call.kw)
+    x = np.asarray(kw["x"])
+    kw["x"] = np.concatenate([x, np.zeros(x.shape[:-1] + (1,), x.dtype)], axis=-1)
+    return kw, ValueError, ("x", "weight")
+
+
+def linear_scalar_x(draw, call):
+    kw = dict(call.kw)
+    kw["x"] = np.ones((), call.dtype)
+    return kw, ValueError, ("x",)
+
+
+LINEAR_SCHEMA = dict(x=Arr(), weight=Arr((2,)), bias=Arr((1,), optional=True))
+LINEAR_BWD_SCHEMA = dict(grad_out=Arr(), x=Arr(), weight=Arr((2,)), output_mask=Mask())
+LINEAR_INVALID = [("in_features", linear_in_features), ("0-d x", linear_scalar_x)]
+
+
 # ------------------------------------------------------------------------------ the table
 
 def _first(r):
@@ -1787,6 +1896,14 @@ SPECS = [
          R.local_response_norm_backward, LRN_BWD_SCHEMA,
          [("rank < 3", lrn_low_rank), ("grad_out shape", bad_grad_out_shape)],
          floor=lambda kw: amax(kw["grad_out"])),
+    *act_specs(),
+    # sums cancel: float32 results are accurate relative to the magnitude of their terms
+    Spec("linear", F.linear, linear_call, R.linear, LINEAR_SCHEMA,
+         LINEAR_INVALID + [("bias length", bad_bias)],
+         floor=lambda kw: max(amax(kw["x"], kw["weight"]), amax(kw.get("bias")))),
+    Spec("linear_backward", F.linear_backward, lambda: linear_call(backward=True), R.linear_backward,
+         LINEAR_BWD_SCHEMA, LINEAR_INVALID + [("grad_out shape", bad_grad_out_shape)],
+         floor=lambda kw: amax(kw["grad_out"]) * max(amax(kw["x"]), amax(kw["weight"]))),
 ]
 
 

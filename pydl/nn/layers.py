@@ -1,5 +1,5 @@
-"""Layers: thin stateful wrappers over pydl.functional kernels (conv, pool, batch norm) and
-NumPy/CuPy array expressions (linear, elementwise activations, dropout, flatten).
+"""Layers: thin stateful wrappers over pydl.functional kernels (linear, conv, pool, batch norm,
+activations) and NumPy/CuPy array expressions (ELU, PReLU, dropout, flatten).
 
 Every layer caches in forward what its backward needs and follows the Module contract:
 ``backward(grad_out)`` returns the input gradient and accumulates parameter gradients.
@@ -17,8 +17,8 @@ from . import init
 from .module import Module, Parameter
 
 __all__ = ["Identity", "Linear", "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d",
-           "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "ReLU", "LeakyReLU", "ELU", "PReLU",
-           "Sigmoid", "Tanh", "Dropout", "Flatten"]
+           "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "ReLU", "ReLU6", "Hardtanh", "LeakyReLU", "ELU",
+           "PReLU", "Sigmoid", "Tanh", "SiLU", "Hardswish", "Dropout", "Flatten"]
 
 
 def _dtype(dtype):
@@ -84,26 +84,19 @@ class Linear(Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
     def forward(self, x):
-        _backend.array_module(input=x, weight=self.weight.data)
-        _backend.check_float("input", x)
-        _backend.check_same_dtype("weight", self.weight.data, input=x)
-        if x.ndim < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(f"input: expected last dimension {self.in_features}, got shape {tuple(x.shape)}")
-        y = x @ self.weight.data.T
-        if self.bias is not None:
-            y += self.bias.data
+        b = None if self.bias is None else self.bias.data
+        y = F.linear(x, self.weight.data, b)
         self._cache = x
         return y
 
     def backward(self, grad_out):
         _need_forward(self)
-        x = self._cache
-        dy2 = grad_out.reshape(-1, self.out_features)
-        x2 = x.reshape(-1, self.in_features)
-        self.weight.accumulate(dy2.T @ x2)
+        gx, gw, gb = F.linear_backward(grad_out, self._cache, self.weight.data,
+                                       output_mask=(True, True, self.bias is not None))
+        self.weight.accumulate(gw)
         if self.bias is not None:
-            self.bias.accumulate(dy2.sum(axis=0))
-        return grad_out @ self.weight.data
+            self.bias.accumulate(gb)
+        return gx
 
 
 # ---------------------------------------------------------------- convolutions
@@ -355,42 +348,99 @@ class _Elementwise(Module):
 
 
 class ReLU(_Elementwise):
-    """max(x, 0); the gradient at 0 is 0 (as PyTorch)."""
+    """max(x, 0) (``F.relu``); the gradient at 0 is 0 (as PyTorch).
+
+    ``inplace=True`` writes the result into the input array, as PyTorch: use it only where no
+    earlier layer keeps that array for its own backward (pydl has no autograd version counters to
+    catch it; layers that cache their input, Conv2d, Linear, BatchNorm, are safe before it).
+    The backward needs only the output, which the layer keeps."""
 
     def __init__(self, inplace=False):
         super().__init__()
-        self.inplace = inplace  # accepted for PyTorch compatibility; never in place here
+        self.inplace = inplace
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
 
     def forward(self, x):
-        self._check(x)
-        y = x.clip(0, None) if x.size else x.copy()
+        y = F.relu(x, bool(self.inplace))
         self._cache = y
         return y
 
     def backward(self, grad_out):
         _need_forward(self)
-        return grad_out * (self._cache > 0)
+        return F.relu_backward(grad_out, self._cache)  # [y > 0] = [x > 0]
+
+
+class ReLU6(_Elementwise):
+    """min(max(x, 0), 6) (``F.relu6``); ``inplace`` as in ReLU (the backward needs only the output)."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
+
+    def forward(self, x):
+        y = F.relu6(x, bool(self.inplace))
+        self._cache = y
+        return y
+
+    def backward(self, grad_out):
+        _need_forward(self)
+        return F.relu6_backward(grad_out, self._cache)  # [0 < y < 6] = [0 < x < 6]
+
+
+class Hardtanh(_Elementwise):
+    """min(max(x, min_val), max_val) (``F.hardtanh``); ``inplace`` as in ReLU (the backward needs
+    only the output)."""
+
+    def __init__(self, min_val=-1.0, max_val=1.0, inplace=False):
+        super().__init__()
+        self.min_val = _backend.float_arg("min_val", min_val)
+        self.max_val = _backend.float_arg("max_val", max_val)
+        if self.max_val < self.min_val:
+            raise ValueError(f"max_val: expected a float >= min_val={self.min_val}, got {self.max_val}")
+        self.inplace = inplace
+
+    def extra_repr(self):
+        return f"min_val={self.min_val}, max_val={self.max_val}" + (", inplace=True" if self.inplace else "")
+
+    def forward(self, x):
+        y = F.hardtanh(x, self.min_val, self.max_val, bool(self.inplace))
+        self._cache = y
+        return y
+
+    def backward(self, grad_out):
+        _need_forward(self)
+        # the output is min_val (max_val) exactly where x <= min_val (x >= max_val)
+        return F.hardtanh_backward(grad_out, self._cache, self.min_val, self.max_val)
 
 
 class LeakyReLU(_Elementwise):
+    """x where x > 0, else negative_slope x (``F.leaky_relu``); ``inplace`` as in ReLU. With
+    negative_slope >= 0 the backward needs only the output; with a negative slope the layer keeps
+    the input (a copy of it when in place)."""
+
     def __init__(self, negative_slope=0.01, inplace=False):
         super().__init__()
         self.negative_slope = _backend.float_arg("negative_slope", negative_slope)
         self.inplace = inplace
 
     def extra_repr(self):
-        return f"negative_slope={self.negative_slope}"
+        return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
 
     def forward(self, x):
-        xp = _xp(self._check(x))
-        pos = x > 0
-        self._cache = pos
-        return xp.where(pos, x, x * x.dtype.type(self.negative_slope))
+        keep_x = self.negative_slope < 0  # then y > 0 does not mean x > 0
+        saved = self._check(x).copy() if keep_x and self.inplace else x
+        y = F.leaky_relu(x, self.negative_slope, bool(self.inplace))
+        self._cache = saved if keep_x else y
+        return y
 
     def backward(self, grad_out):
         _need_forward(self)
-        xp = _xp(grad_out, "grad_out")
-        return xp.where(self._cache, grad_out, grad_out * grad_out.dtype.type(self.negative_slope))
+        return F.leaky_relu_backward(grad_out, self._cache, self.negative_slope)
 
 
 class ELU(_Elementwise):
@@ -461,36 +511,74 @@ class PReLU(Module):
         return xp.where(pos, grad_out, grad_out * self._slope(x))
 
 
-def _sigmoid(x, xp):
-    # exp of -|x| never overflows: 1 / (1 + e) for x >= 0, e / (1 + e) for x < 0.
-    e = xp.exp(-xp.abs(x))
-    return xp.where(x >= 0, 1, e) / (1 + e)
-
-
 class Sigmoid(_Elementwise):
+    """1 / (1 + exp(-x)) (``F.sigmoid``); the backward uses the output."""
+
     def forward(self, x):
-        xp = _xp(self._check(x))
-        y = _sigmoid(x, xp).astype(x.dtype, copy=False)
+        y = F.sigmoid(x)
         self._cache = y
         return y
 
     def backward(self, grad_out):
         _need_forward(self)
-        y = self._cache
-        return grad_out * y * (1 - y)
+        return F.sigmoid_backward(grad_out, self._cache)
 
 
 class Tanh(_Elementwise):
+    """tanh(x) (``F.tanh``); the backward uses the output."""
+
     def forward(self, x):
-        xp = _xp(self._check(x))
-        y = xp.tanh(x)
+        y = F.tanh(x)
         self._cache = y
         return y
 
     def backward(self, grad_out):
         _need_forward(self)
-        y = self._cache
-        return grad_out * (1 - y * y)
+        return F.tanh_backward(grad_out, self._cache)
+
+
+class SiLU(_Elementwise):
+    """x sigmoid(x) (``F.silu``). The backward needs the input: with ``inplace=True`` the result
+    overwrites the input array (as PyTorch) and the layer keeps a copy of the input."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
+
+    def forward(self, x):
+        saved = self._check(x).copy() if self.inplace else x
+        y = F.silu(x, bool(self.inplace))
+        self._cache = saved
+        return y
+
+    def backward(self, grad_out):
+        _need_forward(self)
+        return F.silu_backward(grad_out, self._cache)
+
+
+class Hardswish(_Elementwise):
+    """x min(max(x + 3, 0), 6) / 6 (``F.hardswish``); ``inplace`` as in SiLU (the backward needs
+    the input)."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
+
+    def forward(self, x):
+        saved = self._check(x).copy() if self.inplace else x
+        y = F.hardswish(x, bool(self.inplace))
+        self._cache = saved
+        return y
+
+    def backward(self, grad_out):
+        _need_forward(self)
+        return F.hardswish_backward(grad_out, self._cache)
 
 
 class Dropout(_Elementwise):

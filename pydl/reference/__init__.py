@@ -16,10 +16,13 @@ from .local_response_norm import *  # noqa: F401,F403
 from .anchors import *  # noqa: F401,F403
 from .soft_nms import *  # noqa: F401,F403
 from .metrics import *  # noqa: F401,F403
+from .activation import *  # noqa: F401,F403
+from .linear import *  # noqa: F401,F403
 
 import importlib as _importlib
 
 # Each submodule's public names; by submodule object, since `from .x import *` may
 # rebind the name x to a function of the same name (batch_norm, cross_entropy, nms).
-__all__ = [n for _m in ['conv', 'pool', 'batch_norm', 'cross_entropy', 'nms', 'roi_pool', 'roi_align', 'deform_conv', 'interpolate', 'local_response_norm', 'anchors', 'soft_nms', 'metrics']
+__all__ = [n for _m in ['conv', 'pool', 'batch_norm', 'cross_entropy', 'nms', 'roi_pool', 'roi_align', 'deform_conv', 'interpolate', 'local_response_norm', 'anchors', 'soft_nms', 'metrics',
+                        'activation', 'linear']
            for n in _importlib.import_module(f"{__name__}.{_m}").__all__]
