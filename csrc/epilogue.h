@@ -1,35 +1,15 @@
 // The convolution epilogue: y = act(conv(x) + bias + residual), applied by every forward path to
 // an output row segment right after it is computed, while it is still in cache (no extra pass).
 #pragma once
-#include <cmath>
 #include <cstdint>
 #include <cstring>
+
+#include "activation.h"
 
 namespace pydl {
 
 // Activations a convolution can end with (pydl.functional.conv2d's `activation`).
 enum class Act : int { none = 0, relu = 1, relu6 = 2, leaky_relu = 3, silu = 4, hardswish = 5 };
-
-// The activations' scalar math, PyTorch's: NaN propagates (the comparisons are false for NaN).
-template <typename T>
-inline T act_apply(Act a, T v, T slope) {
-  switch (a) {
-    case Act::relu:
-      return v < T(0) ? T(0) : v;
-    case Act::relu6:
-      return v < T(0) ? T(0) : (v > T(6) ? T(6) : v);
-    case Act::leaky_relu:
-      return v < T(0) ? v * slope : v;
-    case Act::silu:
-      return v / (T(1) + std::exp(-v));
-    case Act::hardswish: {  // PyTorch's x * min(max(x + 3, 0), 6) / 6 (-inf gives NaN there too)
-      const T t = v + T(3);
-      return v * (t < T(0) ? T(0) : (t > T(6) ? T(6) : t)) / T(6);
-    }
-    default:
-      return v;
-  }
-}
 
 template <typename T>
 struct Epilogue {
@@ -59,34 +39,30 @@ struct Epilogue {
       }
       return;
     }
-    // One loop per activation: the switch stays outside, so each loop vectorizes.
+    // One loop per activation (the math of csrc/activation.h): the switch stays outside.
     switch (act) {
       case Act::relu:
-        body(dst, src, r, b, n, [](T v) { return v < T(0) ? T(0) : v; });
-        break;
+        return body(dst, src, r, b, n, act::Relu<T>{});
       case Act::relu6:
-        body(dst, src, r, b, n, [](T v) { return v < T(0) ? T(0) : (v > T(6) ? T(6) : v); });
-        break;
-      case Act::leaky_relu: {
-        const T s = slope;
-        body(dst, src, r, b, n, [s](T v) { return v < T(0) ? v * s : v; });
-        break;
-      }
-      default: {
-        const Act a = act;
-        const T s = slope;
-        body(dst, src, r, b, n, [a, s](T v) { return act_apply(a, v, s); });
-      }
+        return body(dst, src, r, b, n, act::Hardtanh<T>{T(0), T(6)});
+      case Act::leaky_relu:
+        return body(dst, src, r, b, n, act::LeakyRelu<T>{slope});
+      case Act::silu:
+        return body(dst, src, r, b, n, act::Silu<T>{});
+      case Act::hardswish:
+        return body(dst, src, r, b, n, act::Hardswish<T>{});
+      default:
+        return;
     }
   }
 
  private:
-  template <typename F>
-  static void body(T* dst, const T* src, const T* r, T b, int64_t n, F f) {
+  template <typename Op>
+  static void body(T* dst, const T* src, const T* r, T b, int64_t n, const Op op) {
     if (r)
-      for (int64_t i = 0; i < n; ++i) dst[i] = f(src[i] + b + r[i]);
+      for (int64_t i = 0; i < n; ++i) dst[i] = op.forward(src[i] + b + r[i]);
     else
-      for (int64_t i = 0; i < n; ++i) dst[i] = f(src[i] + b);
+      for (int64_t i = 0; i < n; ++i) dst[i] = op.forward(src[i] + b);
   }
 };
 

@@ -696,13 +696,13 @@ def test_conv2d_depthwise_and_bias_grads_identical_across_thread_counts(tmp_path
 # conv2d(..., activation=, residual=) applies y = act(conv + bias + residual) inside every
 # forward path: each case below takes one path (forced where a knob exists).
 
-_ACT_REF = {  # float64 oracles, PyTorch's formulas
+_ACT_REF = {  # the float64 oracles of pydl.reference (leaky_relu at slope 0.2)
     None: lambda v: v,
-    "relu": lambda v: np.maximum(v, 0),
-    "relu6": lambda v: np.clip(v, 0, 6),
-    "leaky_relu": lambda v: np.where(v < 0, 0.2 * v, v),
-    "silu": lambda v: v / (1 + np.exp(-v)),
-    "hardswish": lambda v: v * np.clip(v + 3, 0, 6) / 6,
+    "relu": R.relu,
+    "relu6": R.relu6,
+    "leaky_relu": lambda v: R.leaky_relu(v, 0.2),
+    "silu": R.silu,
+    "hardswish": R.hardswish,
 }
 
 # (x shape, w shape, conv kwargs, winograd mode or None, workspace limit or None)

@@ -227,38 +227,29 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, g
                    negative_slope=0.01, residual=None):
     """y (N, K, Ho, Wo) = act(conv2d(x (N, C, H, W), w (K, C/groups, kh, kw)) + b (K,) + residual).
 
-    The GPU applies the epilogue (residual, activation) as one extra elementwise pass after
-    the convolution (the CPU fuses it into its output tiles)."""
+    The GPU applies the epilogue (residual add, then the activation kernel in place) as passes
+    after the convolution; the CPU fuses it into its output tiles."""
     _conv2d_forward(x, w, b, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups)
     if activation or residual is not None:
         _epilogue(y, activation, negative_slope, residual)
 
 
-_EPILOGUE = {  # the activations of csrc/epilogue.h, same formulas (NaN propagates)
-    0: "v",
-    1: "v < 0 ? (T)0 : v",
-    2: "v < 0 ? (T)0 : (v > 6 ? (T)6 : v)",
-    3: "v < 0 ? v * (T)s : v",
-    4: "v / ((T)1 + exp(-v))",
-    5: "v * (v + 3 < 0 ? (T)0 : (v + 3 > 6 ? (T)6 : v + 3)) / (T)6",
-}
-_epilogue_kernels = {}
-
-
 def _epilogue(y, act, slope, residual):
-    import cupy
+    # Activation codes as pydl.functional.conv.ACTIVATIONS; the math is cuda/activation.cu's.
+    from . import activation as A
 
-    key = (act, residual is not None)
-    k = _epilogue_kernels.get(key)
-    if k is None:
-        args = "T r, float64 s" if residual is not None else "float64 s"
-        add = " + r" if residual is not None else ""
-        k = _epilogue_kernels[key] = cupy.ElementwiseKernel(
-            args, "T y", f"T v = y{add}; y = {_EPILOGUE[act]};", f"pydl_conv_epilogue_{act}_{int(key[1])}")
     if residual is not None:
-        k(residual, slope, y)
-    else:
-        k(slope, y)
+        y += residual
+    if act == 1:
+        A.relu_forward(y, y)
+    elif act == 2:
+        A.hardtanh_forward(y, y, 0.0, 6.0)
+    elif act == 3:
+        A.leaky_relu_forward(y, y, slope)
+    elif act == 4:
+        A.silu_forward(y, y)
+    elif act == 5:
+        A.hardswish_forward(y, y)
 
 
 def _conv2d_forward(x, w, b, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups):
