@@ -77,6 +77,14 @@ PYBIND11_MODULE(_cpu, m) {
   pthread_atfork(nullptr, nullptr, &pydl::after_fork_in_child);
   m.def("_in_forked_child", [] { return pydl::g_forked_child.load(); },
         "Whether this process was forked after pydl was imported (its kernels then run on one thread).");
+  // OpenMP's thread count is per calling thread (an ICV): pydl._backend calls this once in each
+  // Python thread after pydl.set_num_threads changed the count. A forked child keeps one thread.
+  m.def("_set_num_threads", [](int n) {
+    PYDL_CHECK(n >= 1, "num_threads: expected an int >= 1, got " << n);
+#ifdef _OPENMP
+    omp_set_num_threads(pydl::g_forked_child.load() ? 1 : n);
+#endif
+  });
   // Test-only: throws from C++ (with the GIL released, as kernels do) so tests can check that
   // each exception type reaches Python through the translator above and the process lives on.
   m.def("_test_raise", [](const std::string& kind) {

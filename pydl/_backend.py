@@ -12,6 +12,7 @@ import importlib
 import math
 import numbers
 import os
+import threading
 
 import numpy as np
 
@@ -124,6 +125,43 @@ def cuda():
     return _cuda_module
 
 
+# pydl.set_num_threads: the count, and a generation each Python thread compares with its own
+# (OpenMP keeps the count per calling thread, so each thread applies it before its next kernel).
+_num_threads = None
+_threads_gen = 0
+_thread_state = threading.local()
+
+
+def set_num_threads(n: int) -> None:
+    """Threads of pydl's CPU kernels (its one OpenMP pool), as ``torch.set_num_threads``.
+
+    Applies to every Python thread from its next pydl call. The default is OpenMP's
+    (``OMP_NUM_THREADS``, else one per core). In a child made by ``fork`` pydl keeps one thread
+    (GNU OpenMP's pool does not survive fork). NumPy's own BLAS threads are NumPy's business.
+    """
+    global _num_threads, _threads_gen
+    n = int_arg("n", n, minimum=1)
+    if n > 2**31 - 1:
+        raise ValueError(f"n: expected at most 2**31 - 1 threads, got {n}")
+    m = cpu()
+    _num_threads, _threads_gen = n, _threads_gen + 1
+    m._set_num_threads(n)
+    _thread_state.gen = _threads_gen
+
+
+def get_num_threads() -> int:
+    """Threads pydl's CPU kernels use (in the calling thread), as ``torch.get_num_threads``."""
+    m = cpu()
+    _sync_threads(m)
+    return int(m.max_threads())
+
+
+def _sync_threads(m):
+    if getattr(_thread_state, "gen", 0) != _threads_gen:
+        m._set_num_threads(_num_threads)
+        _thread_state.gen = _threads_gen
+
+
 def kernels(xp, op: str):
     """The kernel namespace of op for arrays of module xp.
 
@@ -131,7 +169,10 @@ def kernels(xp, op: str):
     arrays with the same signatures as their pydl._cpu twins.
     """
     if xp is np:
-        return cpu()
+        m = cpu()
+        if _threads_gen:
+            _sync_threads(m)
+        return m
     cuda()  # raises with the reason when the GPU build is unusable
     return importlib.import_module(f"pydl.cuda.{op}")
 

@@ -346,6 +346,38 @@ def test_forked_child_runs_one_thread(tmp_path):
     assert r.returncode == 0
 
 
+def test_set_num_threads_applies_to_every_python_thread(tmp_path):
+    """pydl.set_num_threads as torch's: the count every Python thread's next kernel uses
+    (OpenMP keeps it per thread), same bits for 1 and 2 threads, bad counts refused."""
+    r = run_child("""
+        import threading
+        import numpy as np
+        import pydl, pydl.functional as F
+        assert pydl.get_num_threads() == 2
+        rng = np.random.default_rng(0)
+        x, w = rng.standard_normal((8, 16, 16, 16)), rng.standard_normal((16, 16, 3, 3))
+        want = F.conv2d(x, w, padding=1)
+        pydl.set_num_threads(1)
+        seen = []
+        def work():
+            seen.append((pydl.get_num_threads(), F.conv2d(x, w, padding=1)))
+        t = threading.Thread(target=work); t.start(); t.join()
+        assert pydl.get_num_threads() == 1 and seen[0][0] == 1
+        assert seen[0][1].tobytes() == want.tobytes()
+        pydl.set_num_threads(2)
+        t = threading.Thread(target=work); t.start(); t.join()
+        assert seen[1][0] == 2 and pydl.get_num_threads() == 2
+        for bad, exc in ((0, ValueError), (-1, ValueError), (1.5, TypeError), ("2", TypeError)):
+            try:
+                pydl.set_num_threads(bad)
+            except exc as e:
+                assert "n:" in str(e)
+            else:
+                raise AssertionError(bad)
+        """, tmp_path, env={"OMP_NUM_THREADS": "2"}, timeout=120)
+    assert r.returncode == 0
+
+
 def test_cuda_in_forked_child_is_a_clear_error(tmp_path):
     """A child forked after the parent used CUDA gets a RuntimeError that names the fix (the
     logic runs without a GPU: the parent's 'CUDA in use' state is set by hand)."""
