@@ -5,7 +5,8 @@
 // implied by the output size taken from y (asymmetric 'same' padding for even kernels).
 // Layout: NCHW, C-contiguous; w (K, C/groups, kh, kw).
 //
-// Paths:
+// Algorithms, one table for the three directions (Algo; choose() holds the automatic rule,
+// applies() what each can compute, pydl.backends.conv_algorithm forces one):
 //  * depthwise (groups == C == K): a direct kernel, one (n, c) plane per OpenMP iteration.
 //    Stride 1 with 3x3/5x5 kernels on AVX2/FMA CPUs: register-blocked stencils over a
 //    zero-padded copy of the plane (kernel taps broadcast in registers, 8 floats / 4 doubles
@@ -14,10 +15,11 @@
 //    partials summed in image order (deterministic). Other depthwise shapes: generic
 //    per-plane loops, built twice (baseline and target("avx2,fma")) and picked by a CPU
 //    feature test.
-//  * 1x1, stride 1, no padding: y[n, g] = W_g @ x[n, g], a GEMM straight on x.
-//  * deep reductions (C/groups*kh*kw >= 256) with at least one image per thread: each
+//  * winograd (dense 3x3, stride 1 or 2): conv_winograd.cpp.
+//  * gemm_1x1 (1x1, stride 1, no padding): y[n, g] = W_g @ x[n, g], a GEMM straight on x.
+//  * per_image (forward; strided input gradient), deep reductions (C/groups*kh*kw >= 256) with at least one image per thread: each
 //    thread takes whole images, im2col into its own one-image buffer, GEMM straight into y.
-//  * otherwise im2col + GEMM over a bounded column buffer: the batch (and, for big images,
+//  * tiled, any geometry: im2col + GEMM over a bounded column buffer: the batch (and, for big images,
 //    the output pixels) is cut into tiles whose columns (C*kh*kw rows x tile width) plus one
 //    GEMM result fit under the workspace cap (default 64 MiB, and a 4 MiB cache target so
 //    the columns are still in cache when the GEMM reads them). One GEMM per tile and group;
@@ -974,15 +976,85 @@ void forward_per_image(const Geo& g, const T* x, const T* w, const Epilogue<T>& 
   err.rethrow();
 }
 
+// ---------------------------------------------------------------- the algorithm table
+// One table for the three directions (forward, grad input, grad weight); choose() holds the
+// automatic rule, applies() what each algorithm can compute, and a forced algorithm
+// (pydl.backends.conv_algorithm) replaces the rule or raises when it does not apply.
+enum class Dir : int { forward = 0, input_grad = 1, weight_grad = 2 };
+enum class Algo : int { automatic = 0, depthwise = 1, winograd = 2, gemm_1x1 = 3, per_image = 4, tiled = 5 };
+constexpr const char* kAlgoNames[] = {"auto", "depthwise", "winograd", "gemm_1x1", "im2col_per_image",
+                                      "im2col_tiled"};
+constexpr const char* kDirNames[] = {"forward", "input_grad", "weight_grad"};
+std::atomic<int> g_forced[3] = {{0}, {0}, {0}};
+
+// Whether algorithm a computes direction d of geometry g (whatever its speed).
+bool applies(Dir d, Algo a, const Geo& g, int64_t elem) {
+  switch (a) {
+    case Algo::depthwise:
+      return g.depthwise();
+    case Algo::winograd:  // dense 3x3, stride 1 or 2 (the stride-2 input gradient as the adjoint)
+      return winograd_fits(g) != 0;
+    case Algo::gemm_1x1:
+      return g.pointwise();
+    case Algo::per_image: {  // one image's columns per thread under the workspace cap
+      if (d == Dir::weight_grad || (d == Dir::input_grad && !padded_im2col_pays(g))) return false;
+      const int64_t pad = (d == Dir::input_grad || padded_im2col_pays(g)) ? padded_plane(g) : 0;
+      return (g.R() * g.L() + pad) * elem * max_threads() <= g_ws_limit.load();
+    }
+    case Algo::tiled:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// The automatic rule. Winograd may still decline at run time (its chunks do not fit the
+// workspace cap); the caller then takes the im2col algorithm this rule gives without it.
+Algo choose(Dir d, const Geo& g, int64_t elem, bool winograd_ok = true) {
+  if (g.depthwise()) return Algo::depthwise;
+  if (winograd_ok && winograd_fits(g)) {
+    const bool pays = d == Dir::input_grad && winograd_fits(g) == 1
+                          ? winograd_pays(g.N, g.K, g.C, g.H, g.W, 1, false)
+                          : winograd_pays(g.N, g.C, g.K, g.Ho, g.Wo, g.sh, d == Dir::weight_grad);
+    if (pays) return Algo::winograd;
+  }
+  if (g.pointwise()) return Algo::gemm_1x1;
+  if (d == Dir::forward && per_image_pays(g, elem)) return Algo::per_image;
+  if (d == Dir::input_grad && padded_im2col_pays(g) && per_image_pays(g, elem)) return Algo::per_image;
+  return Algo::tiled;
+}
+
+// The forced algorithm of direction d, checked against g, or the automatic choice.
+Algo pick(Dir d, const Geo& g, int64_t elem) {
+  const Algo f = static_cast<Algo>(g_forced[static_cast<int>(d)].load());
+  if (f == Algo::automatic) return choose(d, g, elem);
+  PYDL_CHECK(applies(d, f, g, elem), "conv: algorithm '" << kAlgoNames[static_cast<int>(f)]
+                                         << "' does not apply to this " << kDirNames[static_cast<int>(d)]
+                                         << " (kernel " << g.kh << "x" << g.kw << ", stride " << g.sh << "x"
+                                         << g.sw << ", dilation " << g.dh << "x" << g.dw << ", groups " << g.G
+                                         << "); see pydl.backends.conv_algorithms()");
+  return f;
+}
+
+// A forced Winograd that declined (its smallest chunk is over the workspace cap) is an error.
+void winograd_declined(Dir d) {
+  PYDL_CHECK(static_cast<Algo>(g_forced[static_cast<int>(d)].load()) != Algo::winograd,
+             "conv: algorithm 'winograd' does not fit the workspace cap for this call "
+             "(raise it with pydl.functional.set_conv_workspace_limit)");
+}
+
 template <typename T>
 void forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* y) {
   if (g.N == 0) return;
-  if (g.depthwise()) return dw_forward(g, x, w, ep, y);
-  if (winograd_fits(g) && winograd_pays(g.N, g.C, g.K, g.Ho, g.Wo, g.sh, false) &&
-      winograd_conv3x3(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.sh, -g.ph, -g.pw, x, w, false, ep, y))
-    return;
+  Algo a = pick(Dir::forward, g, sizeof(T));
+  if (a == Algo::depthwise) return dw_forward(g, x, w, ep, y);
+  if (a == Algo::winograd) {
+    if (winograd_conv3x3(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.sh, -g.ph, -g.pw, x, w, false, ep, y)) return;
+    winograd_declined(Dir::forward);
+    a = choose(Dir::forward, g, sizeof(T), false);
+  }
   const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
-  if (g.pointwise()) {
+  if (a == Algo::gemm_1x1) {
     const int64_t parts = col_parts(g.N * g.G, L), items = g.N * g.G * parts;
 #pragma omp parallel for schedule(dynamic, 1) if (parallel_pays(g))
     for (int64_t it = 0; it < items; ++it) {
@@ -998,7 +1070,7 @@ void forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* y) 
     }
     return;
   }
-  if (per_image_pays(g, sizeof(T))) return forward_per_image(g, x, w, ep, y);
+  if (a == Algo::per_image) return forward_per_image(g, x, w, ep, y);
   int64_t maxw;
   auto tiles = make_tiles(g, g.R(), g.K, sizeof(T), maxw);
   const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });
@@ -1065,18 +1137,21 @@ void backward_input_per_image(const Geo& g, const T* dy, const T* w, T* dx) {
 template <typename T>
 void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
   if (g.N == 0) return;
-  if (g.depthwise()) return dw_backward_input(g, dy, w, dx);
-  // dx = conv(dy, w rotated 180 degrees, channels swapped) at offset pad - 2.
-  if (winograd_fits(g) == 1 && winograd_pays(g.N, g.K, g.C, g.H, g.W, 1, false) &&
-      winograd_conv3x3(g.N, g.K, g.Ho, g.Wo, g.C, g.H, g.W, 1, g.ph - 2, g.pw - 2, dy, w, true, Epilogue<T>{},
-                       dx))
-    return;
-  // Stride 2: the adjoint of the stride-2 Winograd forward.
-  if (winograd_fits(g) == 2 && winograd_pays(g.N, g.C, g.K, g.Ho, g.Wo, 2, false) &&
-      winograd_conv3x3_input_grad(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, -g.ph, -g.pw, dy, w, dx))
-    return;
+  Algo a = pick(Dir::input_grad, g, sizeof(T));
+  if (a == Algo::depthwise) return dw_backward_input(g, dy, w, dx);
+  if (a == Algo::winograd) {
+    // Stride 1: dx = conv(dy, w rotated 180 degrees, channels swapped) at offset pad - 2.
+    // Stride 2: the adjoint of the stride-2 Winograd forward.
+    if (winograd_fits(g) == 1 ? winograd_conv3x3(g.N, g.K, g.Ho, g.Wo, g.C, g.H, g.W, 1, g.ph - 2, g.pw - 2, dy, w,
+                                                 true, Epilogue<T>{}, dx)
+                              : winograd_conv3x3_input_grad(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, -g.ph, -g.pw, dy,
+                                                            w, dx))
+      return;
+    winograd_declined(Dir::input_grad);
+    a = choose(Dir::input_grad, g, sizeof(T), false);
+  }
   const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
-  if (g.pointwise()) {
+  if (a == Algo::gemm_1x1) {
     const int64_t parts = col_parts(g.N * g.G, L), items = g.N * g.G * parts;
 #pragma omp parallel for schedule(dynamic, 1) if (parallel_pays(g))
     for (int64_t it = 0; it < items; ++it) {
@@ -1087,7 +1162,7 @@ void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
     }
     return;
   }
-  if (padded_im2col_pays(g) && per_image_pays(g, sizeof(T))) return backward_input_per_image(g, dy, w, dx);
+  if (a == Algo::per_image) return backward_input_per_image(g, dy, w, dx);
   int64_t maxw;
   auto tiles = make_tiles(g, g.R(), g.K, sizeof(T), maxw);
   const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });
@@ -1128,11 +1203,14 @@ void backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
     std::fill(dw, dw + g.K * Rg, T(0));
     return;
   }
-  if (g.depthwise()) return dw_backward_weight(g, dy, x, dw);
-  if (winograd_fits(g) && winograd_pays(g.N, g.C, g.K, g.Ho, g.Wo, g.sh, true) &&
-      winograd_conv3x3_weight(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.sh, -g.ph, -g.pw, x, dy, dw))
-    return;
-  if (g.pointwise()) {
+  Algo a = pick(Dir::weight_grad, g, sizeof(T));
+  if (a == Algo::depthwise) return dw_backward_weight(g, dy, x, dw);
+  if (a == Algo::winograd) {
+    if (winograd_conv3x3_weight(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.sh, -g.ph, -g.pw, x, dy, dw)) return;
+    winograd_declined(Dir::weight_grad);
+    a = choose(Dir::weight_grad, g, sizeof(T), false);
+  }
+  if (a == Algo::gemm_1x1) {
     // dW_g[:, c0:c1] = sum_n dY[n, g] X[n, g, c0:c1]^T: thread blocks over (group, channels),
     // one block per thread when the groups are fewer than the threads (wider GEMMs).
 #ifdef _OPENMP
@@ -1353,6 +1431,24 @@ void bind_conv(py::module_& m) {
         g_ws_limit.store(bytes);
       },
       "bytes"_a, "Cap on the im2col/col2im column buffer of one conv call (default 64 MiB).");
+  m.def(
+      "_set_conv_algorithm",
+      [](int dir, int algo) {
+        PYDL_CHECK(dir >= 0 && dir < 3, "direction: expected 0, 1 or 2, got " << dir);
+        PYDL_CHECK(algo >= 0 && algo <= static_cast<int>(Algo::tiled), "algorithm: unknown code " << algo);
+        return g_forced[dir].exchange(algo);
+      },
+      "direction"_a, "algorithm"_a,
+      "Force a conv algorithm for one direction (0 forward, 1 input_grad, 2 weight_grad); 0 = automatic. "
+      "Returns the previous code.");
+  m.def("_conv_algorithm_choice",
+        [](int dir, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t kh, int64_t kw, int64_t sh,
+           int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t G, int64_t Ho, int64_t Wo,
+           bool f64) {
+          PYDL_CHECK(dir >= 0 && dir < 3, "direction: expected 0, 1 or 2, got " << dir);
+          const Geo g{N, C, H, W, K, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, G};
+          return static_cast<int>(pick(static_cast<Dir>(dir), g, f64 ? 8 : 4));
+        });
   m.def("_set_conv_tile_bytes", [](int64_t b) { g_tile_bytes = std::max<int64_t>(b, 1); });
   m.def("_set_conv_winograd", &set_winograd, "mode"_a, "chunk_bytes"_a = 0);
   m.def("_conv_winograd_calls", &winograd_calls);

@@ -4,6 +4,7 @@ workspace, and bad-input errors. One body per test, parametrized by backend and 
 import numpy as np
 import pytest
 
+import pydl.backends
 import pydl.functional as F
 import pydl.reference as R
 from pydl import _backend
@@ -777,3 +778,87 @@ def test_conv2d_fused_nan_propagates():
     for act in _ACT_REF:
         y = F.conv2d(x, np.ones((1, 1, 1, 1)), activation=act)
         assert np.isnan(y[0, 0, 1, 1]) and np.isfinite(np.delete(y.ravel(), 4)).all(), act
+
+
+# ---------------------------------------------------------------- the algorithm table
+# Every CPU algorithm forced (pydl.backends.conv_algorithm) on every shape of this list in each
+# direction: where it applies it must match the reference; where it does not, the call raises
+# a ValueError naming it (conv_algorithm_choice and the call agree). Every (algorithm,
+# direction) pair of the table runs somewhere in this list.
+
+_ALGO_CASES = [
+    ((2, 4, 9, 8), (5, 4, 3, 3), dict(padding=1)),                      # dense 3x3
+    ((2, 4, 9, 8), (5, 4, 3, 3), dict(stride=2, padding=1)),            # dense 3x3 stride 2
+    ((3, 2, 28, 27), (6, 2, 5, 5), dict()),                             # deep reduction, valid
+    ((2, 6, 5, 7), (4, 6, 1, 1), dict()),                               # 1x1
+    ((2, 6, 5, 7), (4, 3, 1, 1), dict(groups=2)),                       # grouped 1x1
+    ((2, 3, 7, 5), (3, 1, 3, 3), dict(padding=1, groups=3)),            # depthwise
+    ((2, 3, 9, 12), (6, 1, 3, 3), dict(stride=2, padding=1, groups=3)),  # depthwise multiplier 2, s2
+    ((1, 3, 11, 10), (4, 3, 3, 3), dict(padding=2, dilation=2)),        # dilated
+    ((2, 6, 13, 11), (4, 3, 3, 3), dict(stride=2, padding=1, groups=2)),  # grouped 3x3
+    ((1, 4, 17, 16), (3, 4, 5, 5), dict(stride=3, padding=2)),          # stride > 1, pad 2
+]
+_ALGOS = [a for a in pydl.backends.conv_algorithms() if a != "auto"]
+_EXPECTED_PAIRS = {("depthwise", d) for d in ("forward", "input_grad", "weight_grad")} | \
+    {("winograd", d) for d in ("forward", "input_grad", "weight_grad")} | \
+    {("gemm_1x1", d) for d in ("forward", "input_grad", "weight_grad")} | \
+    {("im2col_per_image", "forward"), ("im2col_per_image", "input_grad")} | \
+    {("im2col_tiled", d) for d in ("forward", "input_grad", "weight_grad")}
+
+
+def _run_direction(direction, x, w, b, dy, kw):
+    if direction == "forward":
+        return (F.conv2d(x, w, b, **kw),)
+    mask = (True, False, False) if direction == "input_grad" else (False, True, False)
+    gx, gw, _ = F.conv2d_backward(dy, x, w, **kw, output_mask=mask)
+    return (gx if direction == "input_grad" else gw,)
+
+
+@pytest.mark.parametrize("algorithm", _ALGOS)
+def test_every_conv_algorithm_forced(dtype, algorithm):
+    ran = set()
+    for i, (xs, ws, kw) in enumerate(_ALGO_CASES):
+        rng = np.random.default_rng(300 + i)
+        x64, w64, b64 = rng.uniform(-1, 1, xs), rng.uniform(-1, 1, ws), rng.uniform(-1, 1, ws[0])
+        y64 = R.conv2d(x64, w64, b64, **kw)
+        dy64 = rng.uniform(-1, 1, y64.shape)
+        gx64, gw64, _ = R.conv2d_backward(dy64, x64, w64, **kw)
+        want = {"forward": y64, "input_grad": gx64, "weight_grad": gw64}
+        x, w, b, dy = (a.astype(dtype) for a in (x64, w64, b64, dy64))
+        for direction in ("forward", "input_grad", "weight_grad"):
+            with pydl.backends.conv_algorithm(**{direction: algorithm}):
+                try:
+                    chosen = pydl.backends.conv_algorithm_choice(direction, xs, ws, dtype=dtype, **kw)
+                except ValueError as e:
+                    assert algorithm in str(e) and "does not apply" in str(e)
+                    with pytest.raises(ValueError, match=f"'{algorithm}' does not apply"):
+                        _run_direction(direction, x, w, b, dy, kw)
+                    continue
+                assert chosen == algorithm
+                (got,) = _run_direction(direction, x, w, b, dy, kw)
+            assert_close(got, want[direction], dtype, factor=4)
+            ran.add((algorithm, direction))
+    assert ran == {p for p in _EXPECTED_PAIRS if p[0] == algorithm}, ran
+
+
+def test_conv_algorithm_auto_choice_and_restore():
+    """The automatic rule picks what the table says for plain cases; the context manager restores
+    the previous setting, also after an exception; bad names raise naming the argument."""
+    B = pydl.backends
+    assert B.conv_algorithm_choice("forward", (2, 6, 5, 7), (4, 6, 1, 1)) == "gemm_1x1"
+    assert B.conv_algorithm_choice("forward", (2, 3, 7, 5), (3, 1, 3, 3), padding=1, groups=3) == "depthwise"
+    assert B.conv_algorithm_choice("weight_grad", (1, 3, 11, 10), (4, 3, 3, 3), padding=2,
+                                   dilation=2) == "im2col_tiled"
+    with pytest.raises(RuntimeError):
+        with B.conv_algorithm("im2col_tiled"):
+            assert B.conv_algorithm_choice("forward", (2, 6, 5, 7), (4, 6, 1, 1)) == "im2col_tiled"
+            raise RuntimeError
+    assert B.conv_algorithm_choice("forward", (2, 6, 5, 7), (4, 6, 1, 1)) == "gemm_1x1"
+    with pytest.raises(ValueError, match="algorithm"):
+        with B.conv_algorithm("fft"):
+            pass
+    with pytest.raises(ValueError, match="forward"):
+        with B.conv_algorithm(forward=3):
+            pass
+    with pytest.raises(ValueError, match="direction"):
+        B.conv_algorithm_choice("backward", (1, 1, 3, 3), (1, 1, 1, 1))

@@ -1,0 +1,87 @@
+"""pydl.backends: which algorithm a CPU convolution runs, and forcing one.
+
+Each direction of a convolution (forward, input gradient, weight gradient) has one table of
+algorithms (``conv_algorithms()``) and one automatic rule (csrc/conv.cpp's ``choose``).
+``conv_algorithm`` replaces the rule for the calls inside a ``with`` block, process-wide; a call
+the forced algorithm cannot compute raises a ValueError that names it (never a silent
+fallback), so tests and benchmarks can run every algorithm on every host.
+
+>>> import pydl.backends, pydl.functional as F
+>>> with pydl.backends.conv_algorithm("im2col_tiled"):
+...     y = F.conv2d(x, w, padding=1)            # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import contextlib
+
+from . import _backend
+
+__all__ = ["conv_algorithms", "conv_algorithm", "conv_algorithm_choice"]
+
+# Codes as csrc/conv.cpp's Algo; one line each: what it is for.
+_ALGORITHMS = {
+    "auto": (0, "the automatic rule"),
+    "depthwise": (1, "groups == C == K: direct per-plane kernels (AVX2 stencils for 3x3/5x5 at stride 1)"),
+    "winograd": (2, "dense 3x3, stride 1 or 2, no dilation, groups 1: Winograd F(2x2, 3x3) + 16 GEMMs"),
+    "gemm_1x1": (3, "1x1, stride 1, no padding: one GEMM per image and group straight on x"),
+    "im2col_per_image": (4, "forward, and the strided input gradient: each thread im2cols whole images, "
+                            "GEMM straight into y (deep reductions, at least one image per thread)"),
+    "im2col_tiled": (5, "any geometry: im2col (col2im) over tiles of images or pixels under the workspace "
+                        "cap, GEMMs split by columns over the threads"),
+}
+_DIRECTIONS = ("forward", "input_grad", "weight_grad")
+
+
+def conv_algorithms() -> dict:
+    """{name: what it is for} of the CPU convolution algorithms."""
+    return {k: v[1] for k, v in _ALGORITHMS.items()}
+
+
+def _code(name, arg):
+    if not isinstance(name, str) or name not in _ALGORITHMS:
+        raise ValueError(f"{arg}: expected one of {', '.join(map(repr, _ALGORITHMS))}, got {name!r}")
+    return _ALGORITHMS[name][0]
+
+
+@contextlib.contextmanager
+def conv_algorithm(algorithm=None, *, forward=None, input_grad=None, weight_grad=None):
+    """Force CPU convolution algorithms inside a ``with`` block (process-wide; restored after).
+
+    ``conv_algorithm("im2col_tiled")`` forces every direction; the keywords force one each
+    (``conv_algorithm(forward="winograd")``). A call the forced algorithm does not apply to
+    raises ValueError naming the algorithm. CuPy arrays are not affected (the GPU's own
+    choice, pydl/cuda/conv.py).
+    """
+    chosen = {d: v for d, v in zip(_DIRECTIONS, (forward, input_grad, weight_grad)) if v is not None}
+    if algorithm is not None:
+        _code(algorithm, "algorithm")
+        chosen = {d: chosen.get(d, algorithm) for d in _DIRECTIONS}
+    codes = {d: _code(v, d) for d, v in chosen.items()}
+    cpu = _backend.cpu()
+    previous = {}
+    try:
+        for d, c in codes.items():
+            previous[d] = cpu._set_conv_algorithm(_DIRECTIONS.index(d), c)
+        yield
+    finally:
+        for d, c in previous.items():
+            cpu._set_conv_algorithm(_DIRECTIONS.index(d), c)
+
+
+def conv_algorithm_choice(direction, x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
+                          dtype="float32") -> str:
+    """The algorithm a CPU conv2d call of these arguments runs in ``direction`` ('forward',
+    'input_grad' or 'weight_grad'), forced or automatic (a forced one that does not apply raises)."""
+    import numpy as np
+
+    from .functional.conv import _conv_params
+
+    if direction not in _DIRECTIONS:
+        raise ValueError(f"direction: expected one of {_DIRECTIONS}, got {direction!r}")
+    x, w = np.empty(x_shape, dtype), np.empty(weight_shape, dtype)
+    s, p, d, g, (ho, wo) = _conv_params(x, w, stride, padding, dilation, groups)
+    n, c, h, wd = x.shape
+    k, _, kh, kw = w.shape
+    code = _backend.cpu()._conv_algorithm_choice(_DIRECTIONS.index(direction), n, c, h, wd, k, kh, kw, s[0], s[1],
+                                                 p[0], p[1], d[0], d[1], g, ho, wo, x.dtype == np.float64)
+    return next(name for name, (cd, _) in _ALGORITHMS.items() if cd == code)
