@@ -17,10 +17,11 @@
 //    feature test.
 //  * winograd (dense 3x3, stride 1 or 2): conv_winograd.cpp.
 //  * gemm_1x1 (1x1, stride 1, no padding): y[n, g] = W_g @ x[n, g], a GEMM straight on x.
-//  * per_image (forward; strided input gradient), deep reductions (C/groups*kh*kw >= 256) with at least one image per thread: each
-//    thread takes whole images, im2col into its own one-image buffer, GEMM straight into y.
-//  * tiled, any geometry: im2col + GEMM over a bounded column buffer: the batch (and, for big images,
-//    the output pixels) is cut into tiles whose columns (C*kh*kw rows x tile width) plus one
+//  * per_image (forward; strided input gradient), deep reductions with at least one image per
+//    thread: each thread takes whole images, im2col into its own one-image buffer, GEMM
+//    straight into y.
+//  * tiled, any geometry: im2col + GEMM over a bounded column buffer: the batch (and, for big
+//    images, the output pixels) is cut into tiles whose columns (C*kh*kw rows x tile width) plus one
 //    GEMM result fit under the workspace cap (default 64 MiB, and a 4 MiB cache target so
 //    the columns are still in cache when the GEMM reads them). One GEMM per tile and group;
 //    several small images share one GEMM (columns side by side) and a cheap permute puts
