@@ -18,6 +18,7 @@
 // Inner loops are contiguous runs of S, vectorized (omp simd; AVX2/FMA clones picked at
 // load time). (N, C) input (S == 1) takes a path whose inner loops run over channels.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -298,6 +299,9 @@ inline int64_t block_channels(int64_t C, int64_t bytes_per_channel) {
 
 constexpr int64_t kStreamBytes = int64_t(24) << 20;
 constexpr int64_t kLongRunBytes = int64_t(8) << 10;
+// Tests force each apply of the backward (1 stream, 2 block_stream, 3 block; 0 = the rule),
+// since the rule depends on the host's last-level cache.
+std::atomic<int> g_bn_backward_apply{0};
 
 // Writes dst[e0, e1) through apply(b, e, out) (which fills out[0, e - b) with elements [b, e)):
 // straight into dst, or, with `stream`, a chunk at a time into an L1 buffer that goes out with
@@ -524,24 +528,19 @@ void backward(const T* dy, const T* x, const T* w, const T* mean_p, const T* inv
   const int64_t cb = block_channels(C, 2 * N * S * static_cast<int64_t>(sizeof(T)));
   const int64_t nblocks = (C + cb - 1) / cb;
   const int64_t bytes3 = 3 * N * C * S * static_cast<int64_t>(sizeof(T));
-  // x, dy and dx more than the last-level cache: dx goes out with non-temporal stores, so that
-  // it neither reads its lines first nor evicts the x and dy that the apply rereads. 8x64x56x56
-  // (19.3 MB) against a 16 MiB L3: 14-18% faster in-process (before block_stream below took that
-  // shape); 4x64x56x56 (9.6 MB, all in cache) was 35% slower that way.
+  // The apply of dx, one of three (g_bn_backward_apply forces one; 0 = this rule):
+  //  block_stream: x, dy and dx past the last-level cache with long runs per sample (a block's
+  //    cb * S values): block by block with non-temporal dx, so the apply rereads x and dy from
+  //    L2 and dx neither reads its lines nor evicts them (short runs lose that way).
+  //  stream: up to kStreamBytes: all channels' sums first, then dx in memory order (long
+  //    streams), with non-temporal dx past the last-level cache.
+  //  block: larger ones block by block, each block's apply rereading x and dy from L2.
   const bool past_cache = bytes3 > last_level_cache_bytes();
-  // Past the last-level cache with long runs per sample (a block's cb * S values): block by block
-  // with non-temporal dx, so the apply rereads x and dy from L2 and dx neither reads its lines
-  // nor evicts them. Against a 16 MiB L3, alternating processes: 8x64x56x56 and 2x64x112x112
-  // (19.3 MB) 0.51-0.54 against 0.59-0.62 ms and 0.51 against 0.57-0.59; 4x64x112x112 (38.5 MB,
-  // past kStreamBytes) 1.31-1.33 against 1.37-1.40 ms, 16x64x56x56 the same. With short runs it
-  // loses: 32x256x14x14 (runs of 3.9 KB) 0.89-0.91 against 0.74-0.76 ms, so those keep the rest.
+  const int forced = g_bn_backward_apply.load();
   const bool block_stream =
-      dx != nullptr && past_cache && cb * S * static_cast<int64_t>(sizeof(T)) >= kLongRunBytes;
-  // Otherwise, up to kStreamBytes: all channels' sums first, then dx in memory order (long
-  // streams; 20% faster at 8x64x56x56 than applying block by block where the 32 MiB L3 held all
-  // three). Larger: block by block, so each block's apply rereads x and dy from L2, not DRAM
-  // (10-20% faster at 16-32x64x56x56).
-  const bool stream = dx != nullptr && bytes3 <= kStreamBytes && !block_stream;
+      dx != nullptr && (forced ? forced == 2
+                               : past_cache && cb * S * static_cast<int64_t>(sizeof(T)) >= kLongRunBytes);
+  const bool stream = dx != nullptr && (forced ? forced == 1 : bytes3 <= kStreamBytes && !block_stream);
   // Both keep every channel's coefficients; the plain block path only its block's.
   const bool all_coeffs = stream || block_stream;
   std::vector<T> all(all_coeffs ? static_cast<size_t>(C) * 5 : 0);
@@ -688,6 +687,10 @@ void backward_py(const py::object& dy, const py::array& xa, const py::object& w,
 }  // namespace
 
 void bind_batch_norm(py::module_& m) {
+  m.def("_set_batch_norm_backward_apply", [](int mode) {
+    PYDL_CHECK(mode >= 0 && mode <= 3, "mode: expected 0 (auto), 1 (stream), 2 (block_stream) or 3 (block)");
+    return g_bn_backward_apply.exchange(mode);
+  });
   m.def(
       "batch_norm_forward_train",
       [](const py::array& x, const py::object& weight, const py::object& bias,

@@ -18,6 +18,7 @@
 // pairs (value, flat index) are compared so as to pick PyTorch's argmax. 2x2 windows at
 // stride 2 inside the image (float32, AVX2) take a dedicated 8-outputs-per-step kernel.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -73,6 +74,8 @@ inline bool parallel_worth(int64_t elements) { return elements >= (int64_t(1) <<
 // built in cache first.
 constexpr int64_t kStreamBytes = int64_t(16) << 20;
 constexpr int64_t kScratchPlaneBytes = int64_t(256) << 10;
+// Tests force the streamed backward (1) or the direct scatter (2) on any size (0 = the rule).
+std::atomic<int> g_max_pool_backward_stream{0};
 
 // Finished bytes [pb, pe) of a plane built in the cache-resident buf, on their way to out with
 // non-temporal stores a few at a time (step), each zeroed in buf behind it.
@@ -580,7 +583,8 @@ int64_t max_pool2d_backward(carray<T> dy, carray<int64_t> indices, carray<T> dx,
   };
   // A dx of a last-level cache or more: each plane is built in a cache-resident scratch plane and
   // streamed out, so dx is written once instead of read and written (see stream_copy).
-  if (planes * plane_bytes >= kStreamBytes && plane_bytes <= kScratchPlaneBytes) {
+  const int forced = g_max_pool_backward_stream.load();
+  if (plane_bytes <= kScratchPlaneBytes && (forced ? forced == 1 : planes * plane_bytes >= kStreamBytes)) {
     const int64_t H = dx.shape(2), OH = dy.shape(2), OW = dy.shape(3);
     const int64_t plane_row_bytes = W * static_cast<int64_t>(sizeof(T));
     std::vector<T> scratch(static_cast<size_t>(max_threads() * HW));
@@ -1039,6 +1043,10 @@ void bind_typed(py::module_& m) {
 }  // namespace
 
 void bind_pool(py::module_& m) {
+  m.def("_set_max_pool_backward_stream", [](int mode) {
+    PYDL_CHECK(mode >= 0 && mode <= 2, "mode: expected 0 (auto), 1 (streamed) or 2 (direct)");
+    return g_max_pool_backward_stream.exchange(mode);
+  });
   bind_typed<float>(m);
   bind_typed<double>(m);
 }

@@ -377,3 +377,26 @@ def test_channel_size_paths(xp, dtype, shape, training):
     _, gw, _ = F.batch_norm_backward(dy, x, w, mean, invstd, training=training,
                                      output_mask=(False, True, False))
     assert rel_error(gw, to_numpy(grads[1])) == 0.0
+
+
+# The backward's three applies of dx are chosen by the host's last-level cache (sysfs): each is
+# forced here (1 stream, 2 block_stream, 3 block) so every host runs all three.
+@pytest.mark.parametrize("apply", [1, 2, 3], ids=["stream", "block_stream", "block"])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 9), (2, 37, 13, 15), (4, 3, 53, 59), (6, 4)])
+def test_backward_every_apply_forced(dtype, apply, shape):
+    from pydl import _backend
+    rng = np.random.default_rng(10)
+    x = rand(rng, shape, dtype, np, -2.0, 3.0)
+    dy = rand(rng, shape, dtype, np)
+    w = rng.uniform(0.5, 2.0, shape[1]).astype(dtype)
+    _, mean, invstd = F.batch_norm_forward(x, None, None, w, None, training=True)
+    cpu = _backend.cpu()
+    old = cpu._set_batch_norm_backward_apply(apply)
+    try:
+        for training in (True, False):
+            got = F.batch_norm_backward(dy, x, w, mean, invstd, training=training)
+            want = R.batch_norm_backward(_f64(dy), _f64(x), _f64(w), _f64(mean), _f64(invstd), training=training)
+            for g, r in zip(got, want):
+                assert_close(g, r, dtype, factor=4)
+    finally:
+        cpu._set_batch_norm_backward_apply(old)

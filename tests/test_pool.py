@@ -628,3 +628,24 @@ def test_max_pool2d_backward_streamed_rows_any_indices(k, s, p, d, ceil):
     ind[1, 2, 0, 0] = h * w - 1  # far below its window: the first row must not be streamed early
     dx = F.max_pool2d_backward(dy, ind, x.shape, k, s, p, d, ceil_mode=ceil)
     assert_close(dx, _scatter_oracle(dy, ind, x.shape), np.float32)
+
+
+# The max-pool backward streams large dx out through a cache-resident plane (chosen by size);
+# both it (1) and the direct scatter (2) are forced here on small shapes, ties included.
+@pytest.mark.parametrize("mode", [1, 2], ids=["streamed", "direct"])
+@pytest.mark.parametrize("shape,k,s,p", [((2, 3, 7, 8), 3, 2, 1), ((1, 5, 13, 11), 2, 2, 0),
+                                         ((3, 2, 9, 9), 3, 1, 1), ((1, 1, 1, 1), 1, 1, 0)])
+def test_max_pool2d_backward_every_path_forced(dtype, mode, shape, k, s, p):
+    from pydl import _backend
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 3, size=shape).astype(dtype)  # ties
+    y, ind = F.max_pool2d(x, k, s, p, return_indices=True)
+    dy = rand(rng, y.shape, dtype, np)
+    want = R.max_pool2d_backward(dy.astype(np.float64), ind, shape, k, s, p)
+    cpu = _backend.cpu()
+    old = cpu._set_max_pool_backward_stream(mode)
+    try:
+        got = F.max_pool2d_backward(dy, ind, shape, k, s, p)
+    finally:
+        cpu._set_max_pool_backward_stream(old)
+    assert_close(got, want, dtype)
