@@ -433,7 +433,7 @@ def as_pair(v):
 # ------------------------------------------------------------------------------ conv
 
 @st.composite
-def conv_call(draw, backward=False):
+def conv_call(draw, backward=False, fused=False):
     rng, dt = draw(seeds()), draw(st.sampled_from(DTYPES))
     g = draw(st.integers(1, 3))
     C, K = g * draw(st.integers(1, 3)), g * draw(st.integers(1, 2))
@@ -454,7 +454,36 @@ def conv_call(draw, backward=False):
                    output_mask=tuple(draw(st.lists(st.booleans(), min_size=3, max_size=3))))
     elif draw(st.booleans()):
         kw_["bias"] = rnd(rng, (K,), dt)
+    if fused:  # conv2d's inference epilogue: act(conv + bias + residual)
+        kw_["activation"] = draw(st.sampled_from([None, None, "relu", "relu6", "leaky_relu", "silu", "hardswish"]))
+        if kw_["activation"] == "leaky_relu" and draw(st.booleans()):
+            kw_["negative_slope"] = draw(st.sampled_from([0.2, -0.5, 0.0, 3]))
+        if draw(st.booleans()):
+            ho = _geometry.conv_out_size(H + pb - pt, kh, s[0], pt, d[0])
+            wo = _geometry.conv_out_size(W + pr - pl, kw, s[1], pl, d[1])
+            kw_["residual"] = rnd(rng, (N, K, ho, wo), dt)
     return Call(draw(laid_out(kw_)), dtype=dt)
+
+
+_FUSED_ACT = {None: lambda v: v, "relu": R.relu, "relu6": R.relu6, "silu": R.silu, "hardswish": R.hardswish}
+
+
+def conv_fused_ref(activation=None, residual=None, negative_slope=0.01, **kw):
+    y = R.conv2d(**kw)
+    if residual is not None:
+        y = y + np.asarray(residual, np.float64)
+    if activation == "leaky_relu":
+        return R.leaky_relu(y, negative_slope)
+    return _FUSED_ACT[activation](y)
+
+
+@dataclass
+class Activation:
+    """conv2d's activation: None or one of a few names."""
+
+    def mutations(self, v, call):
+        return [("unknown", "gelu", ValueError), ("upper case", "RELU", ValueError), ("empty", "", ValueError),
+                ("int", 1, ValueError), ("list", ["relu"], ValueError)]
 
 
 @st.composite
@@ -509,6 +538,13 @@ def empty_kernel(draw, call):
     w = np.asarray(kw["weight"])
     kw["weight"] = w[:, :, :0] if draw(st.booleans()) else w[..., :0]
     return kw, ValueError, ("weight",)
+
+
+def bad_residual(draw, call):
+    kw = dict(call.kw)
+    x, w = np.asarray(kw["x"]), np.asarray(kw["weight"])
+    kw["residual"] = np.zeros((x.shape[0], w.shape[0] + 1, 1, 1), call.dtype)
+    return kw, ValueError, ("residual",)
 
 
 def bad_bias(draw, call):
@@ -1806,7 +1842,9 @@ def _first(r):
 
 
 SPECS = [
-    Spec("conv2d", F.conv2d, conv_call, R.conv2d, CONV_SCHEMA, CONV_INVALID + [("bias length", bad_bias)]),
+    Spec("conv2d", F.conv2d, lambda: conv_call(fused=True), conv_fused_ref,
+         dict(CONV_SCHEMA, activation=Activation(), residual=Arr((4,), optional=True), negative_slope=Float()),
+         CONV_INVALID + [("bias length", bad_bias), ("residual shape", bad_residual)]),
     Spec("conv2d_backward", F.conv2d_backward, lambda: conv_call(backward=True), R.conv2d_backward,
          CONV_BWD_SCHEMA, CONV_INVALID + [("grad_out shape", bad_grad_out_shape)]),
     Spec("conv_transpose2d", F.conv_transpose2d, conv_t_call, R.conv_transpose2d, CONV_T_SCHEMA,
