@@ -6,8 +6,8 @@
 //   training also updates rm = (1 - m) rm + m mean, rv = (1 - m) rv + m var M / (M - 1).
 // Numerics: two passes (mean, then squared deviations), never E[x^2] - E[x]^2, with the
 // sums in double for every dtype (the float32 backward adds float partials of 16 terms per
-// lane into its double sums: their rounding stays below float32's, and it ran 12-21%
-// faster). x - mean is taken in T as (x - mean_hi) - mean_lo with
+// lane into its double sums: their rounding stays below float32's, and it needs a quarter of
+// the conversions). x - mean is taken in T as (x - mean_hi) - mean_lo with
 // mean = mean_hi + mean_lo split into two T values, so that data with a large offset
 // (1e4 + unit noise in float32) keeps float32 accuracy in y without double arithmetic.
 // Layout: x is (N, C, S) C-contiguous; channel c is N rows of S contiguous values, rows

@@ -120,7 +120,7 @@ struct Tile {
 std::vector<Tile> make_tiles(const Geo& g, int64_t rows, int64_t extra_rows, int64_t elem,
                              int64_t& max_width) {
   // The cap bounds memory; the cache target keeps a tile's columns in cache between
-  // im2col and the GEMM (a 58 MB tile would round-trip through DRAM).
+  // im2col and the GEMM (a tile larger than the cache would round-trip through DRAM).
   const int64_t limit = std::min(g_ws_limit.load(), g_tile_bytes);
   const int64_t per_col = (rows + extra_rows) * elem;
   int64_t cols = std::max<int64_t>(1, limit / std::max<int64_t>(per_col, 1));
@@ -208,8 +208,8 @@ inline void im2col_segment(const Geo& g, const T* xc, int64_t i, int64_t jj, int
 
 // Whole-image im2col through a zero-padded copy of each channel plane: the rows of the
 // column matrix become plain strided copies with no bounds logic. For strided or small
-// outputs the per-segment bounds work of im2col_segment cost more than the copies (stride 2,
-// 14x14 outputs: 1.5 ms of an 8 ms convolution). pad holds padded_plane(g) elements.
+// outputs the per-segment bounds work of im2col_segment costs more than the copies.
+// pad holds padded_plane(g) elements.
 inline int64_t padded_rows(const Geo& g) { return (g.Ho - 1) * g.sh + (g.kh - 1) * g.dh + 1; }
 inline int64_t padded_cols(const Geo& g) { return (g.Wo - 1) * g.sw + (g.kw - 1) * g.dw + 1; }
 inline int64_t padded_plane(const Geo& g) { return padded_rows(g) * padded_cols(g); }
@@ -228,7 +228,7 @@ void im2col_image_padded(const Geo& g, const T* xn, T* col, T* pad) {
   std::fill(pad, pad + Hp * Wp, T(0));  // the border stays zero for every channel
   // Strided taps (sw > 1) gather; where a stride is a whole number of dilations, a tap row or
   // column shifted by one output repeats an earlier one, which is then copied contiguously.
-  // (3x3 stride 2 on 8x128x28x28: 4 gathers of 9, the forward 1.5-2% faster in-process.)
+  // (3x3 stride 2: 4 of the 9 taps gather.)
   const int64_t di = g.sw > 1 && g.sh % g.dh == 0 ? g.sh / g.dh : 0;
   const int64_t dj = g.sw > 1 && g.sw % g.dw == 0 ? g.sw / g.dw : 0;
   for (int64_t c = 0; c < g.C; ++c) {
@@ -623,8 +623,7 @@ __attribute__((always_inline)) inline void pad_plane(const T* src, int64_t Hs, i
   const int64_t a = std::min(std::max<int64_t>(-offw, 0), p.Wp);  // first column inside src
   const int64_t e = std::max(a, std::min(p.Wp, Ws - offw));        // one past the last
   // The zero border depends only on the geometry: planes after the first of a geometry (the
-  // scratch is per thread) copy just the interior (the border fills were a quarter of the
-  // 8x256x28x28 depthwise forward: 1.25-1.33x faster paired).
+  // scratch is per thread) copy just the interior: the first one's zero border is still there.
   thread_local int64_t last[7] = {-1, -1, -1, -1, -1, -1, -1};
   const int64_t key[7] = {p.Hp, p.Wp, Hs, Ws, offh, offw,
                           static_cast<int64_t>(reinterpret_cast<uintptr_t>(xp))};
@@ -671,8 +670,8 @@ PYDL_AVX2 void stencil_s1(const T* src, int64_t Hs, int64_t Ws, T* dst, int64_t 
       typename A::V sum = acc[0];
       for (int i = 1; i < KH; ++i) sum = A::add(sum, acc[i]);
       // A block past the row end is stored whole while it stays inside the plane: its extra
-      // lanes land on the next row, which is written after it (masked stores are slow on AMD:
-      // 8x256x28x28 depthwise 1.09-1.20x faster paired). Only the plane's last blocks mask.
+      // lanes land on the next row, which is written after it (masked stores are slow on AMD).
+      // Only the plane's last blocks mask.
       if ((r * Wd + c0 + n) <= Hd * Wd)
         A::store(d + c0, sum);
       else
@@ -771,7 +770,7 @@ void dw_forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* 
   const int64_t kk = g.kh * g.kw;
   if (use_stencil(g)) {
     // Planes in chunks of 16 handed out as threads free up: a preempted thread no longer holds
-    // up its static half (8x256x28x28: 1.06-1.16x paired). Each plane is one thread's work.
+    // up its static half. Each plane is one thread's work.
 #pragma omp parallel for schedule(dynamic, 16) if (parallel_pays(g))
     for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
       const int64_t c = nc % g.C;
@@ -931,9 +930,8 @@ inline int64_t winograd_fits(const Geo& g) {
 // when there are at least as many images as threads and one image's columns per thread fit
 // the cache target and the workspace cap. Images are handed out one at a time (dynamic): on a
 // shared machine a preempted thread then delays one image, not its static half of the batch
-// (8 images, 2 threads: faster medians in 8 of 10 paired runs; each image is still one
-// thread's work, so the result does not change). Batching several images per GEMM measured
-// 5-11% slower.
+// (each image is still one thread's work, so the result does not change). One image per GEMM:
+// batching several did not pay.
 inline bool per_image_pays(const Geo& g, int64_t elem) {
 #ifdef _OPENMP
   const int64_t nt = parallel_pays(g) ? omp_get_max_threads() : 1;
@@ -1081,7 +1079,7 @@ void forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* y) 
   for (const Tile& t : tiles) {
     // Each thread: im2col of its own columns, then its slice of every group's GEMM.
     const int64_t width = t.width();
-    // (Smaller L2-sized panels measured no faster: OpenBLAS prefers wide GEMMs.)
+    // One slice per thread, not L2-sized panels: OpenBLAS prefers wide GEMMs.
     int64_t c0, c1;
     split(width, 16, c0, c1);
     if (c0 < c1) {

@@ -9,7 +9,7 @@
 //   M_e (Cout x tiles) = U_e (Cout x Cin) @ V_e (Cin x tiles),
 // done by OpenBLAS GEMMs: 16 GEMMs replace the 9 taps' worth of direct FLOPs with 16/36 of
 // them (2.25x fewer multiplies). Float error stays at the im2col level (the transforms are
-// short sums with weights 1 and 1/2; measured ~4e-7 normwise in float32 at 64 channels).
+// short sums with weights 1 and 1/2).
 // F(4x4, 3x3) would cut the GEMM work by another 1.8x but its transforms (weights up to 8,
 // 1/24) cost accuracy; F(2x2) keeps float32 far inside the 1e-5 tolerance.
 // Backward input is the same convolution of dy with the weight rotated by 180 degrees and
@@ -63,15 +63,13 @@ bool winograd_pays(int64_t N, int64_t Cin, int64_t Cout, int64_t Hout, int64_t W
   if (mode == 2) return true;
   const int64_t TH = (Hout + 1) / 2, TW = (Wout + 1) / 2, tiles = N * TH * TW;
   // Few channels: the GEMMs are too thin for the transforms to pay back. Few tiles: the
-  // per-call weight transform (16 C K values) and narrow GEMMs dominate (measured: 7x7 images
-  // with 512 channels run 2-5x slower than im2col at batch 1-8).
+  // per-call weight transform (16 C K values) and narrow GEMMs dominate (small images with
+  // many channels at small batches stay on im2col).
   if (stride == 1) return Cin >= 16 && Cout >= 16 && tiles >= 256;
   // Stride 2 saves only 25 of 36 multiplies, so the 2x2 tiles must not overhang the output
-  // much (7x7 outputs: 64 tiled for 49, measured 0.6-1.0x), and the forward needs 64 input
-  // channels (16-32 measured 0.85-0.94x; the weight gradient gained 1.04-1.27x there). The
-  // input gradient (the forward's adjoint, called with weight_grad false) takes the forward's
-  // rule. Measured on 2 cores against im2col/col2im: 1.07-1.18x forward, 1.09-1.26x weight
-  // gradient, 1.00-1.12x input gradient.
+  // much (7x7 outputs: 64 tiled for 49), and the forward needs 64 input channels to beat
+  // im2col where the weight gradient already does at 16. The input gradient (the forward's
+  // adjoint, called with weight_grad false) takes the forward's rule.
   if (10 * Hout * Wout < 9 * 4 * TH * TW || tiles < 192) return false;
   return weight_grad ? Cin >= 16 && Cout >= 16 : Cin >= 64 && Cout >= 64;
 }
@@ -92,8 +90,8 @@ constexpr int class_mult(int c) {
 }
 
 // Stride between the transformed matrices of one chunk. A multiple of 4 KiB would put
-// the 16 streams a transform reads or writes in the same L1 sets (measured: 30% slower at
-// 112 tiles x 64 channels); round up to 4 KiB and add 5 cache lines instead.
+// the 16 streams a transform reads or writes in the same L1 sets, which then evict each
+// other; round up to 4 KiB and add 5 cache lines instead.
 constexpr int64_t kStridePad = 4096 + 320;  // bytes a padded stride may add
 template <typename T>
 inline int64_t pad_stride(int64_t n) {
@@ -322,7 +320,7 @@ void output_transform(const Plan& p, const T* M, const Epilogue<T>& ep, int64_t 
     if (S == 1) {
       const T* m = M + sl.at(0, o, 0, Tc, 0);
       const int64_t es = sl.off[1];
-#pragma omp simd  // (GCC leaves this loop scalar without it: 6% of the forward)
+#pragma omp simd  // GCC leaves this loop scalar without it
       for (int64_t j = 0; j < Tc; ++j) {
         T q[16];
         for (int e = 0; e < 16; ++e) q[e] = m[e * es + j];
@@ -462,8 +460,8 @@ bool conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t Cout, int
              int64_t off_h, int64_t off_w, const T* in, const T* w, bool flip, const Epilogue<T>& ep, T* out) {
   Plan p{N, Cin, Hin, Win, Cout, Hout, Wout, off_h, off_w, (Hout + 1) / 2, (Wout + 1) / 2, 0, 0, 0, 0, 0};
   p.rows = N * p.TH;
-  // U's classes 4 KiB-staggered too: at 128 x 256 channels (a 128 KiB stride) the weight
-  // transform's 16 store streams shared L1 sets and took 19% of a stride-2 forward.
+  // U's classes 4 KiB-staggered too: with a stride that is a multiple of 4 KiB (128 x 256
+  // channels: 128 KiB) the weight transform's 16 store streams would share L1 sets.
   const int64_t elem = sizeof(T), us = pad_stride<T>(Cout * Cin), ubytes = 16 * us * elem;
   int nt;
   // per tile: V + M + (bounded by) the row buffers
@@ -588,14 +586,14 @@ bool conv3x3_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64
 }
 
 // Stride 2, input gradient: the adjoint of conv3x3<T, 2>. Per tile dV_c = U_c^T Z_c (U stored
-// transposed, C x K: OpenBLAS packing a transposed U took 12% of the samples) with
+// transposed, C x K: OpenBLAS packs a transposed operand slowly) with
 // Z = A dy A^T, and the 5x5 patch gradient B dV B^T is added into dx; per axis the adjoint
 // of B^T is dd = [t0, t3, t1 - t0 - t2, t4, t2] (t: entries 0, 1, 2, 3 sub 0, 3 sub 1).
 // Patches of neighbouring tiles share a row or column, so chunks run in two phases (even,
 // then odd chunks; chunks are whole tile rows, so chunk k and k + 2 never share a row) into
 // a dx zeroed first. Images whose tile rows need several chunks are declined (col2im).
 // Accuracy: the patch's middle row and column sum three products that largely cancel, so the
-// float32 error is ~2.5x im2col's (1.1e-6 against 4e-7 normwise at 128-512 channels).
+// float32 error is a small multiple of im2col's (still inside the 1e-5 tolerance).
 template <typename T>
 void input_grad_transform_s2(const Plan& p, const T* dV, int64_t r0, int64_t r1, T* dx, T* buf) {
   const int64_t tw = p.TW, Tc = (r1 - r0) * tw, Wp = 4 * tw + 1;

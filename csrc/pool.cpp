@@ -118,8 +118,7 @@ constexpr T neg_inf() { return -std::numeric_limits<T>::infinity(); }
 // is a total order on (value, flat index): NaN above everything, NaNs by larger index, equal
 // values by smaller index. A max under a total order can be taken in any grouping: first per
 // column over the window's rows (contiguous, vectorized), then over the window's columns.
-// (The direct scan, which gathered every tap at the column stride, took 1.4-1.5x longer on
-// 3x3 stride 2 over (8, 64, 112, 112), one thread or two.)
+// (A direct scan would gather every tap at the column stride.)
 template <typename T, typename I>
 inline bool idx_wins(T v, I f, T m, I b) {
   return (v > m) | ((v == m) & (f < b)) | ((v != v) & ((m == m) | (f > b)));
@@ -401,8 +400,7 @@ inline bool max2x2_fits(const Axis& ah, const Axis& aw) {
 // written once, dy where the window's index points and 0 elsewhere: no zero pass and no
 // read-modify-write scatter. Returns false, part-written, at the first index outside its
 // window (indices are the caller's); the caller then redoes the plane with the general scatter.
-// 8 outputs a step work on 32-bit window positions (0..3) rather than four 64-bit compares per
-// 4 outputs: one thread on (64, 30, 24, 24) went from 0.44 to 0.25-0.29 ms.
+// 8 outputs a step work on 32-bit window positions (0..3) rather than four 64-bit compares per 4 outputs.
 PYDL_AVX2 bool max2x2_backward_plane(const float* gy, const int64_t* ind, float* dx, int64_t H, int64_t W,
                                         int64_t OH, int64_t OW) {
   const __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);  // low dwords of 64-bit masks
@@ -600,11 +598,9 @@ int64_t max_pool2d_backward(carray<T> dy, carray<int64_t> indices, carray<T> dx,
         T* out = d + pl * HW;
         // Rows go out as soon as no later output row's window reaches them: those the previous
         // output row finished stream out 16 bytes per output during this row's scatter, so the
-        // stores to memory overlap the adds. (Sent in one burst after each row, the 2-thread
-        // (8, 64, 112, 112) 3x3 stride-2 backward took 10-14% longer in alternating processes;
-        // one thread was the same either way.) That needs every index inside its window's rows
-        // (true of max_pool2d's own); the first that is not sends the plane to the plain
-        // build-then-copy below.
+        // stores to memory overlap the adds instead of going out in one burst after each row.
+        // That needs every index inside its window's rows (true of max_pool2d's own); the first
+        // that is not sends the plane to the plain build-then-copy below.
         StreamOut rest{reinterpret_cast<char*>(out), reinterpret_cast<char*>(buf)};
         constexpr int64_t kStep = 4 * int64_t(sizeof(T));  // streamed per output
         int64_t done = 0;  // rows [0, done) are final in buf
@@ -907,8 +903,8 @@ inline double row_sum(const T* p, int64_t n) {
 }
 
 // Global average pooling of planes [0, n): each plane is one contiguous run, summed in double
-// in vector lanes (omp simd); an AVX2 clone is picked at load time. (Per-row sums took 2.5x
-// as long on the 49-value planes of a ResNet head.)
+// in vector lanes (omp simd); an AVX2 clone is picked at load time. (Per-row sums would run
+// short loops on small planes such as a ResNet head's 7x7.)
 template <typename T>
 inline void global_avg_impl(const T* x, T* y, int64_t n, int64_t HW) {
   int64_t pl = 0;

@@ -20,10 +20,10 @@
 // containing it, channel), as many as the forward's reads of x; warps (16 consecutive w) hit the
 // same few bins, so those loads coalesce. The overhead is finding the candidate rois: a scan of
 // all the image's rois per (pixel, channel block) costs K_n table loads each (the old design,
-// measured ~20x slower than torchvision); the tile cull costs K_n/256 block steps per tile and
+// far slower than torchvision); the tile cull costs K_n/256 block steps per tile and
 // leaves each thread only the rois meeting its tile (detection boxes are small against the
 // image: typically a fraction of K_n). Sorting the K*C*PH*PW (target, dy) pairs instead (radix
-// sort + segmented sums) would move ~10 full passes over 25-50 MB, more than the whole gather.
+// sort + segmented sums) would take ~10 full passes over those pairs, more than the whole gather.
 #include <cfloat>
 
 #include "common.cuh"
