@@ -2,6 +2,7 @@
 
     python bench/run.py                 # every kernel on the default device
     python bench/run.py --device cpu --op conv2d --json out.json --plot out.png
+    python bench/run.py --sweep [--quick]  # only the conv2d layer sweep (bench_conv_sweep.py), CPU
 
 For each case: the relative error against the float64 NumPy reference at the
 benchmark shape, then the median time of pydl, the NumPy reference and PyTorch
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,11 +66,20 @@ def main(argv=None):
                    "(pydl.set_allow_tf32 and PyTorch's allow_tf32 alike)")
     p.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
     p.add_argument("--plot", metavar="FILE", help="write a PNG chart of the speedups (needs matplotlib)")
+    p.add_argument("--sweep", action="store_true", help="run only the conv2d sweep on the CPU: every distinct "
+                   "layer of ResNet-18/50, ResNeXt-50 32x4d and MobileNetV2 at batch 1 and 8, and grouped and "
+                   "dilated 3x3 families (minutes; with --quick fewer repeats)")
+    p.add_argument("--layer", action="append", metavar="TEXT", help="--sweep: only the cases whose shape, "
+                   "network, module or family contains TEXT (repeatable), e.g. mobilenet or 'g32'")
     args = p.parse_args(argv)
+    if args.sweep and (args.device == "cuda" or args.op or args.plot):
+        p.error("--sweep times the CPU only and takes no --op or --plot")
+    if args.layer and not args.sweep:
+        p.error("--layer selects sweep cases: use it with --sweep")
 
     if args.tf32:
         pydl.set_allow_tf32(True)
-    device = args.device or ("cuda" if pydl.cuda_available() else "cpu")
+    device = "cpu" if args.sweep else args.device or ("cuda" if pydl.cuda_available() else "cpu")
     if device == "cuda" and not pydl.cuda_available():
         sys.exit(f"--device cuda: {pydl.cuda_build_error()}")
     torch = None if args.no_torch else try_torch()
@@ -95,6 +106,8 @@ def main(argv=None):
 
         info["gpu"] = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     print("pydl benchmark:", ", ".join(f"{k}={v}" for k, v in info.items()))
+    if args.sweep:
+        return run_sweep(args, info, torch)
 
     rows = []
     for modname in BENCH_MODULES:
@@ -152,7 +165,32 @@ def main(argv=None):
     return 0
 
 
-def time_cpu_rounds(case, torch, quick):
+def run_sweep(args, info, torch):
+    """bench_conv_sweep.py's layers: a line per row as it goes, then the table, the per-family
+    summary and the wall time; 1 if a parity check failed."""
+    import bench_conv_sweep as sweep
+
+    start = time.perf_counter()
+    rows = sweep.run(torch, args.quick, time_cpu_rounds, args.layer)
+    wall = time.perf_counter() - start
+    summary = sweep.summarize(rows)
+    print()
+    print(sweep.markdown_table(rows))
+    print()
+    print(sweep.summary_table(summary))
+    print(f"\nsweep: {len({r['case'] for r in rows})} cases in {wall:.0f} s" + (" (--quick)" if args.quick else ""))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": info, "rows": rows, "summary": summary, "wall_s": wall, "quick": args.quick}, f,
+                      indent=1)
+    bad = [r for r in rows if r["rel_err"] is not None and not (r["rel_err"] <= sweep.PARITY_BOUND)]
+    if bad:
+        print(f"PARITY FAILED on {len(bad)} row(s)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def time_cpu_rounds(case, torch, quick, plan=None):
     """pydl and PyTorch timed in alternating rounds (median of at least 5 runs and 50 ms each),
     keeping each one's best round; with case.gemm_yardstick, also the GEMM yardstick, by the same
     rule (the median of at least 5 runs per round, the best round), so the ratio compares like
@@ -163,8 +201,9 @@ def time_cpu_rounds(case, torch, quick):
     burst (the machine-wide yardstick timed once at the start read 137 to 171 GFLOP/s on one
     machine across runs). settle() first: the other runtimes' threads (NumPy's OpenBLAS after
     the parity check, the other library's OpenMP pool) spin for a while after their last call.
-    Returns (pydl ms, PyTorch ms or None, GEMM GFLOP/s or None)."""
-    rounds, repeats, min_s = (1, 3, 0.0) if quick else (5, 5, 0.05)
+    `plan`, (rounds, repeats, min_s), replaces that choice: the layer sweep budgets each layer by
+    its time. Returns (pydl ms, PyTorch ms or None, GEMM GFLOP/s or None)."""
+    rounds, repeats, min_s = plan or ((1, 3, 0.0) if quick else (5, 5, 0.05))
     mine, theirs, gemm = [], [], []
     for _ in range(rounds):
         if case.gemm_yardstick:
