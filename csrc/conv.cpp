@@ -20,6 +20,8 @@
 //  * per_image (forward; strided input gradient), deep reductions with at least one image per
 //    thread: each thread takes whole images, im2col into its own one-image buffer, GEMM
 //    straight into y.
+//  * grouped_direct (forward, groups of several channels, stride 1): padded flat planes per
+//    (image, group), register blocks of output channels x outputs; no im2col, no BLAS.
 //  * tiled, any geometry: im2col + GEMM over a bounded column buffer: the batch (and, for big
 //    images, the output pixels) is cut into tiles whose columns (C*kh*kw rows x tile width) plus one
 //    GEMM result fit under the workspace cap (default 64 MiB, and a 4 MiB cache target so
@@ -796,6 +798,118 @@ void dw_forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* 
   }
 }
 
+// ---------------------------------------------------------------- grouped, stride 1
+// Few channels per group (ResNeXt's 4-32): per-group GEMMs are too thin for BLAS and im2col
+// moves as many bytes as they compute on. Instead each (image, group) pads its Cg input
+// planes on the flat Wp-pitch grid (as the depthwise flat path) and every output is
+// acc[k][q] = sum_{c, i, j} w[k, c, i, j] xp[c][q + i*dh*Wp + j*dw]: contiguous loads, a block
+// of KB output channels x QB flat outputs held in registers, each load feeding KB FMAs.
+template <typename T>
+struct GroupedTile {
+  static constexpr int KB = 4;                                     // output channels per block
+  static constexpr int QB = 64 / static_cast<int>(sizeof(T));      // flat outputs per block (2 AVX2 vectors)
+  typedef T vec __attribute__((vector_size(32)));
+  static constexpr int VL = 32 / static_cast<int>(sizeof(T));
+};
+
+// out[kk][q - q0] for output channels k0 .. k0+kb-1 (kb <= KB) and flat outputs [q0, q0 + QB).
+template <typename T, int KBN>
+__attribute__((always_inline)) inline void grouped_block_impl(const Geo& g, int64_t Wp, int64_t plane,
+                                                              const T* xp, const T* w, int64_t k0, int64_t q0,
+                                                              T* out, int64_t ld) {
+  using G = GroupedTile<T>;
+  using V = typename G::vec;
+  constexpr int NV = G::QB / G::VL;
+  V acc[KBN][NV];
+  for (int kk = 0; kk < KBN; ++kk)
+    for (int v = 0; v < NV; ++v) acc[kk][v] = V{} ;
+  const int64_t Cg = g.Cg(), taps = g.kh * g.kw, wk = Cg * taps;
+  for (int64_t c = 0; c < Cg; ++c)
+    for (int64_t i = 0; i < g.kh; ++i)
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const T* src = xp + c * plane + i * g.dh * Wp + j * g.dw + q0;
+        V xv[NV];
+        for (int v = 0; v < NV; ++v) std::memcpy(&xv[v], src + v * G::VL, sizeof(V));
+        const T* wp = w + (k0 * Cg + c) * taps + i * g.kw + j;
+        for (int kk = 0; kk < KBN; ++kk) {
+          const T wv = wp[kk * wk];
+          for (int v = 0; v < NV; ++v) acc[kk][v] += wv * xv[v];
+        }
+      }
+  for (int kk = 0; kk < KBN; ++kk)
+    for (int v = 0; v < NV; ++v) std::memcpy(out + kk * ld + v * G::VL, &acc[kk][v], sizeof(V));
+}
+
+// One (image, group): pad its planes, then KB-channel blocks of the flat outputs into acc
+// (Kg x nq, rounded up to QB), then rows out through the epilogue.
+template <typename T>
+__attribute__((always_inline)) inline void grouped_fwd_item_impl(const Geo& g, const Flat& f, const T* xg,
+                                                                 const T* wg, const Epilogue<T>& ep, int64_t y_off,
+                                                                 int64_t k_base, T* y, T* xp, T* acc) {
+  using G = GroupedTile<T>;
+  const int64_t Cg = g.Cg(), Kg = g.Kg(), plane = f.Hp * f.Wp;
+  const int64_t nqr = (f.nq + G::QB - 1) / G::QB * G::QB;
+  for (int64_t c = 0; c < Cg; ++c) flat_pad(g, f, xg + c * g.HW(), xp + c * plane);
+  std::fill(xp + Cg * plane, xp + Cg * plane + G::QB, T(0));  // the last block reads past the planes
+  int64_t k0 = 0;
+  for (; k0 + G::KB <= Kg; k0 += G::KB)
+    for (int64_t q0 = 0; q0 < f.nq; q0 += G::QB)
+      grouped_block_impl<T, G::KB>(g, f.Wp, plane, xp, wg, k0, q0, acc + k0 * nqr + q0, nqr);
+  for (; k0 < Kg; ++k0)
+    for (int64_t q0 = 0; q0 < f.nq; q0 += G::QB)
+      grouped_block_impl<T, 1>(g, f.Wp, plane, xp, wg, k0, q0, acc + k0 * nqr + q0, nqr);
+  for (int64_t k = 0; k < Kg; ++k)
+    for (int64_t oh = 0; oh < g.Ho; ++oh) {
+      const int64_t off = y_off + k * g.L() + oh * g.Wo;
+      ep.run(y + off, acc + k * nqr + oh * f.Wp, off, ep.bias_at(k_base + k), g.Wo);
+    }
+}
+
+template <typename T>
+PYDL_AVX2 void grouped_fwd_item_avx2(const Geo& g, const Flat& f, const T* xg, const T* wg, const Epilogue<T>& ep,
+                                     int64_t y_off, int64_t k_base, T* y, T* xp, T* acc) {
+  grouped_fwd_item_impl<T>(g, f, xg, wg, ep, y_off, k_base, y, xp, acc);
+}
+
+template <typename T>
+void grouped_fwd_item_base(const Geo& g, const Flat& f, const T* xg, const T* wg, const Epilogue<T>& ep,
+                           int64_t y_off, int64_t k_base, T* y, T* xp, T* acc) {
+  grouped_fwd_item_impl<T>(g, f, xg, wg, ep, y_off, k_base, y, xp, acc);
+}
+
+// Scratch per thread: the padded planes (+ one block of slack) and the flat accumulators.
+inline int64_t grouped_scratch(const Geo& g, const Flat& f, int64_t qb) {
+  return g.Cg() * f.Hp * f.Wp + qb + g.Kg() * ((f.nq + qb - 1) / qb * qb);
+}
+
+template <typename T>
+void grouped_forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* y) {
+  const Flat f(g);
+  const int64_t items = g.N * g.G, per = grouped_scratch(g, f, GroupedTile<T>::QB);
+  const bool avx2 = cpu_has_avx2_fma();
+  ParallelError err;
+#pragma omp parallel if (parallel_pays(g))
+  {
+    T* xp = nullptr;
+    try {
+      xp = static_cast<T*>(t_ws.get(per * (int64_t)sizeof(T)));
+    } catch (...) {
+      err.capture();
+    }
+    T* acc = xp ? xp + g.Cg() * f.Hp * f.Wp + GroupedTile<T>::QB : nullptr;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; ++it) {
+      if (!xp) continue;  // this thread has no workspace: the call raises below
+      const int64_t n = it / g.G, gi = it % g.G;
+      const T* xg = x + (n * g.C + gi * g.Cg()) * g.HW();
+      const T* wg = w + gi * g.Kg() * g.Cg() * g.kh * g.kw;
+      const int64_t y_off = (n * g.K + gi * g.Kg()) * g.L();
+      (avx2 ? grouped_fwd_item_avx2<T> : grouped_fwd_item_base<T>)(g, f, xg, wg, ep, y_off, gi * g.Kg(), y, xp, acc);
+    }
+  }
+  err.rethrow();
+}
+
 template <typename T>
 void dw_backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
   const TapRanges tr(g);
@@ -980,9 +1094,11 @@ void forward_per_image(const Geo& g, const T* x, const T* w, const Epilogue<T>& 
 // automatic rule, applies() what each algorithm can compute, and a forced algorithm
 // (pydl.backends.conv_algorithm) replaces the rule or raises when it does not apply.
 enum class Dir : int { forward = 0, input_grad = 1, weight_grad = 2 };
-enum class Algo : int { automatic = 0, depthwise = 1, winograd = 2, gemm_1x1 = 3, per_image = 4, tiled = 5 };
+enum class Algo : int {
+  automatic = 0, depthwise = 1, winograd = 2, gemm_1x1 = 3, per_image = 4, tiled = 5, grouped = 6
+};
 constexpr const char* kAlgoNames[] = {"auto", "depthwise", "winograd", "gemm_1x1", "im2col_per_image",
-                                      "im2col_tiled"};
+                                      "im2col_tiled", "grouped_direct"};
 constexpr const char* kDirNames[] = {"forward", "input_grad", "weight_grad"};
 std::atomic<int> g_forced[3] = {{0}, {0}, {0}};
 
@@ -1002,10 +1118,17 @@ bool applies(Dir d, Algo a, const Geo& g, int64_t elem) {
     }
     case Algo::tiled:
       return true;
+    case Algo::grouped: {  // forward, groups of several channels, stride 1
+      if (d != Dir::forward || g.G == 1 || g.depthwise() || g.sh != 1 || g.sw != 1) return false;
+      return grouped_scratch(g, Flat(g), 64 / elem) * elem * max_threads() <= g_ws_limit.load();
+    }
     default:
       return false;
   }
 }
+
+// Grouped convolutions with at most this many input channels per group run grouped_direct.
+constexpr int64_t kGroupedMaxChannels = 64;
 
 // The automatic rule. Winograd may still decline at run time (its chunks do not fit the
 // workspace cap); the caller then takes the im2col algorithm this rule gives without it.
@@ -1018,6 +1141,8 @@ Algo choose(Dir d, const Geo& g, int64_t elem, bool winograd_ok = true) {
     if (pays) return Algo::winograd;
   }
   if (g.pointwise()) return Algo::gemm_1x1;
+  if (d == Dir::forward && g.Cg() <= kGroupedMaxChannels && applies(d, Algo::grouped, g, elem))
+    return Algo::grouped;
   if (d == Dir::forward && per_image_pays(g, elem)) return Algo::per_image;
   if (d == Dir::input_grad && padded_im2col_pays(g) && per_image_pays(g, elem)) return Algo::per_image;
   return Algo::tiled;
@@ -1070,6 +1195,7 @@ void forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* y) 
     return;
   }
   if (a == Algo::per_image) return forward_per_image(g, x, w, ep, y);
+  if (a == Algo::grouped) return grouped_forward(g, x, w, ep, y);
   int64_t maxw;
   auto tiles = make_tiles(g, g.R(), g.K, sizeof(T), maxw);
   const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });
@@ -1434,7 +1560,7 @@ void bind_conv(py::module_& m) {
       "_set_conv_algorithm",
       [](int dir, int algo) {
         PYDL_CHECK(dir >= 0 && dir < 3, "direction: expected 0, 1 or 2, got " << dir);
-        PYDL_CHECK(algo >= 0 && algo <= static_cast<int>(Algo::tiled), "algorithm: unknown code " << algo);
+        PYDL_CHECK(algo >= 0 && algo <= static_cast<int>(Algo::grouped), "algorithm: unknown code " << algo);
         return g_forced[dir].exchange(algo);
       },
       "direction"_a, "algorithm"_a,

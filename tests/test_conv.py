@@ -718,6 +718,7 @@ _FUSED_PATHS = {
     "tiles of images": ((5, 3, 5, 5), (4, 3, 3, 3), dict(padding=1), 0, None),
     "tiles of pixels": ((1, 4, 25, 26), (5, 4, 3, 2), dict(stride=(2, 3), padding=(3, 1), dilation=(2, 3)), 0, 4096),
     "grouped": ((2, 6, 19, 23), (4, 3, 3, 3), dict(stride=2, padding=1, groups=2), 0, None),
+    "grouped direct": ((2, 8, 9, 11), (12, 2, 3, 3), dict(padding=1, groups=4), None, None),
 }
 
 
@@ -797,13 +798,17 @@ _ALGO_CASES = [
     ((1, 3, 11, 10), (4, 3, 3, 3), dict(padding=2, dilation=2)),        # dilated
     ((2, 6, 13, 11), (4, 3, 3, 3), dict(stride=2, padding=1, groups=2)),  # grouped 3x3
     ((1, 4, 17, 16), (3, 4, 5, 5), dict(stride=3, padding=2)),          # stride > 1, pad 2
+    ((2, 12, 9, 13), (18, 4, 3, 3), dict(padding=1, groups=3)),          # grouped: a 4-channel block + 2
+    ((1, 8, 7, 40), (12, 2, 3, 2), dict(padding=(2, 0), dilation=(1, 3), groups=4)),  # dilated, wide rows
+    ((2, 4, 5, 5), (8, 1, 3, 3), dict(padding=1, groups=4)),            # depthwise multiplier 2
 ]
 _ALGOS = [a for a in pydl.backends.conv_algorithms() if a != "auto"]
 _EXPECTED_PAIRS = {("depthwise", d) for d in ("forward", "input_grad", "weight_grad")} | \
     {("winograd", d) for d in ("forward", "input_grad", "weight_grad")} | \
     {("gemm_1x1", d) for d in ("forward", "input_grad", "weight_grad")} | \
     {("im2col_per_image", "forward"), ("im2col_per_image", "input_grad")} | \
-    {("im2col_tiled", d) for d in ("forward", "input_grad", "weight_grad")}
+    {("im2col_tiled", d) for d in ("forward", "input_grad", "weight_grad")} | \
+    {("grouped_direct", "forward")}
 
 
 def _run_direction(direction, x, w, b, dy, kw):
