@@ -2,6 +2,7 @@
 
     python bench/run.py                 # the network table (CPU): pydl vs PyTorch vs ONNX Runtime
     python bench/run.py --all           # then every kernel on the default device
+    python bench/run.py --kernels       # every kernel, without the network table
     python bench/run.py --networks resnet50 --quick
     python bench/run.py --device cpu --op conv2d --json out.json --plot out.png   # kernels only
 
@@ -67,6 +68,7 @@ def main(argv=None):
     p.add_argument("--device", choices=["cpu", "cuda"], default=None,
                    help="default: cuda when pydl.cuda_available(), else cpu")
     p.add_argument("--all", action="store_true", help="the kernel table too, after the network table")
+    p.add_argument("--kernels", action="store_true", help="the kernel table only, without the network table")
     p.add_argument("--networks", action="append", metavar="NAME",
                    help="only these networks (repeatable or comma-separated): " + ", ".join(bench_networks.MODELS))
     p.add_argument("--op", action="append", help="only these kernel families (repeatable), e.g. conv2d; "
@@ -80,8 +82,8 @@ def main(argv=None):
     p.add_argument("--plot", metavar="FILE", help="write a PNG chart of the kernel speedups (needs matplotlib)")
     args = p.parse_args(argv)
 
-    run_kernels = bool(args.all or args.op)
-    run_networks = bool(args.all or args.networks or not args.op)
+    run_kernels = bool(args.all or args.op or args.kernels)
+    run_networks = bool(args.all or args.networks or not (args.op or args.kernels))
     start = time.perf_counter()
     if args.tf32:
         pydl.set_allow_tf32(True)
