@@ -332,7 +332,9 @@ def worker_main(kind, workdir):
         try:
             if w is None:
                 w = WORKERS[kind](workdir)
-            if op == "time":
+            if op == "start":
+                out = {}
+            elif op == "time":
                 fn = w.fns[cmd["key"]]
                 ms = []
                 for _ in range(cmd["runs"]):
@@ -409,6 +411,18 @@ def run(names=None, quick=False, no_torch=False, log=print):
     with tempfile.TemporaryDirectory(prefix="pydl-bench-") as tmp:
         workers = {k: Worker(k, tmp) for k in fws}
         try:
+            # A framework that is installed but does not import (a broken build) drops out, with its error.
+            for k in list(workers):
+                if k not in workers:
+                    continue
+                try:
+                    workers[k]("start")
+                except RuntimeError as e:
+                    log(f"{NAMES[k]} left out: {str(e).strip().splitlines()[-1]}")
+                    for gone in [k, "ort"] if k == "torch" else [k]:
+                        if gone in workers:
+                            workers.pop(gone).close()
+            fws = list(workers)
             maker = workers["torch" if "torch" in fws else "pydl"]
             for model in names:
                 t0 = time.perf_counter()
@@ -427,7 +441,8 @@ def run(names=None, quick=False, no_torch=False, log=print):
 
 
 def _time_row(model, key, workers, setup, rounds, target_s, lo, hi, log):
-    mode, batch = key[:-1], int(key[-1])
+    mode = key.rstrip("0123456789")
+    batch = int(key[len(mode):])
     here = [k for k in workers if key in setup[k]["warm_ms"]]
     # The same number of runs for everyone, from the fastest warm-up (a first run reads high).
     t = min(setup[k]["warm_ms"][key] for k in here) * 1e-3
@@ -450,8 +465,8 @@ def _time_row(model, key, workers, setup, rounds, target_s, lo, hi, log):
     log(f"  {model:<16} {mode:<5} b{batch}  pydl {row['pydl_ms']:.1f} ms  "
         + "  ".join(f"{NAMES[k]} {best[k]:.1f} ms" for k in ("torch", "ort") if k in best)
         + f"  (rel err {_fmt(row['rel_err_pydl'], '{:.1e}')}"
-        + (f", gradients {_fmt(row['grad_err_pydl'], '{:.1e}')} (PyTorch float32 "
-           f"{_fmt(row['grad_err_torch'], '{:.1e}')})" if mode == "train" else "")
+        + (f", gradients {_fmt(row['grad_err_pydl'], '{:.1e}')}" if mode == "train" else "")
+        + (f" (PyTorch float32 {row['grad_err_torch']:.1e})" if row["grad_err_torch"] is not None else "")
         + f", {runs} runs x {rounds} rounds)")
     return row
 
@@ -493,7 +508,7 @@ def markdown(result):
                                  for r in train) + ".")
     missing = [NAMES[k] for k in ("torch", "ort") if NAMES[k] not in info["frameworks"]]
     if missing:
-        lines.append(f"Not found: {' and '.join(missing)} (pip install \".[bench]\" torch torchvision): "
+        lines.append(f"Not found or not usable: {' and '.join(missing)} (pip install \".[bench]\" torch torchvision): "
                      "pydl's own times only.")
     return "\n".join(lines)
 
