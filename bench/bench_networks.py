@@ -21,7 +21,8 @@ PyTorch, pydl alone runs: its own seeded initialization, checked against its unf
 float64.
 
 Timing: one warm-up (the check run), then rounds in which every framework in turn takes the
-median of several runs (time.perf_counter); each framework's best round is reported.
+median of several runs (time.perf_counter; 3 in the first round, then as many as the fastest
+framework runs in 0.3 s, at most 10); each framework's best round is reported.
 """
 from __future__ import annotations
 
@@ -358,14 +359,21 @@ class Worker:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def __call__(self, cmd, **kw):
+        self.send(cmd, **kw)
+        return self.recv()
+
+    def send(self, cmd, **kw):
+        self.cmd = cmd
         self.proc.stdin.write(json.dumps(dict(cmd=cmd, **kw)) + "\n")
         self.proc.stdin.flush()
+
+    def recv(self):
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"{self.kind} worker exited (code {self.proc.wait()})")
         out = json.loads(line)
         if "error" in out:
-            raise RuntimeError(f"{self.kind} worker, {cmd}:\n{out['error']}")
+            raise RuntimeError(f"{self.kind} worker, {self.cmd}:\n{out['error']}")
         return out
 
     def close(self):
@@ -395,7 +403,7 @@ def plan(quick):
     """(rounds, seconds per framework per round, least and most runs per round). The default
     run fits 3 minutes on 2 cores: ResNet-50 and ResNeXt-50 at batch 8 take 0.5-1.5 s a
     forward, so they get 3 runs a round; batch 1 gets up to 10."""
-    return (1, 0.0, 2, 2) if quick else (3, 0.4, 3, 10)
+    return (1, 0.0, 2, 2) if quick else (3, 0.3, 3, 10)
 
 
 def run(names=None, quick=False, no_torch=False, log=print):
@@ -411,12 +419,15 @@ def run(names=None, quick=False, no_torch=False, log=print):
     with tempfile.TemporaryDirectory(prefix="pydl-bench-") as tmp:
         workers = {k: Worker(k, tmp) for k in fws}
         try:
-            # A framework that is installed but does not import (a broken build) drops out, with its error.
+            # The imports (seconds for torch) overlap. A framework that is installed but does not
+            # import (a broken build) drops out, with its error.
+            for w in workers.values():
+                w.send("start")
             for k in list(workers):
                 if k not in workers:
                     continue
                 try:
-                    workers[k]("start")
+                    workers[k].recv()
                 except RuntimeError as e:
                     log(f"{NAMES[k]} left out: {str(e).strip().splitlines()[-1]}")
                     for gone in [k, "ort"] if k == "torch" else [k]:
@@ -427,7 +438,10 @@ def run(names=None, quick=False, no_torch=False, log=print):
             for model in names:
                 t0 = time.perf_counter()
                 maker("prepare", model=model, onnx="ort" in fws)
-                setup = {k: w("setup", model=model) for k, w in workers.items()}
+                # The checks run side by side (their times only serve as warm-ups).
+                for w in workers.values():
+                    w.send("setup", model=model)
+                setup = {k: w.recv() for k, w in workers.items()}
                 log(f"{model}: prepared and checked in {time.perf_counter() - t0:.1f} s")
                 for key in row_keys(model):
                     rows.append(_time_row(model, key, workers, setup, rounds, target_s, lo, hi, log))
@@ -444,16 +458,17 @@ def _time_row(model, key, workers, setup, rounds, target_s, lo, hi, log):
     mode = key.rstrip("0123456789")
     batch = int(key[len(mode):])
     here = [k for k in workers if key in setup[k]["warm_ms"]]
-    # The same number of runs for everyone, from the fastest warm-up (a first run reads high).
-    t = min(setup[k]["warm_ms"][key] for k in here) * 1e-3
-    runs = max(lo, min(hi, round(target_s / t))) if t > 0 else hi
-    best = {}
+    best, runs, used = {}, lo, []
     for _ in range(rounds):
+        used.append(runs)
         for k in here:
             time.sleep(0.1)  # the last runtime's OpenMP/BLAS threads spin a while after its call
             med = statistics.median(workers[k]("time", key=key, runs=runs)["ms"])
             best[k] = min(best.get(k, math.inf), med)
-    row = {"model": model, "mode": mode, "batch": batch, "runs": runs}
+        # The same number of runs for everyone in a round; after the first, as many as the
+        # fastest framework runs in target_s.
+        runs = max(lo, min(hi, round(target_s / (min(best.values()) * 1e-3))))
+    row = {"model": model, "mode": mode, "batch": batch, "runs": used}
     for k in FRAMEWORKS:
         row[f"rel_err_{k}"] = setup[k]["rel_err"].get(key) if k in setup else None
     for k in ("pydl", "torch"):
@@ -467,7 +482,7 @@ def _time_row(model, key, workers, setup, rounds, target_s, lo, hi, log):
         + f"  (rel err {_fmt(row['rel_err_pydl'], '{:.1e}')}"
         + (f", gradients {_fmt(row['grad_err_pydl'], '{:.1e}')}" if mode == "train" else "")
         + (f" (PyTorch float32 {row['grad_err_torch']:.1e})" if row["grad_err_torch"] is not None else "")
-        + f", {runs} runs x {rounds} rounds)")
+        + f", runs per round {'/'.join(map(str, used))})")
     return row
 
 
