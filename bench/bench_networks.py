@@ -22,7 +22,7 @@ float64.
 
 Timing: one warm-up (the check run), then rounds in which every framework in turn takes the
 median of several runs (time.perf_counter; 3 in the first round, then as many as the fastest
-framework runs in 0.3 s, at most 10); each framework's best round is reported.
+framework runs in 0.3 s, 2 to 10); each framework's best round is reported.
 """
 from __future__ import annotations
 
@@ -400,10 +400,11 @@ def frameworks_found(no_torch=False):
 
 
 def plan(quick):
-    """(rounds, seconds per framework per round, least and most runs per round). The default
-    run fits 3 minutes on 2 cores: ResNet-50 and ResNeXt-50 at batch 8 take 0.5-1.5 s a
-    forward, so they get 3 runs a round; batch 1 gets up to 10."""
-    return (1, 0.0, 2, 2) if quick else (3, 0.3, 3, 10)
+    """(rounds, runs in the first round, seconds per framework in a later round, least and most
+    runs in a later round). The default run fits 3 minutes on 2 cores: the 50-layer networks at
+    batch 8 and ResNet-18's training step take 0.4-1.5 s a call, so they get 3 + 2 + 2 runs
+    (9 + 9 + 9 cost half a minute more); batch 1 gets up to 10 a round."""
+    return (1, 2, 0.0, 2, 2) if quick else (3, 3, 0.3, 2, 10)
 
 
 def run(names=None, quick=False, no_torch=False, log=print):
@@ -414,7 +415,7 @@ def run(names=None, quick=False, no_torch=False, log=print):
         raise SystemExit(f"--networks: unknown {bad}; choose from {MODELS}")
     fws = frameworks_found(no_torch)
     start = time.perf_counter()
-    rounds, target_s, lo, hi = plan(quick)
+    rounds, first, target_s, lo, hi = plan(quick)
     rows = []
     with tempfile.TemporaryDirectory(prefix="pydl-bench-") as tmp:
         workers = {k: Worker(k, tmp) for k in fws}
@@ -444,7 +445,7 @@ def run(names=None, quick=False, no_torch=False, log=print):
                 setup = {k: w.recv() for k, w in workers.items()}
                 log(f"{model}: prepared and checked in {time.perf_counter() - t0:.1f} s")
                 for key in row_keys(model):
-                    rows.append(_time_row(model, key, workers, setup, rounds, target_s, lo, hi, log))
+                    rows.append(_time_row(model, key, workers, setup, rounds, first, target_s, lo, hi, log))
         finally:
             for w in workers.values():
                 w.close()
@@ -454,21 +455,21 @@ def run(names=None, quick=False, no_torch=False, log=print):
     return {"info": info, "rows": rows, "summary": summary(rows)}
 
 
-def _time_row(model, key, workers, setup, rounds, target_s, lo, hi, log):
+def _time_row(model, key, workers, setup, rounds, first, target_s, lo, hi, log):
     mode = key.rstrip("0123456789")
     batch = int(key[len(mode):])
     here = [k for k in workers if key in setup[k]["warm_ms"]]
-    best, runs, used = {}, lo, []
+    best, runs, used, medians = {}, first, [], {k: [] for k in here}
     for _ in range(rounds):
         used.append(runs)
         for k in here:
             time.sleep(0.1)  # the last runtime's OpenMP/BLAS threads spin a while after its call
-            med = statistics.median(workers[k]("time", key=key, runs=runs)["ms"])
-            best[k] = min(best.get(k, math.inf), med)
+            medians[k].append(statistics.median(workers[k]("time", key=key, runs=runs)["ms"]))
+            best[k] = min(medians[k])
         # The same number of runs for everyone in a round; after the first, as many as the
         # fastest framework runs in target_s.
         runs = max(lo, min(hi, round(target_s / (min(best.values()) * 1e-3))))
-    row = {"model": model, "mode": mode, "batch": batch, "runs": used}
+    row = {"model": model, "mode": mode, "batch": batch, "runs": used, "round_ms": medians}
     for k in FRAMEWORKS:
         row[f"rel_err_{k}"] = setup[k]["rel_err"].get(key) if k in setup else None
     for k in ("pydl", "torch"):
