@@ -409,10 +409,7 @@ def plan(quick):
 
 def run(names=None, quick=False, no_torch=False, log=print):
     """Run the network benchmark; returns {"info", "rows", "summary"}."""
-    names = names or MODELS
-    bad = [n for n in names if n not in MODELS]
-    if bad:
-        raise SystemExit(f"--networks: unknown {bad}; choose from {MODELS}")
+    names = check_names(names)
     fws = frameworks_found(no_torch)
     start = time.perf_counter()
     rounds, first, target_s, lo, hi = plan(quick)
@@ -560,6 +557,14 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump({"networks": result}, f, indent=1)
     return report_parity(result)
+
+
+def check_names(names):
+    """names, or every network when None; SystemExit on an unknown one."""
+    bad = [n for n in names or [] if n not in MODELS]
+    if bad:
+        raise SystemExit(f"--networks: unknown {', '.join(bad)}; choose from {', '.join(MODELS)}")
+    return names or MODELS
 
 
 def parse_names(values):

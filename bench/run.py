@@ -82,6 +82,7 @@ def main(argv=None):
     p.add_argument("--plot", metavar="FILE", help="write a PNG chart of the kernel speedups (needs matplotlib)")
     args = p.parse_args(argv)
 
+    networks = bench_networks.check_names(bench_networks.parse_names(args.networks))
     run_kernels = bool(args.all or args.op or args.kernels)
     run_networks = bool(args.all or args.networks or not (args.op or args.kernels))
     start = time.perf_counter()
@@ -122,7 +123,7 @@ def main(argv=None):
 
     if run_networks:
         print("\nNetworks on the CPU, float32, 224x224 (each framework in its own process):")
-        nets = bench_networks.run(bench_networks.parse_names(args.networks), args.quick, args.no_torch)
+        nets = bench_networks.run(networks, args.quick, args.no_torch)
         print()
         print(bench_networks.markdown(nets))
         print()
