@@ -1,11 +1,24 @@
 """pydl parity + benchmark report.
 
+<<<<<<< HEAD
     python bench/run.py                 # every kernel on the default device
     python bench/run.py --device cpu --op conv2d --json out.json --plot out.png
     python bench/run.py --sweep [--quick]  # only the conv2d layer sweep (bench_conv_sweep.py), CPU
+=======
+    python bench/run.py                 # the network table (CPU): pydl vs PyTorch vs ONNX Runtime
+    python bench/run.py --all           # then every kernel on the default device
+    python bench/run.py --kernels       # every kernel, without the network table
+    python bench/run.py --networks resnet50 --quick
+    python bench/run.py --device cpu --op conv2d --json out.json --plot out.png   # kernels only
+>>>>>>> netbench
 
-For each case: the relative error against the float64 NumPy reference at the
-benchmark shape, then the median time of pydl, the NumPy reference and PyTorch
+The network table (bench_networks.py) leads: pydl.models at batch 1 and 8, evaluation forward
+and a training step, each framework in its own process on the same weights and input, first
+checked against PyTorch in float64, then timed in alternating rounds. Without PyTorch, pydl's
+own times, checked against its unfused model in float64.
+
+The kernel table (--all, or --op): for each case the relative error against the float64 NumPy
+reference at the benchmark shape, then the median time of pydl, the NumPy reference and PyTorch
 (when installed), measured in the same run, with GFLOP/s or GB/s and speedups.
 On the CPU pydl and PyTorch are timed in 5 alternating rounds (median of at least 5 runs
 and 50 ms each) and the best round of each is reported; dense convolution rows also time the
@@ -15,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -25,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
+import bench_networks  # noqa: E402
 import pydl  # noqa: E402
 from common import settle, time_cpu, time_cupy, time_torch_cuda, try_torch  # noqa: E402
 
@@ -58,14 +73,19 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], default=None,
                    help="default: cuda when pydl.cuda_available(), else cpu")
-    p.add_argument("--op", action="append", help="only these kernel families (repeatable), e.g. conv2d")
+    p.add_argument("--all", action="store_true", help="the kernel table too, after the network table")
+    p.add_argument("--kernels", action="store_true", help="the kernel table only, without the network table")
+    p.add_argument("--networks", action="append", metavar="NAME",
+                   help="only these networks (repeatable or comma-separated): " + ", ".join(bench_networks.MODELS))
+    p.add_argument("--op", action="append", help="only these kernel families (repeatable), e.g. conv2d; "
+                   "alone, the kernel table without the network table")
     p.add_argument("--quick", action="store_true", help="fewer repeats and no NumPy reference timing")
     p.add_argument("--no-reference", action="store_true", help="skip timing the NumPy reference")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     p.add_argument("--tf32", action="store_true", help="allow TF32 tensor-core math for float32 on the GPU "
                    "(pydl.set_allow_tf32 and PyTorch's allow_tf32 alike)")
     p.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
-    p.add_argument("--plot", metavar="FILE", help="write a PNG chart of the speedups (needs matplotlib)")
+    p.add_argument("--plot", metavar="FILE", help="write a PNG chart of the kernel speedups (needs matplotlib)")
     p.add_argument("--sweep", action="store_true", help="run only the conv2d sweep on the CPU: every distinct "
                    "layer of ResNet-18/50, ResNeXt-50 32x4d and MobileNetV2 at batch 1 and 8, and grouped and "
                    "dilated 3x3 families (minutes; with --quick fewer repeats)")
@@ -77,12 +97,17 @@ def main(argv=None):
     if args.layer and not args.sweep:
         p.error("--layer selects sweep cases: use it with --sweep")
 
+    networks = bench_networks.check_names(bench_networks.parse_names(args.networks))
+    run_kernels = bool(args.all or args.op or args.kernels or args.sweep)
+    run_networks = bool(args.all or args.networks or not (args.op or args.kernels or args.sweep))
+    start = time.perf_counter()
     if args.tf32:
         pydl.set_allow_tf32(True)
     device = "cpu" if args.sweep else args.device or ("cuda" if pydl.cuda_available() else "cpu")
     if device == "cuda" and not pydl.cuda_available():
         sys.exit(f"--device cuda: {pydl.cuda_build_error()}")
-    torch = None if args.no_torch else try_torch()
+    # The driver of the network table imports no PyTorch (its workers do).
+    torch = None if args.no_torch or not run_kernels else try_torch()
     if torch is not None and device == "cuda" and not torch.cuda.is_available():
         torch = None
     if torch is not None and device == "cuda":
@@ -95,11 +120,13 @@ def main(argv=None):
         "machine": platform.machine(),
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "torch": getattr(torch, "__version__", None),
+        "torch": getattr(torch, "__version__", None) or _version("torch", args.no_torch),
         "threads": pydl._backend.cpu().max_threads(),
         "tf32": pydl.get_allow_tf32(),
     }
-    if device == "cpu":
+    if not run_kernels:
+        del info["device"], info["tf32"]
+    elif device == "cpu":
         info["numpy_gemm_gflops"] = round(machine_gemm_gflops(), 1)
     else:
         import cupy
@@ -108,6 +135,22 @@ def main(argv=None):
     print("pydl benchmark:", ", ".join(f"{k}={v}" for k, v in info.items()))
     if args.sweep:
         return run_sweep(args, info, torch)
+    out = {"info": info}
+    failed = False
+
+    if run_networks:
+        print("\nNetworks on the CPU, float32, 224x224 (each framework in its own process):")
+        nets = bench_networks.run(networks, args.quick, args.no_torch)
+        print()
+        print(bench_networks.markdown(nets))
+        print()
+        out["networks"] = nets
+        failed |= bool(bench_networks.report_parity(nets))
+        if not run_kernels:
+            print(f"Total wall time {time.perf_counter() - start:.1f} s.")
+            _write_json(args.json, out)
+            return int(failed)
+        print(f"Kernels on {device}:")
 
     rows = []
     for modname in BENCH_MODULES:
@@ -151,9 +194,9 @@ def main(argv=None):
 
     print()
     print(markdown_table(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"info": info, "rows": rows}, f, indent=1)
+    print(f"Total wall time {time.perf_counter() - start:.1f} s.")
+    out["rows"] = rows
+    _write_json(args.json, out)
     if args.plot:
         plot(rows, args.plot, device)
     # TF32 keeps 10 mantissa bits: ~1e-3 relative error is its expected accuracy.
@@ -161,8 +204,23 @@ def main(argv=None):
     bad = [r for r in rows if r["rel_err"] is not None and not (r["rel_err"] <= bound)]
     if bad:
         print(f"PARITY FAILED on {len(bad)} case(s)", file=sys.stderr)
-        return 1
-    return 0
+        failed = True
+    return int(failed)
+
+
+def _version(dist, skip):
+    if skip:
+        return None
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _write_json(path, out):
+    if path:
+        with open(path, "w") as f:
+            json.dump(out, f, indent=1)
 
 
 def run_sweep(args, info, torch):
