@@ -1,16 +1,11 @@
 """pydl parity + benchmark report.
 
-<<<<<<< HEAD
-    python bench/run.py                 # every kernel on the default device
-    python bench/run.py --device cpu --op conv2d --json out.json --plot out.png
-    python bench/run.py --sweep [--quick]  # only the conv2d layer sweep (bench_conv_sweep.py), CPU
-=======
     python bench/run.py                 # the network table (CPU): pydl vs PyTorch vs ONNX Runtime
     python bench/run.py --all           # then every kernel on the default device
     python bench/run.py --kernels       # every kernel, without the network table
     python bench/run.py --networks resnet50 --quick
     python bench/run.py --device cpu --op conv2d --json out.json --plot out.png   # kernels only
->>>>>>> netbench
+    python bench/run.py --sweep [--quick]  # only the conv2d layer sweep (bench_conv_sweep.py), CPU
 
 The network table (bench_networks.py) leads: pydl.models at batch 1 and 8, evaluation forward
 and a training step, each framework in its own process on the same weights and input, first
