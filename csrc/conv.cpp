@@ -1128,7 +1128,7 @@ bool applies(Dir d, Algo a, const Geo& g, int64_t elem) {
 }
 
 // Grouped convolutions with at most this many input channels per group run grouped_direct.
-constexpr int64_t kGroupedMaxChannels = 64;
+constexpr int64_t kGroupedMaxChannels = 32;
 
 // The automatic rule. Winograd may still decline at run time (its chunks do not fit the
 // workspace cap); the caller then takes the im2col algorithm this rule gives without it.
