@@ -1179,15 +1179,23 @@ void forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* y) 
   }
   const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
   if (a == Algo::gemm_1x1) {
-    const int64_t parts = col_parts(g.N * g.G, L), items = g.N * g.G * parts;
+    // Work items: (image, group, column block, row block). Small planes (a batch-1 7x7 layer)
+    // have too few columns to share, so their output channels are split instead.
+    const int64_t parts = col_parts(g.N * g.G, L), cells = g.N * g.G * parts;
+    const int64_t want = 2 * max_threads();
+    const int64_t kparts = cells >= want ? 1 : std::max<int64_t>(1, std::min((want + cells - 1) / cells, Kg / 32));
+    const int64_t items = cells * kparts;
 #pragma omp parallel for schedule(dynamic, 1) if (parallel_pays(g))
     for (int64_t it = 0; it < items; ++it) {
-      const int64_t n = it / (g.G * parts), gi = (it / parts) % g.G, p = it % parts;
+      const int64_t cell = it / kparts, kp = it % kparts;
+      const int64_t n = cell / (g.G * parts), gi = (cell / parts) % g.G, p = cell % parts;
       const int64_t c0 = L * p / parts, c1 = L * (p + 1) / parts;
-      T* yp = y + (n * g.K + gi * Kg) * L;
-      gemm(false, false, Kg, c1 - c0, Cg, T(1), w + gi * Kg * Cg, Cg, x + (n * g.C + gi * Cg) * L + c0, L,
-           T(0), yp + c0, L);
-      for (int64_t k = 0; k < Kg; ++k) {
+      const int64_t k0 = Kg * kp / kparts / 8 * 8, k1 = kp + 1 == kparts ? Kg : Kg * (kp + 1) / kparts / 8 * 8;
+      if (k0 >= k1) continue;
+      T* yp = y + (n * g.K + gi * Kg + k0) * L;
+      gemm(false, false, k1 - k0, c1 - c0, Cg, T(1), w + (gi * Kg + k0) * Cg, Cg, x + (n * g.C + gi * Cg) * L + c0,
+           L, T(0), yp + c0, L);
+      for (int64_t k = k0; k < k1; ++k) {
         const int64_t off = (n * g.K + gi * Kg + k) * L + c0;
         ep.run(y + off, y + off, off, ep.bias_at(gi * Kg + k), c1 - c0);
       }
