@@ -1,36 +1,13 @@
-"""Pieces the pydl.models networks share: ReLU6 (until pydl.nn has it), torchvision's
+"""Pieces the pydl.models networks share: ReLU6 (pydl.nn's), torchvision's
 Conv2dNormActivation, the channel rounding of MobileNet, and the ``weights=`` check."""
 from __future__ import annotations
 
-from .. import _backend, nn
+from .. import nn
 
 __all__ = ["Conv2dNormActivation", "ReLU6"]
 
 
-class ReLU6(nn.Module):
-    """min(max(x, 0), 6); the gradient is 1 strictly inside (0, 6) and 0 elsewhere (as PyTorch)."""
-
-    def __init__(self, inplace=False):
-        super().__init__()
-        self.inplace = inplace  # accepted for PyTorch compatibility; never in place here
-        self._cache = None
-
-    def forward(self, x):
-        _backend.array_module(input=x)
-        _backend.check_float("input", x)
-        y = x.clip(0, 6) if x.size else x.copy()
-        self._cache = y
-        return y
-
-    def backward(self, grad_out):
-        if self._cache is None:
-            raise RuntimeError("ReLU6.backward: call forward first (no cached input)")
-        y = self._cache
-        return grad_out * ((y > 0) & (y < 6))
-
-
-if hasattr(nn, "ReLU6"):  # pydl.nn's own once it has one (the class above is the stand-in)
-    ReLU6 = nn.ReLU6  # noqa: F811
+ReLU6 = nn.ReLU6
 
 
 class Conv2dNormActivation(nn.Sequential):
