@@ -347,49 +347,45 @@ class _Elementwise(Module):
         return x
 
 
-class ReLU(_Elementwise):
+class _Activation(_Elementwise):
+    """An activation ``F.<_name>`` with PyTorch's ``inplace``: the backward runs
+    ``F.<_name>_backward`` on the output (which determines the gradient), or on a kept copy of
+    the input where it does not (``_keeps_input``)."""
+    _name = ""
+    _keeps_input = False
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
+
+    def forward(self, x):
+        saved = self._check(x).copy() if self._keeps_input and self.inplace else x
+        y = getattr(F, self._name)(x, bool(self.inplace))
+        self._cache = saved if self._keeps_input else y
+        return y
+
+    def backward(self, grad_out):
+        _need_forward(self)
+        return getattr(F, self._name + "_backward")(grad_out, self._cache)
+
+
+class ReLU(_Activation):
     """max(x, 0) (``F.relu``); the gradient at 0 is 0 (as PyTorch).
 
     ``inplace=True`` writes the result into the input array, as PyTorch: use it only where no
     earlier layer keeps that array for its own backward (pydl has no autograd version counters to
     catch it; layers that cache their input, Conv2d, Linear, BatchNorm, are safe before it).
-    The backward needs only the output, which the layer keeps."""
-
-    def __init__(self, inplace=False):
-        super().__init__()
-        self.inplace = inplace
-
-    def extra_repr(self):
-        return "inplace=True" if self.inplace else ""
-
-    def forward(self, x):
-        y = F.relu(x, bool(self.inplace))
-        self._cache = y
-        return y
-
-    def backward(self, grad_out):
-        _need_forward(self)
-        return F.relu_backward(grad_out, self._cache)  # [y > 0] = [x > 0]
+    The backward needs only the output, which the layer keeps ([y > 0] = [x > 0])."""
+    _name = "relu"
 
 
-class ReLU6(_Elementwise):
-    """min(max(x, 0), 6) (``F.relu6``); ``inplace`` as in ReLU (the backward needs only the output)."""
-
-    def __init__(self, inplace=False):
-        super().__init__()
-        self.inplace = inplace
-
-    def extra_repr(self):
-        return "inplace=True" if self.inplace else ""
-
-    def forward(self, x):
-        y = F.relu6(x, bool(self.inplace))
-        self._cache = y
-        return y
-
-    def backward(self, grad_out):
-        _need_forward(self)
-        return F.relu6_backward(grad_out, self._cache)  # [0 < y < 6] = [0 < x < 6]
+class ReLU6(_Activation):
+    """min(max(x, 0), 6) (``F.relu6``); ``inplace`` as in ReLU (the backward needs only the output:
+    [0 < y < 6] = [0 < x < 6])."""
+    _name = "relu6"
 
 
 class Hardtanh(_Elementwise):
@@ -537,48 +533,18 @@ class Tanh(_Elementwise):
         return F.tanh_backward(grad_out, self._cache)
 
 
-class SiLU(_Elementwise):
+class SiLU(_Activation):
     """x sigmoid(x) (``F.silu``). The backward needs the input: with ``inplace=True`` the result
     overwrites the input array (as PyTorch) and the layer keeps a copy of the input."""
-
-    def __init__(self, inplace=False):
-        super().__init__()
-        self.inplace = inplace
-
-    def extra_repr(self):
-        return "inplace=True" if self.inplace else ""
-
-    def forward(self, x):
-        saved = self._check(x).copy() if self.inplace else x
-        y = F.silu(x, bool(self.inplace))
-        self._cache = saved
-        return y
-
-    def backward(self, grad_out):
-        _need_forward(self)
-        return F.silu_backward(grad_out, self._cache)
+    _name = "silu"
+    _keeps_input = True
 
 
-class Hardswish(_Elementwise):
+class Hardswish(_Activation):
     """x min(max(x + 3, 0), 6) / 6 (``F.hardswish``); ``inplace`` as in SiLU (the backward needs
     the input)."""
-
-    def __init__(self, inplace=False):
-        super().__init__()
-        self.inplace = inplace
-
-    def extra_repr(self):
-        return "inplace=True" if self.inplace else ""
-
-    def forward(self, x):
-        saved = self._check(x).copy() if self.inplace else x
-        y = F.hardswish(x, bool(self.inplace))
-        self._cache = saved
-        return y
-
-    def backward(self, grad_out):
-        _need_forward(self)
-        return F.hardswish_backward(grad_out, self._cache)
+    _name = "hardswish"
+    _keeps_input = True
 
 
 class Dropout(_Elementwise):
