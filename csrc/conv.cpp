@@ -12,16 +12,17 @@
 //    zero-padded copy of the plane (kernel taps broadcast in registers, 8 floats / 4 doubles
 //    per vector, masked row tails); the input gradient is the same stencil over dy with the
 //    flipped kernel, the weight gradient a per-tap vector reduction per plane, the plane
-//    partials summed in image order (deterministic). Other depthwise shapes: generic
-//    per-plane loops, built twice (baseline and target("avx2,fma")) and picked by a CPU
-//    feature test.
+//    partials summed in image order (deterministic). Other depthwise shapes (strided ones
+//    among them): one contiguous loop per tap over the flat grid of phase planes (below);
+//    planes too big for its scratch: generic per-plane loops.
 //  * winograd (dense 3x3, stride 1 or 2): conv_winograd.cpp.
 //  * gemm_1x1 (1x1, stride 1, no padding): y[n, g] = W_g @ x[n, g], a GEMM straight on x.
 //  * per_image (forward; strided input gradient), deep reductions with at least one image per
 //    thread: each thread takes whole images, im2col into its own one-image buffer, GEMM
 //    straight into y.
-//  * grouped_direct (forward, groups of several channels, stride 1): padded flat planes per
-//    (image, group), register blocks of output channels x outputs; no im2col, no BLAS.
+//  * grouped_direct (groups of several channels, any stride; all three directions): per (image,
+//    group) the planes on the flat grid of phase planes, register blocks of channels x flat
+//    outputs; no im2col, no BLAS.
 //  * tiled, any geometry: im2col + GEMM over a bounded column buffer: the batch (and, for big
 //    images, the output pixels) is cut into tiles whose columns (C*kh*kw rows x tile width) plus one
 //    GEMM result fit under the workspace cap (default 64 MiB, and a 4 MiB cache target so
@@ -444,31 +445,95 @@ __attribute__((always_inline)) inline void dw_bwd_weight_plane_impl(const Geo& g
   }
 }
 
-// Stride 1: the plane is copied into a zero-padded scratch of row pitch Wp = Wo + dw*(kw-1),
-// so every tap is ONE long contiguous loop over the flat output grid (oh*Wp + ow; the Wp-Wo
-// extra columns per row are computed and dropped): no edge cases, full-width vectors.
+// The flat grid (the direct paths of any stride): each input plane is zero-padded and split
+// into sh*sw phase planes, phase (a, b) holding the padded pixels (r*sh + a, c*sw + b), all of
+// row pitch Wp. Output (oh, ow) sits at q = oh*Wp + ow, and tap (i, j) reads q + tap(i, j) in
+// the phase (i*dh % sh, j*dw % sw): every tap is ONE contiguous loop over the flat outputs (the
+// Wp - Wo extra columns per row are computed and dropped), no strided loads, no edge cases.
 struct Flat {
-  int64_t Hp, Wp, nq;  // padded rows and pitch, flat output length (Ho-1)*Wp + Wo
+  int64_t sh, sw, Hp, Wp, nq;  // phases per axis, phase rows and pitch, flat output length
+  int64_t plane;               // one channel's phase planes, sh*sw*Hp*Wp
   explicit Flat(const Geo& g)
-      : Hp(g.Ho + g.dh * (g.kh - 1)), Wp(g.Wo + g.dw * (g.kw - 1)), nq((g.Ho - 1) * Wp + g.Wo) {}
-  int64_t Ho_pitch() const { return nq; }  // dy on the Wp-pitch grid
+      : sh(g.sh), sw(g.sw), Hp(g.Ho + g.dh * (g.kh - 1) / g.sh), Wp(g.Wo + g.dw * (g.kw - 1) / g.sw),
+        nq((g.Ho - 1) * Wp + g.Wo), plane(sh * sw * Hp * Wp) {}
+  int64_t tap(const Geo& g, int64_t i, int64_t j) const {
+    const int64_t r = i * g.dh, c = j * g.dw;
+    return ((r % sh) * sw + c % sw) * Hp * Wp + r / sh * Wp + c / sw;
+  }
+  std::vector<int64_t> taps(const Geo& g) const {
+    std::vector<int64_t> t((size_t)(g.kh * g.kw));
+    for (int64_t i = 0; i < g.kh; ++i)
+      for (int64_t j = 0; j < g.kw; ++j) t[i * g.kw + j] = tap(g, i, j);
+    return t;
+  }
 };
 
-// xp[r, c] = x[r - ph, c - pw] (zero outside).
+// xp (one channel's phase planes) from the plane xc: xp[a, b][r, c] = x[r*sh + a - ph, c*sw + b - pw]
+// (zero outside).
 template <typename T>
 __attribute__((always_inline)) inline void flat_pad(const Geo& g, const Flat& f, const T* xc, T* xp) {
-  for (int64_t r = 0; r < f.Hp; ++r) {
-    T* d = xp + r * f.Wp;
-    const int64_t ih = r - g.ph;
-    if (ih < 0 || ih >= g.H) {
-      std::fill(d, d + f.Wp, T(0));
+  for (int64_t a = 0; a < f.sh; ++a)
+    for (int64_t b = 0; b < f.sw; ++b) {
+      // Columns c with 0 <= c*sw + b - pw < W: [lo, hi).
+      const int64_t off = b - g.pw;
+      const int64_t lo = std::min(f.Wp, off >= 0 ? 0 : (-off + f.sw - 1) / f.sw);
+      const int64_t hi = std::min(f.Wp, std::max(lo, g.W - off <= 0 ? 0 : (g.W - off - 1) / f.sw + 1));
+      T* ph = xp + (a * f.sw + b) * f.Hp * f.Wp;
+      for (int64_t r = 0; r < f.Hp; ++r) {
+        T* d = ph + r * f.Wp;
+        const int64_t ih = r * f.sh + a - g.ph;
+        if (ih < 0 || ih >= g.H || hi <= lo) {
+          std::fill(d, d + f.Wp, T(0));
+          continue;
+        }
+        const T* s = xc + ih * g.W + off;
+        std::fill(d, d + lo, T(0));
+        if (f.sw == 1)
+          std::memcpy(d + lo, s + lo, (size_t)(hi - lo) * sizeof(T));
+        else
+          for (int64_t c = lo; c < hi; ++c) d[c] = s[c * f.sw];
+        std::fill(d + hi, d + f.Wp, T(0));
+      }
+    }
+}
+
+// The adjoint's last step: dx[ih, iw] = xp[phase][(ih + ph) / sh, (iw + pw) / sw], zero where the
+// padded pixel is outside the phase planes (no window reads it).
+template <typename T>
+__attribute__((always_inline)) inline void flat_unpad(const Geo& g, const Flat& f, const T* xp, T* xc) {
+  for (int64_t ih = 0; ih < g.H; ++ih) {
+    T* d = xc + ih * g.W;
+    const int64_t r = ih + g.ph;
+    if (r < 0 || r / f.sh >= f.Hp) {
+      std::fill(d, d + g.W, T(0));
       continue;
     }
-    const int64_t a = std::min(std::max<int64_t>(g.pw, 0), f.Wp);
-    const int64_t e = std::min(f.Wp, g.pw + g.W);
-    std::fill(d, d + a, T(0));
-    if (e > a) std::memcpy(d + a, xc + ih * g.W + (a - g.pw), (size_t)(e - a) * sizeof(T));
-    std::fill(d + std::max(a, e), d + f.Wp, T(0));
+    const T* row = xp + (r % f.sh) * f.sw * f.Hp * f.Wp + r / f.sh * f.Wp;
+    if (f.sw == 1) {
+      const int64_t a = std::min(g.W, std::max<int64_t>(0, -g.pw)), e = std::max(a, std::min(g.W, f.Wp - g.pw));
+      std::fill(d, d + a, T(0));
+      std::memcpy(d + a, row + a + g.pw, (size_t)(e - a) * sizeof(T));
+      std::fill(d + e, d + g.W, T(0));
+      continue;
+    }
+    // Column phase b holds the pixels iw = iw0, iw0 + sw, ... at c = (iw0 + pw) / sw, c + 1, ...
+    for (int64_t b = 0; b < f.sw; ++b) {
+      const int64_t iw0 = ((b - g.pw) % f.sw + f.sw) % f.sw;
+      const T* src = row + b * f.Hp * f.Wp;
+      int64_t iw = iw0, c = (iw0 + g.pw) / f.sw;
+      for (; iw < g.W && c < 0; iw += f.sw, ++c) d[iw] = T(0);
+      for (; iw < g.W && c < f.Wp; iw += f.sw, ++c) d[iw] = src[c];
+      for (; iw < g.W; iw += f.sw) d[iw] = T(0);
+    }
+  }
+}
+
+// dy of one plane on the Wp-pitch flat grid, zero in the dropped columns.
+template <typename T>
+__attribute__((always_inline)) inline void flat_grid(const Geo& g, const Flat& f, const T* yc, T* dyg) {
+  for (int64_t oh = 0; oh < g.Ho; ++oh) {
+    std::memcpy(dyg + oh * f.Wp, yc + oh * g.Wo, (size_t)g.Wo * sizeof(T));
+    if (oh + 1 < g.Ho) std::fill(dyg + oh * f.Wp + g.Wo, dyg + (oh + 1) * f.Wp, T(0));
   }
 }
 
@@ -480,53 +545,35 @@ __attribute__((always_inline)) inline void dw_fwd_flat_impl(const Geo& g, const 
   for (int64_t i = 0; i < g.kh; ++i)
     for (int64_t jj = 0; jj < g.kw; ++jj) {
       const T wv = wc[i * g.kw + jj];
-      const T* s = xp + i * g.dh * f.Wp + jj * g.dw;
+      const T* s = xp + f.tap(g, i, jj);
       for (int64_t q = 0; q < f.nq; ++q) acc[q] += wv * s[q];
     }
   for (int64_t oh = 0; oh < g.Ho; ++oh) std::memcpy(yc + oh * g.Wo, acc + oh * f.Wp, (size_t)g.Wo * sizeof(T));
 }
 
-// Adjoint: scatter dy (on the Wp-pitch grid, zero in the dropped columns) into the padded
-// plane, then crop.
+// Adjoint: scatter dy (on the flat grid) into the phase planes, then gather dx out of them.
 template <typename T>
 __attribute__((always_inline)) inline void dw_bwd_input_flat_impl(const Geo& g, const Flat& f, const T* yc,
                                                                   const T* wc, T* xc, T* __restrict xp, T* __restrict dyg) {
-  for (int64_t oh = 0; oh < g.Ho; ++oh) {
-    std::memcpy(dyg + oh * f.Wp, yc + oh * g.Wo, (size_t)g.Wo * sizeof(T));
-    if (oh + 1 < g.Ho) std::fill(dyg + oh * f.Wp + g.Wo, dyg + (oh + 1) * f.Wp, T(0));
-  }
-  std::fill(xp, xp + f.Hp * f.Wp, T(0));
+  flat_grid(g, f, yc, dyg);
+  std::fill(xp, xp + f.plane, T(0));
   for (int64_t i = 0; i < g.kh; ++i)
     for (int64_t jj = 0; jj < g.kw; ++jj) {
       const T wv = wc[i * g.kw + jj];
-      T* d = xp + i * g.dh * f.Wp + jj * g.dw;
+      T* d = xp + f.tap(g, i, jj);
       for (int64_t q = 0; q < f.nq; ++q) d[q] += wv * dyg[q];
     }
-  for (int64_t ih = 0; ih < g.H; ++ih) {
-    T* d = xc + ih * g.W;
-    const int64_t r = ih + g.ph;
-    const int64_t a = std::max<int64_t>(0, -g.pw), e = std::min(g.W, f.Wp - g.pw);
-    if (r >= f.Hp || e <= a) {
-      std::fill(d, d + g.W, T(0));
-      continue;
-    }
-    std::fill(d, d + a, T(0));
-    std::memcpy(d + a, xp + r * f.Wp + a + g.pw, (size_t)(e - a) * sizeof(T));
-    std::fill(d + e, d + g.W, T(0));
-  }
+  flat_unpad(g, f, xp, xc);
 }
 
 template <typename T>
 __attribute__((always_inline)) inline void dw_bwd_weight_flat_impl(const Geo& g, const Flat& f, const T* yc,
                                                                    const T* xc, T* acc, T* __restrict xp, T* __restrict dyg) {
   flat_pad(g, f, xc, xp);
-  for (int64_t oh = 0; oh < g.Ho; ++oh) {
-    std::memcpy(dyg + oh * f.Wp, yc + oh * g.Wo, (size_t)g.Wo * sizeof(T));
-    if (oh + 1 < g.Ho) std::fill(dyg + oh * f.Wp + g.Wo, dyg + (oh + 1) * f.Wp, T(0));
-  }
+  flat_grid(g, f, yc, dyg);
   for (int64_t i = 0; i < g.kh; ++i)
     for (int64_t jj = 0; jj < g.kw; ++jj) {
-      const T* s = xp + i * g.dh * f.Wp + jj * g.dw;
+      const T* s = xp + f.tap(g, i, jj);
       T sum = 0;
 #pragma omp simd reduction(+ : sum)
       for (int64_t q = 0; q < f.nq; ++q) sum += dyg[q] * s[q];
@@ -759,8 +806,8 @@ void stencil_wgrad(const Geo&, const T*, int64_t, int64_t, const T*, int64_t, in
 
 // The flat stride-1 path needs two plane-sized scratch buffers per thread; huge planes take
 // the row-wise path instead.
-inline bool use_flat(const Geo& g, const Flat& f, int64_t elem) {
-  return g.sh == 1 && g.sw == 1 && (f.Hp * f.Wp + f.nq) * elem <= (int64_t(4) << 20);
+inline bool use_flat(const Geo&, const Flat& f, int64_t elem) {
+  return (f.plane + f.nq) * elem <= (int64_t(4) << 20);
 }
 
 template <typename T>
@@ -784,13 +831,13 @@ void dw_forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* 
   }
 #pragma omp parallel if (parallel_pays(g))
   {
-    std::vector<T> scratch(flat ? f.Hp * f.Wp + f.nq : 0);
+    std::vector<T> scratch(flat ? f.plane + f.nq : 0);
 #pragma omp for schedule(static)
     for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
       const int64_t c = nc % g.C;
       if (flat)
         dw_fwd_flat(g, f, x + nc * g.HW(), w + c * kk, b ? b[c] : T(0), y + nc * g.L(), scratch.data(),
-                    scratch.data() + f.Hp * f.Wp);
+                    scratch.data() + f.plane);
       else
         dw_fwd_plane(g, tr, x + nc * g.HW(), w + c * kk, b ? b[c] : T(0), y + nc * g.L());
       if (ep.fused()) ep.run(y + nc * g.L(), y + nc * g.L(), nc * g.L(), nullptr, g.L());
@@ -798,113 +845,286 @@ void dw_forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* 
   }
 }
 
-// ---------------------------------------------------------------- grouped, stride 1
+// The three directions of a convolution (the algorithm table below is per direction).
+enum class Dir : int { forward = 0, input_grad = 1, weight_grad = 2 };
+
+// ---------------------------------------------------------------- grouped (grouped_direct)
 // Few channels per group (ResNeXt's 4-32): per-group GEMMs are too thin for BLAS and im2col
-// moves as many bytes as they compute on. Instead each (image, group) pads its Cg input
-// planes on the flat Wp-pitch grid (as the depthwise flat path) and every output is
-// acc[k][q] = sum_{c, i, j} w[k, c, i, j] xp[c][q + i*dh*Wp + j*dw]: contiguous loads, a block
-// of KB output channels x QB flat outputs held in registers, each load feeding KB FMAs.
+// moves as many bytes as they compute on. Each (image, group) puts its planes on the flat grid
+// (phase planes, so any stride) and the directions become one correlation
+//   out[o][q] = sum_{p, t} wt(o, p, t) in[p][q + off[t]],
+// a block of OB outputs x QB flat positions held in registers, each load feeding OB FMAs:
+//  * forward: in = x's phase planes, off[t] = tap(t), out = y on the flat grid;
+//  * input grad, the adjoint of those reads: dxp[c][p] = sum_{k,t} w[k,c,t] dyg[k][p - tap(t)], one
+//    phase plane of dx at a time from the taps of that phase: in = dy on the flat grid behind a
+//    zero margin M (the largest tap offset within a phase), off[t] = M - (tap(t) within its
+//    phase), out = the phase plane (dx is gathered from the phase planes afterwards). A read
+//    that crosses a row lands in dy's dropped columns, one past the plane in the zeros after nq.
+// The weight gradient dw[k][c][t] = sum_q dyg[k][q] xp[c][q + tap(t)]: per c, blocks of 4 k x
+// 3 taps of dot products in vector accumulators, reduced in a fixed order.
 template <typename T>
 struct GroupedTile {
-  static constexpr int KB = 4;                                     // output channels per block
-  static constexpr int QB = 64 / static_cast<int>(sizeof(T));      // flat outputs per block (2 AVX2 vectors)
+  static constexpr int OB = 4;                                  // outputs per block
+  static constexpr int QB = 64 / static_cast<int>(sizeof(T));   // flat positions per block (2 vectors)
+  static constexpr int TB = 3;                                  // taps per weight-gradient block
   typedef T vec __attribute__((vector_size(32)));
+  typedef T uvec __attribute__((vector_size(32), aligned(sizeof(T))));  // an unaligned vector load/store
   static constexpr int VL = 32 / static_cast<int>(sizeof(T));
+  static int64_t round(int64_t n) { return (n + QB - 1) / QB * QB; }
+  // By reference: a 32-byte vector passed by value changes the ABI where AVX is off (the base build).
+  __attribute__((always_inline)) static inline void load(vec& v, const T* p) { v = *reinterpret_cast<const uvec*>(p); }
+  __attribute__((always_inline)) static inline void store(T* p, const vec& v) { *reinterpret_cast<uvec*>(p) = v; }
 };
 
-// out[kk][q - q0] for output channels k0 .. k0+kb-1 (kb <= KB) and flat outputs [q0, q0 + QB).
-template <typename T, int KBN>
-__attribute__((always_inline)) inline void grouped_block_impl(const Geo& g, int64_t Wp, int64_t plane,
-                                                              const T* xp, const T* w, int64_t k0, int64_t q0,
-                                                              T* out, int64_t ld) {
+// The correlation above: np input planes of pitch ip, nt taps at off[], weights
+// wt[o*wo + p*wp + tw[t]].
+struct Corr {
+  int64_t np, nt, ip, wo, wp;
+  const int64_t *off, *tw;
+};
+
+// out[o - o0][q - q0] (row pitch ld) for outputs [o0, o0 + OBN) and flat positions [q0, q0 + QB).
+template <typename T, int OBN>
+__attribute__((always_inline)) inline void corr_block(const Corr& c, const T* in, const T* wt, int64_t o0,
+                                                      int64_t q0, T* out, int64_t ld) {
   using G = GroupedTile<T>;
   using V = typename G::vec;
   constexpr int NV = G::QB / G::VL;
-  V acc[KBN][NV];
-  for (int kk = 0; kk < KBN; ++kk)
-    for (int v = 0; v < NV; ++v) acc[kk][v] = V{} ;
-  const int64_t Cg = g.Cg(), taps = g.kh * g.kw, wk = Cg * taps;
-  for (int64_t c = 0; c < Cg; ++c)
-    for (int64_t i = 0; i < g.kh; ++i)
-      for (int64_t j = 0; j < g.kw; ++j) {
-        const T* src = xp + c * plane + i * g.dh * Wp + j * g.dw + q0;
-        V xv[NV];
-        for (int v = 0; v < NV; ++v) std::memcpy(&xv[v], src + v * G::VL, sizeof(V));
-        const T* wp = w + (k0 * Cg + c) * taps + i * g.kw + j;
-        for (int kk = 0; kk < KBN; ++kk) {
-          const T wv = wp[kk * wk];
-          for (int v = 0; v < NV; ++v) acc[kk][v] += wv * xv[v];
-        }
+  V acc[OBN][NV];
+  for (int o = 0; o < OBN; ++o)
+    for (int v = 0; v < NV; ++v) acc[o][v] = V{};
+  for (int64_t p = 0; p < c.np; ++p) {
+    const T* src = in + p * c.ip + q0;
+    const T* wp = wt + o0 * c.wo + p * c.wp;
+    for (int64_t t = 0; t < c.nt; ++t) {
+      V xv[NV];
+      for (int v = 0; v < NV; ++v) G::load(xv[v], src + c.off[t] + v * G::VL);
+      for (int o = 0; o < OBN; ++o) {
+        const T wv = wp[o * c.wo + c.tw[t]];
+        for (int v = 0; v < NV; ++v) acc[o][v] += wv * xv[v];
       }
-  for (int kk = 0; kk < KBN; ++kk)
-    for (int v = 0; v < NV; ++v) std::memcpy(out + kk * ld + v * G::VL, &acc[kk][v], sizeof(V));
+    }
+  }
+  for (int o = 0; o < OBN; ++o)
+    for (int v = 0; v < NV; ++v) G::store(out + o * ld + v * G::VL, acc[o][v]);
 }
 
-// One (image, group): pad its planes, then KB-channel blocks of the flat outputs into acc
-// (Kg x nq, rounded up to QB), then rows out through the epilogue.
+// out[o * ld + q] for all no outputs and q < nq, in whole blocks (up to nq rounded up to QB).
 template <typename T>
-__attribute__((always_inline)) inline void grouped_fwd_item_impl(const Geo& g, const Flat& f, const T* xg,
-                                                                 const T* wg, const Epilogue<T>& ep, int64_t y_off,
-                                                                 int64_t k_base, T* y, T* xp, T* acc) {
+__attribute__((always_inline)) inline void corr(const Corr& c, const T* in, const T* wt, int64_t no, int64_t nq,
+                                                T* out, int64_t ld) {
   using G = GroupedTile<T>;
-  const int64_t Cg = g.Cg(), Kg = g.Kg(), plane = f.Hp * f.Wp;
-  const int64_t nqr = (f.nq + G::QB - 1) / G::QB * G::QB;
-  for (int64_t c = 0; c < Cg; ++c) flat_pad(g, f, xg + c * g.HW(), xp + c * plane);
-  std::fill(xp + Cg * plane, xp + Cg * plane + G::QB, T(0));  // the last block reads past the planes
-  int64_t k0 = 0;
-  for (; k0 + G::KB <= Kg; k0 += G::KB)
-    for (int64_t q0 = 0; q0 < f.nq; q0 += G::QB)
-      grouped_block_impl<T, G::KB>(g, f.Wp, plane, xp, wg, k0, q0, acc + k0 * nqr + q0, nqr);
-  for (; k0 < Kg; ++k0)
-    for (int64_t q0 = 0; q0 < f.nq; q0 += G::QB)
-      grouped_block_impl<T, 1>(g, f.Wp, plane, xp, wg, k0, q0, acc + k0 * nqr + q0, nqr);
-  for (int64_t k = 0; k < Kg; ++k)
-    for (int64_t oh = 0; oh < g.Ho; ++oh) {
-      const int64_t off = y_off + k * g.L() + oh * g.Wo;
-      ep.run(y + off, acc + k * nqr + oh * f.Wp, off, ep.bias_at(k_base + k), g.Wo);
+  int64_t o0 = 0;
+  for (; o0 + G::OB <= no; o0 += G::OB)
+    for (int64_t q0 = 0; q0 < nq; q0 += G::QB) corr_block<T, G::OB>(c, in, wt, o0, q0, out + o0 * ld + q0, ld);
+  for (; o0 < no; ++o0)
+    for (int64_t q0 = 0; q0 < nq; q0 += G::QB) corr_block<T, 1>(c, in, wt, o0, q0, out + o0 * ld + q0, ld);
+}
+
+// pv[k0 + kk][c][t0 + tt] += the lanes of sum_{q < nqv} dyg[k0 + kk][q] xp[q + off[t0 + tt]] for KBN k x
+// TBN taps: the partials stay vectors (one horizontal sum per call would cost as much as the
+// dot products on small planes) until the item's last image.
+template <typename T, int KBN, int TBN>
+__attribute__((always_inline)) inline void wgrad_block(const T* dyg, int64_t nqv, const T* xp, const int64_t* off,
+                                                       int64_t k0, int64_t t0, T* pv, int64_t pv_k) {
+  using G = GroupedTile<T>;
+  using V = typename G::vec;
+  V acc[KBN][TBN];
+  for (int k = 0; k < KBN; ++k)
+    for (int t = 0; t < TBN; ++t) acc[k][t] = V{};
+  const T* xs[TBN];
+  const T* ys[KBN];
+  for (int t = 0; t < TBN; ++t) xs[t] = xp + off[t0 + t];
+  for (int k = 0; k < KBN; ++k) ys[k] = dyg + (k0 + k) * nqv;
+  for (int64_t q = 0; q < nqv; q += G::VL) {
+    V xv[TBN];
+    for (int t = 0; t < TBN; ++t) G::load(xv[t], xs[t] + q);
+    for (int k = 0; k < KBN; ++k) {  // one dy vector live at a time: 16 AVX2 registers in all
+      V yv;
+      G::load(yv, ys[k] + q);
+      for (int t = 0; t < TBN; ++t) acc[k][t] += yv * xv[t];
+    }
+  }
+  for (int k = 0; k < KBN; ++k)
+    for (int t = 0; t < TBN; ++t) {
+      T* p = pv + ((k0 + k) * pv_k + t0 + t) * G::VL;
+      V cur;
+      G::load(cur, p);
+      G::store(p, cur + acc[k][t]);
     }
 }
 
+// Everything one grouped call shares: the flat grid, tap offsets, buffer pitches.
 template <typename T>
-PYDL_AVX2 void grouped_fwd_item_avx2(const Geo& g, const Flat& f, const T* xg, const T* wg, const Epilogue<T>& ep,
-                                     int64_t y_off, int64_t k_base, T* y, T* xp, T* acc) {
-  grouped_fwd_item_impl<T>(g, f, xg, wg, ep, y_off, k_base, y, xp, acc);
+struct GroupedCall {
+  using G = GroupedTile<T>;
+  const Geo& g;
+  Dir d;
+  Flat f;
+  std::vector<int64_t> tap, iota;  // tap offsets; 0, 1, ... (the weight's tap of each)
+  // Input grad, per phase plane: its taps' correlation offsets (M - offset in the phase) and indices.
+  std::vector<std::vector<int64_t>> phase_off, phase_tap;
+  int64_t margin = 0, nqr, nqv, pr, ipd;
+  GroupedCall(const Geo& geo, Dir dir) : g(geo), d(dir), f(geo), tap(f.taps(geo)), iota(tap.size()) {
+    // Each phase of dx gathers from its own taps only (the others would read zeros); M is the
+    // largest tap offset within a phase.
+    const int64_t hw = f.Hp * f.Wp;
+    for (size_t t = 0; t < tap.size(); ++t) margin = std::max(margin, tap[t] % hw);
+    for (size_t t = 0; t < tap.size(); ++t) iota[t] = (int64_t)t;
+    phase_off.resize((size_t)(f.sh * f.sw));
+    phase_tap.resize((size_t)(f.sh * f.sw));
+    for (size_t t = 0; t < tap.size(); ++t) {
+      phase_off[tap[t] / hw].push_back(margin - tap[t] % hw);
+      phase_tap[tap[t] / hw].push_back((int64_t)t);
+    }
+    nqr = G::round(f.nq);                          // forward outputs per channel
+    nqv = (f.nq + G::VL - 1) / G::VL * G::VL;      // weight grad: dy per channel
+    pr = f.plane + G::QB;                          // input grad: dx phase planes + a block of overrun
+    ipd = margin + G::round(f.Hp * f.Wp);          // input grad: dy plane with its margin
+  }
+  // Per-thread scratch, in elements.
+  int64_t scratch() const {
+    if (d == Dir::input_grad) return g.Kg() * ipd + g.Cg() * pr;
+    const int64_t xs = g.Cg() * f.plane + G::QB;  // x's phase planes + the last block's overrun
+    if (d == Dir::forward) return xs + g.Kg() * nqr;
+    return pv_at() + g.Kg() * g.Cg() * g.kh * g.kw * G::VL;  // + dy on the grid, the vector partials
+  }
+  int64_t pv_at() const { return g.Cg() * f.plane + G::QB + g.Kg() * nqv; }  // weight grad: partials
+};
+
+// wgrad_block over all taps of one input channel c (pvc = pv + c*taps*VL), for KBN output channels from k0.
+template <typename T, int KBN>
+__attribute__((always_inline)) inline void wgrad_taps(const GroupedCall<T>& gc, const T* dyg, const T* xc,
+                                                      int64_t k0, T* pvc) {
+  using G = GroupedTile<T>;
+  const int64_t taps = gc.g.kh * gc.g.kw, ld = gc.g.Cg() * taps;
+  int64_t t0 = 0;
+  for (; t0 + G::TB <= taps; t0 += G::TB) wgrad_block<T, KBN, G::TB>(dyg, gc.nqv, xc, gc.tap.data(), k0, t0, pvc, ld);
+  for (; t0 < taps; ++t0) wgrad_block<T, KBN, 1>(dyg, gc.nqv, xc, gc.tap.data(), k0, t0, pvc, ld);
+}
+
+// One (image n, group gi) of direction gc.d. Forward: y through the epilogue. Input grad: dx.
+// Weight grad: adds into the vector partials out (Kg x Cg x taps x VL).
+template <typename T>
+__attribute__((always_inline)) inline void grouped_item_impl(const GroupedCall<T>& gc, int64_t n, int64_t gi,
+                                                             const T* a, const T* b, const Epilogue<T>* ep, T* out,
+                                                             T* s) {
+  using G = GroupedTile<T>;
+  const Geo& g = gc.g;
+  const Flat& f = gc.f;
+  const int64_t Cg = g.Cg(), Kg = g.Kg(), taps = g.kh * g.kw;
+  const T* wg = b + gi * Kg * Cg * taps;
+  if (gc.d == Dir::forward) {  // a = x, b = w, out = y
+    const T* xg = a + (n * g.C + gi * Cg) * g.HW();
+    for (int64_t c = 0; c < Cg; ++c) flat_pad(g, f, xg + c * g.HW(), s + c * f.plane);
+    std::fill(s + Cg * f.plane, s + Cg * f.plane + G::QB, T(0));
+    T* acc = s + Cg * f.plane + G::QB;
+    corr(Corr{Cg, taps, f.plane, Cg * taps, taps, gc.tap.data(), gc.iota.data()}, s, wg, Kg, f.nq, acc, gc.nqr);
+    for (int64_t k = 0; k < Kg; ++k)
+      for (int64_t oh = 0; oh < g.Ho; ++oh) {
+        const int64_t o = ((n * g.K + gi * Kg + k) * g.Ho + oh) * g.Wo;
+        ep->run(out + o, acc + k * gc.nqr + oh * f.Wp, o, ep->bias_at(gi * Kg + k), g.Wo);
+      }
+  } else if (gc.d == Dir::input_grad) {  // a = dy, b = w, out = dx
+    for (int64_t k = 0; k < Kg; ++k) {
+      T* p = s + k * gc.ipd;
+      std::fill(p, p + gc.margin, T(0));
+      flat_grid(g, f, a + (n * g.K + gi * Kg + k) * g.L(), p + gc.margin);
+      std::fill(p + gc.margin + f.nq, p + gc.ipd, T(0));
+    }
+    // Phases in order: a phase's last block may run into the next phase, which is written after it.
+    T* dxp = s + Kg * gc.ipd;
+    const int64_t hw = f.Hp * f.Wp;
+    for (size_t ph = 0; ph < gc.phase_off.size(); ++ph) {
+      const auto& po = gc.phase_off[ph];
+      if (po.empty()) {
+        for (int64_t c = 0; c < Cg; ++c) std::fill(dxp + c * gc.pr + ph * hw, dxp + c * gc.pr + (ph + 1) * hw, T(0));
+        continue;
+      }
+      corr(Corr{Kg, (int64_t)po.size(), gc.ipd, taps, Cg * taps, po.data(), gc.phase_tap[ph].data()}, s, wg, Cg, hw,
+           dxp + ph * hw, gc.pr);
+    }
+    for (int64_t c = 0; c < Cg; ++c) flat_unpad(g, f, dxp + c * gc.pr, out + (n * g.C + gi * Cg + c) * g.HW());
+  } else {  // a = x, b = dy, out = this item's dw partial
+    const T* xg = a + (n * g.C + gi * Cg) * g.HW();
+    for (int64_t c = 0; c < Cg; ++c) flat_pad(g, f, xg + c * g.HW(), s + c * f.plane);
+    std::fill(s + Cg * f.plane, s + Cg * f.plane + G::QB, T(0));
+    T* dyg = s + Cg * f.plane + G::QB;
+    for (int64_t k = 0; k < Kg; ++k) {
+      T* p = dyg + k * gc.nqv;
+      flat_grid(g, f, b + (n * g.K + gi * Kg + k) * g.L(), p);
+      std::fill(p + f.nq, p + gc.nqv, T(0));
+    }
+    for (int64_t c = 0; c < Cg; ++c) {
+      int64_t k0 = 0;
+      for (; k0 + G::OB <= Kg; k0 += G::OB) wgrad_taps<T, G::OB>(gc, dyg, s + c * f.plane, k0, out + c * taps * G::VL);
+      for (; k0 < Kg; ++k0) wgrad_taps<T, 1>(gc, dyg, s + c * f.plane, k0, out + c * taps * G::VL);
+    }
+  }
 }
 
 template <typename T>
-void grouped_fwd_item_base(const Geo& g, const Flat& f, const T* xg, const T* wg, const Epilogue<T>& ep,
-                           int64_t y_off, int64_t k_base, T* y, T* xp, T* acc) {
-  grouped_fwd_item_impl<T>(g, f, xg, wg, ep, y_off, k_base, y, xp, acc);
-}
-
-// Scratch per thread: the padded planes (+ one block of slack) and the flat accumulators.
-inline int64_t grouped_scratch(const Geo& g, const Flat& f, int64_t qb) {
-  return g.Cg() * f.Hp * f.Wp + qb + g.Kg() * ((f.nq + qb - 1) / qb * qb);
+PYDL_AVX2 void grouped_item_avx2(const GroupedCall<T>& gc, int64_t n, int64_t gi, const T* a, const T* b,
+                                 const Epilogue<T>* ep, T* out, T* s) {
+  grouped_item_impl<T>(gc, n, gi, a, b, ep, out, s);
 }
 
 template <typename T>
-void grouped_forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* y) {
-  const Flat f(g);
-  const int64_t items = g.N * g.G, per = grouped_scratch(g, f, GroupedTile<T>::QB);
-  const bool avx2 = cpu_has_avx2_fma();
+void grouped_item_base(const GroupedCall<T>& gc, int64_t n, int64_t gi, const T* a, const T* b,
+                       const Epilogue<T>* ep, T* out, T* s) {
+  grouped_item_impl<T>(gc, n, gi, a, b, ep, out, s);
+}
+
+// Direction d over all (image, group) items. The weight gradient splits the batch into
+// `chunks` runs per group, each summed in image order into its own partial, and the partials
+// are added in chunk order: the same sums for any thread count.
+template <typename T>
+void grouped_run(const Geo& g, Dir d, const T* a, const T* b, const Epilogue<T>* ep, T* out) {
+  const GroupedCall<T> gc(g, d);
+  const auto item = cpu_has_avx2_fma() ? grouped_item_avx2<T> : grouped_item_base<T>;
+  const int64_t wsize = g.Kg() * g.Cg() * g.kh * g.kw;  // one group's dw
+  const int64_t chunks =
+      d == Dir::weight_grad ? std::min<int64_t>(g.N, std::max<int64_t>(1, (2 * max_threads() + g.G - 1) / g.G)) : 1;
+  std::vector<T> part(chunks > 1 ? (size_t)(chunks * g.G * wsize) : 0);
+  const int64_t items = d == Dir::weight_grad ? g.G * chunks : g.N * g.G;
   ParallelError err;
 #pragma omp parallel if (parallel_pays(g))
   {
-    T* xp = nullptr;
+    T* s = nullptr;
     try {
-      xp = static_cast<T*>(t_ws.get(per * (int64_t)sizeof(T)));
+      s = static_cast<T*>(t_ws.get(gc.scratch() * (int64_t)sizeof(T)));
     } catch (...) {
       err.capture();
     }
-    T* acc = xp ? xp + g.Cg() * f.Hp * f.Wp + GroupedTile<T>::QB : nullptr;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < items; ++it) {
-      if (!xp) continue;  // this thread has no workspace: the call raises below
-      const int64_t n = it / g.G, gi = it % g.G;
-      const T* xg = x + (n * g.C + gi * g.Cg()) * g.HW();
-      const T* wg = w + gi * g.Kg() * g.Cg() * g.kh * g.kw;
-      const int64_t y_off = (n * g.K + gi * g.Kg()) * g.L();
-      (avx2 ? grouped_fwd_item_avx2<T> : grouped_fwd_item_base<T>)(g, f, xg, wg, ep, y_off, gi * g.Kg(), y, xp, acc);
+      if (!s) continue;  // this thread has no workspace: the call raises below
+      if (d != Dir::weight_grad) {
+        item(gc, it / g.G, it % g.G, a, b, ep, out, s);
+        continue;
+      }
+      const int64_t gi = it / chunks, ch = it % chunks;
+      T* dst = chunks > 1 ? part.data() + it * wsize : out + gi * wsize;
+      T* pv = s + gc.pv_at();
+      constexpr int VL = GroupedTile<T>::VL;
+      std::fill(pv, pv + wsize * VL, T(0));
+      for (int64_t n = g.N * ch / chunks; n < g.N * (ch + 1) / chunks; ++n) item(gc, n, gi, a, b, ep, pv, s);
+      for (int64_t e = 0; e < wsize; ++e) {
+        T sum = 0;
+        for (int l = 0; l < VL; ++l) sum += pv[e * VL + l];
+        dst[e] = sum;
+      }
+    }
+    if (chunks > 1) {
+#pragma omp for schedule(static)
+      for (int64_t gi = 0; gi < g.G; ++gi) {
+        T* dst = out + gi * wsize;
+        std::copy(part.data() + gi * chunks * wsize, part.data() + (gi * chunks + 1) * wsize, dst);
+        for (int64_t ch = 1; ch < chunks; ++ch) {
+          const T* src = part.data() + (gi * chunks + ch) * wsize;
+          for (int64_t e = 0; e < wsize; ++e) dst[e] += src[e];
+        }
+      }
     }
   }
   err.rethrow();
@@ -930,12 +1150,12 @@ void dw_backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
   }
 #pragma omp parallel if (parallel_pays(g))
   {
-    std::vector<T> scratch(flat ? f.Hp * f.Wp + f.Ho_pitch() : 0);
+    std::vector<T> scratch(flat ? f.plane + f.nq : 0);
 #pragma omp for schedule(static)
     for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
       if (flat)
         dw_bwd_input_flat(g, f, dy + nc * g.L(), w + (nc % g.C) * kk, dx + nc * g.HW(), scratch.data(),
-                          scratch.data() + f.Hp * f.Wp);
+                          scratch.data() + f.plane);
       else
         dw_bwd_input_plane(g, tr, dy + nc * g.L(), w + (nc % g.C) * kk, dx + nc * g.HW());
     }
@@ -971,7 +1191,7 @@ void dw_backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
   }
 #pragma omp parallel if (parallel_pays(g))
   {
-    std::vector<T> scratch(flat ? f.Hp * f.Wp + f.Ho_pitch() : 0);
+    std::vector<T> scratch(flat ? f.plane + f.nq : 0);
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < g.C; ++c) {
       T* acc = dw + c * kk;
@@ -980,7 +1200,7 @@ void dw_backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
         const T* yc = dy + (n * g.C + c) * g.L();
         const T* xc = x + (n * g.C + c) * g.HW();
         if (flat)
-          dw_bwd_weight_flat(g, f, yc, xc, acc, scratch.data(), scratch.data() + f.Hp * f.Wp);
+          dw_bwd_weight_flat(g, f, yc, xc, acc, scratch.data(), scratch.data() + f.plane);
         else
           dw_bwd_weight_plane(g, tr, yc, xc, acc);
       }
@@ -1093,7 +1313,6 @@ void forward_per_image(const Geo& g, const T* x, const T* w, const Epilogue<T>& 
 // One table for the three directions (forward, grad input, grad weight); choose() holds the
 // automatic rule, applies() what each algorithm can compute, and a forced algorithm
 // (pydl.backends.conv_algorithm) replaces the rule or raises when it does not apply.
-enum class Dir : int { forward = 0, input_grad = 1, weight_grad = 2 };
 enum class Algo : int {
   automatic = 0, depthwise = 1, winograd = 2, gemm_1x1 = 3, per_image = 4, tiled = 5, grouped = 6
 };
@@ -1118,9 +1337,10 @@ bool applies(Dir d, Algo a, const Geo& g, int64_t elem) {
     }
     case Algo::tiled:
       return true;
-    case Algo::grouped: {  // forward, groups of several channels, stride 1
-      if (d != Dir::forward || g.G == 1 || g.depthwise() || g.sh != 1 || g.sw != 1) return false;
-      return grouped_scratch(g, Flat(g), 64 / elem) * elem * max_threads() <= g_ws_limit.load();
+    case Algo::grouped: {  // groups of several channels
+      if (g.G == 1 || g.depthwise()) return false;
+      const int64_t s = elem == 4 ? GroupedCall<float>(g, d).scratch() : GroupedCall<double>(g, d).scratch();
+      return s * elem * max_threads() <= g_ws_limit.load();
     }
     default:
       return false;
@@ -1141,7 +1361,7 @@ Algo choose(Dir d, const Geo& g, int64_t elem, bool winograd_ok = true) {
     if (pays) return Algo::winograd;
   }
   if (g.pointwise()) return Algo::gemm_1x1;
-  if (d == Dir::forward && g.Cg() <= kGroupedMaxChannels && applies(d, Algo::grouped, g, elem))
+  if (g.Cg() <= kGroupedMaxChannels && applies(d, Algo::grouped, g, elem))
     return Algo::grouped;
   if (d == Dir::forward && per_image_pays(g, elem)) return Algo::per_image;
   if (d == Dir::input_grad && padded_im2col_pays(g) && per_image_pays(g, elem)) return Algo::per_image;
@@ -1203,7 +1423,7 @@ void forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* y) 
     return;
   }
   if (a == Algo::per_image) return forward_per_image(g, x, w, ep, y);
-  if (a == Algo::grouped) return grouped_forward(g, x, w, ep, y);
+  if (a == Algo::grouped) return grouped_run(g, Dir::forward, x, w, &ep, y);
   int64_t maxw;
   auto tiles = make_tiles(g, g.R(), g.K, sizeof(T), maxw);
   const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });
@@ -1296,6 +1516,7 @@ void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
     return;
   }
   if (a == Algo::per_image) return backward_input_per_image(g, dy, w, dx);
+  if (a == Algo::grouped) return grouped_run<T>(g, Dir::input_grad, dy, w, nullptr, dx);
   int64_t maxw;
   auto tiles = make_tiles(g, g.R(), g.K, sizeof(T), maxw);
   const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });
@@ -1338,6 +1559,7 @@ void backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
   }
   Algo a = pick(Dir::weight_grad, g, sizeof(T));
   if (a == Algo::depthwise) return dw_backward_weight(g, dy, x, dw);
+  if (a == Algo::grouped) return grouped_run<T>(g, Dir::weight_grad, x, dy, nullptr, dw);
   if (a == Algo::winograd) {
     if (winograd_conv3x3_weight(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.sh, -g.ph, -g.pw, x, dy, dw)) return;
     winograd_declined(Dir::weight_grad);

@@ -801,6 +801,11 @@ _ALGO_CASES = [
     ((2, 12, 9, 13), (18, 4, 3, 3), dict(padding=1, groups=3)),          # grouped: a 4-channel block + 2
     ((1, 8, 7, 40), (12, 2, 3, 2), dict(padding=(2, 0), dilation=(1, 3), groups=4)),  # dilated, wide rows
     ((2, 4, 5, 5), (8, 1, 3, 3), dict(padding=1, groups=4)),            # depthwise multiplier 2
+    ((1, 6, 15, 13), (9, 2, 3, 3), dict(stride=2, padding=1, dilation=2, groups=3)),  # grouped s2 dilated
+    ((2, 8, 10, 9), (8, 4, 5, 3), dict(stride=(3, 2), padding=(2, 1), groups=2)),   # grouped, stride 3x2
+    ((1, 4, 10, 10), (4, 2, 3, 3), dict(stride=2, groups=2)),           # s2: the last pixels unread
+    ((2, 5, 12, 11), (5, 1, 5, 5), dict(stride=2, padding=2, groups=5)),  # depthwise 5x5 s2
+    ((1, 3, 14, 13), (3, 1, 3, 3), dict(stride=3, padding=2, dilation=2, groups=3)),  # depthwise s3 d2
 ]
 _ALGOS = [a for a in pydl.backends.conv_algorithms() if a != "auto"]
 _EXPECTED_PAIRS = {("depthwise", d) for d in ("forward", "input_grad", "weight_grad")} | \
@@ -808,7 +813,7 @@ _EXPECTED_PAIRS = {("depthwise", d) for d in ("forward", "input_grad", "weight_g
     {("gemm_1x1", d) for d in ("forward", "input_grad", "weight_grad")} | \
     {("im2col_per_image", "forward"), ("im2col_per_image", "input_grad")} | \
     {("im2col_tiled", d) for d in ("forward", "input_grad", "weight_grad")} | \
-    {("grouped_direct", "forward")}
+    {("grouped_direct", d) for d in ("forward", "input_grad", "weight_grad")}
 
 
 def _run_direction(direction, x, w, b, dy, kw):
