@@ -15,6 +15,8 @@
 //    partials summed in image order (deterministic). Other depthwise shapes (strided ones
 //    among them): one contiguous loop per tap over the flat grid of phase planes (below);
 //    planes too big for its scratch: generic per-plane loops.
+//  * depthwise_blocked (groups == C == K; chosen for strided ones): 8 (float) / 4 (double)
+//    channels of an image interleaved pixel-major, one full vector FMA per tap and output.
 //  * winograd (dense 3x3, stride 1 or 2): conv_winograd.cpp.
 //  * gemm_1x1 (1x1, stride 1, no padding): y[n, g] = W_g @ x[n, g], a GEMM straight on x.
 //  * per_image (forward; strided input gradient), deep reductions with at least one image per
@@ -1207,6 +1209,224 @@ void dw_backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
     }
   }
 }
+// ---------------------------------------------------------------- depthwise, channel-blocked
+// Strided and small planes: there the per-plane loops spend more on row edges and strided loads
+// than on arithmetic. Instead VL channels (8 floats / 4 doubles) of one image are interleaved
+// into a zero-padded pixel-major scratch xb[r][c][lane], and each tap of each output is one full
+// vector FMA whatever the stride, dilation or width, with no tails:
+//   yb[oh][ow][:] = b[:] + sum_{i,j} w[:][i][j] * xb[oh*sh + i*dh][ow*sw + j*dw][:].
+// Input grad: the adjoint, a scatter of dy into a zero dxb, then de-interleaved into dx. Weight
+// grad: per channel block, vector accumulators per tap summed over the images in order
+// (deterministic).
+template <typename T>
+struct DwBlocked {
+  using G = GroupedTile<T>;
+  static constexpr int VL = G::VL;
+  const Geo& g;
+  int64_t Hp, Wp, taps, blocks;
+  explicit DwBlocked(const Geo& geo)
+      : g(geo), Hp((g.Ho - 1) * g.sh + (g.kh - 1) * g.dh + 1), Wp((g.Wo - 1) * g.sw + (g.kw - 1) * g.dw + 1),
+        taps(g.kh * g.kw), blocks((g.C + VL - 1) / VL) {}
+  // Per-thread scratch in elements: xb (dxb), yb (dyb), the weights, the tap accumulators.
+  int64_t scratch() const { return (Hp * Wp + g.L() + 2 * taps) * VL; }
+  int64_t pos(int64_t r, int64_t c) const { return (r * Wp + c) * VL; }
+};
+
+// xb[r][c][l] = x plane (c0 + l)[r - ph][c - pw], zero outside the image and for lanes l >= nc.
+template <typename T>
+__attribute__((always_inline)) inline void dwb_interleave(const DwBlocked<T>& b, const T* xc, int64_t nc, T* xb) {
+  const Geo& g = b.g;
+  std::fill(xb, xb + b.Hp * b.Wp * b.VL, T(0));
+  const int64_t r0 = std::max<int64_t>(0, g.ph), r1 = std::min(b.Hp, g.H + g.ph);
+  const int64_t c0 = std::max<int64_t>(0, g.pw), c1 = std::min(b.Wp, g.W + g.pw);
+  for (int64_t l = 0; l < nc; ++l)
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* s = xc + l * g.HW() + (r - g.ph) * g.W - g.pw;
+      T* d = xb + b.pos(r, 0) + l;
+      for (int64_t c = c0; c < c1; ++c) d[c * b.VL] = s[c];
+    }
+}
+
+// One item: direction d of image n (forward, input grad; weight grad: every image) and channel
+// block cb. a, bb: the inputs as in grouped_item_impl (x or dy, w or dy).
+template <typename T>
+__attribute__((always_inline)) inline void dwb_item_impl(const DwBlocked<T>& b, Dir d, int64_t n, int64_t cb,
+                                                         const T* a, const T* bb, const Epilogue<T>* ep, T* out,
+                                                         T* s) {
+  using G = GroupedTile<T>;
+  using V = typename G::vec;
+  constexpr int VL = G::VL;
+  const Geo& g = b.g;
+  const int64_t c0 = cb * VL, nc = std::min<int64_t>(VL, g.C - c0), L = g.L(), taps = b.taps;
+  T* xb = s;
+  T* yb = xb + b.Hp * b.Wp * VL;
+  T* wb = yb + L * VL;
+  T* accb = wb + taps * VL;
+  const T* w = d == Dir::weight_grad ? nullptr : bb;
+  if (w) {
+    std::fill(wb, wb + taps * VL, T(0));
+    for (int64_t l = 0; l < nc; ++l)
+      for (int64_t t = 0; t < taps; ++t) wb[t * VL + l] = w[(c0 + l) * taps + t];
+  }
+  auto tap_at = [&](int64_t oh, int64_t ow, int64_t i, int64_t j) {
+    return b.pos(oh * g.sh + i * g.dh, ow * g.sw + j * g.dw);
+  };
+  if (d == Dir::forward) {
+    dwb_interleave(b, a + (n * g.C + c0) * g.HW(), nc, xb);
+    V bias = V{};
+    if (ep->bias)
+      for (int64_t l = 0; l < nc; ++l) bias[l] = ep->bias[c0 + l];
+    constexpr int OW = 4;  // outputs per step: independent FMA chains
+    for (int64_t oh = 0; oh < g.Ho; ++oh) {
+      int64_t ow = 0;
+      for (; ow + OW <= g.Wo; ow += OW) {
+        V acc[OW];
+        for (int u = 0; u < OW; ++u) acc[u] = bias;
+        for (int64_t i = 0; i < g.kh; ++i)
+          for (int64_t j = 0; j < g.kw; ++j) {
+            V wv, xv;
+            G::load(wv, wb + (i * g.kw + j) * VL);
+            const T* p = xb + tap_at(oh, ow, i, j);
+            for (int u = 0; u < OW; ++u) {
+              G::load(xv, p + u * g.sw * VL);
+              acc[u] += wv * xv;
+            }
+          }
+        for (int u = 0; u < OW; ++u) G::store(yb + (oh * g.Wo + ow + u) * VL, acc[u]);
+      }
+      for (; ow < g.Wo; ++ow) {
+        V acc = bias;
+        for (int64_t i = 0; i < g.kh; ++i)
+          for (int64_t j = 0; j < g.kw; ++j) {
+            V wv, xv;
+            G::load(wv, wb + (i * g.kw + j) * VL);
+            G::load(xv, xb + tap_at(oh, ow, i, j));
+            acc += wv * xv;
+          }
+        G::store(yb + (oh * g.Wo + ow) * VL, acc);
+      }
+    }
+    for (int64_t l = 0; l < nc; ++l) {
+      const int64_t off = (n * g.C + c0 + l) * L;
+      T* y = out + off;
+      for (int64_t o = 0; o < L; ++o) y[o] = yb[o * VL + l];
+      if (ep->fused()) ep->run(y, y, off, nullptr, L);
+    }
+    return;
+  }
+  // dy of the block, pixel-major: yb[o][l].
+  const T* dy = d == Dir::input_grad ? a : bb;
+  std::fill(yb, yb + L * VL, T(0));
+  for (int64_t l = 0; l < nc; ++l) {
+    const T* src = dy + (n * g.C + c0 + l) * L;
+    for (int64_t o = 0; o < L; ++o) yb[o * VL + l] = src[o];
+  }
+  if (d == Dir::input_grad) {
+    std::fill(xb, xb + b.Hp * b.Wp * VL, T(0));
+    for (int64_t oh = 0; oh < g.Ho; ++oh)
+      for (int64_t ow = 0; ow < g.Wo; ++ow) {
+        V dv;
+        G::load(dv, yb + (oh * g.Wo + ow) * VL);
+        for (int64_t i = 0; i < g.kh; ++i)
+          for (int64_t j = 0; j < g.kw; ++j) {
+            V wv, cur;
+            G::load(wv, wb + (i * g.kw + j) * VL);
+            T* p = xb + tap_at(oh, ow, i, j);
+            G::load(cur, p);
+            G::store(p, cur + wv * dv);
+          }
+      }
+    for (int64_t l = 0; l < nc; ++l) {
+      T* dx = out + (n * g.C + c0 + l) * g.HW();
+      for (int64_t ih = 0; ih < g.H; ++ih) {
+        const int64_t r = ih + g.ph;
+        for (int64_t iw = 0; iw < g.W; ++iw) {
+          const int64_t c = iw + g.pw;
+          dx[ih * g.W + iw] = r < b.Hp && c < b.Wp ? xb[b.pos(r, c) + l] : T(0);
+        }
+      }
+    }
+    return;
+  }
+  // Weight grad of image n into accb[t][l] (vectors), taps in register chunks of 8.
+  dwb_interleave(b, a + (n * g.C + c0) * g.HW(), nc, xb);
+  constexpr int TC = 8;
+  for (int64_t t0 = 0; t0 < taps; t0 += TC) {
+    const int tc = (int)std::min<int64_t>(TC, taps - t0);
+    V acc[TC];
+    for (int t = 0; t < TC; ++t) acc[t] = V{};
+    int64_t offs[TC];
+    for (int t = 0; t < tc; ++t) offs[t] = tap_at(0, 0, (t0 + t) / g.kw, (t0 + t) % g.kw);
+    for (int64_t oh = 0; oh < g.Ho; ++oh)
+      for (int64_t ow = 0; ow < g.Wo; ++ow) {
+        V dv;
+        G::load(dv, yb + (oh * g.Wo + ow) * VL);
+        const T* p = xb + b.pos(oh * g.sh, ow * g.sw);
+        for (int t = 0; t < tc; ++t) {
+          V xv;
+          G::load(xv, p + offs[t]);
+          acc[t] += dv * xv;
+        }
+      }
+    for (int t = 0; t < tc; ++t) {
+      V cur;
+      G::load(cur, accb + (t0 + t) * VL);
+      G::store(accb + (t0 + t) * VL, cur + acc[t]);
+    }
+  }
+}
+
+template <typename T>
+PYDL_AVX2 void dwb_item_avx2(const DwBlocked<T>& b, Dir d, int64_t n, int64_t cb, const T* a, const T* bb,
+                             const Epilogue<T>* ep, T* out, T* s) {
+  dwb_item_impl<T>(b, d, n, cb, a, bb, ep, out, s);
+}
+
+template <typename T>
+void dwb_item_base(const DwBlocked<T>& b, Dir d, int64_t n, int64_t cb, const T* a, const T* bb,
+                   const Epilogue<T>* ep, T* out, T* s) {
+  dwb_item_impl<T>(b, d, n, cb, a, bb, ep, out, s);
+}
+
+// One thread's scratch of the channel-blocked depthwise path, in bytes.
+inline int64_t dw_blocked_bytes(const Geo& g, int64_t elem) {
+  return (elem == 4 ? DwBlocked<float>(g).scratch() : DwBlocked<double>(g).scratch()) * elem;
+}
+
+// Direction d: items (image, channel block); the weight gradient one item per channel block.
+template <typename T>
+void dw_blocked_run(const Geo& g, Dir d, const T* a, const T* bb, const Epilogue<T>* ep, T* out) {
+  const DwBlocked<T> b(g);
+  const auto item = cpu_has_avx2_fma() ? dwb_item_avx2<T> : dwb_item_base<T>;
+  constexpr int VL = GroupedTile<T>::VL;
+  const int64_t items = d == Dir::weight_grad ? b.blocks : g.N * b.blocks;
+  ParallelError err;
+#pragma omp parallel if (parallel_pays(g))
+  {
+    T* s = nullptr;
+    try {
+      s = static_cast<T*>(t_ws.get(b.scratch() * (int64_t)sizeof(T)));
+    } catch (...) {
+      err.capture();
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; ++it) {
+      if (!s) continue;  // this thread has no workspace: the call raises below
+      if (d != Dir::weight_grad) {
+        item(b, d, it / b.blocks, it % b.blocks, a, bb, ep, out, s);
+        continue;
+      }
+      T* accb = s + (b.Hp * b.Wp + g.L() + b.taps) * VL;
+      std::fill(accb, accb + b.taps * VL, T(0));
+      for (int64_t n = 0; n < g.N; ++n) item(b, d, n, it, a, bb, ep, out, s);
+      const int64_t c0 = it * VL, nc = std::min<int64_t>(VL, g.C - c0);
+      for (int64_t l = 0; l < nc; ++l)
+        for (int64_t t = 0; t < b.taps; ++t) out[(c0 + l) * b.taps + t] = accb[t * VL + l];
+    }
+  }
+  err.rethrow();
+}
+
 // ---------------------------------------------------------------- GEMM paths
 // Threading: OpenBLAS runs single-threaded (blas_single_thread) and every GEMM is split by
 // OpenMP into independent column (or row) blocks, each thread packing its own im2col
@@ -1314,10 +1534,11 @@ void forward_per_image(const Geo& g, const T* x, const T* w, const Epilogue<T>& 
 // automatic rule, applies() what each algorithm can compute, and a forced algorithm
 // (pydl.backends.conv_algorithm) replaces the rule or raises when it does not apply.
 enum class Algo : int {
-  automatic = 0, depthwise = 1, winograd = 2, gemm_1x1 = 3, per_image = 4, tiled = 5, grouped = 6
+  automatic = 0, depthwise = 1, winograd = 2, gemm_1x1 = 3, per_image = 4, tiled = 5, grouped = 6,
+  depthwise_blocked = 7
 };
 constexpr const char* kAlgoNames[] = {"auto", "depthwise", "winograd", "gemm_1x1", "im2col_per_image",
-                                      "im2col_tiled", "grouped_direct"};
+                                      "im2col_tiled", "grouped_direct", "depthwise_blocked"};
 constexpr const char* kDirNames[] = {"forward", "input_grad", "weight_grad"};
 std::atomic<int> g_forced[3] = {{0}, {0}, {0}};
 
@@ -1326,6 +1547,8 @@ bool applies(Dir d, Algo a, const Geo& g, int64_t elem) {
   switch (a) {
     case Algo::depthwise:
       return g.depthwise();
+    case Algo::depthwise_blocked:
+      return g.depthwise() && dw_blocked_bytes(g, elem) * max_threads() <= g_ws_limit.load();
     case Algo::winograd:  // dense 3x3, stride 1 or 2 (the stride-2 input gradient as the adjoint)
       return winograd_fits(g) != 0;
     case Algo::gemm_1x1:
@@ -1347,13 +1570,19 @@ bool applies(Dir d, Algo a, const Geo& g, int64_t elem) {
   }
 }
 
-// Grouped convolutions with at most this many input channels per group run grouped_direct.
-constexpr int64_t kGroupedMaxChannels = 32;
+// Grouped convolutions with at most this many input channels per group run grouped_direct; the
+// weight gradient's GEMM (reduction over the pixels, Cg*kh*kw columns) wins from 64 channels.
+constexpr int64_t kGroupedMaxChannels[3] = {64, 64, 32};
 
 // The automatic rule. Winograd may still decline at run time (its chunks do not fit the
 // workspace cap); the caller then takes the im2col algorithm this rule gives without it.
 Algo choose(Dir d, const Geo& g, int64_t elem, bool winograd_ok = true) {
-  if (g.depthwise()) return Algo::depthwise;
+  if (g.depthwise()) {
+    // Strided: blocked, but the input gradient only while its scatter stays in L1 (64 KiB).
+    const bool blocked = (g.sh > 1 || g.sw > 1) && applies(d, Algo::depthwise_blocked, g, elem) &&
+                         (d != Dir::input_grad || dw_blocked_bytes(g, elem) <= (int64_t(64) << 10));
+    return blocked ? Algo::depthwise_blocked : Algo::depthwise;
+  }
   if (winograd_ok && winograd_fits(g)) {
     const bool pays = d == Dir::input_grad && winograd_fits(g) == 1
                           ? winograd_pays(g.N, g.K, g.C, g.H, g.W, 1, false)
@@ -1361,7 +1590,7 @@ Algo choose(Dir d, const Geo& g, int64_t elem, bool winograd_ok = true) {
     if (pays) return Algo::winograd;
   }
   if (g.pointwise()) return Algo::gemm_1x1;
-  if (g.Cg() <= kGroupedMaxChannels && applies(d, Algo::grouped, g, elem))
+  if (g.Cg() <= kGroupedMaxChannels[static_cast<int>(d)] && applies(d, Algo::grouped, g, elem))
     return Algo::grouped;
   if (d == Dir::forward && per_image_pays(g, elem)) return Algo::per_image;
   if (d == Dir::input_grad && padded_im2col_pays(g) && per_image_pays(g, elem)) return Algo::per_image;
@@ -1392,6 +1621,7 @@ void forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* y) 
   if (g.N == 0) return;
   Algo a = pick(Dir::forward, g, sizeof(T));
   if (a == Algo::depthwise) return dw_forward(g, x, w, ep, y);
+  if (a == Algo::depthwise_blocked) return dw_blocked_run(g, Dir::forward, x, w, &ep, y);
   if (a == Algo::winograd) {
     if (winograd_conv3x3(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.sh, -g.ph, -g.pw, x, w, false, ep, y)) return;
     winograd_declined(Dir::forward);
@@ -1492,6 +1722,7 @@ void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
   if (g.N == 0) return;
   Algo a = pick(Dir::input_grad, g, sizeof(T));
   if (a == Algo::depthwise) return dw_backward_input(g, dy, w, dx);
+  if (a == Algo::depthwise_blocked) return dw_blocked_run<T>(g, Dir::input_grad, dy, w, nullptr, dx);
   if (a == Algo::winograd) {
     // Stride 1: dx = conv(dy, w rotated 180 degrees, channels swapped) at offset pad - 2.
     // Stride 2: the adjoint of the stride-2 Winograd forward.
@@ -1559,6 +1790,7 @@ void backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
   }
   Algo a = pick(Dir::weight_grad, g, sizeof(T));
   if (a == Algo::depthwise) return dw_backward_weight(g, dy, x, dw);
+  if (a == Algo::depthwise_blocked) return dw_blocked_run<T>(g, Dir::weight_grad, x, dy, nullptr, dw);
   if (a == Algo::grouped) return grouped_run<T>(g, Dir::weight_grad, x, dy, nullptr, dw);
   if (a == Algo::winograd) {
     if (winograd_conv3x3_weight(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.sh, -g.ph, -g.pw, x, dy, dw)) return;
@@ -1790,7 +2022,7 @@ void bind_conv(py::module_& m) {
       "_set_conv_algorithm",
       [](int dir, int algo) {
         PYDL_CHECK(dir >= 0 && dir < 3, "direction: expected 0, 1 or 2, got " << dir);
-        PYDL_CHECK(algo >= 0 && algo <= static_cast<int>(Algo::grouped), "algorithm: unknown code " << algo);
+        PYDL_CHECK(algo >= 0 && algo <= static_cast<int>(Algo::depthwise_blocked), "algorithm: unknown code " << algo);
         return g_forced[dir].exchange(algo);
       },
       "direction"_a, "algorithm"_a,

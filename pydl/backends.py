@@ -28,8 +28,10 @@ _ALGORITHMS = {
                             "GEMM straight into y (deep reductions, at least one image per thread)"),
     "im2col_tiled": (5, "any geometry: im2col (col2im) over tiles of images or pixels under the workspace "
                         "cap, GEMMs split by columns over the threads"),
-    "grouped_direct": (6, "forward of grouped convolutions (several channels per group) at stride 1: padded "
-                          "planes per image and group, register blocks of channels x outputs, no im2col"),
+    "grouped_direct": (6, "grouped convolutions with several channels per group, any stride: phase planes "
+                          "per image and group, register blocks of channels x outputs, no im2col"),
+    "depthwise_blocked": (7, "groups == C == K, strided or small planes: 8 (float) / 4 (double) channels "
+                             "interleaved pixel-major, one vector FMA per tap and output"),
 }
 _DIRECTIONS = ("forward", "input_grad", "weight_grad")
 

@@ -806,6 +806,7 @@ _ALGO_CASES = [
     ((1, 4, 10, 10), (4, 2, 3, 3), dict(stride=2, groups=2)),           # s2: the last pixels unread
     ((2, 5, 12, 11), (5, 1, 5, 5), dict(stride=2, padding=2, groups=5)),  # depthwise 5x5 s2
     ((1, 3, 14, 13), (3, 1, 3, 3), dict(stride=3, padding=2, dilation=2, groups=3)),  # depthwise s3 d2
+    ((2, 11, 9, 10), (11, 1, 3, 3), dict(stride=2, padding=1, groups=11)),  # depthwise: a part-filled block
 ]
 _ALGOS = [a for a in pydl.backends.conv_algorithms() if a != "auto"]
 _EXPECTED_PAIRS = {("depthwise", d) for d in ("forward", "input_grad", "weight_grad")} | \
@@ -813,7 +814,7 @@ _EXPECTED_PAIRS = {("depthwise", d) for d in ("forward", "input_grad", "weight_g
     {("gemm_1x1", d) for d in ("forward", "input_grad", "weight_grad")} | \
     {("im2col_per_image", "forward"), ("im2col_per_image", "input_grad")} | \
     {("im2col_tiled", d) for d in ("forward", "input_grad", "weight_grad")} | \
-    {("grouped_direct", d) for d in ("forward", "input_grad", "weight_grad")}
+    {(a, d) for a in ("grouped_direct", "depthwise_blocked") for d in ("forward", "input_grad", "weight_grad")}
 
 
 def _run_direction(direction, x, w, b, dy, kw):
