@@ -847,6 +847,26 @@ void dw_forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* 
   }
 }
 
+// body(item, scratch) for items [0, n), handed out one at a time over the pool, each thread with
+// its own workspace of `elems` T; a thread that cannot get one makes the call raise.
+template <typename T, typename F>
+void parallel_items(const Geo& g, int64_t n, int64_t elems, F&& body) {
+  ParallelError err;
+#pragma omp parallel if (parallel_pays(g))
+  {
+    T* s = nullptr;
+    try {
+      s = static_cast<T*>(t_ws.get(elems * (int64_t)sizeof(T)));
+    } catch (...) {
+      err.capture();
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < n; ++it)
+      if (s) body(it, s);
+  }
+  err.rethrow();
+}
+
 // The three directions of a convolution (the algorithm table below is per direction).
 enum class Dir : int { forward = 0, input_grad = 1, weight_grad = 2 };
 
@@ -1089,47 +1109,30 @@ void grouped_run(const Geo& g, Dir d, const T* a, const T* b, const Epilogue<T>*
       d == Dir::weight_grad ? std::min<int64_t>(g.N, std::max<int64_t>(1, (2 * max_threads() + g.G - 1) / g.G)) : 1;
   std::vector<T> part(chunks > 1 ? (size_t)(chunks * g.G * wsize) : 0);
   const int64_t items = d == Dir::weight_grad ? g.G * chunks : g.N * g.G;
-  ParallelError err;
-#pragma omp parallel if (parallel_pays(g))
-  {
-    T* s = nullptr;
-    try {
-      s = static_cast<T*>(t_ws.get(gc.scratch() * (int64_t)sizeof(T)));
-    } catch (...) {
-      err.capture();
+  parallel_items<T>(g, items, gc.scratch(), [&](int64_t it, T* s) {
+    if (d != Dir::weight_grad) return item(gc, it / g.G, it % g.G, a, b, ep, out, s);
+    const int64_t gi = it / chunks, ch = it % chunks;
+    T* dst = chunks > 1 ? part.data() + it * wsize : out + gi * wsize;
+    T* pv = s + gc.pv_at();
+    constexpr int VL = GroupedTile<T>::VL;
+    std::fill(pv, pv + wsize * VL, T(0));
+    for (int64_t n = g.N * ch / chunks; n < g.N * (ch + 1) / chunks; ++n) item(gc, n, gi, a, b, ep, pv, s);
+    for (int64_t e = 0; e < wsize; ++e) {
+      T sum = 0;
+      for (int l = 0; l < VL; ++l) sum += pv[e * VL + l];
+      dst[e] = sum;
     }
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t it = 0; it < items; ++it) {
-      if (!s) continue;  // this thread has no workspace: the call raises below
-      if (d != Dir::weight_grad) {
-        item(gc, it / g.G, it % g.G, a, b, ep, out, s);
-        continue;
-      }
-      const int64_t gi = it / chunks, ch = it % chunks;
-      T* dst = chunks > 1 ? part.data() + it * wsize : out + gi * wsize;
-      T* pv = s + gc.pv_at();
-      constexpr int VL = GroupedTile<T>::VL;
-      std::fill(pv, pv + wsize * VL, T(0));
-      for (int64_t n = g.N * ch / chunks; n < g.N * (ch + 1) / chunks; ++n) item(gc, n, gi, a, b, ep, pv, s);
-      for (int64_t e = 0; e < wsize; ++e) {
-        T sum = 0;
-        for (int l = 0; l < VL; ++l) sum += pv[e * VL + l];
-        dst[e] = sum;
-      }
-    }
-    if (chunks > 1) {
-#pragma omp for schedule(static)
-      for (int64_t gi = 0; gi < g.G; ++gi) {
-        T* dst = out + gi * wsize;
-        std::copy(part.data() + gi * chunks * wsize, part.data() + (gi * chunks + 1) * wsize, dst);
-        for (int64_t ch = 1; ch < chunks; ++ch) {
-          const T* src = part.data() + (gi * chunks + ch) * wsize;
-          for (int64_t e = 0; e < wsize; ++e) dst[e] += src[e];
-        }
-      }
+  });
+  if (chunks == 1) return;
+#pragma omp parallel for schedule(static) if (parallel_pays(g))
+  for (int64_t gi = 0; gi < g.G; ++gi) {
+    T* dst = out + gi * wsize;
+    std::copy(part.data() + gi * chunks * wsize, part.data() + (gi * chunks + 1) * wsize, dst);
+    for (int64_t ch = 1; ch < chunks; ++ch) {
+      const T* src = part.data() + (gi * chunks + ch) * wsize;
+      for (int64_t e = 0; e < wsize; ++e) dst[e] += src[e];
     }
   }
-  err.rethrow();
 }
 
 template <typename T>
@@ -1400,31 +1403,15 @@ void dw_blocked_run(const Geo& g, Dir d, const T* a, const T* bb, const Epilogue
   const auto item = cpu_has_avx2_fma() ? dwb_item_avx2<T> : dwb_item_base<T>;
   constexpr int VL = GroupedTile<T>::VL;
   const int64_t items = d == Dir::weight_grad ? b.blocks : g.N * b.blocks;
-  ParallelError err;
-#pragma omp parallel if (parallel_pays(g))
-  {
-    T* s = nullptr;
-    try {
-      s = static_cast<T*>(t_ws.get(b.scratch() * (int64_t)sizeof(T)));
-    } catch (...) {
-      err.capture();
-    }
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t it = 0; it < items; ++it) {
-      if (!s) continue;  // this thread has no workspace: the call raises below
-      if (d != Dir::weight_grad) {
-        item(b, d, it / b.blocks, it % b.blocks, a, bb, ep, out, s);
-        continue;
-      }
-      T* accb = s + (b.Hp * b.Wp + g.L() + b.taps) * VL;
-      std::fill(accb, accb + b.taps * VL, T(0));
-      for (int64_t n = 0; n < g.N; ++n) item(b, d, n, it, a, bb, ep, out, s);
-      const int64_t c0 = it * VL, nc = std::min<int64_t>(VL, g.C - c0);
-      for (int64_t l = 0; l < nc; ++l)
-        for (int64_t t = 0; t < b.taps; ++t) out[(c0 + l) * b.taps + t] = accb[t * VL + l];
-    }
-  }
-  err.rethrow();
+  parallel_items<T>(g, items, b.scratch(), [&](int64_t it, T* s) {
+    if (d != Dir::weight_grad) return item(b, d, it / b.blocks, it % b.blocks, a, bb, ep, out, s);
+    T* accb = s + (b.Hp * b.Wp + g.L() + b.taps) * VL;
+    std::fill(accb, accb + b.taps * VL, T(0));
+    for (int64_t n = 0; n < g.N; ++n) item(b, d, n, it, a, bb, ep, out, s);
+    const int64_t c0 = it * VL, nc = std::min<int64_t>(VL, g.C - c0);
+    for (int64_t l = 0; l < nc; ++l)
+      for (int64_t t = 0; t < b.taps; ++t) out[(c0 + l) * b.taps + t] = accb[t * VL + l];
+  });
 }
 
 // ---------------------------------------------------------------- GEMM paths
