@@ -1227,27 +1227,78 @@ struct DwBlocked {
   static constexpr int VL = G::VL;
   const Geo& g;
   int64_t Hp, Wp, taps, blocks;
+  std::vector<int64_t> toff;  // tap (i, j) relative to its output's top-left pixel
   explicit DwBlocked(const Geo& geo)
       : g(geo), Hp((g.Ho - 1) * g.sh + (g.kh - 1) * g.dh + 1), Wp((g.Wo - 1) * g.sw + (g.kw - 1) * g.dw + 1),
-        taps(g.kh * g.kw), blocks((g.C + VL - 1) / VL) {}
+        taps(g.kh * g.kw), blocks((g.C + VL - 1) / VL), toff((size_t)taps) {
+    for (int64_t t = 0; t < taps; ++t) toff[t] = pos(t / g.kw * g.dh, t % g.kw * g.dw);
+  }
   // Per-thread scratch in elements: xb (dxb), yb (dyb), the weights, the tap accumulators.
   int64_t scratch() const { return (Hp * Wp + g.L() + 2 * taps) * VL; }
   int64_t pos(int64_t r, int64_t c) const { return (r * Wp + c) * VL; }
 };
 
+// dst[c*ldd + l] = src[l*lds + c] for l, c < VL (8 floats / 4 doubles): one VL x VL transpose in
+// vector shuffles, where element copies with a stride would cost a load and a store each.
+__attribute__((always_inline)) inline void transpose_vl(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  using V = GroupedTile<float>::vec;
+  using G = GroupedTile<float>;
+  V r[8], t[8], u[8];
+  for (int l = 0; l < 8; ++l) G::load(r[l], src + l * lds);
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = __builtin_shufflevector(r[k], r[k + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[k + 1] = __builtin_shufflevector(r[k], r[k + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int k = 0; k < 8; k += 4)
+    for (int h = 0; h < 2; ++h) {
+      u[k + 2 * h] = __builtin_shufflevector(t[k + h], t[k + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      u[k + 2 * h + 1] = __builtin_shufflevector(t[k + h], t[k + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  for (int c = 0; c < 4; ++c) {
+    G::store(dst + c * ldd, __builtin_shufflevector(u[c], u[c + 4], 0, 1, 2, 3, 8, 9, 10, 11));
+    G::store(dst + (c + 4) * ldd, __builtin_shufflevector(u[c], u[c + 4], 4, 5, 6, 7, 12, 13, 14, 15));
+  }
+}
+
+__attribute__((always_inline)) inline void transpose_vl(const double* src, int64_t lds, double* dst, int64_t ldd) {
+  using V = GroupedTile<double>::vec;
+  using G = GroupedTile<double>;
+  V r[4];
+  for (int l = 0; l < 4; ++l) G::load(r[l], src + l * lds);
+  const V t0 = __builtin_shufflevector(r[0], r[1], 0, 4, 2, 6), t1 = __builtin_shufflevector(r[0], r[1], 1, 5, 3, 7);
+  const V t2 = __builtin_shufflevector(r[2], r[3], 0, 4, 2, 6), t3 = __builtin_shufflevector(r[2], r[3], 1, 5, 3, 7);
+  G::store(dst, __builtin_shufflevector(t0, t2, 0, 1, 4, 5));
+  G::store(dst + ldd, __builtin_shufflevector(t1, t3, 0, 1, 4, 5));
+  G::store(dst + 2 * ldd, __builtin_shufflevector(t0, t2, 2, 3, 6, 7));
+  G::store(dst + 3 * ldd, __builtin_shufflevector(t1, t3, 2, 3, 6, 7));
+}
+
 // xb[r][c][l] = x plane (c0 + l)[r - ph][c - pw], zero outside the image and for lanes l >= nc.
 template <typename T>
 __attribute__((always_inline)) inline void dwb_interleave(const DwBlocked<T>& b, const T* xc, int64_t nc, T* xb) {
   const Geo& g = b.g;
-  std::fill(xb, xb + b.Hp * b.Wp * b.VL, T(0));
-  const int64_t r0 = std::max<int64_t>(0, g.ph), r1 = std::min(b.Hp, g.H + g.ph);
-  const int64_t c0 = std::max<int64_t>(0, g.pw), c1 = std::min(b.Wp, g.W + g.pw);
-  for (int64_t l = 0; l < nc; ++l)
+  constexpr int VL = DwBlocked<T>::VL;
+  const int64_t r0 = std::min(b.Hp, std::max<int64_t>(0, g.ph)), r1 = std::max(r0, std::min(b.Hp, g.H + g.ph));
+  const int64_t c0 = std::min(b.Wp, std::max<int64_t>(0, g.pw)), c1 = std::max(c0, std::min(b.Wp, g.W + g.pw));
+  // Zero only the border (all of it when some lanes stay empty).
+  if (nc < VL) {
+    std::fill(xb, xb + b.Hp * b.Wp * VL, T(0));
+  } else {
+    std::fill(xb, xb + b.pos(r0, 0), T(0));
+    std::fill(xb + b.pos(r1, 0), xb + b.Hp * b.Wp * VL, T(0));
     for (int64_t r = r0; r < r1; ++r) {
-      const T* s = xc + l * g.HW() + (r - g.ph) * g.W - g.pw;
-      T* d = xb + b.pos(r, 0) + l;
-      for (int64_t c = c0; c < c1; ++c) d[c * b.VL] = s[c];
+      std::fill(xb + b.pos(r, 0), xb + b.pos(r, c0), T(0));
+      std::fill(xb + b.pos(r, c1), xb + b.pos(r + 1, 0), T(0));
     }
+  }
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* s = xc + (r - g.ph) * g.W - g.pw;
+    int64_t c = c0;
+    if (nc == VL)
+      for (; c + VL <= c1; c += VL) transpose_vl(s + c, g.HW(), xb + b.pos(r, c), VL);
+    for (int64_t l = 0; l < nc; ++l)
+      for (int64_t cc = c; cc < c1; ++cc) xb[b.pos(r, cc) + l] = s[l * g.HW() + cc];
+  }
 }
 
 // One item: direction d of image n (forward, input grad; weight grad: every image) and channel
@@ -1271,83 +1322,86 @@ __attribute__((always_inline)) inline void dwb_item_impl(const DwBlocked<T>& b, 
     for (int64_t l = 0; l < nc; ++l)
       for (int64_t t = 0; t < taps; ++t) wb[t * VL + l] = w[(c0 + l) * taps + t];
   }
-  auto tap_at = [&](int64_t oh, int64_t ow, int64_t i, int64_t j) {
-    return b.pos(oh * g.sh + i * g.dh, ow * g.sw + j * g.dw);
-  };
   if (d == Dir::forward) {
     dwb_interleave(b, a + (n * g.C + c0) * g.HW(), nc, xb);
     V bias = V{};
     if (ep->bias)
       for (int64_t l = 0; l < nc; ++l) bias[l] = ep->bias[c0 + l];
-    constexpr int OW = 4;  // outputs per step: independent FMA chains
-    for (int64_t oh = 0; oh < g.Ho; ++oh) {
-      int64_t ow = 0;
-      for (; ow + OW <= g.Wo; ow += OW) {
-        V acc[OW];
-        for (int u = 0; u < OW; ++u) acc[u] = bias;
-        for (int64_t i = 0; i < g.kh; ++i)
-          for (int64_t j = 0; j < g.kw; ++j) {
-            V wv, xv;
-            G::load(wv, wb + (i * g.kw + j) * VL);
-            const T* p = xb + tap_at(oh, ow, i, j);
-            for (int u = 0; u < OW; ++u) {
-              G::load(xv, p + u * g.sw * VL);
-              acc[u] += wv * xv;
-            }
-          }
-        for (int u = 0; u < OW; ++u) G::store(yb + (oh * g.Wo + ow + u) * VL, acc[u]);
+    // OW outputs per step (independent FMA chains), flat over the plane: each its own base.
+    constexpr int OW = 4;
+    auto base = [&](int64_t o) { return b.pos(o / g.Wo * g.sh, o % g.Wo * g.sw); };
+    int64_t o = 0;
+    for (; o + OW <= L; o += OW) {
+      V acc[OW];
+      const T* p[OW];
+      for (int u = 0; u < OW; ++u) acc[u] = bias, p[u] = xb + base(o + u);
+      for (int64_t t = 0; t < taps; ++t) {
+        V wv, xv;
+        G::load(wv, wb + t * VL);
+        const int64_t off = b.toff[t];
+        for (int u = 0; u < OW; ++u) {
+          G::load(xv, p[u] + off);
+          acc[u] += wv * xv;
+        }
       }
-      for (; ow < g.Wo; ++ow) {
-        V acc = bias;
-        for (int64_t i = 0; i < g.kh; ++i)
-          for (int64_t j = 0; j < g.kw; ++j) {
-            V wv, xv;
-            G::load(wv, wb + (i * g.kw + j) * VL);
-            G::load(xv, xb + tap_at(oh, ow, i, j));
-            acc += wv * xv;
-          }
-        G::store(yb + (oh * g.Wo + ow) * VL, acc);
-      }
+      for (int u = 0; u < OW; ++u) G::store(yb + (o + u) * VL, acc[u]);
     }
+    for (; o < L; ++o) {
+      V acc = bias, wv, xv;
+      const T* p = xb + base(o);
+      for (int64_t t = 0; t < taps; ++t) {
+        G::load(wv, wb + t * VL);
+        G::load(xv, p + b.toff[t]);
+        acc += wv * xv;
+      }
+      G::store(yb + o * VL, acc);
+    }
+    T* y = out + (n * g.C + c0) * L;
+    int64_t o0 = 0;
+    if (nc == VL)
+      for (; o0 + VL <= L; o0 += VL) transpose_vl(yb + o0 * VL, VL, y + o0, L);
     for (int64_t l = 0; l < nc; ++l) {
-      const int64_t off = (n * g.C + c0 + l) * L;
-      T* y = out + off;
-      for (int64_t o = 0; o < L; ++o) y[o] = yb[o * VL + l];
-      if (ep->fused()) ep->run(y, y, off, nullptr, L);
+      for (int64_t q = o0; q < L; ++q) y[l * L + q] = yb[q * VL + l];
+      if (ep->fused()) ep->run(y + l * L, y + l * L, (n * g.C + c0 + l) * L, nullptr, L);
     }
     return;
   }
   // dy of the block, pixel-major: yb[o][l].
   const T* dy = d == Dir::input_grad ? a : bb;
-  std::fill(yb, yb + L * VL, T(0));
-  for (int64_t l = 0; l < nc; ++l) {
-    const T* src = dy + (n * g.C + c0 + l) * L;
-    for (int64_t o = 0; o < L; ++o) yb[o * VL + l] = src[o];
-  }
+  const T* dyc = dy + (n * g.C + c0) * L;
+  int64_t o0 = 0;
+  if (nc == VL)
+    for (; o0 + VL <= L; o0 += VL) transpose_vl(dyc + o0, L, yb + o0 * VL, VL);
+  else
+    std::fill(yb, yb + L * VL, T(0));
+  for (int64_t l = 0; l < nc; ++l)
+    for (int64_t q = o0; q < L; ++q) yb[q * VL + l] = dyc[l * L + q];
   if (d == Dir::input_grad) {
     std::fill(xb, xb + b.Hp * b.Wp * VL, T(0));
     for (int64_t oh = 0; oh < g.Ho; ++oh)
       for (int64_t ow = 0; ow < g.Wo; ++ow) {
         V dv;
         G::load(dv, yb + (oh * g.Wo + ow) * VL);
-        for (int64_t i = 0; i < g.kh; ++i)
-          for (int64_t j = 0; j < g.kw; ++j) {
-            V wv, cur;
-            G::load(wv, wb + (i * g.kw + j) * VL);
-            T* p = xb + tap_at(oh, ow, i, j);
-            G::load(cur, p);
-            G::store(p, cur + wv * dv);
-          }
-      }
-    for (int64_t l = 0; l < nc; ++l) {
-      T* dx = out + (n * g.C + c0 + l) * g.HW();
-      for (int64_t ih = 0; ih < g.H; ++ih) {
-        const int64_t r = ih + g.ph;
-        for (int64_t iw = 0; iw < g.W; ++iw) {
-          const int64_t c = iw + g.pw;
-          dx[ih * g.W + iw] = r < b.Hp && c < b.Wp ? xb[b.pos(r, c) + l] : T(0);
+        T* p = xb + b.pos(oh * g.sh, ow * g.sw);
+        for (int64_t t = 0; t < taps; ++t) {
+          V wv, cur;
+          G::load(wv, wb + t * VL);
+          G::load(cur, p + b.toff[t]);
+          G::store(p + b.toff[t], cur + wv * dv);
         }
       }
+    T* dx = out + (n * g.C + c0) * g.HW();
+    for (int64_t ih = 0; ih < g.H; ++ih) {
+      const int64_t r = ih + g.ph;
+      int64_t iw = 0;
+      if (nc == VL && r < b.Hp)
+        for (; iw + VL <= g.W && iw + g.pw + VL <= b.Wp; iw += VL)
+          transpose_vl(xb + b.pos(r, iw + g.pw), VL, dx + ih * g.W + iw, g.HW());
+      for (int64_t l = 0; l < nc; ++l)
+        for (int64_t w = iw; w < g.W; ++w) {
+          const int64_t c = w + g.pw;
+          dx[l * g.HW() + ih * g.W + w] = r < b.Hp && c < b.Wp ? xb[b.pos(r, c) + l] : T(0);
+        }
     }
     return;
   }
@@ -1359,7 +1413,7 @@ __attribute__((always_inline)) inline void dwb_item_impl(const DwBlocked<T>& b, 
     V acc[TC];
     for (int t = 0; t < TC; ++t) acc[t] = V{};
     int64_t offs[TC];
-    for (int t = 0; t < tc; ++t) offs[t] = tap_at(0, 0, (t0 + t) / g.kw, (t0 + t) % g.kw);
+    for (int t = 0; t < tc; ++t) offs[t] = b.toff[t0 + t];
     for (int64_t oh = 0; oh < g.Ho; ++oh)
       for (int64_t ow = 0; ow < g.Wo; ++ow) {
         V dv;
@@ -1564,12 +1618,9 @@ constexpr int64_t kGroupedMaxChannels[3] = {64, 64, 32};
 // The automatic rule. Winograd may still decline at run time (its chunks do not fit the
 // workspace cap); the caller then takes the im2col algorithm this rule gives without it.
 Algo choose(Dir d, const Geo& g, int64_t elem, bool winograd_ok = true) {
-  if (g.depthwise()) {
-    // Strided: blocked, but the input gradient only while its scatter stays in L1 (64 KiB).
-    const bool blocked = (g.sh > 1 || g.sw > 1) && applies(d, Algo::depthwise_blocked, g, elem) &&
-                         (d != Dir::input_grad || dw_blocked_bytes(g, elem) <= (int64_t(64) << 10));
-    return blocked ? Algo::depthwise_blocked : Algo::depthwise;
-  }
+  if (g.depthwise())  // stride 1: the per-plane stencils are faster than the interleaving
+    return (g.sh > 1 || g.sw > 1) && applies(d, Algo::depthwise_blocked, g, elem) ? Algo::depthwise_blocked
+                                                                                  : Algo::depthwise;
   if (winograd_ok && winograd_fits(g)) {
     const bool pays = d == Dir::input_grad && winograd_fits(g) == 1
                           ? winograd_pays(g.N, g.K, g.C, g.H, g.W, 1, false)
