@@ -69,7 +69,7 @@ def worker(args):
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     out = {"ranks": size, "threads": pydl.get_num_threads(), "batch_per_rank": args.batch, "size": args.size,
-           "local_ranks": dist.get_local_world_size(), "mpi": MPI.Get_library_version().splitlines()[0].strip()}
+           "local_ranks": dist.get_local_world_size(), "mpi": MPI.Get_library_version().split(",")[0].strip()}
 
     # Training step.
     nn.init.manual_seed(rank)  # DDP must replace these by rank 0's

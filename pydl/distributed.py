@@ -206,21 +206,45 @@ def _check_array(fn, name, a, writeable=True):
     return ("cupy" if _backend.is_cuda(a) else "numpy"), _DTYPES[a.dtype]
 
 
-def _agree(fn, **fields):
-    """Check that every rank called fn with the same description (all values ints).
+_FIELDS = 6  # the most fields a call describes itself by (padded with zeros)
 
-    One small MPI all-reduce of (v, -v) under MAX gives each field's max and min at once; a
-    field that differs between ranks is named in the error, on every rank alike.
+
+def _agree(fn, error=None, **fields):
+    """Check that every rank called fn validly and with the same description (int fields).
+
+    One small MPI all-reduce of (v, -v) under MAX gives each field's max and min at once.
+    ``error``, this rank's own validation error, travels as a flag: every rank then raises
+    (this one its error, the others a ValueError saying so), so a bad argument on one rank
+    never leaves the others waiting in the collective. A field that differs between ranks is
+    named in the error, on every rank alike.
     """
     MPI = _mpi()
-    vals = np.array([v for v in fields.values()], dtype=np.int64)
+    vals = np.zeros(1 + _FIELDS, np.int64)
+    if error is None:
+        vals[1:1 + len(fields)] = list(fields.values())
+    else:
+        vals[0] = 1
     both = np.concatenate([vals, -vals])
     _S.comm.Allreduce(MPI.IN_PLACE, [both, MPI.INT64_T], op=MPI.MAX)
-    hi, lo = both[:len(vals)], -both[len(vals):]
+    if error is not None:
+        raise error
+    if both[0]:
+        raise ValueError(f"{fn}: the call was invalid on another rank (see that rank's error); nothing was exchanged")
+    hi, lo = both[1:1 + len(fields)], -both[2 + _FIELDS:2 + _FIELDS + len(fields)]
     bad = [k for k, h, l in zip(fields, hi, lo) if h != l]
     if bad:
         raise ValueError(f"{fn}: expected the same {', '.join(bad)} on every rank, got different values "
                          f"(this rank: {', '.join(f'{k}={fields[k]}' for k in bad)})")
+
+
+def _validate(fn, check):
+    """Run check() -> fields on this rank, then _agree on every rank (raising everywhere if any
+    rank's check raised)."""
+    try:
+        fields, error = check(), None
+    except (TypeError, ValueError) as e:
+        fields, error = {}, e
+    _agree(fn, error, **fields)
 
 
 def _shape_code(shape):
@@ -336,14 +360,18 @@ def all_reduce(tensor, op="sum"):
         (NumPy / CuPy) that differs between ranks (raised on every rank).
     """
     _need_init("all_reduce")
-    kind, dcode = _check_array("all_reduce", "tensor", tensor)
-    if op not in _OPS:
-        raise ValueError(f"all_reduce: op: expected one of {', '.join(map(repr, _OPS))}, got {op!r}")
-    if op == "mean" and tensor.dtype.kind != "f":
-        raise TypeError(f"all_reduce: op='mean' expects a float32 or float64 tensor, got {tensor.dtype} "
-                        "(reduce with op='sum' and divide)")
-    _agree("all_reduce", shape=_shape_code(tensor.shape), size=tensor.size, dtype=dcode,
-           op=_OPS.index(op), array_kind=kind == "cupy")
+
+    def check():
+        kind, dcode = _check_array("all_reduce", "tensor", tensor)
+        if op not in _OPS:
+            raise ValueError(f"all_reduce: op: expected one of {', '.join(map(repr, _OPS))}, got {op!r}")
+        if op == "mean" and tensor.dtype.kind != "f":
+            raise TypeError(f"all_reduce: op='mean' expects a float32 or float64 tensor, got {tensor.dtype} "
+                            "(reduce with op='sum' and divide)")
+        return dict(shape=_shape_code(tensor.shape), size=tensor.size, dtype=dcode, op=_OPS.index(op),
+                    array_kind=kind == "cupy")
+
+    _validate("all_reduce", check)
     return _all_reduce(tensor, op)
 
 
@@ -365,13 +393,17 @@ def broadcast(tensor, root=0, src=None):
     _need_init("broadcast")
     if src is not None:
         root = src
-    root = _backend.int_arg("root", root, 0)
-    if root >= _S.size:
-        raise ValueError(f"broadcast: root: expected a rank < world size {_S.size}, got {root}")
-    kind, dcode = _check_array("broadcast", "tensor", tensor, writeable=_S.rank != root)
-    _agree("broadcast", shape=_shape_code(tensor.shape), size=tensor.size, dtype=dcode, root=root,
-           array_kind=kind == "cupy")
-    return _broadcast(tensor, root)
+
+    def check():
+        r = _backend.int_arg("root", root, 0)
+        if r >= _S.size:
+            raise ValueError(f"broadcast: root: expected a rank < world size {_S.size}, got {r}")
+        kind, dcode = _check_array("broadcast", "tensor", tensor, writeable=_S.rank != r)
+        return dict(shape=_shape_code(tensor.shape), size=tensor.size, dtype=dcode, root=r,
+                    array_kind=kind == "cupy")
+
+    _validate("broadcast", check)
+    return _broadcast(tensor, int(root))
 
 
 def all_gather_into_tensor(output_tensor, input_tensor):
@@ -390,16 +422,20 @@ def all_gather_into_tensor(output_tensor, input_tensor):
     output_tensor
     """
     _need_init("all_gather_into_tensor")
-    kind, dcode = _check_array("all_gather_into_tensor", "input_tensor", input_tensor, writeable=False)
-    kind_out, _ = _check_array("all_gather_into_tensor", "output_tensor", output_tensor)
-    _backend.array_module(input_tensor=input_tensor, output_tensor=output_tensor)
-    _backend.check_same_dtype("input_tensor", input_tensor, output_tensor=output_tensor)
-    if output_tensor.size != _S.size * input_tensor.size:
-        raise ValueError(f"all_gather_into_tensor: output_tensor: expected {_S.size} x {input_tensor.size} = "
-                         f"{_S.size * input_tensor.size} elements (world size x input), got shape "
-                         f"{tuple(output_tensor.shape)}")
-    _agree("all_gather_into_tensor", shape=_shape_code(input_tensor.shape), size=input_tensor.size,
-           dtype=dcode, array_kind=kind == "cupy")
+
+    def check():
+        kind, dcode = _check_array("all_gather_into_tensor", "input_tensor", input_tensor, writeable=False)
+        _check_array("all_gather_into_tensor", "output_tensor", output_tensor)
+        _backend.array_module(input_tensor=input_tensor, output_tensor=output_tensor)
+        _backend.check_same_dtype("input_tensor", input_tensor, output_tensor=output_tensor)
+        if output_tensor.size != _S.size * input_tensor.size:
+            raise ValueError(f"all_gather_into_tensor: output_tensor: expected {_S.size} x {input_tensor.size} = "
+                             f"{_S.size * input_tensor.size} elements (world size x input), got shape "
+                             f"{tuple(output_tensor.shape)}")
+        return dict(shape=_shape_code(input_tensor.shape), size=input_tensor.size, dtype=dcode,
+                    array_kind=kind == "cupy")
+
+    _validate("all_gather_into_tensor", check)
     _all_gather(output_tensor.reshape(-1), input_tensor.reshape(-1))
     return output_tensor
 
@@ -445,16 +481,20 @@ def all_gather(tensor_list, tensor):
     tensor_list
     """
     _need_init("all_gather")
-    kind, dcode = _check_array("all_gather", "tensor", tensor, writeable=False)
-    if not isinstance(tensor_list, list) or len(tensor_list) != _S.size:
-        got = f"a list of {len(tensor_list)}" if isinstance(tensor_list, list) else type(tensor_list).__name__
-        raise ValueError(f"all_gather: tensor_list: expected a list of world size {_S.size} arrays, got {got}")
-    for i, t in enumerate(tensor_list):
-        _backend.array_module(tensor=tensor, **{f"tensor_list[{i}]": t})
-        _backend.check_same_dtype("tensor", tensor, **{f"tensor_list[{i}]": t})
-        _backend.check_shape(f"all_gather: tensor_list[{i}]", t, tensor.shape)
-        _backend.check_writeable(f"all_gather: tensor_list[{i}]", t)
-    _agree("all_gather", shape=_shape_code(tensor.shape), size=tensor.size, dtype=dcode, array_kind=kind == "cupy")
+
+    def check():
+        kind, dcode = _check_array("all_gather", "tensor", tensor, writeable=False)
+        if not isinstance(tensor_list, list) or len(tensor_list) != _S.size:
+            got = f"a list of {len(tensor_list)}" if isinstance(tensor_list, list) else type(tensor_list).__name__
+            raise ValueError(f"all_gather: tensor_list: expected a list of world size {_S.size} arrays, got {got}")
+        for i, t in enumerate(tensor_list):
+            _backend.array_module(tensor=tensor, **{f"tensor_list[{i}]": t})
+            _backend.check_same_dtype("tensor", tensor, **{f"tensor_list[{i}]": t})
+            _backend.check_shape(f"all_gather: tensor_list[{i}]", t, tensor.shape)
+            _backend.check_writeable(f"all_gather: tensor_list[{i}]", t)
+        return dict(shape=_shape_code(tensor.shape), size=tensor.size, dtype=dcode, array_kind=kind == "cupy")
+
+    _validate("all_gather", check)
     xp = _backend.array_module(tensor=tensor)
     stage = xp.empty((_S.size,) + tuple(tensor.shape), tensor.dtype)
     _all_gather(stage.reshape(-1), tensor.reshape(-1))

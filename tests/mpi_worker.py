@@ -118,6 +118,16 @@ def _(dist, comm, rank, size):
     dt = np.float32 if rank else np.float64
     expect_error(ValueError, ["dtype"], lambda: dist.all_reduce(np.zeros(3, dt)))
     expect_error(ValueError, ["op"], lambda: dist.all_reduce(np.zeros(3), op="max" if rank else "min"))
+    # A bad argument on one rank only: that rank gets its error, the others one that says so.
+    if rank == 1:
+        expect_error(ValueError, ["tensor", "contiguous"], lambda: dist.all_reduce(a[:, ::2]))
+        expect_error(TypeError, ["op='mean'"], lambda: dist.all_reduce(np.zeros(3, np.int64), "mean"))
+        expect_error(ValueError, ["root"], lambda: dist.broadcast(np.zeros(3), root=size))
+        expect_error(ValueError, ["tensor_list"], lambda: dist.all_gather([], np.zeros(3)))
+    else:
+        for fn in (lambda: dist.all_reduce(a), lambda: dist.all_reduce(np.zeros(3), "mean"),
+                   lambda: dist.broadcast(np.zeros(3)), lambda: dist.all_gather([np.zeros(3)] * size, np.zeros(3))):
+            expect_error(ValueError, ["another rank"], fn)
     assert dist.all_reduce(np.ones(3), op=dist.ReduceOp.SUM)[0] == size  # still in step after the errors
 
 
@@ -476,7 +486,7 @@ def main(argv):
             report("not-initialised", "ok")
         except Exception:
             report("not-initialised", "fail", traceback.format_exc())
-        dist.init_process_group(abort_on_exception=False)
+        dist.init_process_group()
         for name, fn in CHECKS.items():
             if only is not None and name not in only:
                 continue
