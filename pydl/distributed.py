@@ -10,24 +10,22 @@ array's device and CuPy's current stream. There is no host round trip for CuPy a
 no transport of pydl's own. ``pip install "pydl[mpi]"`` brings mpi4py and Open MPI.
 
 Every collective must be called by every rank, in the same order, with arrays of the same
-shape and dtype (as in PyTorch and MPI). Each call first exchanges a few integers that
-describe the call (shape, dtype, op, root, array kind), so a rank that calls with another
-shape gets a ``ValueError`` instead of a hang or a silent truncation.
+shape and dtype (as in PyTorch and MPI). Each call first all-reduces a few integers that
+describe it (shape, dtype, op, root, array kind, and whether this rank's arguments were
+valid), so a rank that calls with another shape, or with a bad argument, makes the call raise
+on every rank instead of a hang or a silent truncation.
 
 API (PyTorch's ``torch.distributed`` where it has the same thing):
 
-=============================================  ==============================================
-``init_process_group(backend=None, comm=None)``  join the MPI job, once per process
-``is_available()``, ``is_initialized()``         mpi4py importable / initialised
-``get_rank()``, ``get_world_size()``             this process in the group
-``get_local_rank()``, ``get_local_world_size()`` among the ranks on this machine
-``all_reduce(tensor, op="sum")``                 in place; ops sum, mean, max, min
-``broadcast(tensor, root=0)``                    in place (``src=`` is accepted as PyTorch)
-``all_gather(tensor_list, tensor)``              PyTorch's form: fills tensor_list
-``all_gather_into_tensor(output, input)``        every rank's input stacked on axis 0
-``barrier()``, ``destroy_process_group()``
-``DistributedSampler``                           per-rank shards of a data set's indices
-=============================================  ==============================================
+- ``init_process_group(backend=None, comm=None)``: join the MPI job, once per process;
+  ``destroy_process_group()``; ``is_available()``, ``is_initialized()``.
+- ``get_rank()``, ``get_world_size()``; ``get_local_rank()``, ``get_local_world_size()``
+  among the ranks on this machine (choose the GPU, divide the cores).
+- ``all_reduce(tensor, op="sum")`` (sum, mean, max, min) and ``broadcast(tensor, root=0)``,
+  in place; ``all_gather(tensor_list, tensor)`` (PyTorch's form, fills tensor_list) and
+  ``all_gather_into_tensor(output, input)`` (every rank's input stacked on axis 0);
+  ``barrier()``.
+- ``DistributedSampler``: each rank's shard of a data set's indices, reshuffled per epoch.
 """
 from __future__ import annotations
 

@@ -443,6 +443,17 @@ def _(dist, comm, rank, size):
             assert_close(got[k], want[k], 1e-10, k)
 
 
+@check("destroy-and-init-again")
+def _(dist, comm, rank, size):
+    dist.destroy_process_group()
+    assert not dist.is_initialized()
+    expect_error(RuntimeError, ["init_process_group"], dist.get_world_size)
+    assert sys.excepthook is sys.__excepthook__ or sys.excepthook.__name__ != "_abort_hook", "hook left behind"
+    dist.init_process_group()
+    assert dist.is_initialized() and dist.get_rank() == rank and sys.excepthook.__name__ == "_abort_hook"
+    assert dist.all_reduce(np.ones(2, np.int64))[0] == size
+
+
 # ---------------------------------------------------------------- driver
 
 def _meet_or_abort(comm, seconds=20.0):
