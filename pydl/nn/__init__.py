@@ -11,6 +11,7 @@ from .module import *  # noqa: F401,F403
 from .layers import *  # noqa: F401,F403
 from .loss import *  # noqa: F401,F403
 from . import utils  # noqa: F401,E402
+from . import parallel  # noqa: F401,E402
 from . import module as _module, layers as _layers, loss as _loss
 
-__all__ = ["init", "utils"] + _module.__all__ + _layers.__all__ + _loss.__all__
+__all__ = ["init", "utils", "parallel"] + _module.__all__ + _layers.__all__ + _loss.__all__

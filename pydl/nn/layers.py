@@ -17,7 +17,7 @@ from . import init
 from .module import Module, Parameter
 
 __all__ = ["Identity", "Linear", "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d",
-           "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "ReLU", "ReLU6", "Hardtanh", "LeakyReLU", "ELU",
+           "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "SyncBatchNorm", "ReLU", "ReLU6", "Hardtanh", "LeakyReLU", "ELU",
            "PReLU", "Sigmoid", "Tanh", "SiLU", "Hardswish", "Dropout", "Flatten"]
 
 
@@ -332,6 +332,135 @@ class BatchNorm1d(_BatchNorm):
 class BatchNorm2d(_BatchNorm):
     """Batch norm over (N, C, H, W) inputs (statistics per channel C)."""
     _ndims = (4,)
+
+
+class SyncBatchNorm(_BatchNorm):
+    """Batch norm whose training statistics cover the batches of all ranks, as PyTorch's.
+
+    Over (N, C), (N, C, L) or (N, C, H, W) inputs. In training, with ``pydl.distributed``
+    initialised and more than one rank, the per-channel mean and (biased) variance are those
+    of the global batch (every rank's input together), reduced by two small all-reduces
+    (sums, then squared deviations from the global mean: the two-pass way, accurate for data
+    with a large offset); the running statistics are updated with the global unbiased
+    variance. The output on each rank is then exactly what ``BatchNorm`` on the global batch
+    gives for that rank's rows. Otherwise (evaluation, one process) it is plain batch norm.
+
+    Backward (xhat = (x - mean) * invstd, sums over the global batch of M values per channel)::
+
+        dx = w * invstd * (dy - sum(dy) / M - xhat * sum(dy * xhat) / M)
+
+    with the two sums all-reduced over the ranks: this is the gradient of the sum of every
+    rank's loss, as each rank's statistics feed every rank's output. The weight and bias
+    gradients stay this rank's own sums (``DistributedDataParallel`` averages them with the
+    other gradients), as PyTorch does.
+    """
+    _ndims = (2, 3, 4)
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 process_group=None, device=None, dtype=None):
+        if process_group is not None:
+            raise ValueError("process_group: expected None (pydl has one group: the initialised world), "
+                             f"got {process_group!r}")
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+
+    def _synced(self):
+        from .. import distributed as dist
+
+        return self.training and dist.is_initialized() and dist.get_world_size() > 1
+
+    def forward(self, x):
+        if not self._synced():
+            return super().forward(x)
+        from .. import distributed as dist
+
+        xp = _backend.array_module(input=x)
+        _backend.check_float("input", x)
+        if x.ndim not in self._ndims or x.shape[1] != self.num_features:
+            raise ValueError(f"input: expected a 2-D, 3-D or 4-D array with {self.num_features} channels "
+                             f"on axis 1, got shape {tuple(x.shape)}")
+        C = self.num_features
+        x3 = x.reshape(x.shape[0], C, -1)
+        # Pass 1: global count and mean (float64 sums: float32 data keeps its accuracy).
+        buf = xp.zeros(C + 1, np.float64)
+        buf[:C] = x3.sum(axis=(0, 2), dtype=np.float64)
+        buf[C] = x3.shape[0] * x3.shape[2]
+        dist._all_reduce(buf, "sum")
+        count = int(round(float(buf[C])))
+        if count == 1:
+            raise ValueError("input: expected more than 1 value per channel over all ranks when training, "
+                             f"got input shape {tuple(x.shape)} on this rank")
+        mean = buf[:C] / max(count, 1)
+        # Pass 2: squared deviations from the global mean.
+        d = x3 - mean.astype(x.dtype)[None, :, None]
+        sq = (d * d).sum(axis=(0, 2), dtype=np.float64)
+        dist._all_reduce(sq, "sum")
+        var = sq / max(count, 1)
+        if self.track_running_stats and count > 0:
+            self.num_batches_tracked += 1
+            m = (1.0 / float(self.num_batches_tracked)) if self.momentum is None else self.momentum
+            self.running_mean *= 1 - m
+            self.running_mean += (m * mean).astype(self.running_mean.dtype)
+            self.running_var *= 1 - m
+            self.running_var += (m * var * (count / (count - 1))).astype(self.running_var.dtype)
+        # Normalise with the global statistics: the evaluation kernel takes them as given.
+        w = None if self.weight is None else self.weight.data
+        b = None if self.bias is None else self.bias.data
+        y, save_mean, invstd = F.batch_norm_forward(x, mean.astype(x.dtype), var.astype(x.dtype), w, b,
+                                                    False, 0.0, self.eps)
+        self._cache = ("synced", x, save_mean, invstd, count)
+        return y
+
+    def backward(self, grad_out):
+        _need_forward(self)
+        if isinstance(self._cache[0], str):  # the synced forward marks its cache
+            return self._backward_synced(grad_out)
+        return super().backward(grad_out)
+
+    def _backward_synced(self, grad_out):
+        from .. import distributed as dist
+
+        _, x, mean, invstd, count = self._cache
+        xp = _backend.array_module(grad_out=grad_out, input=x)
+        w = None if self.weight is None else self.weight.data
+        # This rank's sum(dy * xhat) and sum(dy) per channel (the evaluation-mode backward's dw, db).
+        _, gw, gb = F.batch_norm_backward(grad_out, x, w, mean, invstd, False, output_mask=(False, True, True))
+        C = self.num_features
+        sums = xp.empty(2 * C, np.float64)
+        sums[:C], sums[C:] = gb, gw
+        dist._all_reduce(sums, "sum")
+        n = max(count, 1)
+        shape = (1, C) + (1,) * (x.ndim - 2)
+        scale = invstd if w is None else w * invstd
+        xhat = (x - mean.reshape(shape)) * invstd.reshape(shape)
+        gx = (grad_out - (sums[:C] / n).astype(x.dtype).reshape(shape)
+              - xhat * (sums[C:] / n).astype(x.dtype).reshape(shape)) * scale.reshape(shape)
+        if self.affine:
+            self.weight.accumulate(gw)
+            self.bias.accumulate(gb)
+        return gx
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module, process_group=None):
+        """``module`` with every BatchNorm1d/2d replaced by a SyncBatchNorm (as PyTorch's).
+
+        The new layers share the old ones' Parameter objects (an optimizer built before the
+        conversion keeps working) and take their buffers, mode and settings. Returns the
+        converted module: a new object when ``module`` itself is a batch norm, else
+        ``module``, changed in place.
+        """
+        if isinstance(module, _BatchNorm) and not isinstance(module, SyncBatchNorm):
+            new = cls(module.num_features, module.eps, module.momentum, module.affine,
+                      module.track_running_stats, process_group)
+            new.weight, new.bias = module.weight, module.bias
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                object.__setattr__(new, name, getattr(module, name))
+            new.train(module.training)
+            return new
+        for name, child in list(module.named_children()):
+            new = cls.convert_sync_batchnorm(child, process_group)
+            if new is not child:
+                setattr(module, name, new)
+        return module
 
 
 # ---------------------------------------------------------------- elementwise
