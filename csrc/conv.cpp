@@ -1105,8 +1105,8 @@ void grouped_run(const Geo& g, Dir d, const T* a, const T* b, const Epilogue<T>*
   const GroupedCall<T> gc(g, d);
   const auto item = cpu_has_avx2_fma() ? grouped_item_avx2<T> : grouped_item_base<T>;
   const int64_t wsize = g.Kg() * g.Cg() * g.kh * g.kw;  // one group's dw
-  const int64_t chunks =
-      d == Dir::weight_grad ? std::min<int64_t>(g.N, std::max<int64_t>(1, (2 * max_threads() + g.G - 1) / g.G)) : 1;
+  // About 16 items whatever the thread count: the chunks fix the order of the sums.
+  const int64_t chunks = d == Dir::weight_grad ? std::min<int64_t>(g.N, std::max<int64_t>(1, 16 / g.G)) : 1;
   std::vector<T> part(chunks > 1 ? (size_t)(chunks * g.G * wsize) : 0);
   const int64_t items = d == Dir::weight_grad ? g.G * chunks : g.N * g.G;
   parallel_items<T>(g, items, gc.scratch(), [&](int64_t it, T* s) {
