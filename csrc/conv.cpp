@@ -17,7 +17,7 @@
 //    planes too big for its scratch: generic per-plane loops.
 //  * depthwise_blocked (groups == C == K; chosen for strided ones): 8 (float) / 4 (double)
 //    channels of an image interleaved pixel-major, one full vector FMA per tap and output.
-//  * winograd (dense 3x3, stride 1 or 2): conv_winograd.cpp.
+//  * winograd (dense 3x3, stride 1 or 2; dilated at stride 1 by space-to-batch): conv_winograd.cpp.
 //  * gemm_1x1 (1x1, stride 1, no padding): y[n, g] = W_g @ x[n, g], a GEMM straight on x.
 //  * per_image (forward; strided input gradient), deep reductions with at least one image per
 //    thread: each thread takes whole images, im2col into its own one-image buffer, GEMM
@@ -1511,12 +1511,14 @@ inline int64_t col_parts(int64_t items, int64_t L) {
   return std::max<int64_t>(1, std::min((2 * nt + items - 1) / items, L / 64));
 }
 
-// Dense 3x3 convolutions of stride 1 or 2 may take the Winograd path (conv_winograd.cpp):
+// Dense 3x3 convolutions of stride 1 or 2 may take the Winograd path (conv_winograd.cpp), and
+// dilated ones of stride 1 whose padding is a multiple of the dilation (space-to-batch):
 // the stride, or 0 when it does not apply.
 inline int64_t winograd_fits(const Geo& g) {
-  const bool fits = g.kh == 3 && g.kw == 3 && g.sh == g.sw && (g.sh == 1 || g.sh == 2) && g.dh == 1 && g.dw == 1 &&
-                    g.G == 1;
-  return fits ? g.sh : 0;
+  const bool dense = g.kh == 3 && g.kw == 3 && g.sh == g.sw && g.G == 1;
+  const bool plain = (g.sh == 1 || g.sh == 2) && g.dh == 1 && g.dw == 1;
+  const bool dilated = g.sh == 1 && g.dh >= 1 && g.dw >= 1 && g.ph % g.dh == 0 && g.pw % g.dw == 0;
+  return dense && (plain || dilated) ? g.sh : 0;
 }
 
 // Image-parallel forward: each thread takes whole images, im2col into its own buffer (one
@@ -1590,7 +1592,7 @@ bool applies(Dir d, Algo a, const Geo& g, int64_t elem) {
       return g.depthwise();
     case Algo::depthwise_blocked:
       return g.depthwise() && dw_blocked_bytes(g, elem) * max_threads() <= g_ws_limit.load();
-    case Algo::winograd:  // dense 3x3, stride 1 or 2 (the stride-2 input gradient as the adjoint)
+    case Algo::winograd:  // dense 3x3, stride 1 or 2 (stride-2 input grad: the adjoint), or dilated at stride 1
       return winograd_fits(g) != 0;
     case Algo::gemm_1x1:
       return g.pointwise();
@@ -1623,8 +1625,8 @@ Algo choose(Dir d, const Geo& g, int64_t elem, bool winograd_ok = true) {
                                                                                   : Algo::depthwise;
   if (winograd_ok && winograd_fits(g)) {
     const bool pays = d == Dir::input_grad && winograd_fits(g) == 1
-                          ? winograd_pays(g.N, g.K, g.C, g.H, g.W, 1, false)
-                          : winograd_pays(g.N, g.C, g.K, g.Ho, g.Wo, g.sh, d == Dir::weight_grad);
+                          ? winograd_pays(g.N, g.K, g.C, g.H, g.W, 1, false, g.dh, g.dw)
+                          : winograd_pays(g.N, g.C, g.K, g.Ho, g.Wo, g.sh, d == Dir::weight_grad, g.dh, g.dw);
     if (pays) return Algo::winograd;
   }
   if (g.pointwise()) return Algo::gemm_1x1;
@@ -1642,7 +1644,8 @@ Algo pick(Dir d, const Geo& g, int64_t elem) {
   PYDL_CHECK(applies(d, f, g, elem), "conv: algorithm '" << kAlgoNames[static_cast<int>(f)]
                                          << "' does not apply to this " << kDirNames[static_cast<int>(d)]
                                          << " (kernel " << g.kh << "x" << g.kw << ", stride " << g.sh << "x"
-                                         << g.sw << ", dilation " << g.dh << "x" << g.dw << ", groups " << g.G
+                                         << g.sw << ", padding " << g.ph << "x" << g.pw << ", dilation " << g.dh
+                                         << "x" << g.dw << ", groups " << g.G
                                          << "); see pydl.backends.conv_algorithms()");
   return f;
 }
@@ -1661,7 +1664,10 @@ void forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* y) 
   if (a == Algo::depthwise) return dw_forward(g, x, w, ep, y);
   if (a == Algo::depthwise_blocked) return dw_blocked_run(g, Dir::forward, x, w, &ep, y);
   if (a == Algo::winograd) {
-    if (winograd_conv3x3(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.sh, -g.ph, -g.pw, x, w, false, ep, y)) return;
+    if (g.dh * g.dw > 1 ? winograd_conv3x3_dilated(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.dh, g.dw, g.ph, g.pw, x, w,
+                                                   ep, y)
+                        : winograd_conv3x3(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.sh, -g.ph, -g.pw, x, w, false, ep, y))
+      return;
     winograd_declined(Dir::forward);
     a = choose(Dir::forward, g, sizeof(T), false);
   }
@@ -1763,12 +1769,15 @@ void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
   if (a == Algo::depthwise_blocked) return dw_blocked_run<T>(g, Dir::input_grad, dy, w, nullptr, dx);
   if (a == Algo::winograd) {
     // Stride 1: dx = conv(dy, w rotated 180 degrees, channels swapped) at offset pad - 2.
-    // Stride 2: the adjoint of the stride-2 Winograd forward.
-    if (winograd_fits(g) == 1 ? winograd_conv3x3(g.N, g.K, g.Ho, g.Wo, g.C, g.H, g.W, 1, g.ph - 2, g.pw - 2, dy, w,
-                                                 true, Epilogue<T>{}, dx)
-                              : winograd_conv3x3_input_grad(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, -g.ph, -g.pw, dy,
-                                                            w, dx))
-      return;
+    // Stride 2: the adjoint of the stride-2 Winograd forward. Dilated: the same per phase.
+    const bool done =
+        g.dh * g.dw > 1 ? winograd_conv3x3_dilated_input_grad(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.dh, g.dw, g.ph,
+                                                              g.pw, dy, w, dx)
+        : winograd_fits(g) == 1 ? winograd_conv3x3(g.N, g.K, g.Ho, g.Wo, g.C, g.H, g.W, 1, g.ph - 2, g.pw - 2, dy, w,
+                                                   true, Epilogue<T>{}, dx)
+                                : winograd_conv3x3_input_grad(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, -g.ph, -g.pw, dy,
+                                                              w, dx);
+    if (done) return;
     winograd_declined(Dir::input_grad);
     a = choose(Dir::input_grad, g, sizeof(T), false);
   }
@@ -1831,7 +1840,10 @@ void backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
   if (a == Algo::depthwise_blocked) return dw_blocked_run<T>(g, Dir::weight_grad, x, dy, nullptr, dw);
   if (a == Algo::grouped) return grouped_run<T>(g, Dir::weight_grad, x, dy, nullptr, dw);
   if (a == Algo::winograd) {
-    if (winograd_conv3x3_weight(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.sh, -g.ph, -g.pw, x, dy, dw)) return;
+    if (g.dh * g.dw > 1 ? winograd_conv3x3_dilated_weight(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.dh, g.dw, g.ph, g.pw,
+                                                          x, dy, dw)
+                        : winograd_conv3x3_weight(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.sh, -g.ph, -g.pw, x, dy, dw))
+      return;
     winograd_declined(Dir::weight_grad);
     a = choose(Dir::weight_grad, g, sizeof(T), false);
   }

@@ -1,4 +1,6 @@
-// conv, Winograd path: dense 3x3 dilation-1 convolution of stride 1 or 2 by F(2x2, 3x3).
+// conv, Winograd path: dense 3x3 convolution of stride 1 or 2 by F(2x2, 3x3); dilated ones of
+// stride 1 by space-to-batch onto the stride-1 kernel (derivation at winograd_conv3x3_dilated's
+// helpers: the phase copies, permuted by OpenMP loops, are the only extra work).
 //
 // Math (Lavin & Gray): every 2x2 output tile Y of one (image, out-channel) plane is
 //   Y = A^T [ sum_i (G g_oi G^T) .* (B^T d_i B) ] A
@@ -40,6 +42,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -57,20 +60,23 @@ std::atomic<int64_t> g_wino_chunk_bytes{int64_t(1536) << 10};
 std::atomic<int64_t> g_wino_calls{0};
 
 bool winograd_pays(int64_t N, int64_t Cin, int64_t Cout, int64_t Hout, int64_t Wout, int64_t stride,
-                   bool weight_grad) {
+                   bool weight_grad, int64_t dh, int64_t dw) {
   const int mode = g_wino_mode.load();
   if (mode == 0) return false;
   if (mode == 2) return true;
-  const int64_t TH = (Hout + 1) / 2, TW = (Wout + 1) / 2, tiles = N * TH * TW;
+  // Dilated: the phase batch it runs (N dh dw images of ceil(Hout / dh) x ceil(Wout / dw)).
+  const int64_t TH = ((Hout + dh - 1) / dh + 1) / 2, TW = ((Wout + dw - 1) / dw + 1) / 2;
+  const int64_t tiles = N * dh * dw * TH * TW, tiled = dh * dw * 4 * TH * TW;  // outputs an image's tiles cover
   // Few channels: the GEMMs are too thin for the transforms to pay back. Few tiles: the
   // per-call weight transform (16 C K values) and narrow GEMMs dominate (small images with
-  // many channels at small batches stay on im2col).
-  if (stride == 1) return Cin >= 16 && Cout >= 16 && tiles >= 256;
+  // many channels at small batches stay on im2col). Tiles that overhang the output much: the
+  // 2x2 tiles round every phase up (28 rows at dilation 6: phases of 5 rows tiled as 6).
+  if (stride == 1) return Cin >= 16 && Cout >= 16 && tiles >= 192 && 10 * Hout * Wout >= 7 * tiled;
   // Stride 2 saves only 25 of 36 multiplies, so the 2x2 tiles must not overhang the output
   // much (7x7 outputs: 64 tiled for 49), and the forward needs 64 input channels to beat
   // im2col where the weight gradient already does at 16. The input gradient (the forward's
   // adjoint, called with weight_grad false) takes the forward's rule.
-  if (10 * Hout * Wout < 9 * 4 * TH * TW || tiles < 192) return false;
+  if (10 * Hout * Wout < 9 * tiled || tiles < 192) return false;
   return weight_grad ? Cin >= 16 && Cout >= 16 : Cin >= 64 && Cout >= 64;
 }
 
@@ -357,13 +363,17 @@ void output_transform(const Plan& p, const T* M, const Epilogue<T>& ep, int64_t 
 }
 
 
+// Bytes of the phase copies the dilated wrapper holds during its inner call (0 otherwise):
+// the call's whole workspace, phases included, stays under the cap.
+thread_local int64_t t_phase_bytes = 0;
+
 // Chunking: tiles per chunk so that `shared` bytes plus, per thread, `fixed` bytes and
 // `per_tile` bytes per tile stay under the workspace cap (and each thread's chunk in L2).
 // Sets p.segs/nchunks/tmax/twmax and the thread count; false if one tile does not fit.
 bool make_plan(Plan& p, int64_t shared, int64_t fixed, int64_t per_tile, int& nt) {
   const int64_t work = p.rows * p.TW * p.Cin * p.Cout;
   nt = work > (int64_t(1) << 16) ? max_threads() : 1;  // fork/join costs more on small problems
-  const int64_t cap = conv_workspace_limit();
+  const int64_t cap = conv_workspace_limit() - t_phase_bytes;  // the dilated wrapper's phases count too
   // At least 128 tiles per chunk where the cap allows: each GEMM re-packs its U_e (C x K), so
   // narrow chunks with many channels spend their time packing.
   const int64_t want = std::max(g_wino_chunk_bytes.load(), 128 * per_tile);
@@ -691,6 +701,106 @@ bool conv3x3_input_grad_s2(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K
   return true;
 }
 
+
+// ---------------------------------------------------------------- dilation by space-to-batch
+// Stride 1, dilation (dh, dw), padding (qh dh, qw dw) (DeepLab's atrous trick). Output row
+// o = r + dh a reads input rows o - qh dh + dh i = r + dh (a - qh + i), i = 0, 1, 2: phase r of y
+// (rows r + dh a) is the undilated convolution, offset -qh, of phase r of x; the same per
+// column. Input gradient: dx_r[b] = sum_i dy_r[b + qh - i] w[i], the flipped stride-1 call at
+// offset qh - 2 on the phases of dy. Weight gradient: the sum over all outputs is the sum over
+// the phases' undilated weight gradients. Every phase is cut to ceil(H / dh) x ceil(W / dw),
+// zero past the image (those zeros are the convolution's padding; dy's are positions with no
+// output), so the results are exact; the phases of all images are one batch of N dh dw.
+
+// The phase copies, per calling thread, grown on demand and kept (as conv.cpp's Workspace); not
+// the conv workspace, which the inner Winograd call takes for itself.
+struct PhaseBuffer {
+  std::vector<unsigned char> buf;
+  void* get(int64_t bytes) {
+    if ((int64_t)buf.size() < bytes) {
+      std::vector<unsigned char>().swap(buf);
+      buf.resize((size_t)bytes);
+    }
+    return buf.data();
+  }
+};
+thread_local PhaseBuffer t_phases;
+
+// Counts the phase copies against the cap (make_plan) for the inner Winograd call.
+struct PhaseReserve {
+  explicit PhaseReserve(int64_t bytes) { t_phase_bytes = bytes; }
+  ~PhaseReserve() { t_phase_bytes = 0; }
+};
+
+inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Below this many elements a permute stays on one thread (fork/join costs more).
+constexpr int64_t kPermuteParallel = int64_t(1) << 15;
+
+// xp[(n dh + rh) dw + rw, c, a, b] = x[n, c, rh + dh a, rw + dw b] (zero past H x W), phases of
+// Hq x Wq. One item per (n, c, row of the dh Hq rows the phases cover): x is read in order.
+template <typename T>
+void to_phases(const T* x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t dh, int64_t dw, int64_t Hq,
+               int64_t Wq, T* xp) {
+  const int64_t Hr = dh * Hq, items = N * C * Hr;
+#pragma omp parallel for schedule(static) if (items * Wq * dw >= kPermuteParallel)
+  for (int64_t it = 0; it < items; ++it) {
+    const int64_t h = it % Hr, c = it / Hr % C, n = it / (Hr * C), rh = h % dh, a = h / dh;
+    for (int64_t rw = 0; rw < dw; ++rw) {
+      T* dst = xp + ((((n * dh + rh) * dw + rw) * C + c) * Hq + a) * Wq;
+      const int64_t m = h < H && rw < W ? (W - rw + dw - 1) / dw : 0;  // samples inside the image
+      if (m > 0) {
+        const T* src = x + ((n * C + c) * H + h) * W + rw;
+        for (int64_t b = 0; b < m; ++b) dst[b] = src[dw * b];
+      }
+      std::fill(dst + m, dst + Wq, T(0));
+    }
+  }
+}
+
+// The inverse for the valid positions: y[n, k, o, q] = yp[(n dh + o % dh) dw + q % dw, k, o / dh,
+// q / dw], then ep (without its bias) on each output row while it is in cache, its residual
+// indexed in y's layout.
+template <typename T>
+void from_phases(const T* yp, int64_t N, int64_t K, int64_t Ho, int64_t Wo, int64_t dh, int64_t dw, int64_t Hq,
+                 int64_t Wq, const Epilogue<T>& ep, T* y) {
+  const int64_t rows = N * K * Ho;
+  const bool fused = ep.fused();
+#pragma omp parallel for schedule(static) if (rows * Wo >= kPermuteParallel)
+  for (int64_t it = 0; it < rows; ++it) {
+    const int64_t o = it % Ho, k = it / Ho % K, n = it / (Ho * K), rh = o % dh, a = o / dh;
+    T* dst = y + it * Wo;
+    for (int64_t rw = 0; rw < std::min(dw, Wo); ++rw) {
+      const T* src = yp + ((((n * dh + rh) * dw + rw) * K + k) * Hq + a) * Wq;
+      const int64_t m = (Wo - rw + dw - 1) / dw;
+      for (int64_t b = 0; b < m; ++b) dst[rw + dw * b] = src[b];
+    }
+    if (fused) ep.run(dst, dst, it * Wo, nullptr, Wo);
+  }
+}
+
+// One call's phase batch: B = N dh dw images of Hq x Wq (x or dx, C channels) and Hoq x Woq (y or
+// dy, K channels), their copies xp and yp in t_phases (each rounded up to 64 elements, so yp
+// starts on a cache line).
+template <typename T>
+struct Phases {
+  int64_t B, Hq, Wq, Hoq, Woq, bytes = 0;
+  T* xp = nullptr;
+  T* yp = nullptr;
+  // False: the padding is not a multiple of the dilation, or the copies alone exceed the cap.
+  bool init(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo, int64_t dh, int64_t dw,
+            int64_t ph, int64_t pw) {
+    if (dh < 1 || dw < 1 || ph % dh || pw % dw) return false;
+    B = N * dh * dw, Hq = cdiv(H, dh), Wq = cdiv(W, dw), Hoq = cdiv(Ho, dh), Woq = cdiv(Wo, dw);
+    const int64_t xs = cdiv(B * C * Hq * Wq, 64) * 64, ys = cdiv(B * K * Hoq * Woq, 64) * 64;
+    bytes = (xs + ys) * (int64_t)sizeof(T);
+    if (bytes >= conv_workspace_limit()) return false;
+    xp = static_cast<T*>(t_phases.get(bytes));
+    yp = xp + xs;
+    return true;
+  }
+};
+
 }  // namespace
 
 template <typename T>
@@ -737,6 +847,73 @@ template bool winograd_conv3x3<float>(int64_t, int64_t, int64_t, int64_t, int64_
 template bool winograd_conv3x3<double>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                        int64_t, int64_t, const double*, const double*, bool,
                                        const Epilogue<double>&, double*);
+
+template <typename T>
+bool winograd_conv3x3_dilated(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
+                              int64_t dh, int64_t dw, int64_t ph, int64_t pw, const T* x, const T* w,
+                              const Epilogue<T>& ep, T* y) {
+  if (N == 0 || K == 0 || Ho == 0 || Wo == 0) return true;  // nothing to write
+  Phases<T> P;
+  if (!P.init(N, C, H, W, K, Ho, Wo, dh, dw, ph, pw)) return false;
+  to_phases(x, N, C, H, W, dh, dw, P.Hq, P.Wq, P.xp);
+  // The bias goes in with the output transform; the residual and activation need y's layout.
+  Epilogue<T> bias_only, rest = ep;
+  bias_only.bias = ep.bias, rest.bias = nullptr;
+  {
+    PhaseReserve reserve(P.bytes);
+    if (!conv3x3<T, 1>(P.B, C, P.Hq, P.Wq, K, P.Hoq, P.Woq, -ph / dh, -pw / dw, P.xp, w, false, bias_only, P.yp))
+      return false;
+  }
+  from_phases(P.yp, N, K, Ho, Wo, dh, dw, P.Hoq, P.Woq, rest, y);
+  return true;
+}
+
+template <typename T>
+bool winograd_conv3x3_dilated_input_grad(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho,
+                                         int64_t Wo, int64_t dh, int64_t dw, int64_t ph, int64_t pw, const T* dy,
+                                         const T* w, T* dx) {
+  if (N == 0 || C == 0 || H == 0 || W == 0) return true;  // nothing to write
+  Phases<T> P;  // xp: dx's phases, yp: dy's
+  if (!P.init(N, C, H, W, K, Ho, Wo, dh, dw, ph, pw)) return false;
+  if (K == 0 || Ho == 0 || Wo == 0) {  // no output reads x
+    std::fill(dx, dx + N * C * H * W, T(0));
+    return true;
+  }
+  to_phases(dy, N, K, Ho, Wo, dh, dw, P.Hoq, P.Woq, P.yp);
+  {
+    PhaseReserve reserve(P.bytes);
+    if (!conv3x3<T, 1>(P.B, K, P.Hoq, P.Woq, C, P.Hq, P.Wq, ph / dh - 2, pw / dw - 2, P.yp, w, true, Epilogue<T>{},
+                       P.xp))
+      return false;
+  }
+  from_phases(P.xp, N, C, H, W, dh, dw, P.Hq, P.Wq, Epilogue<T>{}, dx);
+  return true;
+}
+
+template <typename T>
+bool winograd_conv3x3_dilated_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
+                                     int64_t dh, int64_t dw, int64_t ph, int64_t pw, const T* x, const T* dy,
+                                     T* dwt) {
+  if (N == 0 || Ho == 0 || Wo == 0) return false;  // the caller zero-fills
+  Phases<T> P;
+  if (!P.init(N, C, H, W, K, Ho, Wo, dh, dw, ph, pw)) return false;
+  to_phases(x, N, C, H, W, dh, dw, P.Hq, P.Wq, P.xp);
+  to_phases(dy, N, K, Ho, Wo, dh, dw, P.Hoq, P.Woq, P.yp);
+  PhaseReserve reserve(P.bytes);
+  return conv3x3_weight<T, 1>(P.B, C, P.Hq, P.Wq, K, P.Hoq, P.Woq, -ph / dh, -pw / dw, P.xp, P.yp, dwt);
+}
+
+#define PYDL_WINO_DILATED(T)                                                                                       \
+  template bool winograd_conv3x3_dilated<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                                            int64_t, int64_t, int64_t, const T*, const T*, const Epilogue<T>&, T*); \
+  template bool winograd_conv3x3_dilated_input_grad<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,        \
+                                                       int64_t, int64_t, int64_t, int64_t, int64_t, const T*,      \
+                                                       const T*, T*);                                             \
+  template bool winograd_conv3x3_dilated_weight<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,   \
+                                                   int64_t, int64_t, int64_t, int64_t, const T*, const T*, T*);
+PYDL_WINO_DILATED(float)
+PYDL_WINO_DILATED(double)
+#undef PYDL_WINO_DILATED
 
 void set_winograd(int mode, int64_t chunk_bytes) {
   if (mode >= 0) g_wino_mode.store(mode);

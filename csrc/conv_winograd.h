@@ -1,4 +1,5 @@
-// Winograd F(2x2, 3x3) for dense 3x3 convolutions of stride 1 or 2 (see conv_winograd.cpp).
+// Winograd F(2x2, 3x3) for dense 3x3 convolutions of stride 1 or 2, and dilated ones of stride 1
+// by space-to-batch (see conv_winograd.cpp).
 #pragma once
 #include <cstdint>
 
@@ -34,10 +35,29 @@ template <typename T>
 bool winograd_conv3x3_input_grad(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
                                  int64_t off_h, int64_t off_w, const T* dy, const T* w, T* dx);
 
-// Whether the Winograd path is worth taking for this batch, channel counts, output size and stride,
-// for the convolution (weight_grad false) or its weight gradient.
+// Stride-1 dense 3x3 convolutions of dilation (dh, dw) whose padding (ph, pw) is a multiple of
+// it, by space-to-batch: the dh * dw phases of every image (x[n, c, rh + dh a, rw + dw b]) are one
+// batch for the undilated calls above (see conv_winograd.cpp). Forward (ep in y's layout), input
+// gradient and weight gradient, with the same arguments as conv2d (Ho, Wo: y's size). False:
+// declined (the phase copies plus the Winograd workspace exceed the cap; nothing written).
+template <typename T>
+bool winograd_conv3x3_dilated(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
+                              int64_t dh, int64_t dw, int64_t ph, int64_t pw, const T* x, const T* w,
+                              const Epilogue<T>& ep, T* y);
+template <typename T>
+bool winograd_conv3x3_dilated_input_grad(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho,
+                                         int64_t Wo, int64_t dh, int64_t dw, int64_t ph, int64_t pw, const T* dy,
+                                         const T* w, T* dx);
+template <typename T>
+bool winograd_conv3x3_dilated_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
+                                     int64_t dh, int64_t dw, int64_t ph, int64_t pw, const T* x, const T* dy,
+                                     T* dwt);
+
+// Whether the Winograd path is worth taking for this batch, channel counts, output size, stride
+// and dilation (> 1: judged on the phase batch the dilated wrapper runs), for the convolution
+// (weight_grad false) or its weight gradient.
 bool winograd_pays(int64_t N, int64_t Cin, int64_t Cout, int64_t Hout, int64_t Wout, int64_t stride,
-                   bool weight_grad);
+                   bool weight_grad, int64_t dh = 1, int64_t dw = 1);
 
 // Private knobs for tests and tuning: mode 0 = off, 1 = auto, 2 = whenever the geometry fits
 // (negative: unchanged); per-thread chunk bytes (<= 0: unchanged). Calls that took the path.

@@ -427,7 +427,7 @@ def test_winograd_noncontiguous_inputs(wino, dtype):
 
 
 def test_winograd_auto_choice_agrees_with_im2col(wino, dtype):
-    """Default mode takes Winograd for >= 16 channels and >= 256 tiles; the result agrees
+    """Default mode takes Winograd for >= 16 channels and >= 192 tiles; the result agrees
     with the im2col path."""
     rng = np.random.default_rng(121)
     x, w, b = rand(rng, (2, 16, 24, 21), dtype), rand(rng, (18, 16, 3, 3), dtype), rand(rng, (18,), dtype)
@@ -525,7 +525,8 @@ def test_winograd_chunks_stay_under_workspace_cap(wino, dtype, shape, k, tiles, 
 
 @pytest.mark.parametrize("xs,k,kw", [((2, 3, 5, 4), 2, dict(padding=1)), ((1, 2, 4, 5), 3, dict(padding=(2, 0))),
                                      ((2, 3, 7, 6), 2, dict(stride=2, padding=1)),
-                                     ((1, 2, 6, 9), 3, dict(stride=2, padding=(0, 2)))])
+                                     ((1, 2, 6, 9), 3, dict(stride=2, padding=(0, 2))),
+                                     ((1, 2, 7, 8), 2, dict(padding=(2, 6), dilation=(2, 3)))])
 def test_winograd_backward_matches_finite_differences(wino, xs, k, kw):
     wino._set_conv_winograd(2)
     fwd = lambda x, w, b, **kw: F.conv2d(x, w, b, **kw)  # noqa: E731
@@ -533,6 +534,130 @@ def test_winograd_backward_matches_finite_differences(wino, xs, k, kw):
     _fd_check(fwd, xs, (k, xs[1], 3, 3), (k,), kw, F.conv2d_backward, np)
     assert wino._conv_winograd_calls() > before
 
+
+# Dilated 3x3 convolutions of stride 1 whose padding is a multiple of the dilation run the
+# stride-1 Winograd on the dh * dw phases of every image (space-to-batch); the epilogue is applied
+# in y's layout as the phases go back. Sizes not multiples of the dilation, smaller than it,
+# padding d and 2d, batch 1 and 3, dh != dw.
+WINO_DILATED = [
+    ((1, 3, 11, 10), 4, 2, 2),
+    ((3, 4, 13, 7), 5, 3, 3),
+    ((1, 5, 9, 14), 3, 8, 4),
+    ((3, 3, 5, 11), 2, (12, 6), 6),
+    ((1, 2, 1, 3), 3, 4, 4),          # a single row: every phase but the first is all padding
+    ((2, 3, 10, 9), 4, (4, 3), (2, 3)),
+    ((3, 17, 30, 29), 18, 2, 2),       # big enough to run the permutes on threads
+]
+
+
+@pytest.mark.parametrize("case", range(len(WINO_DILATED)))
+def test_winograd_dilated_matches_reference(wino, dtype, case):
+    """Forward with bias, residual and activation, input and weight gradients, forced onto the
+    Winograd path (three calls), against the float64 reference."""
+    xs, k, pad, dil = WINO_DILATED[case]
+    rng = np.random.default_rng(130 + case)
+    kw = dict(padding=pad, dilation=dil)
+    x64, w64, b64 = rng.uniform(-1, 1, xs), rng.uniform(-1, 1, (k, xs[1], 3, 3)), rng.uniform(-1, 1, k)
+    conv = R.conv2d(x64, w64, b64, **kw)
+    r64, dy64 = rng.uniform(-1, 1, conv.shape), rng.uniform(-1, 1, conv.shape)
+    x, w, b, r, dy = (a.astype(dtype) for a in (x64, w64, b64, r64, dy64))
+    saved = [a.copy() for a in (x, w, b, r, dy)]
+    before = wino._conv_winograd_calls()
+    with pydl.backends.conv_algorithm("winograd"):
+        y = F.conv2d(x, w, b, **kw, residual=r, activation="leaky_relu", negative_slope=0.2)
+        gx, gw, gb = F.conv2d_backward(dy, x, w, **kw)
+    assert wino._conv_winograd_calls() - before == 3
+    rx, rw, rb = R.conv2d_backward(dy64, x64, w64, **kw)
+    assert_close(y, R.leaky_relu(conv + r64, 0.2), dtype)
+    assert_close(gx, rx, dtype)
+    assert_close(gw, rw, dtype)
+    assert_close(gb, rb, dtype)
+    for a, s in zip((x, w, b, r, dy), saved):
+        np.testing.assert_array_equal(a, s)
+
+
+def test_winograd_dilated_padding_not_a_multiple_raises():
+    """Space-to-batch needs the padding to be a multiple of the dilation (each phase of y then
+    reads one phase of x); forcing Winograd otherwise raises, naming padding and dilation."""
+    x, w = np.ones((1, 2, 9, 9), np.float32), np.ones((3, 2, 3, 3), np.float32)
+    for direction in ("forward", "input_grad", "weight_grad"):
+        with pydl.backends.conv_algorithm(**{direction: "winograd"}):
+            for kw in (dict(padding=(1, 2), dilation=2), dict(padding=(2, 4), dilation=(2, 3))):
+                msg = (f"'winograd' does not apply to this {direction} .*padding {kw['padding'][0]}x"
+                       f"{kw['padding'][1]}, dilation")
+                with pytest.raises(ValueError, match=msg):
+                    pydl.backends.conv_algorithm_choice(direction, x.shape, w.shape, **kw)
+                with pytest.raises(ValueError, match=msg):
+                    if direction == "forward":
+                        F.conv2d(x, w, **kw)
+                    else:
+                        F.conv2d_backward(R.conv2d(x, w, **kw).astype(np.float32), x, w, **kw)
+
+
+@pytest.mark.parametrize("xs,k,kw,takes", [
+    ((1, 256, 28, 28), 256, dict(padding=2, dilation=2), True),    # 4 phases of 14x14: 196 tiles
+    ((1, 16, 33, 33), 16, dict(padding=3, dilation=3), True),      # 9 phases of 11x11, tiled 12x12
+    ((8, 128, 28, 28), 128, dict(padding=6, dilation=6), False),   # 36 phases of 5x5 tiled 6x6: 1.65x the outputs
+    ((1, 256, 14, 14), 256, dict(padding=2, dilation=2), False),   # 64 tiles
+    ((4, 8, 28, 28), 8, dict(padding=2, dilation=2), False),       # too few channels
+    ((4, 64, 28, 28), 64, dict(padding=1, dilation=2), False),     # padding not a multiple of the dilation
+])
+def test_winograd_dilated_auto_choice(xs, k, kw, takes):
+    """The automatic rule judges a dilated layer on its phase batch: enough channels and tiles, and
+    tiles that do not overhang the phases much."""
+    for direction in ("forward", "input_grad", "weight_grad"):
+        got = pydl.backends.conv_algorithm_choice(direction, xs, (k, xs[1], 3, 3), **kw)
+        assert (got == "winograd") == takes, (direction, got)
+
+
+def _phase_bytes(n, c, h, w, k, ho, wo, d, item):
+    """The dilated Winograd path's phase copies (x and y, or dy and dx), each rounded up to 64
+    elements (conv_winograd.cpp)."""
+    q = lambda m, b, cc: -(-(n * d * d * cc * -(-m // d) * -(-b // d)) // 64) * 64  # noqa: E731
+    return (q(h, w, c) + q(ho, wo, k)) * item
+
+
+def test_winograd_dilated_phases_count_against_workspace_cap(wino, dtype):
+    """The phase copies count against the cap with Winograd's own workspace: with room for both
+    the Winograd workspace peak stays under the cap less the phases; with room for the phases and
+    the transformed weights only (less than one Winograd chunk), or for the phases alone, the path
+    declines (forced: the cap error; otherwise im2col)."""
+    rng = np.random.default_rng(140)
+    xs, k, d = (2, 16, 60, 58), 16, 2
+    kw = dict(padding=d, dilation=d)
+    x, w, b = rand(rng, xs, dtype), rand(rng, (k, xs[1], 3, 3), dtype), rand(rng, (k,), dtype)
+    x64, w64, b64 = (a.astype(np.float64) for a in (x, w, b))
+    want = R.conv2d(x64, w64, b64, **kw)
+    dy = rand(rng, want.shape, dtype)
+    want_g = R.conv2d_backward(dy.astype(np.float64), x64, w64, **kw)
+    item = np.dtype(dtype).itemsize
+    phases = _phase_bytes(*xs, k, *want.shape[2:], d, item)
+    # Winograd's own workspace (as in test_winograd_chunks_stay_under_workspace_cap): the 16
+    # transformed weights (the weight gradient: an accumulator per thread) and, per thread, the
+    # staggered transform strides and its tiles. Its smallest chunk needs more than u_bytes.
+    u_bytes = 16 * ((xs[1] * k * item + 4095) // 4096 * 4096 + 320)
+    per_tile = (16 * (xs[1] + k) + 16) * item
+    room = 3 * u_bytes + 2 * (32 * (4096 + 320) + 24 * per_tile)
+    assert phases > room  # without counting the phases Winograd would fit in every case below
+    cpu = _backend.cpu()
+    wino._set_conv_winograd(2)
+    for limit, takes in ((phases + room, True), (phases + u_bytes, False), (phases, False)):
+        F.set_conv_workspace_limit(limit)
+        before = wino._conv_winograd_calls()
+        cpu.conv_workspace_peak_bytes(True)
+        y = F.conv2d(x, w, b, **kw)
+        gx, gw, _ = F.conv2d_backward(dy, x, w, **kw)
+        assert wino._conv_winograd_calls() - before == (3 if takes else 0)
+        if takes:
+            assert 0 < cpu.conv_workspace_peak_bytes() <= limit - phases
+        assert_close(y, want, dtype)
+        assert_close(gx, want_g[0], dtype)
+        assert_close(gw, want_g[1], dtype)
+        if not takes:
+            for direction in ("forward", "input_grad", "weight_grad"):
+                with pydl.backends.conv_algorithm(**{direction: "winograd"}):
+                    with pytest.raises(ValueError, match="'winograd' does not fit the workspace cap"):
+                        _run_direction(direction, x, w, b, dy, kw)
 
 # --- depthwise AVX2 path ---
 # Depthwise (groups == C == K) at stride 1 with 3x3 / 5x5 kernels runs the register-blocked
@@ -712,6 +837,7 @@ _FUSED_PATHS = {
     "depthwise generic": ((2, 3, 9, 12), (3, 1, 3, 3), dict(stride=2, padding=1, groups=3), None, None),
     "winograd s1": ((2, 3, 7, 9), (5, 3, 3, 3), dict(padding=1), 2, None),
     "winograd s2": ((2, 3, 7, 9), (5, 3, 3, 3), dict(stride=2, padding=1), 2, None),
+    "winograd dilated": ((2, 3, 7, 9), (5, 3, 3, 3), dict(padding=(4, 2), dilation=2), 2, None),
     "1x1": ((2, 6, 5, 7), (4, 6, 1, 1), dict(), None, None),
     "grouped 1x1": ((2, 6, 5, 7), (4, 3, 1, 1), dict(groups=2), None, None),
     "per image": ((3, 2, 28, 27), (6, 2, 5, 5), dict(), 0, None),
@@ -796,6 +922,11 @@ _ALGO_CASES = [
     ((2, 3, 7, 5), (3, 1, 3, 3), dict(padding=1, groups=3)),            # depthwise
     ((2, 3, 9, 12), (6, 1, 3, 3), dict(stride=2, padding=1, groups=3)),  # depthwise multiplier 2, s2
     ((1, 3, 11, 10), (4, 3, 3, 3), dict(padding=2, dilation=2)),        # dilated
+    ((1, 3, 11, 10), (4, 3, 3, 3), dict(padding=1, dilation=2)),        # dilated, padding not a multiple
+    ((3, 4, 13, 7), (5, 4, 3, 3), dict(padding=3, dilation=3)),         # dilated 3, sizes not multiples
+    ((1, 2, 9, 14), (3, 2, 3, 3), dict(padding=8, dilation=4)),         # dilated 4, padding 2d
+    ((3, 3, 5, 11), (2, 3, 3, 3), dict(padding=(12, 6), dilation=6)),   # dilated 6, H < d, padding 2d x d
+    ((2, 3, 10, 9), (4, 3, 3, 3), dict(padding=(4, 1), dilation=(2, 1))),  # dilated rows only
     ((2, 6, 13, 11), (4, 3, 3, 3), dict(stride=2, padding=1, groups=2)),  # grouped 3x3
     ((1, 4, 17, 16), (3, 4, 5, 5), dict(stride=3, padding=2)),          # stride > 1, pad 2
     ((2, 12, 9, 13), (18, 4, 3, 3), dict(padding=1, groups=3)),          # grouped: a 4-channel block + 2
