@@ -71,8 +71,9 @@ std::atomic<int64_t> g_ws_peak{0};
 int64_t g_tile_bytes = int64_t(4) << 20;  // private knob: _cpu._set_conv_tile_bytes
 
 // Per-thread workspace, grown on demand and kept: a fresh 64 MiB allocation per call
-// would cost thousands of page faults.
+// would cost thousands of page faults. `tracked`: recorded by the peak tracker.
 struct Workspace {
+  bool tracked;
   std::vector<unsigned char> buf;
   void* get(int64_t bytes) {
     if ((int64_t)buf.size() < bytes) {
@@ -80,15 +81,16 @@ struct Workspace {
       buf.resize((size_t)bytes);
     }
     int64_t prev = g_ws_peak.load();
-    while (prev < bytes && !g_ws_peak.compare_exchange_weak(prev, bytes)) {
+    while (tracked && prev < bytes && !g_ws_peak.compare_exchange_weak(prev, bytes)) {
     }
     return buf.data();
   }
 };
-thread_local Workspace t_ws;
+thread_local Workspace t_ws{true}, t_phases{false};
 }  // namespace
 
 void* conv_workspace(int64_t bytes) { return t_ws.get(bytes); }
+void* conv_phase_buffer(int64_t bytes) { return t_phases.get(bytes); }
 int64_t conv_workspace_limit() { return g_ws_limit.load(); }
 
 namespace {

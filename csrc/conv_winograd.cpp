@@ -712,19 +712,6 @@ bool conv3x3_input_grad_s2(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K
 // zero past the image (those zeros are the convolution's padding; dy's are positions with no
 // output), so the results are exact; the phases of all images are one batch of N dh dw.
 
-// The phase copies, per calling thread, grown on demand and kept (as conv.cpp's Workspace); not
-// the conv workspace, which the inner Winograd call takes for itself.
-struct PhaseBuffer {
-  std::vector<unsigned char> buf;
-  void* get(int64_t bytes) {
-    if ((int64_t)buf.size() < bytes) {
-      std::vector<unsigned char>().swap(buf);
-      buf.resize((size_t)bytes);
-    }
-    return buf.data();
-  }
-};
-thread_local PhaseBuffer t_phases;
 
 // Counts the phase copies against the cap (make_plan) for the inner Winograd call.
 struct PhaseReserve {
@@ -780,7 +767,7 @@ void from_phases(const T* yp, int64_t N, int64_t K, int64_t Ho, int64_t Wo, int6
 }
 
 // One call's phase batch: B = N dh dw images of Hq x Wq (x or dx, C channels) and Hoq x Woq (y or
-// dy, K channels), their copies xp and yp in t_phases (each rounded up to 64 elements, so yp
+// dy, K channels), their copies xp and yp in conv_phase_buffer (each rounded up to 64 elements, so yp
 // starts on a cache line).
 template <typename T>
 struct Phases {
@@ -795,7 +782,7 @@ struct Phases {
     const int64_t xs = cdiv(B * C * Hq * Wq, 64) * 64, ys = cdiv(B * K * Hoq * Woq, 64) * 64;
     bytes = (xs + ys) * (int64_t)sizeof(T);
     if (bytes >= conv_workspace_limit()) return false;
-    xp = static_cast<T*>(t_phases.get(bytes));
+    xp = static_cast<T*>(conv_phase_buffer(bytes));
     yp = xp + xs;
     return true;
   }

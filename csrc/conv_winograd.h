@@ -10,6 +10,9 @@ namespace pydl {
 // The conv workspace (conv.cpp): a per-thread buffer of at least `bytes`, recorded by the
 // workspace peak tracker, and the current cap on one call's workspace.
 void* conv_workspace(int64_t bytes);
+// A second per-thread buffer, for the dilated path's phase copies around the Winograd call (not
+// recorded by the peak tracker; the caller counts it against the cap).
+void* conv_phase_buffer(int64_t bytes);
 int64_t conv_workspace_limit();
 
 // out[n, o, p, q] = ep(bias[o] + sum_{i, 3x3 taps} in[n, i, s*p + off_h + a, s*q + off_w + b] * W(o, i, a, b))
