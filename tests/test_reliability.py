@@ -245,6 +245,36 @@ def run_child(script, tmp_path, *args, env=None, check=True, timeout=300):
                           capture_output=True, text=True, check=check, timeout=timeout)
 
 
+_SPIN_CHILD = """
+import os, sys
+seen = []
+class Spy:  # records GOMP_SPINCOUNT at the moment pydl._cpu (and so libgomp) loads
+    def find_spec(self, name, path=None, target=None):
+        if name == "pydl._cpu":
+            seen.append(os.environ.get("GOMP_SPINCOUNT"))
+        return None
+sys.meta_path.insert(0, Spy())
+import pydl._backend as b
+b._libgomp_loaded = lambda: False
+b.cpu()
+print(seen[0], os.environ.get("GOMP_SPINCOUNT"))
+"""
+
+
+@pytest.mark.parametrize("env, want", [({}, "100000 None"), ({"GOMP_SPINCOUNT": "7"}, "7 7"),
+                                       ({"OMP_WAIT_POLICY": "PASSIVE"}, "None None")])
+def test_gomp_spin_set_only_while_libgomp_loads(tmp_path, env, want):
+    """pydl shortens GNU OpenMP's idle spinning (it took the cores from NumPy's BLAS) only while
+    libgomp loads, never over a user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY, and leaves the
+    environment as it found it (child processes see the user's)."""
+    base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    here = os.path.dirname(os.path.dirname(os.path.abspath(_backend.__file__)))
+    r = subprocess.run([sys.executable, "-c", _SPIN_CHILD], env=dict(base, PYTHONPATH=here, **env), cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == want.split()
+
+
 def test_cpu_results_identical_across_thread_counts(tmp_path):
     """Every CPU kernel (both dtypes) gives the same bits with OMP_NUM_THREADS=1 and 2 (OpenMP
     reads it at start-up, hence the subprocesses). The Winograd cases cut their tiles into
