@@ -889,7 +889,7 @@ enum class Dir : int { forward = 0, input_grad = 1, weight_grad = 2 };
 template <typename T>
 struct GroupedTile {
   static constexpr int OB = 4;                                  // outputs per block
-  static constexpr int QB = 64 / static_cast<int>(sizeof(T));   // flat positions per block (2 vectors)
+  static constexpr int QB = 96 / static_cast<int>(sizeof(T));   // flat positions per block (3 vectors)
   static constexpr int TB = 3;                                  // taps per weight-gradient block
   typedef T vec __attribute__((vector_size(32)));
   typedef T uvec __attribute__((vector_size(32), aligned(sizeof(T))));  // an unaligned vector load/store
