@@ -69,10 +69,34 @@ def _import_cpu():
     return _cpu
 
 
+# glibc serves an allocation of 32 MiB or more (a batch-8 MobileNetV2 activation is 38.5 MiB)
+# with a fresh mmap, so every such layer output page-faults its way in on each call (a batch-8
+# MobileNetV2 forward ran 15-25% slower for it). Raising the mmap and trim thresholds keeps such
+# blocks in the heap for reuse; the process may then hold up to this much freed memory.
+_MALLOC_THRESHOLD = 256 << 20
+
+
+def _set_malloc_policy():
+    """Raise glibc's mmap and trim thresholds (mallopt) unless the user set either (MALLOC_*_
+    environment variables or GLIBC_TUNABLES). True where applied."""
+    if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")) or \
+            "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # glibc only: other C libraries have other knobs
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, _MALLOC_THRESHOLD)) and \
+            bool(libc.mallopt(M_TRIM_THRESHOLD, _MALLOC_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+
+
 def cpu():
     """The C++ module ``pydl._cpu``."""
     global _cpu_module
     if _cpu_module is None:
+        _set_malloc_policy()
         _load_openblas()
         try:
             _cpu = _import_cpu()

@@ -275,6 +275,21 @@ def test_gomp_spin_set_only_while_libgomp_loads(tmp_path, env, want):
     assert r.stdout.split() == want.split()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.parametrize("env, want", [({}, "True"), ({"MALLOC_TRIM_THRESHOLD_": "131072"}, "False"),
+                                       ({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=131072"}, "False")])
+def test_malloc_policy_respects_the_user(tmp_path, env, want):
+    """pydl raises glibc's mmap/trim thresholds (big layer outputs reuse heap memory instead of
+    page-faulting in on every call) unless the user tuned malloc through the environment."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    here = os.path.dirname(os.path.dirname(os.path.abspath(_backend.__file__)))
+    r = subprocess.run([sys.executable, "-c", "import pydl._backend as b; print(b._set_malloc_policy())"],
+                       env=dict(base, PYTHONPATH=here, **env), cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == want
+
+
 def test_cpu_results_identical_across_thread_counts(tmp_path):
     """Every CPU kernel (both dtypes) gives the same bits with OMP_NUM_THREADS=1 and 2 (OpenMP
     reads it at start-up, hence the subprocesses). The Winograd cases cut their tiles into
