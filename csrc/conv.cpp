@@ -1545,33 +1545,20 @@ inline bool per_image_pays(const Geo& g, int64_t elem) {
 template <typename T>
 void forward_per_image(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* y) {
   const int64_t Kg = g.Kg(), L = g.L(), Rg = g.Cg() * g.kh * g.kw;
-  ParallelError err;
-#pragma omp parallel if (parallel_pays(g))
-  {
-    const bool padded = padded_im2col_pays(g);
-    T* col = nullptr;
-    try {
-      col = static_cast<T*>(t_ws.get((g.R() * L + (padded ? padded_plane(g) : 0)) * (int64_t)sizeof(T)));
-    } catch (...) {
-      err.capture();
+  const bool padded = padded_im2col_pays(g);
+  parallel_items<T>(g, g.N, g.R() * L + (padded ? padded_plane(g) : 0), [&](int64_t n, T* col) {
+    if (padded) {
+      im2col_image_padded(g, x + n * g.C * g.HW(), col, col + g.R() * L);
+    } else {
+      const Tile t{n, 1, 0, L};
+      im2col_block(g, x, t, col, 0, g.R(), 0, L);
     }
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t n = 0; n < g.N; ++n) {
-      if (!col) continue;  // this thread has no workspace: the call raises below
-      if (padded) {
-        im2col_image_padded(g, x + n * g.C * g.HW(), col, col + g.R() * L);
-      } else {
-        const Tile t{n, 1, 0, L};
-        im2col_block(g, x, t, col, 0, g.R(), 0, L);
-      }
-      for (int64_t gi = 0; gi < g.G; ++gi)
-        gemm(false, false, Kg, L, Rg, T(1), w + gi * Kg * Rg, Rg, col + gi * Rg * L, L, T(0),
-             y + (n * g.K + gi * Kg) * L, L);
-      for (int64_t k = 0; k < g.K; ++k) ep.run(y + (n * g.K + k) * L, y + (n * g.K + k) * L, (n * g.K + k) * L,
-                                                ep.bias_at(k), L);
-    }
-  }
-  err.rethrow();
+    for (int64_t gi = 0; gi < g.G; ++gi)
+      gemm(false, false, Kg, L, Rg, T(1), w + gi * Kg * Rg, Rg, col + gi * Rg * L, L, T(0),
+           y + (n * g.K + gi * Kg) * L, L);
+    for (int64_t k = 0; k < g.K; ++k)
+      ep.run(y + (n * g.K + k) * L, y + (n * g.K + k) * L, (n * g.K + k) * L, ep.bias_at(k), L);
+  });
 }
 
 // ---------------------------------------------------------------- the algorithm table
@@ -1742,25 +1729,12 @@ void forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* y) 
 template <typename T>
 void backward_input_per_image(const Geo& g, const T* dy, const T* w, T* dx) {
   const int64_t Kg = g.Kg(), L = g.L(), Rg = g.Cg() * g.kh * g.kw;
-  ParallelError err;
-#pragma omp parallel if (parallel_pays(g))
-  {
-    T* col = nullptr;
-    try {
-      col = static_cast<T*>(t_ws.get((g.R() * L + padded_plane(g)) * (int64_t)sizeof(T)));
-    } catch (...) {
-      err.capture();
-    }
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t n = 0; n < g.N; ++n) {
-      if (!col) continue;  // this thread has no workspace: the call raises below
-      for (int64_t gi = 0; gi < g.G; ++gi)
-        gemm(true, false, Rg, L, Kg, T(1), w + gi * Kg * Rg, Rg, dy + (n * g.K + gi * Kg) * L, L, T(0),
-             col + gi * Rg * L, L);
-      col2im_image_padded(g, col, dx + n * g.C * g.HW(), col + g.R() * L);
-    }
-  }
-  err.rethrow();
+  parallel_items<T>(g, g.N, g.R() * L + padded_plane(g), [&](int64_t n, T* col) {
+    for (int64_t gi = 0; gi < g.G; ++gi)
+      gemm(true, false, Rg, L, Kg, T(1), w + gi * Kg * Rg, Rg, dy + (n * g.K + gi * Kg) * L, L, T(0),
+           col + gi * Rg * L, L);
+    col2im_image_padded(g, col, dx + n * g.C * g.HW(), col + g.R() * L);
+  });
 }
 
 template <typename T>
