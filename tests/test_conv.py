@@ -245,7 +245,9 @@ def test_conv_transpose2d_matches_reference(xp, dtype):
 
 FD_CONV = [((1, 2, 5, 4), (3, 2, 3, 2), dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2))),
            ((2, 4, 4, 5), (4, 1, 3, 3), dict(padding=1, groups=4)),
-           ((1, 2, 4, 4), (2, 2, 2, 2), dict(padding="same"))]
+           ((1, 2, 4, 4), (2, 2, 2, 2), dict(padding="same")),
+           ((1, 4, 5, 6), (4, 2, 3, 3), dict(stride=2, padding=1, groups=2)),   # grouped_direct, strided
+           ((2, 3, 6, 5), (3, 1, 3, 3), dict(stride=2, padding=1, groups=3))]   # depthwise_blocked
 FD_TRANSPOSE = [((1, 2, 3, 2), (2, 3, 3, 2), dict(stride=2, padding=1, output_padding=(1, 0))),
                 ((1, 4, 3, 3), (4, 1, 2, 3), dict(stride=(1, 2), groups=2, dilation=(2, 1)))]
 
