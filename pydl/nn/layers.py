@@ -301,9 +301,7 @@ class _BatchNorm(Module):
         use_batch = self.training or not self.track_running_stats
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
-            self.num_batches_tracked += 1
-            if self.momentum is None:  # cumulative moving average, as PyTorch
-                momentum = 1.0 / float(self.num_batches_tracked)
+            momentum = self._next_momentum()
         rm, rv = (self.running_mean, self.running_var) if (self.training and self.track_running_stats) or \
             not use_batch else (None, None)
         w = None if self.weight is None else self.weight.data
@@ -311,6 +309,12 @@ class _BatchNorm(Module):
         y, mean, invstd = F.batch_norm_forward(x, rm, rv, w, b, use_batch, momentum, self.eps)
         self._cache = (x, mean, invstd, use_batch)
         return y
+
+    def _next_momentum(self):
+        """Counts one training batch; the running statistics' momentum for it (momentum None: the
+        cumulative moving average, as PyTorch)."""
+        self.num_batches_tracked += 1
+        return 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
 
     def backward(self, grad_out):
         _need_forward(self)
@@ -396,8 +400,7 @@ class SyncBatchNorm(_BatchNorm):
         dist._all_reduce(sq, "sum")
         var = sq / max(count, 1)
         if self.track_running_stats and count > 0:
-            self.num_batches_tracked += 1
-            m = (1.0 / float(self.num_batches_tracked)) if self.momentum is None else self.momentum
+            m = self._next_momentum()
             self.running_mean *= 1 - m
             self.running_mean += (m * mean).astype(self.running_mean.dtype)
             self.running_var *= 1 - m
