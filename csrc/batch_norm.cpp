@@ -26,11 +26,6 @@
 
 #include "common.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
-#define PYDL_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define PYDL_CLONES
-#endif
 #if defined(__GNUC__)
 #define PYDL_INLINE inline __attribute__((always_inline))
 #else
@@ -247,43 +242,29 @@ PYDL_INLINE void range_bwd_apply_impl(const T* dy, const T* x, T* out, int64_t e
   }
 }
 
-// Non-template entry points so that each gets its AVX2/FMA clone (target_clones does not
-// apply to templates); the OpenMP loops stay in the callers.
-#define PYDL_BN_BLOCK_FUNCS(T)                                                                 \
-  PYDL_CLONES __attribute__((noinline)) void block_stats(const T* x, int64_t N, int64_t st,    \
-                                                         int64_t S, int64_t cb, double* mean,  \
-                                                         double* m2, double* acc) {            \
-    block_stats_impl<T>(x, N, st, S, cb, mean, m2, acc);                                       \
-  }                                                                                            \
-  PYDL_CLONES __attribute__((noinline)) void block_apply(const T* x, T* y, int64_t N,          \
-                                                         int64_t st, int64_t S, int64_t cb,    \
-                                                         const T* par) {                       \
-    block_apply_impl<T>(x, y, N, st, S, cb, par);                                              \
-  }                                                                                            \
-  PYDL_CLONES __attribute__((noinline)) void range_apply(const T* x, T* out, int64_t e0,       \
-                                                         int64_t e1, int64_t C, int64_t S,     \
-                                                         const T* par) {                       \
-    range_apply_impl<T>(x, out, e0, e1, C, S, par);                                            \
-  }                                                                                            \
-  PYDL_CLONES __attribute__((noinline)) void block_bwd_sums(                                   \
-      const T* dy, const T* x, int64_t N, int64_t st, int64_t S, int64_t cb,                   \
-      const double* mean, double* sdy, double* sdyx, double* acc) {                            \
-    block_bwd_sums_impl<T>(dy, x, N, st, S, cb, mean, sdy, sdyx, acc);                         \
-  }                                                                                            \
-  PYDL_CLONES __attribute__((noinline)) void range_bwd_apply(                                  \
-      const T* dy, const T* x, T* out, int64_t e0, int64_t e1, int64_t C, int64_t S,           \
-      const T* par) {                                                                          \
-    range_bwd_apply_impl<T>(dy, x, out, e0, e1, C, S, par);                                    \
-  }                                                                                            \
-  PYDL_CLONES __attribute__((noinline)) void block_bwd_apply(                                  \
-      const T* dy, const T* x, T* dx, int64_t N, int64_t st, int64_t S, int64_t cb,            \
-      const T* par) {                                                                          \
-    block_bwd_apply_impl<T>(dy, x, dx, N, st, S, cb, par);                                     \
-  }
-
-PYDL_BN_BLOCK_FUNCS(float)
-PYDL_BN_BLOCK_FUNCS(double)
-#undef PYDL_BN_BLOCK_FUNCS
+// The block kernels, each in its AVX2/FMA and baseline variants (common.h); the OpenMP loops
+// stay in the callers.
+#define PYDL_BN_TPL template <typename T>
+PYDL_SIMD_DISPATCH(PYDL_BN_TPL, <T>, void, block_stats,
+                   (const T* x, int64_t N, int64_t st, int64_t S, int64_t cb, double* mean, double* m2, double* acc),
+                   (x, N, st, S, cb, mean, m2, acc))
+PYDL_SIMD_DISPATCH(PYDL_BN_TPL, <T>, void, block_apply,
+                   (const T* x, T* y, int64_t N, int64_t st, int64_t S, int64_t cb, const T* par),
+                   (x, y, N, st, S, cb, par))
+PYDL_SIMD_DISPATCH(PYDL_BN_TPL, <T>, void, range_apply,
+                   (const T* x, T* out, int64_t e0, int64_t e1, int64_t C, int64_t S, const T* par),
+                   (x, out, e0, e1, C, S, par))
+PYDL_SIMD_DISPATCH(PYDL_BN_TPL, <T>, void, block_bwd_sums,
+                   (const T* dy, const T* x, int64_t N, int64_t st, int64_t S, int64_t cb, const double* mean,
+                    double* sdy, double* sdyx, double* acc),
+                   (dy, x, N, st, S, cb, mean, sdy, sdyx, acc))
+PYDL_SIMD_DISPATCH(PYDL_BN_TPL, <T>, void, range_bwd_apply,
+                   (const T* dy, const T* x, T* out, int64_t e0, int64_t e1, int64_t C, int64_t S, const T* par),
+                   (dy, x, out, e0, e1, C, S, par))
+PYDL_SIMD_DISPATCH(PYDL_BN_TPL, <T>, void, block_bwd_apply,
+                   (const T* dy, const T* x, T* dx, int64_t N, int64_t st, int64_t S, int64_t cb, const T* par),
+                   (dy, x, dx, N, st, S, cb, par))
+#undef PYDL_BN_TPL
 
 // Channels per block: as many as fit kCacheBytes of streamed input (bytes_per_channel),
 // but at least 8 blocks when C allows, so that the threads balance.

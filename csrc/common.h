@@ -7,6 +7,7 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <cstdint>
@@ -191,8 +192,11 @@ inline void stream_fence() {
 #endif
 }
 
-// AVX2/FMA variants of hot kernels: functions compiled with PYDL_AVX2 (PYDL_AVX2_INL for the
-// helpers they inline) next to a baseline, picked at run time by cpu_has_avx2_fma().
+// SIMD variants, the one dispatch mechanism of the C++ kernels: a hot kernel is compiled twice,
+// with PYDL_AVX2 (PYDL_AVX2_INL for the helpers it inlines) and for the baseline, and picks one
+// at run time with use_avx2(): the CPU's features (not its model, as target_clones'
+// "arch=haswell" would: AMD parts with AVX2 would fall back), lowered by _cpu._set_simd_level
+// so that tests run the baseline variants on every host.
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define PYDL_AVX2 __attribute__((target("avx2,fma")))
 #define PYDL_AVX2_INL __attribute__((target("avx2,fma"), always_inline)) inline
@@ -201,19 +205,32 @@ inline void stream_fence() {
 #define PYDL_AVX2_INL inline
 #endif
 
-// Whether this CPU runs AVX2 + FMA: kernels compiled twice (target("avx2,fma") and the
-// baseline) pick one with this, since target_clones' "arch=haswell" tests the CPU model, not
-// its features (AMD parts with AVX2 fall back to SSE2).
-inline bool cpu_has_avx2_fma() {
+// NAME PARAMS runs NAME_impl TARGS ARGS (an always_inline function) in the variant use_avx2()
+// picks: NAME_avx2 (PYDL_AVX2) or NAME_base. PRE: a template head for templated kernels (with
+// TARGS its arguments, e.g. <T>), or both empty.
+#define PYDL_SIMD_DISPATCH(PRE, TARGS, RET, NAME, PARAMS, ARGS)                                        \
+  PRE PYDL_AVX2 __attribute__((noinline)) RET NAME##_avx2 PARAMS { return NAME##_impl TARGS ARGS; } \
+  PRE __attribute__((noinline)) RET NAME##_base PARAMS { return NAME##_impl TARGS ARGS; }           \
+  PRE RET NAME PARAMS { return use_avx2() ? NAME##_avx2 TARGS ARGS : NAME##_base TARGS ARGS; }
+
+// 1 when this CPU runs AVX2 + FMA, else 0.
+inline int cpu_simd_level() {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-  static const bool yes = [] {
+  static const int level = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
   }();
-  return yes;
+  return level;
 #else
-  return false;
+  return 0;
 #endif
 }
+
+// The level the kernels use: the CPU's, or lower where _cpu._set_simd_level asked.
+inline std::atomic<int>& simd_level_cap() {
+  static std::atomic<int> cap{1 << 30};
+  return cap;
+}
+inline bool use_avx2() { return std::min(cpu_simd_level(), simd_level_cap().load(std::memory_order_relaxed)) >= 1; }
 
 }  // namespace pydl

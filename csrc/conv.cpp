@@ -18,7 +18,8 @@
 //  * depthwise_blocked (groups == C == K; chosen for strided ones): 8 (float) / 4 (double)
 //    channels of an image interleaved pixel-major, one full vector FMA per tap and output.
 //  * winograd (dense 3x3, stride 1 or 2; dilated at stride 1 by space-to-batch): conv_winograd.cpp.
-//  * gemm_1x1 (1x1, stride 1, no padding): y[n, g] = W_g @ x[n, g], a GEMM straight on x.
+//  * gemm_1x1 (1x1, stride 1, no padding): y[n, g] = W_g @ x[n, g], a GEMM straight on x (the
+//    forward of wide 1x1 layers on 7x7-sized planes with a batch takes tiled: one wider GEMM).
 //  * per_image (forward; strided input gradient), deep reductions with at least one image per
 //    thread: each thread takes whole images, im2col into its own one-image buffer, GEMM
 //    straight into y.
@@ -585,34 +586,27 @@ __attribute__((always_inline)) inline void dw_bwd_weight_flat_impl(const Geo& g,
     }
 }
 
-#define PYDL_DW_DISPATCH(RET, NAME, PARAMS, ARGS)            \
-  PYDL_AVX2 RET NAME##_avx2 PARAMS { NAME##_impl<T> ARGS; }  \
-  RET NAME##_base PARAMS { NAME##_impl<T> ARGS; }            \
-  RET NAME PARAMS {                                        \
-    if (cpu_has_avx2_fma()) return NAME##_avx2 ARGS;       \
-    return NAME##_base ARGS;                               \
-  }
-#define PYDL_DW_PLANES(T)                                                                                       \
-  PYDL_DW_DISPATCH(void, dw_fwd_plane, (const Geo& g, const TapRanges& tr, const T* xc, const T* wc, T bias, T* yc), \
-                   (g, tr, xc, wc, bias, yc))                                                               \
-  PYDL_DW_DISPATCH(void, dw_bwd_input_plane, (const Geo& g, const TapRanges& tr, const T* yc, const T* wc, T* xc), \
-                   (g, tr, yc, wc, xc))                                                                     \
-  PYDL_DW_DISPATCH(void, dw_bwd_weight_plane, (const Geo& g, const TapRanges& tr, const T* yc, const T* xc, T* acc), \
-                   (g, tr, yc, xc, acc))                                                                    \
-  PYDL_DW_DISPATCH(void, dw_fwd_flat, (const Geo& g, const Flat& f, const T* xc, const T* wc, T bias, T* yc, T* xp, T* acc), \
-                   (g, f, xc, wc, bias, yc, xp, acc))                                                       \
-  PYDL_DW_DISPATCH(void, dw_bwd_input_flat, (const Geo& g, const Flat& f, const T* yc, const T* wc, T* xc, T* xp, T* dyg), \
-                   (g, f, yc, wc, xc, xp, dyg))                                                             \
-  PYDL_DW_DISPATCH(void, dw_bwd_weight_flat, (const Geo& g, const Flat& f, const T* yc, const T* xc, T* acc, T* xp, T* dyg), \
+// The per-plane depthwise kernels in their AVX2/FMA and baseline variants (common.h).
+#define PYDL_DW_T template <typename T>
+PYDL_SIMD_DISPATCH(PYDL_DW_T, <T>, void, dw_fwd_plane,
+                   (const Geo& g, const TapRanges& tr, const T* xc, const T* wc, T bias, T* yc),
+                   (g, tr, xc, wc, bias, yc))
+PYDL_SIMD_DISPATCH(PYDL_DW_T, <T>, void, dw_bwd_input_plane,
+                   (const Geo& g, const TapRanges& tr, const T* yc, const T* wc, T* xc),
+                   (g, tr, yc, wc, xc))
+PYDL_SIMD_DISPATCH(PYDL_DW_T, <T>, void, dw_bwd_weight_plane,
+                   (const Geo& g, const TapRanges& tr, const T* yc, const T* xc, T* acc),
+                   (g, tr, yc, xc, acc))
+PYDL_SIMD_DISPATCH(PYDL_DW_T, <T>, void, dw_fwd_flat,
+                   (const Geo& g, const Flat& f, const T* xc, const T* wc, T bias, T* yc, T* xp, T* acc),
+                   (g, f, xc, wc, bias, yc, xp, acc))
+PYDL_SIMD_DISPATCH(PYDL_DW_T, <T>, void, dw_bwd_input_flat,
+                   (const Geo& g, const Flat& f, const T* yc, const T* wc, T* xc, T* xp, T* dyg),
+                   (g, f, yc, wc, xc, xp, dyg))
+PYDL_SIMD_DISPATCH(PYDL_DW_T, <T>, void, dw_bwd_weight_flat,
+                   (const Geo& g, const Flat& f, const T* yc, const T* xc, T* acc, T* xp, T* dyg),
                    (g, f, yc, xc, acc, xp, dyg))
-#define T float
-PYDL_DW_PLANES(T)
-#undef T
-#define T double
-PYDL_DW_PLANES(T)
-#undef T
-#undef PYDL_DW_PLANES
-#undef PYDL_DW_DISPATCH
+#undef PYDL_DW_T
 
 // ---- register-blocked AVX2 stencils (stride 1, small fixed kernels)
 // One output row at a time, 8 (float) / 4 (double) outputs per vector, every tap an
@@ -767,7 +761,7 @@ PYDL_AVX2 void stencil_s1_wgrad(const T* src, int64_t Hs, int64_t Ws, const T* g
 
 // The fixed-size stencils cover stride 1 with 3x3 and 5x5 kernels (any padding/dilation).
 inline bool use_stencil(const Geo& g) {
-  if (!(cpu_has_avx2_fma() && g.sh == 1 && g.sw == 1 && g.kh == g.kw && (g.kh == 3 || g.kh == 5))) return false;
+  if (!(use_avx2() && g.sh == 1 && g.sw == 1 && g.kh == g.kw && (g.kh == 3 || g.kh == 5))) return false;
   // The padded plane is a per-thread scratch: huge planes take the row-wise path.
   const PadGeo p(std::max(g.H, g.Ho), std::max(g.W, g.Wo), g.kh, g.kw, g.dh, g.dw, 8);
   return p.Hp * p.Wp * 8 <= (int64_t(16) << 20);
@@ -1087,17 +1081,10 @@ __attribute__((always_inline)) inline void grouped_item_impl(const GroupedCall<T
   }
 }
 
-template <typename T>
-PYDL_AVX2 void grouped_item_avx2(const GroupedCall<T>& gc, int64_t n, int64_t gi, const T* a, const T* b,
-                                 const Epilogue<T>* ep, T* out, T* s) {
-  grouped_item_impl<T>(gc, n, gi, a, b, ep, out, s);
-}
-
-template <typename T>
-void grouped_item_base(const GroupedCall<T>& gc, int64_t n, int64_t gi, const T* a, const T* b,
-                       const Epilogue<T>* ep, T* out, T* s) {
-  grouped_item_impl<T>(gc, n, gi, a, b, ep, out, s);
-}
+PYDL_SIMD_DISPATCH(template <typename T>, <T>, void, grouped_item,
+                   (const GroupedCall<T>& gc, int64_t n, int64_t gi, const T* a, const T* b, const Epilogue<T>* ep,
+                    T* out, T* s),
+                   (gc, n, gi, a, b, ep, out, s))
 
 // Direction d over all (image, group) items. The weight gradient splits the batch into
 // `chunks` runs per group, each summed in image order into its own partial, and the partials
@@ -1105,7 +1092,7 @@ void grouped_item_base(const GroupedCall<T>& gc, int64_t n, int64_t gi, const T*
 template <typename T>
 void grouped_run(const Geo& g, Dir d, const T* a, const T* b, const Epilogue<T>* ep, T* out) {
   const GroupedCall<T> gc(g, d);
-  const auto item = cpu_has_avx2_fma() ? grouped_item_avx2<T> : grouped_item_base<T>;
+  const auto item = grouped_item<T>;
   const int64_t wsize = g.Kg() * g.Cg() * g.kh * g.kw;  // one group's dw
   // About 16 items whatever the thread count: the chunks fix the order of the sums.
   const int64_t chunks = d == Dir::weight_grad ? std::min<int64_t>(g.N, std::max<int64_t>(1, 16 / g.G)) : 1;
@@ -1435,17 +1422,10 @@ __attribute__((always_inline)) inline void dwb_item_impl(const DwBlocked<T>& b, 
   }
 }
 
-template <typename T>
-PYDL_AVX2 void dwb_item_avx2(const DwBlocked<T>& b, Dir d, int64_t n, int64_t cb, const T* a, const T* bb,
-                             const Epilogue<T>* ep, T* out, T* s) {
-  dwb_item_impl<T>(b, d, n, cb, a, bb, ep, out, s);
-}
-
-template <typename T>
-void dwb_item_base(const DwBlocked<T>& b, Dir d, int64_t n, int64_t cb, const T* a, const T* bb,
-                   const Epilogue<T>* ep, T* out, T* s) {
-  dwb_item_impl<T>(b, d, n, cb, a, bb, ep, out, s);
-}
+PYDL_SIMD_DISPATCH(template <typename T>, <T>, void, dwb_item,
+                   (const DwBlocked<T>& b, Dir d, int64_t n, int64_t cb, const T* a, const T* bb,
+                    const Epilogue<T>* ep, T* out, T* s),
+                   (b, d, n, cb, a, bb, ep, out, s))
 
 // One thread's scratch of the channel-blocked depthwise path, in bytes.
 inline int64_t dw_blocked_bytes(const Geo& g, int64_t elem) {
@@ -1456,7 +1436,7 @@ inline int64_t dw_blocked_bytes(const Geo& g, int64_t elem) {
 template <typename T>
 void dw_blocked_run(const Geo& g, Dir d, const T* a, const T* bb, const Epilogue<T>* ep, T* out) {
   const DwBlocked<T> b(g);
-  const auto item = cpu_has_avx2_fma() ? dwb_item_avx2<T> : dwb_item_base<T>;
+  const auto item = dwb_item<T>;
   constexpr int VL = GroupedTile<T>::VL;
   const int64_t items = d == Dir::weight_grad ? b.blocks : g.N * b.blocks;
   parallel_items<T>(g, items, b.scratch(), [&](int64_t it, T* s) {
@@ -1618,7 +1598,10 @@ Algo choose(Dir d, const Geo& g, int64_t elem, bool winograd_ok = true) {
                           : winograd_pays(g.N, g.C, g.K, g.Ho, g.Wo, g.sh, d == Dir::weight_grad, g.dh, g.dw);
     if (pays) return Algo::winograd;
   }
-  if (g.pointwise()) return Algo::gemm_1x1;
+  // A 1x1 layer on small planes (7x7) makes per-image GEMMs too thin for BLAS: the tiled
+  // algorithm puts several images' columns side by side in one GEMM.
+  if (g.pointwise())
+    return d == Dir::forward && g.L() < 64 && g.N >= 4 && g.Kg() >= 256 ? Algo::tiled : Algo::gemm_1x1;
   if (g.Cg() <= kGroupedMaxChannels[static_cast<int>(d)] && applies(d, Algo::grouped, g, elem))
     return Algo::grouped;
   if (d == Dir::forward && per_image_pays(g, elem)) return Algo::per_image;

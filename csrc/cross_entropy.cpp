@@ -411,10 +411,10 @@ PYDL_INLINE void ce_prob_bwd_rows_impl(const Rows<T, 2>& rows, const CeArgs<T>& 
 }
 
 // Per-dtype entry points compiled twice, AVX2+FMA and the baseline, picked at run time by
-// cpu_has_avx2_fma(). OpenMP regions stay outside them: outlined OpenMP bodies are not cloned.
+// use_avx2(). OpenMP regions stay outside them: outlined OpenMP bodies are not cloned.
 #if defined(__x86_64__) && defined(__GNUC__)
 #define PYDL_X86_CLONES 1
-#define PYDL_DISPATCH(fn, ...) (cpu_has_avx2_fma() ? fn##_avx2(__VA_ARGS__) : fn##_base(__VA_ARGS__))
+#define PYDL_DISPATCH(fn, ...) (use_avx2() ? fn##_avx2(__VA_ARGS__) : fn##_base(__VA_ARGS__))
 #else
 #define PYDL_DISPATCH(fn, ...) fn##_base(__VA_ARGS__)
 #endif

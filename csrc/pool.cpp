@@ -60,13 +60,13 @@ struct Axis {
   }
 };
 
-// Hot per-plane kernels get an AVX2 clone next to the portable baseline (chosen at load time);
-// the OpenMP loops stay outside them because outlined parallel bodies are not cloned.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define PYDL_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define PYDL_SIMD_CLONES
-#endif
+// Hot per-plane kernels run in an AVX2/FMA or a baseline variant (common.h's PYDL_SIMD_DISPATCH);
+// the OpenMP loops stay outside them.
+#define PYDL_POOL_TIS template <typename T, typename I, int S>
+#define PYDL_POOL_TS template <typename T, int S>
+#define PYDL_POOL_T template <typename T>
+#define PYDL_POOL_TIS_ARGS <T, I, S>
+#define PYDL_POOL_TS_ARGS <T, S>
 
 // Small problems run on the calling thread: waking the team costs more than the work.
 inline bool parallel_worth(int64_t elements) { return elements >= (int64_t(1) << 15); }
@@ -127,7 +127,7 @@ inline bool idx_wins(T v, I f, T m, I b) {
 // One plane. r and f hold a row's column winners (value, flat index); tmp an output row's
 // indices when I is narrower than int64.
 template <typename T, typename I, int S>
-PYDL_SIMD_CLONES void max_forward_plane_idx(const T* plane, T* y, int64_t* ind, T* r, I* f, I* tmp,
+__attribute__((always_inline)) inline void max_forward_plane_idx_impl(const T* plane, T* y, int64_t* ind, T* r, I* f, I* tmp,
                                             const Axis& ah, const Axis& aw, int64_t c_lo, int64_t c_hi) {
   const int64_t W = aw.in, OH = ah.out, OW = aw.out, kw = aw.k, pw = aw.p, dw = aw.d;
   const int64_t s = S ? S : aw.s;
@@ -216,6 +216,10 @@ PYDL_SIMD_CLONES void max_forward_plane_idx(const T* plane, T* y, int64_t* ind, 
       for (int64_t ow = 0; ow < OW; ++ow) oind[ow] = id[ow];
   }
 }
+PYDL_SIMD_DISPATCH(PYDL_POOL_TIS, PYDL_POOL_TIS_ARGS, void, max_forward_plane_idx,
+                   (const T* plane, T* y, int64_t* ind, T* r, I* f, I* tmp, const Axis& ah, const Axis& aw,
+                    int64_t c_lo, int64_t c_hi),
+                   (plane, y, ind, r, f, tmp, ah, aw, c_lo, c_hi))
 
 // NaN-propagating max: v replaces m when larger or NaN (once m is NaN it stays NaN).
 template <typename T>
@@ -227,7 +231,7 @@ inline T nan_max(T m, T v) {
 // vectorized), then y = max over the window columns of r. The value is the same as the
 // direct scan (the max, or NaN if the window holds one).
 template <typename T, int S>
-PYDL_SIMD_CLONES void max_forward_plane_sep(const T* plane, T* y, T* r, const Axis& ah,
+__attribute__((always_inline)) inline void max_forward_plane_sep_impl(const T* plane, T* y, T* r, const Axis& ah,
                                             const Axis& aw, int64_t c_lo, int64_t c_hi) {
   const int64_t W = aw.in, OH = ah.out, OW = aw.out, kw = aw.k, pw = aw.p, dw = aw.d;
   const int64_t s = S ? S : aw.s;
@@ -272,6 +276,9 @@ PYDL_SIMD_CLONES void max_forward_plane_sep(const T* plane, T* y, T* r, const Ax
     }
   }
 }
+PYDL_SIMD_DISPATCH(PYDL_POOL_TS, PYDL_POOL_TS_ARGS, void, max_forward_plane_sep,
+                   (const T* plane, T* y, T* r, const Axis& ah, const Axis& aw, int64_t c_lo, int64_t c_hi),
+                   (plane, y, r, ah, aw, c_lo, c_hi))
 
 // ---- 2x2 windows at stride 2, all inside the image (the classic downsampling pool), float32.
 // The general kernels spend most of their time on loop control for such short windows; here
@@ -393,7 +400,7 @@ PYDL_AVX2 void max2x2_plane(const float* plane, float* y, int64_t* ind, int64_t 
 inline bool max2x2_fits(const Axis& ah, const Axis& aw) {
   return ah.k == 2 && aw.k == 2 && ah.s == 2 && aw.s == 2 && ah.p == 0 && aw.p == 0 && ah.d == 1 &&
          aw.d == 1 && 2 * ah.out <= ah.in && 2 * aw.out <= aw.in &&
-         ah.in * aw.in < (int64_t(1) << 31) && cpu_has_avx2_fma();
+         ah.in * aw.in < (int64_t(1) << 31) && use_avx2();
 }
 
 // Backward of the 2x2 path: the windows tile the plane without overlap, so each dx element is
@@ -732,7 +739,7 @@ struct AvgDiv {
 };
 
 template <typename T, int S>
-PYDL_SIMD_CLONES void avg_forward_plane(const T* plane, T* y, const Axis& ah, const Axis& aw,
+__attribute__((always_inline)) inline void avg_forward_plane_impl(const T* plane, T* y, const Axis& ah, const Axis& aw,
                                         const T* hc, const T* wd, int64_t c_lo, int64_t c_hi) {
   const int64_t W = aw.in, OH = ah.out, OW = aw.out, kw = aw.k, pw = aw.p;
   const int64_t s = S ? S : aw.s;
@@ -772,6 +779,10 @@ PYDL_SIMD_CLONES void avg_forward_plane(const T* plane, T* y, const Axis& ah, co
     }
   }
 }
+PYDL_SIMD_DISPATCH(PYDL_POOL_TS, PYDL_POOL_TS_ARGS, void, avg_forward_plane,
+                   (const T* plane, T* y, const Axis& ah, const Axis& aw, const T* hc, const T* wd, int64_t c_lo,
+                    int64_t c_hi),
+                   (plane, y, ah, aw, hc, wd, c_lo, c_hi))
 
 template <typename T, int S>
 void avg_forward_impl(const T* x, T* y, int64_t planes, const Axis& ah, const Axis& aw,
@@ -790,7 +801,7 @@ void avg_forward_impl(const T* x, T* y, int64_t planes, const Axis& ah, const Ax
 // Each plane: dx = 0, g = dy/div for one output row, then g is added to every tap of its
 // window (a scatter inside a plane that this thread alone owns: no races, fixed order).
 template <typename T, int S>
-PYDL_SIMD_CLONES void avg_backward_plane(const T* gy_plane, T* plane, T* g, const Axis& ah,
+__attribute__((always_inline)) inline void avg_backward_plane_impl(const T* gy_plane, T* plane, T* g, const Axis& ah,
                                          const Axis& aw, const T* hc, const T* wc, int64_t c_lo,
                                          int64_t c_hi) {
   const int64_t W = aw.in, OH = ah.out, OW = aw.out, kw = aw.k, pw = aw.p;
@@ -829,6 +840,10 @@ PYDL_SIMD_CLONES void avg_backward_plane(const T* gy_plane, T* plane, T* g, cons
     }
   }
 }
+PYDL_SIMD_DISPATCH(PYDL_POOL_TS, PYDL_POOL_TS_ARGS, void, avg_backward_plane,
+                   (const T* gy_plane, T* plane, T* g, const Axis& ah, const Axis& aw, const T* hc, const T* wc,
+                    int64_t c_lo, int64_t c_hi),
+                   (gy_plane, plane, g, ah, aw, hc, wc, c_lo, c_hi))
 
 template <typename T, int S>
 void avg_backward_impl(const T* dy, T* dx, int64_t planes, const Axis& ah, const Axis& aw,
@@ -906,7 +921,7 @@ inline double row_sum(const T* p, int64_t n) {
 // in vector lanes (omp simd); an AVX2 clone is picked at load time. (Per-row sums would run
 // short loops on small planes such as a ResNet head's 7x7.)
 template <typename T>
-inline void global_avg_impl(const T* x, T* y, int64_t n, int64_t HW) {
+__attribute__((always_inline)) inline void global_avg_planes_impl(const T* x, T* y, int64_t n, int64_t HW) {
   int64_t pl = 0;
   // Four planes at a time: four independent add chains (one chain is latency-bound on small
   // planes, a vector add per 4 values waiting on the previous one). The caller starts every
@@ -936,12 +951,7 @@ inline void global_avg_impl(const T* x, T* y, int64_t n, int64_t HW) {
     y[pl] = static_cast<T>(acc / static_cast<double>(HW));
   }
 }
-PYDL_SIMD_CLONES void global_avg_planes(const float* x, float* y, int64_t n, int64_t HW) {
-  global_avg_impl(x, y, n, HW);
-}
-PYDL_SIMD_CLONES void global_avg_planes(const double* x, double* y, int64_t n, int64_t HW) {
-  global_avg_impl(x, y, n, HW);
-}
+PYDL_SIMD_DISPATCH(PYDL_POOL_T, <T>, void, global_avg_planes, (const T* x, T* y, int64_t n, int64_t HW), (x, y, n, HW))
 
 template <typename T>
 void adaptive_avg_pool2d_forward(carray<T> x, carray<T> y) {

@@ -33,6 +33,20 @@ def dtype(request):
     return np.dtype(request.param)
 
 
+@pytest.fixture(params=[0, 1], ids=["simd0", "simd1"])
+def simd_level(request):
+    """Runs a test with the C++ kernels' SIMD variants capped at this level (0 the baseline, 1
+    AVX2/FMA), so every host runs the baseline variants too; a level this CPU lacks skips."""
+    cpu = _backend.cpu()
+    previous = cpu._set_simd_level(request.param)
+    try:
+        if cpu._simd_level() != request.param:
+            pytest.skip(f"this CPU has no SIMD level {request.param}")
+        yield request.param
+    finally:
+        cpu._set_simd_level(previous)
+
+
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
     """Every output pydl allocates starts as NaN, so an element a kernel forgets fails."""

@@ -30,7 +30,7 @@ def _f64(a):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("training", [True, False])
-def test_forward_parity(xp, dtype, shape, affine, training):
+def test_forward_parity(xp, dtype, shape, affine, training, simd_level):
     rng = np.random.default_rng(hash((shape, affine, training)) % 2**32)
     x = rand(rng, shape, dtype, xp, -2.0, 3.0)
     w, b, rm, rv = _params(rng, shape[1], dtype, xp, affine)
@@ -183,7 +183,7 @@ def test_batch_zero_leaves_running_buffers(xp, dtype):
                                    (16, 2, 32, 36)])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("affine", [True, False])
-def test_backward_parity(xp, dtype, shape, training, affine):
+def test_backward_parity(xp, dtype, shape, training, affine, simd_level):
     rng = np.random.default_rng(hash((shape, training, affine)) % 2**32)
     x = rand(rng, shape, dtype, xp, -2.0, 3.0)
     dy = rand(rng, shape, dtype, xp)

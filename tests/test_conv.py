@@ -959,7 +959,7 @@ def _run_direction(direction, x, w, b, dy, kw):
 
 
 @pytest.mark.parametrize("algorithm", _ALGOS)
-def test_every_conv_algorithm_forced(dtype, algorithm):
+def test_every_conv_algorithm_forced(dtype, algorithm, simd_level):
     ran = set()
     for i, (xs, ws, kw) in enumerate(_ALGO_CASES):
         rng = np.random.default_rng(300 + i)

@@ -24,7 +24,7 @@ SOFTMAX_CASES = [
 
 
 @pytest.mark.parametrize("shape,axis", SOFTMAX_CASES, ids=[f"{s}-ax{a}" for s, a in SOFTMAX_CASES])
-def test_softmax_log_softmax_match_reference(xp, dtype, shape, axis):
+def test_softmax_log_softmax_match_reference(xp, dtype, shape, axis, simd_level):
     rng = np.random.default_rng(len(shape) * 10 + axis)
     x = rand(rng, shape, dtype, xp, -4, 4)
     x0 = to_numpy(x).copy()
@@ -112,7 +112,7 @@ OPTIONS = list(itertools.product([False, True], ["none", "mean", "sum"], [0.0, 0
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_cross_entropy_matches_reference(xp, dtype, kind):
+def test_cross_entropy_matches_reference(xp, dtype, kind, simd_level):
     rng = np.random.default_rng(KINDS.index(kind))
     for use_weight, reduction, eps in OPTIONS:
         logits, target = make_case(rng, kind, dtype, xp)

@@ -61,7 +61,7 @@ def ids(configs):
 # ------------------------------------------------------------------------------ max pooling
 
 @pytest.mark.parametrize("cfg", MAX_CONFIGS, ids=ids(MAX_CONFIGS))
-def test_max_pool2d_matches_reference(xp, dtype, cfg):
+def test_max_pool2d_matches_reference(xp, dtype, cfg, simd_level):
     shape, k, s, p, d, ceil = cfg
     rng = np.random.default_rng(1)
     x = distinct(rng, shape, dtype, xp)
@@ -178,7 +178,7 @@ def test_max_pool2d_backward_matches_numerical_grad(xp, cfg):
 
 @pytest.mark.parametrize("count_include_pad", [True, False])
 @pytest.mark.parametrize("cfg", AVG_CONFIGS, ids=ids(AVG_CONFIGS))
-def test_avg_pool2d_matches_reference(xp, dtype, cfg, count_include_pad):
+def test_avg_pool2d_matches_reference(xp, dtype, cfg, count_include_pad, simd_level):
     shape, k, s, p, ceil = cfg
     rng = np.random.default_rng(5)
     x = rand(rng, shape, dtype, xp)
@@ -260,7 +260,7 @@ def test_adaptive_avg_pool2d_backward_matches_numerical_grad(xp):
     assert_close(dx, num, np.float64, factor=1e4)  # finite differences: ~1e-9 accurate
 
 
-def test_global_avg_pool2d(xp, dtype):
+def test_global_avg_pool2d(xp, dtype, simd_level):
     rng = np.random.default_rng(10)
     x = rand(rng, (3, 4, 9, 7), dtype, xp)
     y = F.global_avg_pool2d(x)
@@ -513,7 +513,7 @@ def test_max_pool2d_3x3_s2_p1_even_widths(xp, dtype, shape):
 
 @pytest.mark.parametrize("shape", [(2, 3, 6, 2), (1, 2, 4, 7), (2, 1, 5, 8), (1, 2, 6, 17), (3, 2, 7, 24),
                                    (1, 1, 3, 26), (2, 2, 8, 31), (1, 3, 4, 43), (1, 1, 2, 64)])
-def test_max_pool2d_2x2_s2_matches_reference_values_and_indices(xp, dtype, shape):
+def test_max_pool2d_2x2_s2_matches_reference_values_and_indices(xp, dtype, shape, simd_level):
     rng = np.random.default_rng(sum(shape))
     x = rng.integers(0, 3, size=shape).astype(dtype)  # ties in most windows
     x.flat[rng.integers(0, x.size, max(2, x.size // 10))] = np.nan
@@ -534,7 +534,7 @@ def test_max_pool2d_2x2_s2_matches_reference_values_and_indices(xp, dtype, shape
 # every index lies in its own window, and redoes a plane by the general scatter at the first one
 # that does not (any in-plane index is legal input); -1 passes nothing, out-of-plane raises.
 @pytest.mark.parametrize("shape", [(2, 3, 6, 2), (1, 2, 5, 7), (2, 1, 4, 9), (1, 2, 7, 24), (2, 2, 8, 31)])
-def test_max_pool2d_2x2_s2_backward_matches_scatter(xp, dtype, shape):
+def test_max_pool2d_2x2_s2_backward_matches_scatter(xp, dtype, shape, simd_level):
     rng = np.random.default_rng(sum(shape) + 1)
     x = rng.integers(0, 3, size=shape).astype(dtype)
     x.flat[rng.integers(0, x.size, 3)] = np.nan
