@@ -193,16 +193,18 @@ inline void stream_fence() {
 }
 
 // SIMD variants, the one dispatch mechanism of the C++ kernels: a hot kernel is compiled twice,
-// with PYDL_AVX2 (PYDL_AVX2_INL for the helpers it inlines) and for the baseline, and picks one
-// at run time with use_avx2(): the CPU's features (not its model, as target_clones'
+// with PYDL_AVX2 (PYDL_AVX2_INL for the helpers it inlines) and for the baseline (a third time
+// with PYDL_AVX512 where that wins), and picks one at run time with use_avx2() / use_avx512(): the CPU's features (not its model, as target_clones'
 // "arch=haswell" would: AMD parts with AVX2 would fall back), lowered by _cpu._set_simd_level
 // so that tests run the baseline variants on every host.
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define PYDL_AVX2 __attribute__((target("avx2,fma")))
 #define PYDL_AVX2_INL __attribute__((target("avx2,fma"), always_inline)) inline
+#define PYDL_AVX512 __attribute__((target("avx512f,avx2,fma")))
 #else
 #define PYDL_AVX2
 #define PYDL_AVX2_INL inline
+#define PYDL_AVX512
 #endif
 
 // NAME PARAMS runs NAME_impl TARGS ARGS (an always_inline function) in the variant use_avx2()
@@ -213,12 +215,13 @@ inline void stream_fence() {
   PRE __attribute__((noinline)) RET NAME##_base PARAMS { return NAME##_impl TARGS ARGS; }           \
   PRE RET NAME PARAMS { return use_avx2() ? NAME##_avx2 TARGS ARGS : NAME##_base TARGS ARGS; }
 
-// 1 when this CPU runs AVX2 + FMA, else 0.
+// This CPU's level: 0 baseline, 1 AVX2 + FMA, 2 also AVX-512F.
 inline int cpu_simd_level() {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
   static const int level = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) return 0;
+    return __builtin_cpu_supports("avx512f") ? 2 : 1;
   }();
   return level;
 #else
@@ -231,6 +234,9 @@ inline std::atomic<int>& simd_level_cap() {
   static std::atomic<int> cap{1 << 30};
   return cap;
 }
-inline bool use_avx2() { return std::min(cpu_simd_level(), simd_level_cap().load(std::memory_order_relaxed)) >= 1; }
+inline int simd_level() { return std::min(cpu_simd_level(), simd_level_cap().load(std::memory_order_relaxed)); }
+inline bool use_avx2() { return simd_level() >= 1; }
+// AVX-512 variants exist only where they measurably beat AVX2 (conv's grouped_direct).
+inline bool use_avx512() { return simd_level() >= 2; }
 
 }  // namespace pydl

@@ -104,15 +104,14 @@ PYBIND11_MODULE(_cpu, m) {
     PYDL_CHECK(v >= 1 && v <= INT32_MAX, "_set_blas_int_max: expected 1 <= v <= 2**31 - 1");
     return pydl::blas_int_max().exchange(v);
   });
-  // The SIMD variants the kernels may use (common.h): 0 = baseline only, 1 = up to AVX2/FMA (the
-  // CPU's own level caps it); tests lower it to run the baseline variants on every host.
+  // The SIMD variants the kernels may use (common.h): 0 = baseline only, 1 = up to AVX2/FMA,
+  // 2 = up to AVX-512 (the CPU's own level caps it); tests lower it to run the baseline variants on every host.
   // Returns the previous cap.
   m.def("_set_simd_level", [](int v) {
     PYDL_CHECK(v >= 0, "_set_simd_level: expected an int >= 0, got " << v);
     return pydl::simd_level_cap().exchange(v);
   });
-  m.def("_simd_level", [] { return std::min(pydl::cpu_simd_level(), pydl::simd_level_cap().load()); },
-        "The SIMD level the kernels run at (0 baseline, 1 AVX2/FMA).");
+  m.def("_simd_level", &pydl::simd_level, "The SIMD level the kernels run at (0 baseline, 1 AVX2/FMA, 2 AVX-512).");
   pydl::bind_conv(m);
   pydl::bind_pool(m);
   pydl::bind_batch_norm(m);

@@ -33,10 +33,10 @@ def dtype(request):
     return np.dtype(request.param)
 
 
-@pytest.fixture(params=[0, 1], ids=["simd0", "simd1"])
+@pytest.fixture(params=[0, 1, 2], ids=["simd0", "simd1", "simd2"])
 def simd_level(request):
     """Runs a test with the C++ kernels' SIMD variants capped at this level (0 the baseline, 1
-    AVX2/FMA), so every host runs the baseline variants too; a level this CPU lacks skips."""
+    AVX2/FMA, 2 AVX-512), so every host runs its lower variants too; a level this CPU lacks skips."""
     cpu = _backend.cpu()
     previous = cpu._set_simd_level(request.param)
     try:

@@ -940,6 +940,7 @@ _ALGO_CASES = [
     ((2, 5, 12, 11), (5, 1, 5, 5), dict(stride=2, padding=2, groups=5)),  # depthwise 5x5 s2
     ((1, 3, 14, 13), (3, 1, 3, 3), dict(stride=3, padding=2, dilation=2, groups=3)),  # depthwise s3 d2
     ((2, 11, 9, 10), (11, 1, 3, 3), dict(stride=2, padding=1, groups=11)),  # depthwise: a part-filled block
+    ((2, 26, 11, 9), (26, 13, 3, 3), dict(padding=1, groups=2)),       # grouped: 8 + 4 + 1 channel blocks
 ]
 _ALGOS = [a for a in pydl.backends.conv_algorithms() if a != "auto"]
 _EXPECTED_PAIRS = {("depthwise", d) for d in ("forward", "input_grad", "weight_grad")} | \
