@@ -41,9 +41,11 @@ def _load_openblas():
 
 # GNU OpenMP's idle threads spin 300,000 rounds after each parallel region before they sleep; on
 # a machine with few cores that takes the cores from whatever runs next (NumPy's BLAS right after
-# a pydl call ran 1.4x slower on 2 cores). 100,000 rounds still bridge the Python between two
-# pydl kernels (the networks ran as fast). libgomp reads the setting once, as it loads.
-_GOMP_SPINCOUNT = "100000"
+# a pydl call). A round is a PAUSE instruction, about 10x longer on recent Intel cores than on
+# AMD ones: 100,000 rounds still slowed a matmul after a pydl call 6x on a 2-core Intel VM, 30,000
+# did not, and still bridge the Python between two pydl kernels (networks ran as fast on both).
+# libgomp reads the setting once, as it loads.
+_GOMP_SPINCOUNT = "30000"
 
 
 def _libgomp_loaded():
