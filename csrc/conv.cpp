@@ -19,7 +19,8 @@
 //    channels of an image interleaved pixel-major, one full vector FMA per tap and output.
 //  * winograd (dense 3x3, stride 1 or 2; dilated at stride 1 by space-to-batch): conv_winograd.cpp.
 //  * gemm_1x1 (1x1, stride 1, no padding): y[n, g] = W_g @ x[n, g], a GEMM straight on x (the
-//    forward of wide 1x1 layers on 7x7-sized planes with a batch takes tiled: one wider GEMM).
+//    forward and input grad of 1x1 layers on 7x7-sized planes with a batch take tiled: one
+//    wider GEMM over several images).
 //  * per_image (forward; strided input gradient), deep reductions with at least one image per
 //    thread: each thread takes whole images, im2col into its own one-image buffer, GEMM
 //    straight into y.
@@ -1639,8 +1640,11 @@ Algo choose(Dir d, const Geo& g, int64_t elem, bool winograd_ok = true) {
   }
   // A 1x1 layer on small planes (7x7) makes per-image GEMMs too thin for BLAS: the tiled
   // algorithm puts several images' columns side by side in one GEMM.
-  if (g.pointwise())
-    return d == Dir::forward && g.L() < 64 && g.N >= 4 && g.Kg() >= 256 ? Algo::tiled : Algo::gemm_1x1;
+  if (g.pointwise()) {
+    const bool thin = g.L() < 64 && g.N >= 4;
+    return (d == Dir::forward && thin && g.Kg() >= 256) || (d == Dir::input_grad && thin) ? Algo::tiled
+                                                                                          : Algo::gemm_1x1;
+  }
   if (g.Cg() <= kGroupedMaxChannels[static_cast<int>(d)] && applies(d, Algo::grouped, g, elem))
     return Algo::grouped;
   if (d == Dir::forward && per_image_pays(g, elem)) return Algo::per_image;
@@ -1781,13 +1785,20 @@ void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
   }
   const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
   if (a == Algo::gemm_1x1) {
-    const int64_t parts = col_parts(g.N * g.G, L), items = g.N * g.G * parts;
+    // As the forward: small planes split their input channels (the GEMM's rows) instead.
+    const int64_t parts = col_parts(g.N * g.G, L), cells = g.N * g.G * parts;
+    const int64_t want = 2 * max_threads();
+    const int64_t rparts = cells >= want ? 1 : std::max<int64_t>(1, std::min((want + cells - 1) / cells, Cg / 32));
+    const int64_t items = cells * rparts;
 #pragma omp parallel for schedule(dynamic, 1) if (parallel_pays(g))
     for (int64_t it = 0; it < items; ++it) {
-      const int64_t n = it / (g.G * parts), gi = (it / parts) % g.G, p = it % parts;
+      const int64_t cell = it / rparts, rp = it % rparts;
+      const int64_t n = cell / (g.G * parts), gi = (cell / parts) % g.G, p = cell % parts;
       const int64_t c0 = L * p / parts, c1 = L * (p + 1) / parts;
-      gemm(true, false, Cg, c1 - c0, Kg, T(1), w + gi * Kg * Cg, Cg, dy + (n * g.K + gi * Kg) * L + c0, L,
-           T(0), dx + (n * g.C + gi * Cg) * L + c0, L);
+      const int64_t r0 = Cg * rp / rparts / 8 * 8, r1 = rp + 1 == rparts ? Cg : Cg * (rp + 1) / rparts / 8 * 8;
+      if (r0 >= r1) continue;
+      gemm(true, false, r1 - r0, c1 - c0, Kg, T(1), w + gi * Kg * Cg + r0, Cg, dy + (n * g.K + gi * Kg) * L + c0, L,
+           T(0), dx + (n * g.C + gi * Cg + r0) * L + c0, L);
     }
     return;
   }

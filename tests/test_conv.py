@@ -941,6 +941,7 @@ _ALGO_CASES = [
     ((1, 3, 14, 13), (3, 1, 3, 3), dict(stride=3, padding=2, dilation=2, groups=3)),  # depthwise s3 d2
     ((2, 11, 9, 10), (11, 1, 3, 3), dict(stride=2, padding=1, groups=11)),  # depthwise: a part-filled block
     ((2, 26, 11, 9), (26, 13, 3, 3), dict(padding=1, groups=2)),       # grouped: 8 + 4 + 1 channel blocks
+    ((1, 77, 5, 7), (72, 77, 1, 1), {}),  # 1x1, one small image: channels split over the threads
 ]
 _ALGOS = [a for a in pydl.backends.conv_algorithms() if a != "auto"]
 _EXPECTED_PAIRS = {("depthwise", d) for d in ("forward", "input_grad", "weight_grad")} | \
@@ -991,6 +992,10 @@ def test_conv_algorithm_auto_choice_and_restore():
     the previous setting, also after an exception; bad names raise naming the argument."""
     B = pydl.backends
     assert B.conv_algorithm_choice("forward", (2, 6, 5, 7), (4, 6, 1, 1)) == "gemm_1x1"
+    # 1x1 on 7x7 planes with a batch: one GEMM over several images
+    assert B.conv_algorithm_choice("forward", (8, 512, 7, 7), (2048, 512, 1, 1)) == "im2col_tiled"
+    assert B.conv_algorithm_choice("input_grad", (8, 160, 7, 7), (960, 160, 1, 1)) == "im2col_tiled"
+    assert B.conv_algorithm_choice("forward", (1, 512, 7, 7), (2048, 512, 1, 1)) == "gemm_1x1"
     assert B.conv_algorithm_choice("forward", (2, 3, 7, 5), (3, 1, 3, 3), padding=1, groups=3) == "depthwise"
     assert B.conv_algorithm_choice("weight_grad", (1, 3, 11, 10), (4, 3, 3, 3), padding=2,
                                    dilation=2) == "im2col_tiled"
