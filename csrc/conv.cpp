@@ -32,7 +32,8 @@
 //    GEMM result fit under the workspace cap (default 64 MiB, and a 4 MiB cache target so
 //    the columns are still in cache when the GEMM reads them). One GEMM per tile and group;
 //    several small images share one GEMM (columns side by side) and a cheap permute puts
-//    the result back into NCHW.
+//    the result back into NCHW; one small image's threads share its im2col and split the GEMM's
+//    rows (output channels) instead of its few columns.
 // Threading: ONE pool (OpenMP). OpenBLAS is switched to one thread and every GEMM is cut
 // into per-thread column (forward, grad input) or row (grad weight) blocks, each thread
 // running im2col for its own block right before multiplying it: no nested pools, no
@@ -1722,6 +1723,24 @@ void forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* y) 
   for (const Tile& t : tiles) {
     // Each thread: im2col of its own columns, then its slice of every group's GEMM.
     const int64_t width = t.width();
+    if (t.nb == 1 && width < 128 * team_size() && Kg >= 32 * team_size()) {
+      // Too few columns per thread (one small image) for a wide GEMM slice: the threads share
+      // the im2col by rows, then each multiplies its rows of the weight by all the columns.
+      int64_t r0, r1, k0, k1;
+      split(g.R(), 1, r0, r1);
+      im2col_block(g, x, t, col, r0, r1, 0, width);
+#pragma omp barrier
+      split(Kg, 8, k0, k1);
+      for (int64_t gi = 0; gi < g.G && k0 < k1; ++gi) {
+        const int64_t off = (t.n0 * g.K + gi * Kg + k0) * L + t.l0;
+        gemm(false, false, k1 - k0, width, Rg, T(1), w + (gi * Kg + k0) * Rg, Rg, col + gi * Rg * width, width,
+             T(0), y + off, L);
+        for (int64_t k = k0; k < k1; ++k)
+          ep.run(y + off + (k - k0) * L, y + off + (k - k0) * L, off + (k - k0) * L, ep.bias_at(gi * Kg + k), width);
+      }
+#pragma omp barrier
+      continue;
+    }
     // One slice per thread, not L2-sized panels: OpenBLAS prefers wide GEMMs.
     int64_t c0, c1;
     split(width, 16, c0, c1);

@@ -844,6 +844,7 @@ _FUSED_PATHS = {
     "grouped 1x1": ((2, 6, 5, 7), (4, 3, 1, 1), dict(groups=2), None, None),
     "per image": ((3, 2, 28, 27), (6, 2, 5, 5), dict(), 0, None),
     "tiles of images": ((5, 3, 5, 5), (4, 3, 3, 3), dict(padding=1), 0, None),
+    "tile rows of one image": ((1, 5, 6, 7), (72, 5, 3, 3), dict(padding=1), 0, None),
     "tiles of pixels": ((1, 4, 25, 26), (5, 4, 3, 2), dict(stride=(2, 3), padding=(3, 1), dilation=(2, 3)), 0, 4096),
     "grouped": ((2, 6, 19, 23), (4, 3, 3, 3), dict(stride=2, padding=1, groups=2), 0, None),
     "grouped direct": ((2, 8, 9, 11), (12, 2, 3, 3), dict(padding=1, groups=4), None, None),
@@ -942,6 +943,7 @@ _ALGO_CASES = [
     ((2, 11, 9, 10), (11, 1, 3, 3), dict(stride=2, padding=1, groups=11)),  # depthwise: a part-filled block
     ((2, 26, 11, 9), (26, 13, 3, 3), dict(padding=1, groups=2)),       # grouped: 8 + 4 + 1 channel blocks
     ((1, 77, 5, 7), (72, 77, 1, 1), {}),  # 1x1, one small image: channels split over the threads
+    ((1, 8, 6, 7), (136, 4, 3, 3), dict(padding=1, groups=2)),  # one small image: GEMM rows per thread
 ]
 _ALGOS = [a for a in pydl.backends.conv_algorithms() if a != "auto"]
 _EXPECTED_PAIRS = {("depthwise", d) for d in ("forward", "input_grad", "weight_grad")} | \
