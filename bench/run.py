@@ -6,6 +6,7 @@
     python bench/run.py --networks resnet50 --quick
     python bench/run.py --device cpu --op conv2d --json out.json --plot out.png   # kernels only
     python bench/run.py --sweep [--quick]  # only the conv2d layer sweep (bench_conv_sweep.py), CPU
+    python bench/run.py --in-network    # only convolutions inside each network vs alone (bench_in_network.py)
 
 The network table (bench_networks.py) leads: pydl.models at batch 1 and 8, evaluation forward
 and a training step, each framework in its own process on the same weights and input, first
@@ -86,7 +87,19 @@ def main(argv=None):
                    "dilated 3x3 families (minutes; with --quick fewer repeats)")
     p.add_argument("--layer", action="append", metavar="TEXT", help="--sweep: only the cases whose shape, "
                    "network, module or family contains TEXT (repeatable), e.g. mobilenet or 'g32'")
+    p.add_argument("--in-network", action="store_true", help="run only the table of convolutions inside each "
+                   "pydl.models network against the same convolutions alone (pydl, CPU; --networks selects)")
     args = p.parse_args(argv)
+    if args.in_network:
+        import bench_in_network
+
+        rows = bench_in_network.run(bench_networks.check_names(bench_networks.parse_names(args.networks)))
+        print()
+        print(bench_in_network.markdown(rows))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"in_network": rows}, f, indent=1)
+        return 0
     if args.sweep and (args.device == "cuda" or args.op or args.plot):
         p.error("--sweep times the CPU only and takes no --op or --plot")
     if args.layer and not args.sweep:
