@@ -28,7 +28,7 @@ import pydl.functional as F
 import pydl.models
 from pydl.nn.utils import fuse
 
-MODELS = ["resnet18", "resnet34", "resnet50", "resnext50_32x4d", "mobilenet_v2"]
+MODELS = ["resnet18", "resnet34", "resnet50", "resnext50_32x4d", "mobilenet_v2"]  # as bench_networks.MODELS
 ROUNDS = 5   # forwards timed inside the network
 ALONE = 7    # runs of each convolution alone
 
@@ -134,15 +134,14 @@ def run(networks=None, batches=(1, 8), log=print):
 
 
 def main(argv=None):
+    import bench_networks  # same directory; its network names and --networks parsing
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--networks", action="append", metavar="NAME",
-                   help=f"only these networks (repeatable or comma-separated): {', '.join(MODELS)}")
+    p.add_argument("--networks", action="append", metavar="NAME", help="only these networks (repeatable or "
+                   "comma-separated): " + ", ".join(MODELS))
     p.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default 1,8)")
     args = p.parse_args(argv)
-    names = [n for v in args.networks or [] for n in v.split(",") if n] or None
-    bad = [n for n in names or [] if n not in MODELS]
-    if bad:
-        p.error(f"--networks: unknown {', '.join(bad)}; choose from {', '.join(MODELS)}")
+    names = bench_networks.check_names(bench_networks.parse_names(args.networks))
     batches = tuple(int(b) for b in args.batches.split(","))
     print(f"pydl {pydl.__version__}: convolutions inside each network against alone "
           f"({pydl.get_num_threads()} threads)")
