@@ -12,6 +12,7 @@ Weights are never downloaded: build with ``weights=None`` and load torchvision's
 """
 from __future__ import annotations
 
+from .. import functional as F
 from .. import nn
 from ..nn.layers import _need_forward
 from ..nn.utils import _fuse_chain
@@ -30,10 +31,11 @@ def conv1x1(in_planes, out_planes, stride=1):
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
-def _relu_grad(grad, y):
+def _relu_grad(grad, y, owned=False):
     # The blocks share one ReLU module between two or three places (as torchvision does), so its
     # own cache holds only the last output: the gradient comes from the outputs kept here.
-    return grad * (y > 0)
+    # owned: grad is this block's own intermediate, overwritten in place.
+    return F.relu_backward(grad, y, out=grad if owned else None)
 
 
 def _fused_only(block):
@@ -95,9 +97,10 @@ class BasicBlock(nn.Module):
         _need_forward(self)
         h, out = self._cache
         g = _relu_grad(grad_out, out)  # reaches the branch and the shortcut alike
-        gh = _relu_grad(self.conv2.backward(self.bn2.backward(g)), h)
+        gh = _relu_grad(self.conv2.backward(self.bn2.backward(g)), h, owned=True)
         gx = self.conv1.backward(self.bn1.backward(gh))
-        return gx + (g if self.downsample is None else self.downsample.backward(g))
+        gx += g if self.downsample is None else self.downsample.backward(g)
+        return gx
 
     def _fuse(self):
         """pydl.nn.utils.fuse's hook: fold the norms, move ReLU and residual add into the convs."""
@@ -155,10 +158,11 @@ class Bottleneck(nn.Module):
         _need_forward(self)
         h1, h2, out = self._cache
         g = _relu_grad(grad_out, out)
-        gh2 = _relu_grad(self.conv3.backward(self.bn3.backward(g)), h2)
-        gh1 = _relu_grad(self.conv2.backward(self.bn2.backward(gh2)), h1)
+        gh2 = _relu_grad(self.conv3.backward(self.bn3.backward(g)), h2, owned=True)
+        gh1 = _relu_grad(self.conv2.backward(self.bn2.backward(gh2)), h1, owned=True)
         gx = self.conv1.backward(self.bn1.backward(gh1))
-        return gx + (g if self.downsample is None else self.downsample.backward(g))
+        gx += g if self.downsample is None else self.downsample.backward(g)
+        return gx
 
     def _fuse(self):
         """pydl.nn.utils.fuse's hook (see BasicBlock._fuse)."""
