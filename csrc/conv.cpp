@@ -882,11 +882,12 @@ enum class Dir : int { forward = 0, input_grad = 1, weight_grad = 2 };
 //    that crosses a row lands in dy's dropped columns, one past the plane in the zeros after nq.
 // The weight gradient dw[k][c][t] = sum_q dyg[k][q] xp[c][q + tap(t)]: per c, blocks of 4 k x
 // 3 taps of dot products in vector accumulators, reduced in a fixed order.
-// VB: vector bytes, 32 (AVX2 and the baseline) or 64 (AVX-512).
-template <typename T, int VB = 32>
+// VB: vector bytes, 32 (AVX2 and the baseline) or 64 (AVX-512); NV: vectors per block (2 for small
+// planes at 64 bytes, whose flat rows would mostly pad a 3-vector block).
+template <typename T, int VB = 32, int NV = 3>
 struct GroupedTile {
   static constexpr int OB = 4;                                      // outputs per block
-  static constexpr int QB = 3 * VB / static_cast<int>(sizeof(T));   // flat positions per block (3 vectors)
+  static constexpr int QB = NV * VB / static_cast<int>(sizeof(T));  // flat positions per block
   static constexpr int TB = 3;                                  // taps per weight-gradient block
   typedef T vec __attribute__((vector_size(VB)));
   typedef T uvec __attribute__((vector_size(VB), aligned(sizeof(T))));  // an unaligned vector load/store
@@ -905,12 +906,11 @@ struct Corr {
 };
 
 // out[o - o0][q - q0] (row pitch ld) for outputs [o0, o0 + OBN) and flat positions [q0, q0 + QB).
-template <typename T, int VB, int OBN>
+template <typename T, int VB, int NV, int OBN>
 __attribute__((always_inline)) inline void corr_block(const Corr& c, const T* in, const T* wt, int64_t o0,
                                                       int64_t q0, T* out, int64_t ld) {
-  using G = GroupedTile<T, VB>;
+  using G = GroupedTile<T, VB, NV>;
   using V = typename G::vec;
-  constexpr int NV = G::QB / G::VL;
   V acc[OBN][NV];
   for (int o = 0; o < OBN; ++o)
     for (int v = 0; v < NV; ++v) acc[o][v] = V{};
@@ -931,28 +931,28 @@ __attribute__((always_inline)) inline void corr_block(const Corr& c, const T* in
 }
 
 // out[o * ld + q] for all no outputs and q < nq, in whole blocks (up to nq rounded up to QB).
-template <typename T, int VB>
+template <typename T, int VB, int NV>
 __attribute__((always_inline)) inline void corr(const Corr& c, const T* in, const T* wt, int64_t no, int64_t nq,
                                                 T* out, int64_t ld) {
-  using G = GroupedTile<T, VB>;
+  using G = GroupedTile<T, VB, NV>;
   int64_t o0 = 0;
   if (VB == 64)  // AVX-512's 32 registers hold 8 outputs x 3 vectors
     for (; o0 + 2 * G::OB <= no; o0 += 2 * G::OB)
       for (int64_t q0 = 0; q0 < nq; q0 += G::QB)
-        corr_block<T, VB, 2 * G::OB>(c, in, wt, o0, q0, out + o0 * ld + q0, ld);
+        corr_block<T, VB, NV, 2 * G::OB>(c, in, wt, o0, q0, out + o0 * ld + q0, ld);
   for (; o0 + G::OB <= no; o0 += G::OB)
-    for (int64_t q0 = 0; q0 < nq; q0 += G::QB) corr_block<T, VB, G::OB>(c, in, wt, o0, q0, out + o0 * ld + q0, ld);
+    for (int64_t q0 = 0; q0 < nq; q0 += G::QB) corr_block<T, VB, NV, G::OB>(c, in, wt, o0, q0, out + o0 * ld + q0, ld);
   for (; o0 < no; ++o0)
-    for (int64_t q0 = 0; q0 < nq; q0 += G::QB) corr_block<T, VB, 1>(c, in, wt, o0, q0, out + o0 * ld + q0, ld);
+    for (int64_t q0 = 0; q0 < nq; q0 += G::QB) corr_block<T, VB, NV, 1>(c, in, wt, o0, q0, out + o0 * ld + q0, ld);
 }
 
 // pv[k0 + kk][c][t0 + tt] += the lanes of sum_{q < nqv} dyg[k0 + kk][q] xp[q + off[t0 + tt]] for KBN k x
 // TBN taps: the partials stay vectors (one horizontal sum per call would cost as much as the
 // dot products on small planes) until the item's last image.
-template <typename T, int VB, int KBN, int TBN>
+template <typename T, int VB, int NV, int KBN, int TBN>
 __attribute__((always_inline)) inline void wgrad_block(const T* dyg, int64_t nqv, const T* xp, const int64_t* off,
                                                        int64_t k0, int64_t t0, T* pv, int64_t pv_k) {
-  using G = GroupedTile<T, VB>;
+  using G = GroupedTile<T, VB, NV>;
   using V = typename G::vec;
   V acc[KBN][TBN];
   for (int k = 0; k < KBN; ++k)
@@ -980,9 +980,9 @@ __attribute__((always_inline)) inline void wgrad_block(const T* dyg, int64_t nqv
 }
 
 // Everything one grouped call shares: the flat grid, tap offsets, buffer pitches.
-template <typename T, int VB>
+template <typename T, int VB, int NV>
 struct GroupedCall {
-  using G = GroupedTile<T, VB>;
+  using G = GroupedTile<T, VB, NV>;
   const Geo& g;
   Dir d;
   Flat f;
@@ -1018,23 +1018,23 @@ struct GroupedCall {
 };
 
 // wgrad_block over all taps of one input channel c (pvc = pv + c*taps*VL), for KBN output channels from k0.
-template <typename T, int VB, int KBN>
-__attribute__((always_inline)) inline void wgrad_taps(const GroupedCall<T, VB>& gc, const T* dyg, const T* xc,
+template <typename T, int VB, int NV, int KBN>
+__attribute__((always_inline)) inline void wgrad_taps(const GroupedCall<T, VB, NV>& gc, const T* dyg, const T* xc,
                                                       int64_t k0, T* pvc) {
-  using G = GroupedTile<T, VB>;
+  using G = GroupedTile<T, VB, NV>;
   const int64_t taps = gc.g.kh * gc.g.kw, ld = gc.g.Cg() * taps;
   int64_t t0 = 0;
-  for (; t0 + G::TB <= taps; t0 += G::TB) wgrad_block<T, VB, KBN, G::TB>(dyg, gc.nqv, xc, gc.tap.data(), k0, t0, pvc, ld);
-  for (; t0 < taps; ++t0) wgrad_block<T, VB, KBN, 1>(dyg, gc.nqv, xc, gc.tap.data(), k0, t0, pvc, ld);
+  for (; t0 + G::TB <= taps; t0 += G::TB) wgrad_block<T, VB, NV, KBN, G::TB>(dyg, gc.nqv, xc, gc.tap.data(), k0, t0, pvc, ld);
+  for (; t0 < taps; ++t0) wgrad_block<T, VB, NV, KBN, 1>(dyg, gc.nqv, xc, gc.tap.data(), k0, t0, pvc, ld);
 }
 
 // One (image n, group gi) of direction gc.d. Forward: y through the epilogue. Input grad: dx.
 // Weight grad: adds into the vector partials out (Kg x Cg x taps x VL).
-template <typename T, int VB>
-__attribute__((always_inline)) inline void grouped_item_impl(const GroupedCall<T, VB>& gc, int64_t n, int64_t gi,
+template <typename T, int VB, int NV>
+__attribute__((always_inline)) inline void grouped_item_impl(const GroupedCall<T, VB, NV>& gc, int64_t n, int64_t gi,
                                                              const T* a, const T* b, const Epilogue<T>* ep, T* out,
                                                              T* s) {
-  using G = GroupedTile<T, VB>;
+  using G = GroupedTile<T, VB, NV>;
   const Geo& g = gc.g;
   const Flat& f = gc.f;
   const int64_t Cg = g.Cg(), Kg = g.Kg(), taps = g.kh * g.kw;
@@ -1044,7 +1044,7 @@ __attribute__((always_inline)) inline void grouped_item_impl(const GroupedCall<T
     for (int64_t c = 0; c < Cg; ++c) flat_pad(g, f, xg + c * g.HW(), s + c * f.plane);
     std::fill(s + Cg * f.plane, s + Cg * f.plane + G::QB, T(0));
     T* acc = s + Cg * f.plane + G::QB;
-    corr<T, VB>(Corr{Cg, taps, f.plane, Cg * taps, taps, gc.tap.data(), gc.iota.data()}, s, wg, Kg, f.nq, acc, gc.nqr);
+    corr<T, VB, NV>(Corr{Cg, taps, f.plane, Cg * taps, taps, gc.tap.data(), gc.iota.data()}, s, wg, Kg, f.nq, acc, gc.nqr);
     for (int64_t k = 0; k < Kg; ++k)
       for (int64_t oh = 0; oh < g.Ho; ++oh) {
         const int64_t o = ((n * g.K + gi * Kg + k) * g.Ho + oh) * g.Wo;
@@ -1066,7 +1066,7 @@ __attribute__((always_inline)) inline void grouped_item_impl(const GroupedCall<T
         for (int64_t c = 0; c < Cg; ++c) std::fill(dxp + c * gc.pr + ph * hw, dxp + c * gc.pr + (ph + 1) * hw, T(0));
         continue;
       }
-      corr<T, VB>(Corr{Kg, (int64_t)po.size(), gc.ipd, taps, Cg * taps, po.data(), gc.phase_tap[ph].data()}, s, wg, Cg, hw,
+      corr<T, VB, NV>(Corr{Kg, (int64_t)po.size(), gc.ipd, taps, Cg * taps, po.data(), gc.phase_tap[ph].data()}, s, wg, Cg, hw,
            dxp + ph * hw, gc.pr);
     }
     for (int64_t c = 0; c < Cg; ++c) flat_unpad(g, f, dxp + c * gc.pr, out + (n * g.C + gi * Cg + c) * g.HW());
@@ -1082,43 +1082,43 @@ __attribute__((always_inline)) inline void grouped_item_impl(const GroupedCall<T
     }
     for (int64_t c = 0; c < Cg; ++c) {
       int64_t k0 = 0;
-      for (; k0 + G::OB <= Kg; k0 += G::OB) wgrad_taps<T, VB, G::OB>(gc, dyg, s + c * f.plane, k0, out + c * taps * G::VL);
-      for (; k0 < Kg; ++k0) wgrad_taps<T, VB, 1>(gc, dyg, s + c * f.plane, k0, out + c * taps * G::VL);
+      for (; k0 + G::OB <= Kg; k0 += G::OB) wgrad_taps<T, VB, NV, G::OB>(gc, dyg, s + c * f.plane, k0, out + c * taps * G::VL);
+      for (; k0 < Kg; ++k0) wgrad_taps<T, VB, NV, 1>(gc, dyg, s + c * f.plane, k0, out + c * taps * G::VL);
     }
   }
 }
 
-#define PYDL_GROUPED_TV template <typename T, int VB>
-#define PYDL_GROUPED_TV_ARGS <T, VB>
+#define PYDL_GROUPED_TV template <typename T, int VB, int NV>
+#define PYDL_GROUPED_TV_ARGS <T, VB, NV>
 PYDL_SIMD_DISPATCH(PYDL_GROUPED_TV, PYDL_GROUPED_TV_ARGS, void, grouped_item,
-                   (const GroupedCall<T, VB>& gc, int64_t n, int64_t gi, const T* a, const T* b,
+                   (const GroupedCall<T, VB, NV>& gc, int64_t n, int64_t gi, const T* a, const T* b,
                     const Epilogue<T>* ep, T* out, T* s),
                    (gc, n, gi, a, b, ep, out, s))
 #undef PYDL_GROUPED_TV
 #undef PYDL_GROUPED_TV_ARGS
 // The AVX-512 variant: 64-byte vectors, twice the flat positions per block.
-template <typename T>
-PYDL_AVX512 __attribute__((noinline)) void grouped_item_avx512(const GroupedCall<T, 64>& gc, int64_t n, int64_t gi,
+template <typename T, int NV>
+PYDL_AVX512 __attribute__((noinline)) void grouped_item_avx512(const GroupedCall<T, 64, NV>& gc, int64_t n, int64_t gi,
                                                                const T* a, const T* b, const Epilogue<T>* ep, T* out,
                                                                T* s) {
-  grouped_item_impl<T, 64>(gc, n, gi, a, b, ep, out, s);
+  grouped_item_impl<T, 64, NV>(gc, n, gi, a, b, ep, out, s);
 }
-template <typename T, int VB>
-void grouped_item_v(const GroupedCall<T, VB>& gc, int64_t n, int64_t gi, const T* a, const T* b,
+template <typename T, int VB, int NV>
+void grouped_item_v(const GroupedCall<T, VB, NV>& gc, int64_t n, int64_t gi, const T* a, const T* b,
                     const Epilogue<T>* ep, T* out, T* s) {
   if constexpr (VB == 64)
-    grouped_item_avx512<T>(gc, n, gi, a, b, ep, out, s);
+    grouped_item_avx512<T, NV>(gc, n, gi, a, b, ep, out, s);
   else
-    grouped_item<T, VB>(gc, n, gi, a, b, ep, out, s);
+    grouped_item<T, VB, NV>(gc, n, gi, a, b, ep, out, s);
 }
 
 // Direction d over all (image, group) items. The weight gradient splits the batch into
 // `chunks` runs per group, each summed in image order into its own partial, and the partials
 // are added in chunk order: the same sums for any thread count.
-template <typename T, int VB>
+template <typename T, int VB, int NV>
 void grouped_run_v(const Geo& g, Dir d, const T* a, const T* b, const Epilogue<T>* ep, T* out) {
-  const GroupedCall<T, VB> gc(g, d);
-  const auto item = grouped_item_v<T, VB>;
+  const GroupedCall<T, VB, NV> gc(g, d);
+  const auto item = grouped_item_v<T, VB, NV>;
   const int64_t wsize = g.Kg() * g.Cg() * g.kh * g.kw;  // one group's dw
   // About 16 items whatever the thread count: the chunks fix the order of the sums.
   const int64_t chunks = d == Dir::weight_grad ? std::min<int64_t>(g.N, std::max<int64_t>(1, 16 / g.G)) : 1;
@@ -1129,7 +1129,7 @@ void grouped_run_v(const Geo& g, Dir d, const T* a, const T* b, const Epilogue<T
     const int64_t gi = it / chunks, ch = it % chunks;
     T* dst = chunks > 1 ? part.data() + it * wsize : out + gi * wsize;
     T* pv = s + gc.pv_at();
-    constexpr int VL = GroupedTile<T, VB>::VL;
+    constexpr int VL = GroupedTile<T, VB, NV>::VL;
     std::fill(pv, pv + wsize * VL, T(0));
     for (int64_t n = g.N * ch / chunks; n < g.N * (ch + 1) / chunks; ++n) item(gc, n, gi, a, b, ep, pv, s);
     for (int64_t e = 0; e < wsize; ++e) {
@@ -1154,16 +1154,31 @@ void grouped_run_v(const Geo& g, Dir d, const T* a, const T* b, const Epilogue<T
 // run faster at AVX2's width.
 inline bool grouped_wide(Dir d) { return use_avx512() && d != Dir::weight_grad; }
 
+// Vectors per block at 64 bytes: 2 where the flat positions of a plane (a phase plane for the
+// input grad) round up to a quarter fewer than with 3.
+inline int grouped_nv(const Geo& g, Dir d, int64_t elem) {
+  const Flat f(g);
+  const int64_t pos = d == Dir::forward ? f.nq : f.Hp * f.Wp, vl = 64 / elem;
+  const auto up = [&](int64_t b) { return (pos + b - 1) / b * b; };
+  return up(2 * vl) * 4 <= up(3 * vl) * 3 ? 2 : 3;
+}
+
 template <typename T>
 void grouped_run(const Geo& g, Dir d, const T* a, const T* b, const Epilogue<T>* ep, T* out) {
-  if (grouped_wide(d)) return grouped_run_v<T, 64>(g, d, a, b, ep, out);
-  grouped_run_v<T, 32>(g, d, a, b, ep, out);
+  if (grouped_wide(d) && grouped_nv(g, d, sizeof(T)) == 2) return grouped_run_v<T, 64, 2>(g, d, a, b, ep, out);
+  if (grouped_wide(d)) return grouped_run_v<T, 64, 3>(g, d, a, b, ep, out);
+  grouped_run_v<T, 32, 3>(g, d, a, b, ep, out);
 }
 
 // One thread's scratch of grouped_run, in elements.
+template <typename T>
+int64_t grouped_scratch_t(const Geo& g, Dir d) {
+  if (grouped_wide(d) && grouped_nv(g, d, sizeof(T)) == 2) return GroupedCall<T, 64, 2>(g, d).scratch();
+  if (grouped_wide(d)) return GroupedCall<T, 64, 3>(g, d).scratch();
+  return GroupedCall<T, 32, 3>(g, d).scratch();
+}
 inline int64_t grouped_scratch(const Geo& g, Dir d, int64_t elem) {
-  if (grouped_wide(d)) return elem == 4 ? GroupedCall<float, 64>(g, d).scratch() : GroupedCall<double, 64>(g, d).scratch();
-  return elem == 4 ? GroupedCall<float, 32>(g, d).scratch() : GroupedCall<double, 32>(g, d).scratch();
+  return elem == 4 ? grouped_scratch_t<float>(g, d) : grouped_scratch_t<double>(g, d);
 }
 
 template <typename T>

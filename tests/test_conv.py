@@ -944,6 +944,8 @@ _ALGO_CASES = [
     ((2, 26, 11, 9), (26, 13, 3, 3), dict(padding=1, groups=2)),       # grouped: 8 + 4 + 1 channel blocks
     ((1, 77, 5, 7), (72, 77, 1, 1), {}),  # 1x1, one small image: channels split over the threads
     ((1, 8, 6, 7), (136, 4, 3, 3), dict(padding=1, groups=2)),  # one small image: GEMM rows per thread
+    ((2, 16, 7, 7), (24, 8, 3, 3), dict(padding=1, groups=2)),  # grouped 7x7: 2-vector blocks (AVX-512)
+    ((1, 12, 6, 6), (12, 6, 3, 3), dict(padding=1, groups=2)),  # grouped 6x6: 2-vector input-grad blocks
 ]
 _ALGOS = [a for a in pydl.backends.conv_algorithms() if a != "auto"]
 _EXPECTED_PAIRS = {("depthwise", d) for d in ("forward", "input_grad", "weight_grad")} | \
