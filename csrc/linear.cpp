@@ -162,8 +162,27 @@ void linear_backward_bias(carray<T> dy, carray<T> db) {
   });
 }
 
+// y <- alpha x + beta y, elementwise over two arrays of one size (the optimizers' updates: one
+// pass where NumPy's expressions took several). Above a size where threads pay, one BLAS call
+// per thread on its slice.
+template <typename T>
+void axpby(T alpha, carray<T> x, T beta, carray<T> y) {
+  PYDL_CHECK(x.size() == y.size(), "_axpby: x and y differ in size (" << x.size() << " vs " << y.size() << ")");
+  const int64_t n = static_cast<int64_t>(x.size());
+  const T* xp = in_ptr(x);
+  T* yp = out_ptr(y);
+  PYDL_CHECK(xp + n <= yp || yp + n <= xp || n == 0, "_axpby: x and y overlap");
+  blas_single_thread();
+  py::gil_scoped_release nogil;
+  for_blocks(1, n, n, int64_t(1) << 16, [&](int64_t, int64_t, int64_t c0, int64_t c1) {
+    pydl::axpby(c1 - c0, alpha, xp + c0, beta, yp + c0);
+  });
+}
+
 template <typename T>
 void bind_typed(py::module_& m) {
+  m.def("_axpby", &axpby<T>, py::arg("alpha"), py::arg("x").noconvert(), py::arg("beta"), py::arg("y").noconvert(),
+        "y <- alpha x + beta y (C-contiguous arrays of one size and dtype)");
   // noconvert: wrong dtypes or layouts are refused instead of silently copied.
   m.def("linear_forward", &linear_forward<T>, py::arg("x").noconvert(), py::arg("w").noconvert(),
         py::arg("b").noconvert().none(true), py::arg("y").noconvert(), "y <- x w^T + b; x (M, K), w (N, K), b (N,) or None");

@@ -79,6 +79,35 @@ def test_sgd_momentum_by_hand(xp):
         assert_close(p.data, w, np.float32)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kw", [dict(momentum=0.9), dict(momentum=0.9, dampening=0.3, weight_decay=0.1),
+                                dict(momentum=0.8, nesterov=True), dict()])
+def test_sgd_blas_and_numpy_updates_agree(dtype, kw):
+    """SGD's one-pass BLAS update (contiguous NumPy arrays, 70,001 elements: threaded) and its NumPy
+    fallback (a strided grad) agree with a float64 evaluation of PyTorch's rule."""
+    rng = np.random.default_rng(5)
+    w0 = rng.standard_normal(70001)
+    grads = [rng.standard_normal(70001) for _ in range(3)]
+    fast = nn.Parameter(w0.astype(dtype))
+    slow = nn.Parameter(w0.astype(dtype))
+    opts = [optim.SGD([p], lr=0.05, **kw) for p in (fast, slow)]
+    w, buf = w0.copy(), None
+    m, d, wd = kw.get("momentum", 0), kw.get("dampening", 0), kw.get("weight_decay", 0)
+    for g in grads:
+        fast.grad = g.astype(dtype)
+        slow.grad = np.repeat(g.astype(dtype), 2)[::2]  # not contiguous: NumPy's expressions
+        for o in opts:
+            o.step()
+        gd = g + wd * w
+        if m:
+            buf = gd.copy() if buf is None else m * buf + (1 - d) * gd
+            gd = gd + m * buf if kw.get("nesterov") else buf
+        w = w - 0.05 * gd
+    for p in (fast, slow):
+        assert p.data.dtype == dtype
+        assert_close(p.data, w, np.dtype(dtype), factor=4)
+
+
 def test_adam_by_hand(xp):
     p = nn.Parameter(xp.asarray(np.array([0.3, -0.7])))
     opt = optim.Adam([p], lr=0.01, betas=(0.9, 0.99), eps=1e-6)

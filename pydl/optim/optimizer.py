@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .. import _backend
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW"]
@@ -88,6 +90,18 @@ def _check_param(i, p, state):
             _backend.check_writeable(name, v)
 
 
+def _axpby(alpha, x, beta, y):
+    """y <- alpha x + beta y in place: one threaded BLAS pass over NumPy arrays (NumPy's
+    expressions take several), CuPy's or NumPy's expressions otherwise."""
+    if isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and x.dtype == y.dtype and x.flags.c_contiguous \
+            and y.flags.c_contiguous and not np.may_share_memory(x, y):
+        _backend.cpu()._axpby(alpha, x, beta, y)
+    else:
+        if beta != 1:
+            y *= beta
+        y += alpha * x
+
+
 def _check_lr(lr):
     return _backend.float_arg("lr", lr, 0.0)
 
@@ -115,10 +129,9 @@ class SGD(Optimizer):
             if buf is None:
                 buf = st["momentum_buffer"] = grad.copy()
             else:
-                buf *= m
-                buf += (1 - g["dampening"]) * grad
+                _axpby(1 - g["dampening"], grad, m, buf)
             grad = grad + m * buf if g["nesterov"] else buf
-        p.data -= g["lr"] * grad
+        _axpby(-g["lr"], grad, 1.0, p.data)
 
 
 class Adagrad(Optimizer):
