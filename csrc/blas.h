@@ -106,12 +106,14 @@ inline void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha
 // y <- alpha x + beta y over n elements (BLAS axpby), cut into calls of at most blas_int_max().
 inline void axpby(int64_t n, float alpha, const float* x, float beta, float* y) {
   const int64_t lim = blas_int_max().load(std::memory_order_relaxed);
-  for (int64_t i = 0; i < n; i += lim) scipy_cblas_saxpby((blasint)std::min(lim, n - i), alpha, x + i, 1, beta, y + i, 1);
+  for (int64_t i = 0; i < n; i += lim)
+    scipy_cblas_saxpby((blasint)std::min(lim, n - i), alpha, x + i, 1, beta, y + i, 1);
 }
 
 inline void axpby(int64_t n, double alpha, const double* x, double beta, double* y) {
   const int64_t lim = blas_int_max().load(std::memory_order_relaxed);
-  for (int64_t i = 0; i < n; i += lim) scipy_cblas_daxpby((blasint)std::min(lim, n - i), alpha, x + i, 1, beta, y + i, 1);
+  for (int64_t i = 0; i < n; i += lim)
+    scipy_cblas_daxpby((blasint)std::min(lim, n - i), alpha, x + i, 1, beta, y + i, 1);
 }
 
 }  // namespace pydl

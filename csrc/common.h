@@ -192,11 +192,11 @@ inline void stream_fence() {
 #endif
 }
 
-// SIMD variants, the one dispatch mechanism of the C++ kernels: a hot kernel is compiled twice,
-// with PYDL_AVX2 (PYDL_AVX2_INL for the helpers it inlines) and for the baseline (a third time
-// with PYDL_AVX512 where that wins), and picks one at run time with use_avx2() / use_avx512(): the CPU's features (not its model, as target_clones'
-// "arch=haswell" would: AMD parts with AVX2 would fall back), lowered by _cpu._set_simd_level
-// so that tests run the baseline variants on every host.
+// SIMD variants, the one dispatch mechanism of the C++ kernels: a hot kernel is compiled with
+// PYDL_AVX2 (PYDL_AVX2_INL for the helpers it inlines) and for the baseline (and with PYDL_AVX512
+// where that wins), and picks one at run time with use_avx2() / use_avx512(). They test the CPU's
+// features, not its model (target_clones' "arch=haswell" sends AMD parts with AVX2 to the
+// baseline), capped by _cpu._set_simd_level so that tests run the lower variants on every host.
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define PYDL_AVX2 __attribute__((target("avx2,fma")))
 #define PYDL_AVX2_INL __attribute__((target("avx2,fma"), always_inline)) inline

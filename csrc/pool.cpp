@@ -127,8 +127,9 @@ inline bool idx_wins(T v, I f, T m, I b) {
 // One plane. r and f hold a row's column winners (value, flat index); tmp an output row's
 // indices when I is narrower than int64.
 template <typename T, typename I, int S>
-__attribute__((always_inline)) inline void max_forward_plane_idx_impl(const T* plane, T* y, int64_t* ind, T* r, I* f, I* tmp,
-                                            const Axis& ah, const Axis& aw, int64_t c_lo, int64_t c_hi) {
+__attribute__((always_inline)) inline void
+max_forward_plane_idx_impl(const T* plane, T* y, int64_t* ind, T* r, I* f, I* tmp,
+                           const Axis& ah, const Axis& aw, int64_t c_lo, int64_t c_hi) {
   const int64_t W = aw.in, OH = ah.out, OW = aw.out, kw = aw.k, pw = aw.p, dw = aw.d;
   const int64_t s = S ? S : aw.s;
   const I Wi = static_cast<I>(W);  // I-typed loop counters keep the index lanes as wide as T's
@@ -231,8 +232,9 @@ inline T nan_max(T m, T v) {
 // vectorized), then y = max over the window columns of r. The value is the same as the
 // direct scan (the max, or NaN if the window holds one).
 template <typename T, int S>
-__attribute__((always_inline)) inline void max_forward_plane_sep_impl(const T* plane, T* y, T* r, const Axis& ah,
-                                            const Axis& aw, int64_t c_lo, int64_t c_hi) {
+__attribute__((always_inline)) inline void
+max_forward_plane_sep_impl(const T* plane, T* y, T* r, const Axis& ah,
+                           const Axis& aw, int64_t c_lo, int64_t c_hi) {
   const int64_t W = aw.in, OH = ah.out, OW = aw.out, kw = aw.k, pw = aw.p, dw = aw.d;
   const int64_t s = S ? S : aw.s;
   for (int64_t oh = 0; oh < OH; ++oh) {
@@ -739,8 +741,9 @@ struct AvgDiv {
 };
 
 template <typename T, int S>
-__attribute__((always_inline)) inline void avg_forward_plane_impl(const T* plane, T* y, const Axis& ah, const Axis& aw,
-                                        const T* hc, const T* wd, int64_t c_lo, int64_t c_hi) {
+__attribute__((always_inline)) inline void
+avg_forward_plane_impl(const T* plane, T* y, const Axis& ah, const Axis& aw,
+                       const T* hc, const T* wd, int64_t c_lo, int64_t c_hi) {
   const int64_t W = aw.in, OH = ah.out, OW = aw.out, kw = aw.k, pw = aw.p;
   const int64_t s = S ? S : aw.s;
   for (int64_t oh = 0; oh < OH; ++oh) {
@@ -801,9 +804,10 @@ void avg_forward_impl(const T* x, T* y, int64_t planes, const Axis& ah, const Ax
 // Each plane: dx = 0, g = dy/div for one output row, then g is added to every tap of its
 // window (a scatter inside a plane that this thread alone owns: no races, fixed order).
 template <typename T, int S>
-__attribute__((always_inline)) inline void avg_backward_plane_impl(const T* gy_plane, T* plane, T* g, const Axis& ah,
-                                         const Axis& aw, const T* hc, const T* wc, int64_t c_lo,
-                                         int64_t c_hi) {
+__attribute__((always_inline)) inline void
+avg_backward_plane_impl(const T* gy_plane, T* plane, T* g, const Axis& ah,
+                        const Axis& aw, const T* hc, const T* wc, int64_t c_lo,
+                        int64_t c_hi) {
   const int64_t W = aw.in, OH = ah.out, OW = aw.out, kw = aw.k, pw = aw.p;
   const int64_t s = S ? S : aw.s;
   std::memset(plane, 0, sizeof(T) * ah.in * W);
