@@ -1024,7 +1024,8 @@ __attribute__((always_inline)) inline void wgrad_taps(const GroupedCall<T, VB, N
   using G = GroupedTile<T, VB, NV>;
   const int64_t taps = gc.g.kh * gc.g.kw, ld = gc.g.Cg() * taps;
   int64_t t0 = 0;
-  for (; t0 + G::TB <= taps; t0 += G::TB) wgrad_block<T, VB, NV, KBN, G::TB>(dyg, gc.nqv, xc, gc.tap.data(), k0, t0, pvc, ld);
+  for (; t0 + G::TB <= taps; t0 += G::TB)
+    wgrad_block<T, VB, NV, KBN, G::TB>(dyg, gc.nqv, xc, gc.tap.data(), k0, t0, pvc, ld);
   for (; t0 < taps; ++t0) wgrad_block<T, VB, NV, KBN, 1>(dyg, gc.nqv, xc, gc.tap.data(), k0, t0, pvc, ld);
 }
 
@@ -1044,7 +1045,8 @@ __attribute__((always_inline)) inline void grouped_item_impl(const GroupedCall<T
     for (int64_t c = 0; c < Cg; ++c) flat_pad(g, f, xg + c * g.HW(), s + c * f.plane);
     std::fill(s + Cg * f.plane, s + Cg * f.plane + G::QB, T(0));
     T* acc = s + Cg * f.plane + G::QB;
-    corr<T, VB, NV>(Corr{Cg, taps, f.plane, Cg * taps, taps, gc.tap.data(), gc.iota.data()}, s, wg, Kg, f.nq, acc, gc.nqr);
+    corr<T, VB, NV>(Corr{Cg, taps, f.plane, Cg * taps, taps, gc.tap.data(), gc.iota.data()}, s, wg, Kg, f.nq, acc,
+                    gc.nqr);
     for (int64_t k = 0; k < Kg; ++k)
       for (int64_t oh = 0; oh < g.Ho; ++oh) {
         const int64_t o = ((n * g.K + gi * Kg + k) * g.Ho + oh) * g.Wo;
@@ -1066,8 +1068,8 @@ __attribute__((always_inline)) inline void grouped_item_impl(const GroupedCall<T
         for (int64_t c = 0; c < Cg; ++c) std::fill(dxp + c * gc.pr + ph * hw, dxp + c * gc.pr + (ph + 1) * hw, T(0));
         continue;
       }
-      corr<T, VB, NV>(Corr{Kg, (int64_t)po.size(), gc.ipd, taps, Cg * taps, po.data(), gc.phase_tap[ph].data()}, s, wg, Cg, hw,
-           dxp + ph * hw, gc.pr);
+      corr<T, VB, NV>(Corr{Kg, (int64_t)po.size(), gc.ipd, taps, Cg * taps, po.data(), gc.phase_tap[ph].data()}, s,
+                      wg, Cg, hw, dxp + ph * hw, gc.pr);
     }
     for (int64_t c = 0; c < Cg; ++c) flat_unpad(g, f, dxp + c * gc.pr, out + (n * g.C + gi * Cg + c) * g.HW());
   } else {  // a = x, b = dy, out = this item's dw partial
@@ -1082,7 +1084,8 @@ __attribute__((always_inline)) inline void grouped_item_impl(const GroupedCall<T
     }
     for (int64_t c = 0; c < Cg; ++c) {
       int64_t k0 = 0;
-      for (; k0 + G::OB <= Kg; k0 += G::OB) wgrad_taps<T, VB, NV, G::OB>(gc, dyg, s + c * f.plane, k0, out + c * taps * G::VL);
+      for (; k0 + G::OB <= Kg; k0 += G::OB)
+        wgrad_taps<T, VB, NV, G::OB>(gc, dyg, s + c * f.plane, k0, out + c * taps * G::VL);
       for (; k0 < Kg; ++k0) wgrad_taps<T, VB, NV, 1>(gc, dyg, s + c * f.plane, k0, out + c * taps * G::VL);
     }
   }
