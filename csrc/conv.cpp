@@ -49,6 +49,7 @@
 #include <atomic>
 #include <cstring>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -936,7 +937,7 @@ __attribute__((always_inline)) inline void corr(const Corr& c, const T* in, cons
                                                 T* out, int64_t ld) {
   using G = GroupedTile<T, VB, NV>;
   int64_t o0 = 0;
-  if (VB == 64)  // AVX-512's 32 registers hold 8 outputs x 3 vectors
+  if constexpr (VB == 64)  // AVX-512's 32 registers hold 8 outputs x 3 vectors
     for (; o0 + 2 * G::OB <= no; o0 += 2 * G::OB)
       for (int64_t q0 = 0; q0 < nq; q0 += G::QB)
         corr_block<T, VB, NV, 2 * G::OB>(c, in, wt, o0, q0, out + o0 * ld + q0, ld);
@@ -1166,19 +1167,25 @@ inline int grouped_nv(const Geo& g, Dir d, int64_t elem) {
   return up(2 * vl) * 4 <= up(3 * vl) * 3 ? 2 : 3;
 }
 
+// f(VB, NV) (as std::integral_constant) with the variant grouped_run takes for (g, d).
+template <typename T, typename F>
+auto with_grouped_variant(const Geo& g, Dir d, F&& f) {
+  using std::integral_constant;
+  if (grouped_wide(d) && grouped_nv(g, d, sizeof(T)) == 2)
+    return f(integral_constant<int, 64>{}, integral_constant<int, 2>{});
+  if (grouped_wide(d)) return f(integral_constant<int, 64>{}, integral_constant<int, 3>{});
+  return f(integral_constant<int, 32>{}, integral_constant<int, 3>{});
+}
+
 template <typename T>
 void grouped_run(const Geo& g, Dir d, const T* a, const T* b, const Epilogue<T>* ep, T* out) {
-  if (grouped_wide(d) && grouped_nv(g, d, sizeof(T)) == 2) return grouped_run_v<T, 64, 2>(g, d, a, b, ep, out);
-  if (grouped_wide(d)) return grouped_run_v<T, 64, 3>(g, d, a, b, ep, out);
-  grouped_run_v<T, 32, 3>(g, d, a, b, ep, out);
+  with_grouped_variant<T>(g, d, [&](auto vb, auto nv) { grouped_run_v<T, vb(), nv()>(g, d, a, b, ep, out); });
 }
 
 // One thread's scratch of grouped_run, in elements.
 template <typename T>
 int64_t grouped_scratch_t(const Geo& g, Dir d) {
-  if (grouped_wide(d) && grouped_nv(g, d, sizeof(T)) == 2) return GroupedCall<T, 64, 2>(g, d).scratch();
-  if (grouped_wide(d)) return GroupedCall<T, 64, 3>(g, d).scratch();
-  return GroupedCall<T, 32, 3>(g, d).scratch();
+  return with_grouped_variant<T>(g, d, [&](auto vb, auto nv) { return GroupedCall<T, vb(), nv()>(g, d).scratch(); });
 }
 inline int64_t grouped_scratch(const Geo& g, Dir d, int64_t elem) {
   return elem == 4 ? grouped_scratch_t<float>(g, d) : grouped_scratch_t<double>(g, d);
@@ -1553,6 +1560,26 @@ inline int64_t col_parts(int64_t items, int64_t L) {
   return std::max<int64_t>(1, std::min((2 * nt + items - 1) / items, L / 64));
 }
 
+// The 1x1 path's work items, forward and input grad: (image, group, column block, row block).
+// Small planes (a batch-1 7x7 layer) have too few columns to share, so the GEMM's rows (output
+// channels forward, input channels for the input grad) are cut too, at multiples of 8.
+struct PointwiseItems {
+  int64_t parts, rparts, items;
+  PointwiseItems(const Geo& g, int64_t rows) : parts(col_parts(g.N * g.G, g.L())) {
+    const int64_t cells = g.N * g.G * parts, want = 2 * max_threads();
+    rparts = cells >= want ? 1 : std::max<int64_t>(1, std::min((want + cells - 1) / cells, rows / 32));
+    items = cells * rparts;
+  }
+  // Item it: image n, group gi, columns [c0, c1), rows [r0, r1) (empty when r0 >= r1).
+  void at(const Geo& g, int64_t rows, int64_t it, int64_t& n, int64_t& gi, int64_t& c0, int64_t& c1, int64_t& r0,
+          int64_t& r1) const {
+    const int64_t cell = it / rparts, rp = it % rparts, p = cell % parts;
+    n = cell / (g.G * parts), gi = (cell / parts) % g.G;
+    c0 = g.L() * p / parts, c1 = g.L() * (p + 1) / parts;
+    r0 = rows * rp / rparts / 8 * 8, r1 = rp + 1 == rparts ? rows : rows * (rp + 1) / rparts / 8 * 8;
+  }
+};
+
 // Dense 3x3 convolutions of stride 1 or 2 may take the Winograd path (conv_winograd.cpp), and
 // dilated ones of stride 1 whose padding is a multiple of the dilation (space-to-batch):
 // the stride, or 0 when it does not apply.
@@ -1707,18 +1734,11 @@ void forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* y) 
   }
   const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
   if (a == Algo::gemm_1x1) {
-    // Work items: (image, group, column block, row block). Small planes (a batch-1 7x7 layer)
-    // have too few columns to share, so their output channels are split instead.
-    const int64_t parts = col_parts(g.N * g.G, L), cells = g.N * g.G * parts;
-    const int64_t want = 2 * max_threads();
-    const int64_t kparts = cells >= want ? 1 : std::max<int64_t>(1, std::min((want + cells - 1) / cells, Kg / 32));
-    const int64_t items = cells * kparts;
+    const PointwiseItems pi(g, Kg);
 #pragma omp parallel for schedule(dynamic, 1) if (parallel_pays(g))
-    for (int64_t it = 0; it < items; ++it) {
-      const int64_t cell = it / kparts, kp = it % kparts;
-      const int64_t n = cell / (g.G * parts), gi = (cell / parts) % g.G, p = cell % parts;
-      const int64_t c0 = L * p / parts, c1 = L * (p + 1) / parts;
-      const int64_t k0 = Kg * kp / kparts / 8 * 8, k1 = kp + 1 == kparts ? Kg : Kg * (kp + 1) / kparts / 8 * 8;
+    for (int64_t it = 0; it < pi.items; ++it) {
+      int64_t n, gi, c0, c1, k0, k1;
+      pi.at(g, Kg, it, n, gi, c0, c1, k0, k1);
       if (k0 >= k1) continue;
       T* yp = y + (n * g.K + gi * Kg + k0) * L;
       gemm(false, false, k1 - k0, c1 - c0, Cg, T(1), w + (gi * Kg + k0) * Cg, Cg, x + (n * g.C + gi * Cg) * L + c0,
@@ -1822,17 +1842,11 @@ void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
   }
   const int64_t Kg = g.Kg(), Cg = g.Cg(), L = g.L(), Rg = Cg * g.kh * g.kw;
   if (a == Algo::gemm_1x1) {
-    // As the forward: small planes split their input channels (the GEMM's rows) instead.
-    const int64_t parts = col_parts(g.N * g.G, L), cells = g.N * g.G * parts;
-    const int64_t want = 2 * max_threads();
-    const int64_t rparts = cells >= want ? 1 : std::max<int64_t>(1, std::min((want + cells - 1) / cells, Cg / 32));
-    const int64_t items = cells * rparts;
+    const PointwiseItems pi(g, Cg);
 #pragma omp parallel for schedule(dynamic, 1) if (parallel_pays(g))
-    for (int64_t it = 0; it < items; ++it) {
-      const int64_t cell = it / rparts, rp = it % rparts;
-      const int64_t n = cell / (g.G * parts), gi = (cell / parts) % g.G, p = cell % parts;
-      const int64_t c0 = L * p / parts, c1 = L * (p + 1) / parts;
-      const int64_t r0 = Cg * rp / rparts / 8 * 8, r1 = rp + 1 == rparts ? Cg : Cg * (rp + 1) / rparts / 8 * 8;
+    for (int64_t it = 0; it < pi.items; ++it) {
+      int64_t n, gi, c0, c1, r0, r1;
+      pi.at(g, Cg, it, n, gi, c0, c1, r0, r1);
       if (r0 >= r1) continue;
       gemm(true, false, r1 - r0, c1 - c0, Kg, T(1), w + gi * Kg * Cg + r0, Cg, dy + (n * g.K + gi * Kg) * L + c0, L,
            T(0), dx + (n * g.C + gi * Cg + r0) * L + c0, L);

@@ -17,8 +17,8 @@ from . import init
 from .module import Module, Parameter
 
 __all__ = ["Identity", "Linear", "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d",
-           "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "SyncBatchNorm", "ReLU", "ReLU6", "Hardtanh", "LeakyReLU", "ELU",
-           "PReLU", "Sigmoid", "Tanh", "SiLU", "Hardswish", "Dropout", "Flatten"]
+           "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "SyncBatchNorm", "ReLU", "ReLU6", "Hardtanh",
+           "LeakyReLU", "ELU", "PReLU", "Sigmoid", "Tanh", "SiLU", "Hardswish", "Dropout", "Flatten"]
 
 
 def _dtype(dtype):
