@@ -19,8 +19,8 @@
 //    channels of an image interleaved pixel-major, one full vector FMA per tap and output.
 //  * winograd (dense 3x3, stride 1 or 2; dilated at stride 1 by space-to-batch): conv_winograd.cpp.
 //  * gemm_1x1 (1x1, stride 1, no padding): y[n, g] = W_g @ x[n, g], a GEMM straight on x (the
-//    forward and input grad of 1x1 layers on 7x7-sized planes with a batch take tiled: one
-//    wider GEMM over several images).
+//    forward of wide 1x1 layers on 7x7-sized planes with a batch takes tiled: one wider GEMM
+//    over several images).
 //  * per_image (forward; strided input gradient), deep reductions with at least one image per
 //    thread: each thread takes whole images, im2col into its own one-image buffer, GEMM
 //    straight into y.
@@ -1684,13 +1684,10 @@ Algo choose(Dir d, const Geo& g, int64_t elem, bool winograd_ok = true) {
                           : winograd_pays(g.N, g.C, g.K, g.Ho, g.Wo, g.sh, d == Dir::weight_grad, g.dh, g.dw);
     if (pays) return Algo::winograd;
   }
-  // A 1x1 layer on small planes (7x7) makes per-image GEMMs too thin for BLAS: the tiled
+  // A wide 1x1 forward on small planes (7x7) makes per-image GEMMs too thin for BLAS: the tiled
   // algorithm puts several images' columns side by side in one GEMM.
-  if (g.pointwise()) {
-    const bool thin = g.L() < 64 && g.N >= 4;
-    return (d == Dir::forward && thin && g.Kg() >= 256) || (d == Dir::input_grad && thin) ? Algo::tiled
-                                                                                          : Algo::gemm_1x1;
-  }
+  if (g.pointwise())
+    return d == Dir::forward && g.L() < 64 && g.N >= 4 && g.Kg() >= 256 ? Algo::tiled : Algo::gemm_1x1;
   if (g.Cg() <= kGroupedMaxChannels[static_cast<int>(d)] && applies(d, Algo::grouped, g, elem))
     return Algo::grouped;
   if (d == Dir::forward && per_image_pays(g, elem)) return Algo::per_image;

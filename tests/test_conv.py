@@ -998,7 +998,7 @@ def test_conv_algorithm_auto_choice_and_restore():
     assert B.conv_algorithm_choice("forward", (2, 6, 5, 7), (4, 6, 1, 1)) == "gemm_1x1"
     # 1x1 on 7x7 planes with a batch: one GEMM over several images
     assert B.conv_algorithm_choice("forward", (8, 512, 7, 7), (2048, 512, 1, 1)) == "im2col_tiled"
-    assert B.conv_algorithm_choice("input_grad", (8, 160, 7, 7), (960, 160, 1, 1)) == "im2col_tiled"
+    assert B.conv_algorithm_choice("input_grad", (8, 512, 7, 7), (2048, 512, 1, 1)) == "gemm_1x1"
     assert B.conv_algorithm_choice("forward", (1, 512, 7, 7), (2048, 512, 1, 1)) == "gemm_1x1"
     assert B.conv_algorithm_choice("forward", (2, 3, 7, 5), (3, 1, 3, 3), padding=1, groups=3) == "depthwise"
     assert B.conv_algorithm_choice("weight_grad", (1, 3, 11, 10), (4, 3, 3, 3), padding=2,
