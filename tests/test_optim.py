@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+import pydl
 import pydl.nn as nn
 from pydl import optim
 from pydl.optim import lr_scheduler
@@ -106,6 +107,23 @@ def test_sgd_blas_and_numpy_updates_agree(dtype, kw):
     for p in (fast, slow):
         assert p.data.dtype == dtype
         assert_close(p.data, w, np.dtype(dtype), factor=4)
+
+
+def test_axpby_refuses_bad_arrays():
+    """SGD's BLAS helper: arrays of different sizes or overlapping ones raise; a dtype mismatch or a
+    non-contiguous array is refused by the binding (never silently copied)."""
+    cpu = pydl._backend.cpu()
+    x, y = np.ones(10, np.float32), np.ones(10, np.float32)
+    cpu._axpby(2.0, x, 0.5, y)
+    np.testing.assert_array_equal(y, np.full(10, 2.5, np.float32))
+    with pytest.raises(ValueError, match="differ in size"):
+        cpu._axpby(1.0, np.ones(9, np.float32), 1.0, y)
+    with pytest.raises(ValueError, match="overlap"):
+        cpu._axpby(1.0, y[:5], 1.0, y[2:7])
+    with pytest.raises(TypeError):
+        cpu._axpby(1.0, np.ones(10, np.float64), 1.0, y)
+    with pytest.raises(TypeError):
+        cpu._axpby(1.0, np.ones(20, np.float32)[::2], 1.0, y)
 
 
 def test_adam_by_hand(xp):
