@@ -2144,7 +2144,6 @@ void bind_conv(py::module_& m) {
           return static_cast<int>(pick(static_cast<Dir>(dir), g, f64 ? 8 : 4));
         });
   m.def("_set_conv_tile_bytes", [](int64_t b) { g_tile_bytes = std::max<int64_t>(b, 1); });
-  m.def("_set_conv_winograd", &set_winograd, "mode"_a, "chunk_bytes"_a = 0);
   m.def("_conv_winograd_calls", &winograd_calls);
   m.def("get_conv_workspace_limit", []() { return g_ws_limit.load(); });
   m.def(

@@ -53,17 +53,13 @@
 
 namespace pydl {
 
-// Private knobs (bound as _cpu._set_conv_winograd): 0 = off, 1 = auto, 2 = whenever the
-// geometry fits; per-thread chunk bytes (L2-sized); a count of calls that took the path.
-std::atomic<int> g_wino_mode{1};
-std::atomic<int64_t> g_wino_chunk_bytes{int64_t(1536) << 10};
+// Per-thread chunk bytes (L2-sized); a count of calls that took the path (_cpu._conv_winograd_calls,
+// so tests can prove it ran).
+constexpr int64_t kChunkBytes = int64_t(1536) << 10;
 std::atomic<int64_t> g_wino_calls{0};
 
 bool winograd_pays(int64_t N, int64_t Cin, int64_t Cout, int64_t Hout, int64_t Wout, int64_t stride,
                    bool weight_grad, int64_t dh, int64_t dw) {
-  const int mode = g_wino_mode.load();
-  if (mode == 0) return false;
-  if (mode == 2) return true;
   // Dilated: the phase batch it runs (N dh dw images of ceil(Hout / dh) x ceil(Wout / dw)).
   const int64_t TH = ((Hout + dh - 1) / dh + 1) / 2, TW = ((Wout + dw - 1) / dw + 1) / 2;
   const int64_t tiles = N * dh * dw * TH * TW, tiled = dh * dw * 4 * TH * TW;  // outputs an image's tiles cover
@@ -376,7 +372,7 @@ bool make_plan(Plan& p, int64_t shared, int64_t fixed, int64_t per_tile, int& nt
   const int64_t cap = conv_workspace_limit() - t_phase_bytes;  // the dilated wrapper's phases count too
   // At least 128 tiles per chunk where the cap allows: each GEMM re-packs its U_e (C x K), so
   // narrow chunks with many channels spend their time packing.
-  const int64_t want = std::max(g_wino_chunk_bytes.load(), 128 * per_tile);
+  const int64_t want = std::max(kChunkBytes, 128 * per_tile);
   // The tiles are cut as for max(nt, 2) threads, so that 1 and 2 threads cut them alike:
   // OpenBLAS's sums depend on a GEMM's column count, and 1 vs 2 threads must give the same
   // bits (the forward and input gradient; not where the cap fits one thread's slice only).
@@ -902,10 +898,6 @@ PYDL_WINO_DILATED(float)
 PYDL_WINO_DILATED(double)
 #undef PYDL_WINO_DILATED
 
-void set_winograd(int mode, int64_t chunk_bytes) {
-  if (mode >= 0) g_wino_mode.store(mode);
-  if (chunk_bytes > 0) g_wino_chunk_bytes.store(chunk_bytes);
-}
 int64_t winograd_calls() { return g_wino_calls.load(); }
 
 }  // namespace pydl

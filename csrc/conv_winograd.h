@@ -62,9 +62,7 @@ bool winograd_conv3x3_dilated_weight(int64_t N, int64_t C, int64_t H, int64_t W,
 bool winograd_pays(int64_t N, int64_t Cin, int64_t Cout, int64_t Hout, int64_t Wout, int64_t stride,
                    bool weight_grad, int64_t dh = 1, int64_t dw = 1);
 
-// Private knobs for tests and tuning: mode 0 = off, 1 = auto, 2 = whenever the geometry fits
-// (negative: unchanged); per-thread chunk bytes (<= 0: unchanged). Calls that took the path.
-void set_winograd(int mode, int64_t chunk_bytes);
+// How many calls took the Winograd path (tests prove a forced or automatic choice ran).
 int64_t winograd_calls();
 
 }  // namespace pydl

@@ -357,17 +357,14 @@ def test_bad_inputs_raise(xp, dtype):
 
 # ---------------------------------------------------------------- Winograd path
 # Dense 3x3, stride 1, dilation 1, groups 1 convolutions (forward and grad input) may run
-# Winograd F(2x2, 3x3) on the CPU (csrc/conv_winograd.cpp), stride 1 and 2. The private knob
-# _cpu._set_conv_winograd(mode) forces it (2) on shapes too small for the automatic choice
-# (1, default) or switches it off (0); _cpu._conv_winograd_calls() proves the path ran.
-# At stride 2 the input gradient is the forward's adjoint. CPU-only: the knob belongs to the
-# C++ kernels.
+# Winograd F(2x2, 3x3) on the CPU (csrc/conv_winograd.cpp), stride 1 and 2. The tests force it
+# with pydl.backends.conv_algorithm("winograd") on shapes too small for the automatic choice;
+# _cpu._conv_winograd_calls() proves the path ran. At stride 2 the input gradient is the
+# forward's adjoint. CPU-only: the counter belongs to the C++ kernels.
 
 @pytest.fixture
 def wino():
-    cpu = _backend.cpu()
-    yield cpu
-    cpu._set_conv_winograd(1, 1536 << 10)
+    return _backend.cpu()
 
 
 # (x shape, K, padding): odd and tile-unaligned sizes, all paddings, batch 0 and 1, K != C.
@@ -399,10 +396,10 @@ def test_winograd_matches_reference(wino, dtype, case, stride):
     dy64 = rng.uniform(-1, 1, want.shape)
     dy = dy64.astype(dtype)
     saved = [a.copy() for a in (x, w, b, dy)]
-    wino._set_conv_winograd(2)
     before = wino._conv_winograd_calls()
-    y = F.conv2d(x, w, b, stride=stride, padding=pad)
-    gx, gw, gb = F.conv2d_backward(dy, x, w, stride=stride, padding=pad)
+    with pydl.backends.conv_algorithm("winograd"):
+        y = F.conv2d(x, w, b, stride=stride, padding=pad)
+        gx, gw, gb = F.conv2d_backward(dy, x, w, stride=stride, padding=pad)
     assert wino._conv_winograd_calls() - before == (3 if xs[0] > 0 else 0)  # y, gx, gw
     rx, rw, rb = R.conv2d_backward(dy64, x64, w64, stride=stride, padding=pad)
     assert_close(y, want, dtype)
@@ -418,10 +415,10 @@ def test_winograd_noncontiguous_inputs(wino, dtype):
     x = rand(rng, (2, 3, 8, 14), dtype)[:, :, :, ::2]      # (2, 3, 8, 7), strided
     w = rand(rng, (3, 4, 3, 3), dtype).transpose(1, 0, 2, 3)  # (4, 3, 3, 3), transposed
     dy = rand(rng, (2, 4, 8, 7), dtype)
-    wino._set_conv_winograd(2)
     before = wino._conv_winograd_calls()
-    y = F.conv2d(x, w, padding="same")
-    (gx, _, _) = F.conv2d_backward(dy, x, w, padding="same", output_mask=(True, False, False))
+    with pydl.backends.conv_algorithm("winograd"):
+        y = F.conv2d(x, w, padding="same")
+        (gx, _, _) = F.conv2d_backward(dy, x, w, padding="same", output_mask=(True, False, False))
     assert wino._conv_winograd_calls() - before == 2
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
     assert_close(y, R.conv2d(x64, w64, padding="same"), dtype)
@@ -429,7 +426,7 @@ def test_winograd_noncontiguous_inputs(wino, dtype):
 
 
 def test_winograd_auto_choice_agrees_with_im2col(wino, dtype):
-    """Default mode takes Winograd for >= 16 channels and >= 192 tiles; the result agrees
+    """The automatic rule takes Winograd for >= 16 channels and >= 192 tiles; the result agrees
     with the im2col path."""
     rng = np.random.default_rng(121)
     x, w, b = rand(rng, (2, 16, 24, 21), dtype), rand(rng, (18, 16, 3, 3), dtype), rand(rng, (18,), dtype)
@@ -438,9 +435,9 @@ def test_winograd_auto_choice_agrees_with_im2col(wino, dtype):
     y = F.conv2d(x, w, b, padding=1)
     gx = F.conv2d_backward(dy, x, w, padding=1, output_mask=(True, False, False))[0]
     assert wino._conv_winograd_calls() - before == 2
-    wino._set_conv_winograd(0)
-    y0 = F.conv2d(x, w, b, padding=1)
-    gx0 = F.conv2d_backward(dy, x, w, padding=1, output_mask=(True, False, False))[0]
+    with pydl.backends.conv_algorithm("im2col_tiled"):
+        y0 = F.conv2d(x, w, b, padding=1)
+        gx0 = F.conv2d_backward(dy, x, w, padding=1, output_mask=(True, False, False))[0]
     assert wino._conv_winograd_calls() - before == 2
     x64, w64, b64, dy64 = (a.astype(np.float64) for a in (x, w, b, dy))
     for got in (y, y0):
@@ -448,7 +445,6 @@ def test_winograd_auto_choice_agrees_with_im2col(wino, dtype):
     for got in (gx, gx0):
         assert_close(got, R.conv2d_backward(dy64, x64, w64, padding=1)[0], dtype)
     # Thin layers and small images stay on im2col.
-    wino._set_conv_winograd(1)
     F.conv2d(x[:, :3], w[:, :3], padding=1)
     F.conv2d(x[:1, :, :8, :8], w, padding=1)
     assert wino._conv_winograd_calls() - before == 2
@@ -461,7 +457,7 @@ def test_winograd_auto_choice_agrees_with_im2col(wino, dtype):
     ((1, 64, 28, 28), 64, False, False),   # 49 tiles
 ])
 def test_winograd_stride2_auto_choice(wino, dtype, xs, k, takes_fwd, takes_wgrad):
-    """Default mode at stride 2: the forward needs >= 64 channels, both need >= 192 tiles that
+    """The automatic rule at stride 2: the forward needs >= 64 channels, both need >= 192 tiles that
     cover the output with little overhang; taken or not, the results match the reference."""
     rng = np.random.default_rng(123)
     x, w, b = rand(rng, xs, dtype), rand(rng, (k, xs[1], 3, 3), dtype), rand(rng, (k,), dtype)
@@ -488,7 +484,7 @@ def test_winograd_stride2_auto_choice(wino, dtype, xs, k, takes_fwd, takes_wgrad
 def test_winograd_chunks_stay_under_workspace_cap(wino, dtype, shape, k, tiles, threads, stride):
     """A cap of the transformed weights plus `tiles` tiles (per thread) forces many chunks;
     the workspace peak stays under it (the weight gradient keeps a 16*C*K accumulator per
-    thread, so it takes fewer tiles). A cap below one tile falls back to im2col."""
+    thread, so it takes fewer tiles). Forced under a cap below one tile, it raises the cap error."""
     rng = np.random.default_rng(122)
     c = shape[1]
     x, w, b = rand(rng, shape, dtype), rand(rng, (k, c, 3, 3), dtype), rand(rng, (k,), dtype)
@@ -502,27 +498,51 @@ def test_winograd_chunks_stay_under_workspace_cap(wino, dtype, shape, k, tiles, 
     values = 16 if stride == 1 else 25  # transformed values per tile and channel
     per_tile = (values * (c + k) + (16 if stride == 1 else 30)) * item  # + row buffers
     cpu = _backend.cpu()
-    wino._set_conv_winograd(2)
     strides_pad = 32 * (4096 + 320)  # per thread: the 4 KiB-staggered strides of the transforms
     u_bytes = 16 * ((c * k * item + 4095) // 4096 * 4096 + 320)  # the 16 transformed weights, staggered
     room = u_bytes + threads * (strides_pad + tiles * per_tile)
-    for limit, takes in ((room, True), (16 * c * k * item, False)):
-        F.set_conv_workspace_limit(limit)
-        before = wino._conv_winograd_calls()
-        cpu.conv_workspace_peak_bytes(True)
+    F.set_conv_workspace_limit(room)
+    before = wino._conv_winograd_calls()
+    cpu.conv_workspace_peak_bytes(True)
+    # At stride 2 the input gradient needs whole tile rows per chunk (else it declines: im2col).
+    whole_rows = stride == 1 or tiles >= (want.shape[3] + 1) // 2
+    with pydl.backends.conv_algorithm(forward="winograd", weight_grad="winograd"):
         y = F.conv2d(x, w, b, **kw)
-        if takes:
-            assert 0 < cpu.conv_workspace_peak_bytes() <= limit
+        assert 0 < cpu.conv_workspace_peak_bytes() <= room
         gw = F.conv2d_backward(dy, x, w, **kw, output_mask=(False, True, False))[1]
-        if takes:
-            assert 0 < cpu.conv_workspace_peak_bytes() <= limit
+        assert 0 < cpu.conv_workspace_peak_bytes() <= room
+    with pydl.backends.conv_algorithm(input_grad="winograd" if whole_rows else "im2col_tiled"):
         gx = F.conv2d_backward(dy, x, w, **kw, output_mask=(True, False, False))[0]
-        # At stride 2 the input gradient needs whole tile rows per chunk (else col2im).
-        whole_rows = stride == 1 or tiles >= (want.shape[3] + 1) // 2
-        assert wino._conv_winograd_calls() - before == ((3 if whole_rows else 2) if takes else 0)
-        assert_close(y, want, dtype)
-        assert_close(gx, want_gx, dtype)
-        assert_close(gw, want_gw, dtype)
+    assert wino._conv_winograd_calls() - before == (3 if whole_rows else 2)
+    assert_close(y, want, dtype)
+    assert_close(gx, want_gx, dtype)
+    assert_close(gw, want_gw, dtype)
+    F.set_conv_workspace_limit(16 * c * k * item)
+    with pydl.backends.conv_algorithm("winograd"):
+        for call in (lambda: F.conv2d(x, w, b, **kw), lambda: F.conv2d_backward(dy, x, w, **kw)):
+            with pytest.raises(ValueError, match="'winograd' does not fit the workspace cap"):
+                call()
+
+
+def test_winograd_declined_falls_back_to_im2col(wino, dtype):
+    """A shape the automatic rule gives Winograd, under a cap below one Winograd chunk: the call
+    declines it at run time and takes the im2col algorithm instead, with the same results."""
+    rng = np.random.default_rng(124)
+    xs, k = (4, 16, 28, 28), 16
+    x, w, b = rand(rng, xs, dtype), rand(rng, (k, xs[1], 3, 3), dtype), rand(rng, (k,), dtype)
+    for direction in ("forward", "input_grad", "weight_grad"):
+        assert pydl.backends.conv_algorithm_choice(direction, xs, w.shape, padding=1, dtype=dtype) == "winograd"
+    x64, w64, b64 = (a.astype(np.float64) for a in (x, w, b))
+    want = R.conv2d(x64, w64, b64, padding=1)
+    dy = rand(rng, want.shape, dtype)
+    F.set_conv_workspace_limit(16 * xs[1] * k * np.dtype(dtype).itemsize)
+    before = wino._conv_winograd_calls()
+    y = F.conv2d(x, w, b, padding=1)
+    gx, gw, _ = F.conv2d_backward(dy, x, w, padding=1)
+    assert wino._conv_winograd_calls() == before
+    assert_close(y, want, dtype)
+    for got, ref in zip((gx, gw), R.conv2d_backward(dy.astype(np.float64), x64, w64, padding=1)):
+        assert_close(got, ref, dtype)
 
 
 @pytest.mark.parametrize("xs,k,kw", [((2, 3, 5, 4), 2, dict(padding=1)), ((1, 2, 4, 5), 3, dict(padding=(2, 0))),
@@ -530,10 +550,10 @@ def test_winograd_chunks_stay_under_workspace_cap(wino, dtype, shape, k, tiles, 
                                      ((1, 2, 6, 9), 3, dict(stride=2, padding=(0, 2))),
                                      ((1, 2, 7, 8), 2, dict(padding=(2, 6), dilation=(2, 3)))])
 def test_winograd_backward_matches_finite_differences(wino, xs, k, kw):
-    wino._set_conv_winograd(2)
     fwd = lambda x, w, b, **kw: F.conv2d(x, w, b, **kw)  # noqa: E731
     before = wino._conv_winograd_calls()
-    _fd_check(fwd, xs, (k, xs[1], 3, 3), (k,), kw, F.conv2d_backward, np)
+    with pydl.backends.conv_algorithm("winograd"):
+        _fd_check(fwd, xs, (k, xs[1], 3, 3), (k,), kw, F.conv2d_backward, np)
     assert wino._conv_winograd_calls() > before
 
 
@@ -642,7 +662,8 @@ def test_winograd_dilated_phases_count_against_workspace_cap(wino, dtype):
     room = 3 * u_bytes + 2 * (32 * (4096 + 320) + 24 * per_tile)
     assert phases > room  # without counting the phases Winograd would fit in every case below
     cpu = _backend.cpu()
-    wino._set_conv_winograd(2)
+    for direction in ("forward", "input_grad", "weight_grad"):  # the automatic rule takes it
+        assert pydl.backends.conv_algorithm_choice(direction, xs, w.shape, **kw, dtype=dtype) == "winograd"
     for limit, takes in ((phases + room, True), (phases + u_bytes, False), (phases, False)):
         F.set_conv_workspace_limit(limit)
         before = wino._conv_winograd_calls()
@@ -833,21 +854,25 @@ _ACT_REF = {  # the float64 oracles of pydl.reference (leaky_relu at slope 0.2)
     "hardswish": R.hardswish,
 }
 
-# (x shape, w shape, conv kwargs, winograd mode or None, workspace limit or None)
+# (x shape, w shape, conv kwargs, forced forward algorithm (None: the automatic rule), workspace
+# limit or None)
 _FUSED_PATHS = {
-    "depthwise stencil": ((2, 3, 7, 5), (3, 1, 3, 3), dict(padding=1, groups=3), None, None),
-    "depthwise generic": ((2, 3, 9, 12), (3, 1, 3, 3), dict(stride=2, padding=1, groups=3), None, None),
-    "winograd s1": ((2, 3, 7, 9), (5, 3, 3, 3), dict(padding=1), 2, None),
-    "winograd s2": ((2, 3, 7, 9), (5, 3, 3, 3), dict(stride=2, padding=1), 2, None),
-    "winograd dilated": ((2, 3, 7, 9), (5, 3, 3, 3), dict(padding=(4, 2), dilation=2), 2, None),
-    "1x1": ((2, 6, 5, 7), (4, 6, 1, 1), dict(), None, None),
-    "grouped 1x1": ((2, 6, 5, 7), (4, 3, 1, 1), dict(groups=2), None, None),
-    "per image": ((3, 2, 28, 27), (6, 2, 5, 5), dict(), 0, None),
-    "tiles of images": ((5, 3, 5, 5), (4, 3, 3, 3), dict(padding=1), 0, None),
-    "tile rows of one image": ((1, 5, 6, 7), (72, 5, 3, 3), dict(padding=1), 0, None),
-    "tiles of pixels": ((1, 4, 25, 26), (5, 4, 3, 2), dict(stride=(2, 3), padding=(3, 1), dilation=(2, 3)), 0, 4096),
-    "grouped": ((2, 6, 19, 23), (4, 3, 3, 3), dict(stride=2, padding=1, groups=2), 0, None),
-    "grouped direct": ((2, 8, 9, 11), (12, 2, 3, 3), dict(padding=1, groups=4), None, None),
+    "depthwise stencil": ((2, 3, 7, 5), (3, 1, 3, 3), dict(padding=1, groups=3), "depthwise", None),
+    "depthwise generic": ((2, 3, 9, 12), (3, 1, 3, 3), dict(stride=2, padding=1, groups=3), "depthwise", None),
+    "depthwise blocked": ((2, 11, 9, 12), (11, 1, 3, 3), dict(stride=2, padding=1, groups=11),
+                          "depthwise_blocked", None),
+    "winograd s1": ((2, 3, 7, 9), (5, 3, 3, 3), dict(padding=1), "winograd", None),
+    "winograd s2": ((2, 3, 7, 9), (5, 3, 3, 3), dict(stride=2, padding=1), "winograd", None),
+    "winograd dilated": ((2, 3, 7, 9), (5, 3, 3, 3), dict(padding=(4, 2), dilation=2), "winograd", None),
+    "1x1": ((2, 6, 5, 7), (4, 6, 1, 1), dict(), "gemm_1x1", None),
+    "grouped 1x1": ((2, 6, 5, 7), (4, 3, 1, 1), dict(groups=2), "gemm_1x1", None),
+    "per image": ((3, 2, 28, 27), (6, 2, 5, 5), dict(), "im2col_per_image", None),
+    "tiles of images": ((5, 3, 5, 5), (4, 3, 3, 3), dict(padding=1), "im2col_tiled", None),
+    "tile rows of one image": ((1, 5, 6, 7), (72, 5, 3, 3), dict(padding=1), "im2col_tiled", None),
+    "tiles of pixels": ((1, 4, 25, 26), (5, 4, 3, 2), dict(stride=(2, 3), padding=(3, 1), dilation=(2, 3)),
+                        "im2col_tiled", 4096),
+    "grouped": ((2, 6, 19, 23), (4, 3, 3, 3), dict(stride=2, padding=1, groups=2), "im2col_tiled", None),
+    "grouped direct": ((2, 8, 9, 11), (12, 2, 3, 3), dict(padding=1, groups=4), "grouped_direct", None),
 }
 
 
@@ -855,7 +880,7 @@ _FUSED_PATHS = {
 @pytest.mark.parametrize("activation", list(_ACT_REF), ids=str)
 @pytest.mark.parametrize("path", list(_FUSED_PATHS))
 def test_conv2d_fused_epilogue_matches_reference(xp, dtype, path, activation, residual):
-    xs, ws, kw, wino_mode, limit = _FUSED_PATHS[path]
+    xs, ws, kw, algorithm, limit = _FUSED_PATHS[path]
     rng = np.random.default_rng(list(_FUSED_PATHS).index(path))
     x64, w64, b64 = rng.uniform(-1, 1, xs), rng.uniform(-1, 1, ws), rng.uniform(-1, 1, ws[0])
     conv = R.conv2d(x64, w64, b64, **kw)
@@ -867,16 +892,14 @@ def test_conv2d_fused_epilogue_matches_reference(xp, dtype, path, activation, re
     cpu = _backend.cpu()
     old_limit = F.get_conv_workspace_limit()
     try:
-        if xp is np and wino_mode is not None:
-            cpu._set_conv_winograd(wino_mode)
         if limit:
             F.set_conv_workspace_limit(limit)
         calls = cpu._conv_winograd_calls()
-        got = F.conv2d(x, w, b, **kw, activation=activation, residual=r, negative_slope=0.2)
-        if xp is np and wino_mode == 2:
+        with pydl.backends.conv_algorithm(forward=algorithm if algorithm and xp is np else "auto"):
+            got = F.conv2d(x, w, b, **kw, activation=activation, residual=r, negative_slope=0.2)
+        if xp is np and algorithm == "winograd":
             assert cpu._conv_winograd_calls() == calls + 1, "the Winograd path did not run"
     finally:
-        cpu._set_conv_winograd(1)
         F.set_conv_workspace_limit(old_limit)
     assert_close(got, want, dtype)
     for a, s in zip((x, w, b) + ((r,) if residual else ()), saved):
