@@ -1,14 +1,17 @@
-"""pydl.backends: which algorithm a CPU convolution runs, and forcing one.
+"""pydl.backends: which algorithm a convolution runs, and forcing one.
 
-Each direction of a convolution (forward, input gradient, weight gradient) has one table of
-algorithms (``conv_algorithms()``) and one automatic rule (csrc/conv.cpp's ``choose``).
-``conv_algorithm`` replaces the rule for the calls inside a ``with`` block, process-wide; a call
-the forced algorithm cannot compute raises a ValueError that names it (never a silent
-fallback), so tests and benchmarks can run every algorithm on every host.
+Each device has one table of algorithms for the three directions of a convolution (forward,
+input gradient, weight gradient), ``conv_algorithms(device)``, and one automatic rule: the CPU's
+in csrc/conv.cpp (``choose``), the GPU's in pydl/cuda/conv.py (``choose``). ``conv_algorithm``
+replaces the rule for the calls inside a ``with`` block, process-wide; a call the forced
+algorithm cannot compute raises a ValueError that names it (never a silent fallback), so tests
+and benchmarks can run every algorithm on every host.
 
 >>> import pydl.backends, pydl.functional as F
 >>> with pydl.backends.conv_algorithm("im2col_tiled"):
 ...     y = F.conv2d(x, w, padding=1)            # doctest: +SKIP
+>>> with pydl.backends.conv_algorithm("direct", device="cuda"):
+...     y = F.conv2d(x_cupy, w_cupy, padding=1)  # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -35,10 +38,27 @@ _ALGORITHMS = {
                              "interleaved pixel-major, one vector FMA per tap and output"),
 }
 _DIRECTIONS = ("forward", "input_grad", "weight_grad")
+_DEVICES = ("cpu", "cuda")
 
 
-def conv_algorithms() -> dict:
-    """{name: what it is for} of the CPU convolution algorithms."""
+def _device(device):
+    if device not in _DEVICES:
+        raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+    return device
+
+
+def _gpu_table():
+    # Pure Python (CuPy is imported only by the kernels): the GPU's table and rule are
+    # readable and forceable on any host.
+    from .cuda import conv
+
+    return conv
+
+
+def conv_algorithms(device="cpu") -> dict:
+    """{name: what it is for} of the convolution algorithms of ``device`` ('cpu' or 'cuda')."""
+    if _device(device) == "cuda":
+        return {"auto": "the automatic rule", **_gpu_table().ALGORITHMS}
     return {k: v[1] for k, v in _ALGORITHMS.items()}
 
 
@@ -48,19 +68,39 @@ def _code(name, arg):
     return _ALGORITHMS[name][0]
 
 
+def _gpu_name(name, arg):
+    names = conv_algorithms("cuda")
+    if not isinstance(name, str) or name not in names:
+        raise ValueError(f"{arg}: expected one of {', '.join(map(repr, names))}, got {name!r}")
+    return None if name == "auto" else name
+
+
 @contextlib.contextmanager
-def conv_algorithm(algorithm=None, *, forward=None, input_grad=None, weight_grad=None):
-    """Force CPU convolution algorithms inside a ``with`` block (process-wide; restored after).
+def conv_algorithm(algorithm=None, *, forward=None, input_grad=None, weight_grad=None, device="cpu"):
+    """Force convolution algorithms of ``device`` ('cpu': NumPy arrays, 'cuda': CuPy arrays) inside
+    a ``with`` block (process-wide; restored after).
 
     ``conv_algorithm("im2col_tiled")`` forces every direction; the keywords force one each
     (``conv_algorithm(forward="winograd")``). A call the forced algorithm does not apply to
-    raises ValueError naming the algorithm. CuPy arrays are not affected (the GPU's own
-    choice, pydl/cuda/conv.py).
+    raises ValueError naming the algorithm. The other device's choice is not affected.
     """
     chosen = {d: v for d, v in zip(_DIRECTIONS, (forward, input_grad, weight_grad)) if v is not None}
     if algorithm is not None:
-        _code(algorithm, "algorithm")
         chosen = {d: chosen.get(d, algorithm) for d in _DIRECTIONS}
+    if _device(device) == "cuda":
+        if algorithm is not None:
+            _gpu_name(algorithm, "algorithm")
+        names = {d: _gpu_name(v, d) for d, v in chosen.items()}
+        forced = _gpu_table()._forced
+        previous = {d: forced[d] for d in names}
+        try:
+            forced.update(names)
+            yield
+        finally:
+            forced.update(previous)
+        return
+    if algorithm is not None:
+        _code(algorithm, "algorithm")
     codes = {d: _code(v, d) for d, v in chosen.items()}
     cpu = _backend.cpu()
     previous = {}
@@ -74,19 +114,25 @@ def conv_algorithm(algorithm=None, *, forward=None, input_grad=None, weight_grad
 
 
 def conv_algorithm_choice(direction, x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
-                          dtype="float32") -> str:
-    """The algorithm a CPU conv2d call of these arguments runs in ``direction`` ('forward',
-    'input_grad' or 'weight_grad'), forced or automatic (a forced one that does not apply raises)."""
+                          dtype="float32", device="cpu") -> str:
+    """The algorithm a conv2d call of these arguments on ``device`` runs in ``direction``
+    ('forward', 'input_grad' or 'weight_grad'), forced or automatic (a forced one that does not
+    apply raises). Needs no GPU for device='cuda'."""
     import numpy as np
 
     from .functional.conv import _conv_params
 
     if direction not in _DIRECTIONS:
         raise ValueError(f"direction: expected one of {_DIRECTIONS}, got {direction!r}")
+    _device(device)
     x, w = np.empty(x_shape, dtype), np.empty(weight_shape, dtype)
     s, p, d, g, (ho, wo) = _conv_params(x, w, stride, padding, dilation, groups)
     n, c, h, wd = x.shape
     k, _, kh, kw = w.shape
+    if device == "cuda":
+        gpu = _gpu_table()
+        return gpu.pick(direction, gpu.Geo(n, c, h, wd, k, kh, kw, ho, wo, s[0], s[1], p[0], p[1], d[0], d[1], g),
+                        x.dtype)
     code = _backend.cpu()._conv_algorithm_choice(_DIRECTIONS.index(direction), n, c, h, wd, k, kh, kw, s[0], s[1],
                                                  p[0], p[1], d[0], d[1], g, ho, wo, x.dtype == np.float64)
     return next(name for name, (cd, _) in _ALGORITHMS.items() if cd == code)

@@ -1,15 +1,16 @@
 """conv2d on the GPU: behaviour only the CUDA path has (the shared parity suite is
 tests/test_conv.py, run for numpy and cupy through the xp fixture).
 
-Each fast path of pydl.cuda.conv (im2col + GEMM, chunked im2col, 1x1 GEMM, Winograd,
-direct depthwise / grouped kernels) against the float64 reference, CuPy streams,
-bit-identical reruns, TF32 opt-in, non-contiguous inputs and device mixing. Every test
-skips itself without a GPU.
+Each algorithm of pydl.cuda.conv's table (im2col + GEMM, chunked im2col, 1x1 GEMM, Winograd,
+direct depthwise / grouped kernels), chosen and forced, against the float64 reference, CuPy
+streams, bit-identical reruns, TF32 opt-in, non-contiguous inputs and device mixing. Every test
+that runs kernels skips itself without a GPU; the table's rule is checked on any host.
 """
 import numpy as np
 import pytest
 
 import pydl
+import pydl.backends as B
 import pydl.functional as F
 import pydl.reference as R
 
@@ -68,15 +69,15 @@ def _check_conv(cp, rng, xs, ws, dtype, stride=1, padding=0, dilation=1, groups=
     assert_close(db, wdb, dtype)
 
 
-# (name, x shape, weight shape, kwargs, which plan pydl.cuda.conv must pick)
+# (name, x shape, weight shape, kwargs, the forward algorithm pydl.cuda.conv's rule must pick)
 PATHS = [
-    ("gemm", (2, 3, 9, 7), (5, 3, 3, 2), dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2)), "gemm"),
-    ("gemm_same_even_kernel", (2, 3, 8, 7), (4, 3, 4, 2), dict(padding="same"), "gemm"),
-    ("gemm_groups", (2, 12, 8, 9), (6, 6, 3, 3), dict(padding=1, groups=2), "gemm"),
-    ("pointwise", (3, 16, 7, 5), (8, 16, 1, 1), {}, "1x1"),
+    ("gemm", (2, 3, 9, 7), (5, 3, 3, 2), dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2)), "im2col"),
+    ("gemm_same_even_kernel", (2, 3, 8, 7), (4, 3, 4, 2), dict(padding="same"), "im2col"),
+    ("gemm_groups", (2, 12, 8, 9), (6, 6, 3, 3), dict(padding=1, groups=2), "im2col"),
+    ("pointwise", (3, 16, 7, 5), (8, 16, 1, 1), {}, "gemm_1x1"),
     ("pointwise_groups", (2, 12, 5, 6), (8, 3, 1, 1), dict(groups=4), "direct"),
-    ("pointwise_groups_gemm", (2, 16, 5, 6), (4, 8, 1, 1), dict(groups=2), "1x1"),
-    ("pointwise_strided", (2, 8, 7, 9), (4, 8, 1, 1), dict(stride=2), "gemm"),
+    ("pointwise_groups_gemm", (2, 16, 5, 6), (4, 8, 1, 1), dict(groups=2), "gemm_1x1"),
+    ("pointwise_strided", (2, 8, 7, 9), (4, 8, 1, 1), dict(stride=2), "im2col"),
     ("winograd", (2, 32, 9, 11), (33, 32, 3, 3), dict(padding=1), "winograd"),
     ("winograd_valid_odd", (1, 40, 7, 6), (32, 40, 3, 3), {}, "winograd"),
     ("winograd_asym_pad", (2, 32, 6, 5), (32, 32, 3, 3), dict(padding=(0, 2)), "winograd"),
@@ -91,29 +92,97 @@ PATHS = [
 ]
 
 
-def _plan(G, xs, ws, dtype, kw):
-    C, K, kh, kwid = xs[1], ws[0], ws[2], ws[3]
-    groups = kw.get("groups", 1)
-    s = kw.get("stride", 1)
-    s = (s, s) if isinstance(s, int) else s
-    d = kw.get("dilation", 1)
-    d = (d, d) if isinstance(d, int) else d
-    if G._use_direct(C, K, groups):
-        return "direct"
-    if G._use_winograd(dtype, C, K, kh, kwid, s[0], s[1], d[0], d[1], groups):
-        return "winograd"
-    p = kw.get("padding", 0)
-    if kh == kwid == 1 and s == (1, 1) and p in (0, (0, 0), "valid", "same"):
-        return "1x1"
-    return "gemm"
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name,xs,ws,kw,plan", PATHS, ids=[p[0] for p in PATHS])
+def test_fast_paths_match_reference(cp, name, xs, ws, kw, plan, dtype):
+    want_plan = plan if not (plan == "winograd" and dtype == np.float64) else "im2col"
+    got = B.conv_algorithm_choice("forward", xs, ws, dtype=dtype, device="cuda", **kw)
+    assert got == want_plan, "the configuration no longer covers its path"
+    _check_conv(cp, np.random.default_rng(len(name)), xs, ws, dtype, **kw)
+
+
+def test_cuda_conv_algorithm_rule_and_forcing():
+    """The GPU's table and rule, on any host: what the rule picks per direction, forcing one, the
+    error for one that does not apply, restoring after the block, and bad names."""
+    def choice(direction, xs, ws, dtype="float32", **kw):
+        return B.conv_algorithm_choice(direction, xs, ws, dtype=dtype, device="cuda", **kw)
+
+    assert set(B.conv_algorithms("cuda")) == {"auto", "direct", "winograd", "gemm_1x1", "im2col"}
+    dirs = ("forward", "input_grad", "weight_grad")
+    assert [choice(d, (2, 8, 9, 9), (8, 1, 3, 3), padding=1, groups=8) for d in dirs] == ["direct"] * 3
+    assert [choice(d, (2, 32, 9, 9), (32, 32, 3, 3), padding=1) for d in dirs] == ["winograd"] * 3
+    assert [choice(d, (2, 32, 9, 9), (32, 32, 3, 3), "float64", padding=1) for d in dirs] == ["im2col"] * 3
+    assert [choice(d, (2, 16, 7, 5), (8, 16, 1, 1)) for d in dirs] == ["gemm_1x1", "gemm_1x1", "im2col"]
+    assert choice("forward", (2, 16, 9, 9), (8, 16, 3, 3), stride=2) == "im2col"
+    with B.conv_algorithm("direct", device="cuda"):
+        assert choice("weight_grad", (2, 32, 9, 9), (32, 32, 3, 3), padding=1) == "direct"
+        # The CPU's choice is its own.
+        assert B.conv_algorithm_choice("forward", (2, 16, 7, 5), (8, 16, 1, 1)) == "gemm_1x1"
+    assert choice("weight_grad", (2, 32, 9, 9), (32, 32, 3, 3), padding=1) == "winograd"
+    with B.conv_algorithm(weight_grad="gemm_1x1", device="cuda"):
+        assert choice("forward", (2, 16, 7, 5), (8, 16, 1, 1)) == "gemm_1x1"
+        with pytest.raises(ValueError, match="'gemm_1x1' does not apply to this weight_grad on the GPU"):
+            choice("weight_grad", (2, 16, 7, 5), (8, 16, 1, 1))
+    with B.conv_algorithm(forward="winograd", device="cuda"):
+        assert choice("forward", (1, 2, 9, 9), (3, 2, 3, 3), "float64") == "winograd"
+        for kw in (dict(stride=2), dict(dilation=2), dict(groups=2)):
+            with pytest.raises(ValueError, match="'winograd' does not apply to this forward on the GPU"):
+                choice("forward", (1, 4, 9, 9), (4, 4 // kw.get("groups", 1), 3, 3), **kw)
+    with pytest.raises(ValueError, match="algorithm: expected one of"):
+        with B.conv_algorithm("im2col_tiled", device="cuda"):
+            pass
+    with pytest.raises(ValueError, match="device"):
+        with B.conv_algorithm("direct", device="gpu"):
+            pass
+    with pytest.raises(ValueError, match="device"):
+        B.conv_algorithms("tpu")
+
+
+# Geometries for forcing every GPU algorithm: dense, strided, dilated, grouped, depthwise, 1x1,
+# 'same' with an even kernel, batch 1, padding > 2 (the Winograd input gradient reads dy at a
+# positive offset), a single pixel.
+_GPU_ALGO_CASES = [
+    ((2, 3, 9, 7), (5, 3, 3, 3), dict(padding=1)),
+    ((1, 4, 8, 11), (3, 4, 3, 3), dict(padding=(3, 0))),
+    ((2, 3, 1, 1), (2, 3, 3, 3), dict(padding=1)),
+    ((2, 3, 10, 9), (4, 3, 3, 2), dict(stride=(2, 3), padding=(1, 0), dilation=(2, 1))),
+    ((2, 6, 8, 9), (4, 3, 3, 3), dict(padding=1, groups=2)),
+    ((2, 5, 11, 10), (5, 1, 5, 5), dict(stride=2, padding=2, groups=5)),
+    ((3, 6, 7, 5), (4, 6, 1, 1), {}),
+    ((2, 8, 7, 5), (6, 4, 1, 1), dict(groups=2)),
+    ((1, 3, 8, 7), (4, 3, 4, 2), dict(padding="same")),
+]
+_GPU_EXPECTED_PAIRS = {(a, d) for a in ("direct", "winograd", "im2col") for d in ("forward", "input_grad",
+                                                                                   "weight_grad")} | \
+    {("gemm_1x1", "forward"), ("gemm_1x1", "input_grad")}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("name,xs,ws,kw,plan", PATHS, ids=[p[0] for p in PATHS])
-def test_fast_paths_match_reference(cp, G, name, xs, ws, kw, plan, dtype):
-    want_plan = plan if not (plan == "winograd" and dtype == np.float64) else "gemm"
-    assert _plan(G, xs, ws, dtype, kw) == want_plan, "the configuration no longer covers its path"
-    _check_conv(cp, np.random.default_rng(len(name)), xs, ws, dtype, **kw)
+@pytest.mark.parametrize("algorithm", ["direct", "winograd", "gemm_1x1", "im2col"])
+def test_every_cuda_conv_algorithm_forced(cp, algorithm, dtype):
+    ran = set()
+    for i, (xs, ws, kw) in enumerate(_GPU_ALGO_CASES):
+        rng = np.random.default_rng(400 + i)
+        x, w, b, gx, gw, gb = _arrays(cp, rng, xs, ws, dtype)
+        y64 = R.conv2d(_f64(x), _f64(w), _f64(b), **kw)
+        dy = rng.uniform(-1, 1, y64.shape).astype(dtype)
+        want = dict(zip(("input_grad", "weight_grad"), R.conv2d_backward(_f64(dy), _f64(x), _f64(w), **kw)[:2]),
+                    forward=y64)
+        for direction in ("forward", "input_grad", "weight_grad"):
+            with B.conv_algorithm(**{direction: algorithm}, device="cuda"):
+                try:
+                    B.conv_algorithm_choice(direction, xs, ws, dtype=dtype, device="cuda", **kw)
+                except ValueError:
+                    continue
+                if direction == "forward":
+                    got = F.conv2d(gx, gw, gb, **kw)
+                else:
+                    mask = (direction == "input_grad", direction == "weight_grad", False)
+                    got = F.conv2d_backward(cp.asarray(dy), gx, gw, **kw, output_mask=mask)[
+                        0 if direction == "input_grad" else 1]
+            assert_close(got, want[direction], dtype, factor=4)
+            ran.add((algorithm, direction))
+    assert ran == {p for p in _GPU_EXPECTED_PAIRS if p[0] == algorithm}, ran
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])

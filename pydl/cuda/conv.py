@@ -4,19 +4,23 @@ Every function takes C-contiguous CuPy arrays of one dtype (float32 or float64) 
 fully overwrites its preallocated output, on the arrays' device and CuPy's current
 stream. pydl.functional has validated shapes, dtypes and devices already.
 
-Plans
------
-* Grouped convolutions with few channels per group (depthwise: C/groups == 1), see
-  ``_use_direct``: direct CUDA kernels (shared-memory tiles), no GEMM.
-* 1x1, stride 1, no padding: the input already is the column matrix; one strided-batched
-  GEMM per group straight between the NCHW arrays.
-* float32 3x3 stride-1 convolutions (groups 1, >= 32 channels): Winograd F(2x2, 3x3)
-  (our transform kernels + 16 GEMMs in one batched cuBLAS call) for the forward, the input
-  gradient and the weight gradient (2.25x fewer multiplies than im2col + GEMM). Its
-  transforms only add, subtract and halve: the float32 results stay within ~1e-6 of the
-  float64 reference (normwise), like the GEMM path. float64 keeps the im2col path.
-* Otherwise im2col (our kernel) + cuBLAS GEMMs reached through CuPy (the build machines
-  have no cuBLAS headers). Images are processed in chunks whose column buffer stays under
+Algorithms
+----------
+One table for the three directions (``ALGORITHMS``), as the CPU's: ``choose`` is the automatic
+rule, ``applies`` what each algorithm computes, and ``pydl.backends.conv_algorithm(...,
+device="cuda")`` forces one (a forced algorithm that does not apply raises ValueError).
+
+* ``direct``: grouped convolutions with few channels per group (depthwise: C/groups == 1),
+  see ``_use_direct``: direct CUDA kernels (shared-memory tiles), no GEMM. Forced, any geometry.
+* ``gemm_1x1``: 1x1, stride 1, no padding (forward and input gradient): the input already is
+  the column matrix; one strided-batched GEMM per group straight between the NCHW arrays.
+* ``winograd``: 3x3, stride 1, no dilation, groups 1; chosen for float32 with >= 32 channels:
+  Winograd F(2x2, 3x3) (our transform kernels + 16 GEMMs in one batched cuBLAS call) for the
+  forward, the input gradient and the weight gradient (2.25x fewer multiplies than im2col +
+  GEMM). Its transforms only add, subtract and halve: the float32 results stay within ~1e-6
+  of the float64 reference (normwise), like the GEMM path. float64 takes im2col unless forced.
+* ``im2col``: any geometry: im2col (our kernel) + cuBLAS GEMMs reached through CuPy (the build
+  machines have no cuBLAS headers). Images are processed in chunks whose column buffer stays under
   ``_WORKSPACE_LIMIT`` bytes (256 MiB, see ``set_workspace_limit``; at least one image
   per chunk, so a single huge image may exceed it; the Winograd buffers obey the same cap).
   The workspace comes from CuPy's memory pool.
@@ -62,6 +66,67 @@ def set_workspace_limit(nbytes: int) -> None:
 
 def get_workspace_limit() -> int:
     return _WORKSPACE_LIMIT
+
+
+# ---------------------------------------------------------------- the algorithm table
+ALGORITHMS = {
+    "direct": "grouped convolutions with at most 4 channels per group (depthwise among them); any geometry "
+              "when forced: shared-memory tiles per (image, channel), no GEMM",
+    "winograd": "3x3, stride 1, no dilation, groups 1 (automatic: float32 with >= 32 channels): Winograd "
+                "F(2x2, 3x3) transforms + 16 batched cuBLAS GEMMs",
+    "gemm_1x1": "1x1, stride 1, no padding, forward and input gradient: strided-batched cuBLAS GEMMs straight "
+                "between the NCHW arrays",
+    "im2col": "any geometry: im2col (col2im) over chunks of images under the workspace cap + cuBLAS GEMMs",
+}
+DIRECTIONS = ("forward", "input_grad", "weight_grad")
+_forced = dict.fromkeys(DIRECTIONS)  # direction -> forced algorithm name, or None (automatic)
+
+
+class Geo:
+    """A call's geometry: x (N, C, H, W), w (K, C/groups, kh, kw), y (N, K, Ho, Wo)."""
+
+    __slots__ = ("N", "C", "H", "W", "K", "kh", "kw", "Ho", "Wo", "sh", "sw", "ph", "pw", "dh", "dw", "groups")
+
+    def __init__(self, N, C, H, W, K, kh, kw, Ho, Wo, sh, sw, ph, pw, dh, dw, groups):
+        for k, v in zip(self.__slots__, (N, C, H, W, K, kh, kw, Ho, Wo, sh, sw, ph, pw, dh, dw, groups)):
+            setattr(self, k, int(v))
+
+    def pointwise(self) -> bool:
+        return _is_gemm_1x1(self.kh, self.kw, self.H, self.W, self.Ho, self.Wo, self.sh, self.sw, self.ph, self.pw)
+
+
+def applies(direction: str, algorithm: str, g: Geo) -> bool:
+    """Whether `algorithm` computes `direction` of geometry g (whatever its speed)."""
+    if algorithm in ("direct", "im2col"):
+        return True
+    if algorithm == "winograd":
+        return (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.groups) == (3, 3, 1, 1, 1, 1, 1)
+    if algorithm == "gemm_1x1":
+        return direction != "weight_grad" and g.pointwise()
+    return False
+
+
+def choose(direction: str, g: Geo, dtype) -> str:
+    """The automatic rule."""
+    if _use_direct(g.C, g.K, g.groups):
+        return "direct"
+    if _use_winograd(dtype, g.C, g.K, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.groups):
+        return "winograd"
+    if applies(direction, "gemm_1x1", g):
+        return "gemm_1x1"
+    return "im2col"
+
+
+def pick(direction: str, g: Geo, dtype) -> str:
+    """The forced algorithm of `direction`, checked against g, or the automatic choice."""
+    forced = _forced[direction]
+    if forced is None:
+        return choose(direction, g, dtype)
+    if not applies(direction, forced, g):
+        raise ValueError(f"conv: algorithm '{forced}' does not apply to this {direction} on the GPU (kernel "
+                         f"{g.kh}x{g.kw}, stride {g.sh}x{g.sw}, padding {g.ph}x{g.pw}, dilation {g.dh}x{g.dw}, "
+                         f"groups {g.groups}); see pydl.backends.conv_algorithms(device='cuda')")
+    return forced
 
 
 def _use_direct(C: int, K: int, groups: int) -> bool:
@@ -223,6 +288,11 @@ def _geometry(x, w, y):
     return N, C, H, W, K, kh, kw, Ho, Wo
 
 
+def _pick(direction, dims, sh, sw, ph, pw, dh, dw, groups, dtype):
+    N, C, H, W, K, kh, kw, Ho, Wo = dims
+    return pick(direction, Geo(N, C, H, W, K, kh, kw, Ho, Wo, sh, sw, ph, pw, dh, dw, groups), dtype)
+
+
 def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, activation=0,
                    negative_slope=0.01, residual=None):
     """y (N, K, Ho, Wo) = act(conv2d(x (N, C, H, W), w (K, C/groups, kh, kw)) + b (K,) + residual).
@@ -255,9 +325,10 @@ def _epilogue(y, act, slope, residual):
 def _conv2d_forward(x, w, b, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups):
     import cupy
 
-    N, C, H, W, K, kh, kw, Ho, Wo = _geometry(x, w, y)
+    N, C, H, W, K, kh, kw, Ho, Wo = dims = _geometry(x, w, y)
     sh, sw, ph, pw, dh, dw = stride_h, stride_w, pad_h, pad_w, dil_h, dil_w
     P = Ho * Wo
+    algo = _pick("forward", dims, sh, sw, ph, pw, dh, dw, groups, x.dtype)
     if y.size == 0:
         return
     cu = _backend.cuda()
@@ -272,12 +343,12 @@ def _conv2d_forward(x, w, b, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, 
             else:
                 cu.conv2d_fill_bias(_backend.ptr(y), _backend.ptr(b), N, K, P, f64, stream)
             return
-        if _use_direct(C, K, groups):
+        if algo == "direct":
             cu.conv2d_direct_forward(_backend.ptr(x), _backend.ptr(w), 0 if b is None else _backend.ptr(b),
                                      _backend.ptr(y), N, C, H, W, K, kh, kw, Ho, Wo, sh, sw, ph, pw,
                                      dh, dw, groups, f64, stream)
             return
-        if _use_winograd(x.dtype, C, K, kh, kw, sh, sw, dh, dw, groups):
+        if algo == "winograd":
             _winograd(cu, _Gemm(cupy, x.dtype), cupy, x, w, y, ph, pw, False, b, stream)
             return
         beta = 0.0
@@ -288,11 +359,11 @@ def _conv2d_forward(x, w, b, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, 
         item = x.itemsize
         # Row-major y[n,g] (Kg x P) = W_g (Kg x CKg) @ col[n,g] (CKg x P) is, column-major,
         # y^T (P x Kg) = col^T (P x CKg) @ W_g^T (CKg x Kg): m = P, n = Kg, k = CKg.
-        if _is_gemm_1x1(kh, kw, H, W, Ho, Wo, sh, sw, ph, pw) and P > _INT32_MAX:
+        if algo == "gemm_1x1" and P > _INT32_MAX:
             # A plane past 2**31 pixels is a leading dimension cuBLAS's 32-bit API cannot take.
             _mix_channels_64bit(y, x, [w[g * Kg:(g + 1) * Kg, :, 0, 0] for g in range(groups)], b is None)
             return
-        if _is_gemm_1x1(kh, kw, H, W, Ho, Wo, sh, sw, ph, pw):
+        if algo == "gemm_1x1":
             for n0 in range(0, N, _MAX_BATCH):
                 nb = min(_MAX_BATCH, N - n0)
                 for g in range(groups):
@@ -334,9 +405,10 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_h, pad_w, dil_h, di
     """dx (N, C, H, W) = the gradient of conv2d with respect to x, given dy (N, K, Ho, Wo)."""
     import cupy
 
-    N, C, H, W, K, kh, kw, Ho, Wo = _geometry(dx, w, dy)
+    N, C, H, W, K, kh, kw, Ho, Wo = dims = _geometry(dx, w, dy)
     sh, sw, ph, pw, dh, dw = stride_h, stride_w, pad_h, pad_w, dil_h, dil_w
     P = Ho * Wo
+    algo = _pick("input_grad", dims, sh, sw, ph, pw, dh, dw, groups, dx.dtype)
     if dx.size == 0:
         return
     cu = _backend.cuda()
@@ -348,12 +420,12 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_h, pad_w, dil_h, di
         if P == 0 or Kg == 0:  # no output depends on x
             dx.fill(0)
             return
-        if _use_direct(C, K, groups):
+        if algo == "direct":
             cu.conv2d_direct_backward_input(_backend.ptr(dy), _backend.ptr(w), _backend.ptr(dx), N, C, H, W,
                                             K, kh, kw, Ho, Wo, sh, sw, ph, pw, dh, dw, groups, f64, stream)
             return
         gemm = _Gemm(cupy, dx.dtype)
-        if _use_winograd(dx.dtype, C, K, kh, kw, sh, sw, dh, dw, groups):
+        if algo == "winograd":
             # dx[n,c,ih,iw] = sum_{k,a,b} w[k,c,2-a,2-b] dy[n,k,ih - (2-ph) + a, iw - (2-pw) + b]
             _winograd(cu, gemm, cupy, dy, w, dx, 2 - ph, 2 - pw, True, None, stream)
             return
@@ -361,11 +433,11 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_h, pad_w, dil_h, di
         # Row-major dcol[n,g] (CKg x P) = W_g^T (CKg x Kg) @ dy[n,g] (Kg x P) is, column-major,
         # dcol^T (P x CKg) = dy^T (P x Kg) @ W_g (Kg x CKg): A = dy (op N, lda P),
         # B = W_g stored column-major as CKg x Kg (op T, ldb CKg).
-        if _is_gemm_1x1(kh, kw, H, W, Ho, Wo, sh, sw, ph, pw) and P > _INT32_MAX:
+        if algo == "gemm_1x1" and P > _INT32_MAX:
             # A plane past 2**31 pixels is a leading dimension cuBLAS's 32-bit API cannot take.
             _mix_channels_64bit(dx, dy, [w[g * Kg:(g + 1) * Kg, :, 0, 0].T for g in range(groups)], True)
             return
-        if _is_gemm_1x1(kh, kw, H, W, Ho, Wo, sh, sw, ph, pw):
+        if algo == "gemm_1x1":
             for n0 in range(0, N, _MAX_BATCH):
                 nb = min(_MAX_BATCH, N - n0)
                 for g in range(groups):
@@ -392,9 +464,10 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_h, pad_w, dil_h, d
     """dw (K, C/groups, kh, kw) = the gradient of conv2d with respect to w."""
     import cupy
 
-    N, C, H, W, K, kh, kw, Ho, Wo = _geometry(x, dw, dy)
+    N, C, H, W, K, kh, kw, Ho, Wo = dims = _geometry(x, dw, dy)
     sh, sw, ph, pw, dh, dw_ = stride_h, stride_w, pad_h, pad_w, dil_h, dil_w
     P = Ho * Wo
+    algo = _pick("weight_grad", dims, sh, sw, ph, pw, dh, dw_, groups, x.dtype)
     if dw.size == 0:
         return
     cu = _backend.cuda()
@@ -406,7 +479,7 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_h, pad_w, dil_h, d
         if N * P == 0:  # an empty sum
             dw.fill(0)
             return
-        if _use_direct(C, K, groups):
+        if algo == "direct":
             S = _split(N * P, K)
             part = cupy.empty(S * K * CKg, dtype=x.dtype)
             cu.conv2d_direct_backward_weight(_backend.ptr(dy), _backend.ptr(x), _backend.ptr(dw),
@@ -414,7 +487,7 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_h, pad_w, dil_h, d
                                              ph, pw, dh, dw_, groups, S, f64, stream)
             return
         gemm = _Gemm(cupy, x.dtype)
-        if _use_winograd(x.dtype, C, K, kh, kw, sh, sw, dh, dw_, groups):
+        if algo == "winograd":
             _winograd_weight_grad(cu, gemm, cupy, x, dy, dw, ph, pw, stream)
             return
         item = x.itemsize
