@@ -64,10 +64,12 @@ bool winograd_pays(int64_t N, int64_t Cin, int64_t Cout, int64_t Hout, int64_t W
   const int64_t TH = ((Hout + dh - 1) / dh + 1) / 2, TW = ((Wout + dw - 1) / dw + 1) / 2;
   const int64_t tiles = N * dh * dw * TH * TW, tiled = dh * dw * 4 * TH * TW;  // outputs an image's tiles cover
   // Few channels: the GEMMs are too thin for the transforms to pay back. Few tiles: the
-  // per-call weight transform (16 C K values) and narrow GEMMs dominate (small images with
-  // many channels at small batches stay on im2col). Tiles that overhang the output much: the
-  // 2x2 tiles round every phase up (28 rows at dilation 6: phases of 5 rows tiled as 6).
-  if (stride == 1) return Cin >= 16 && Cout >= 16 && tiles >= 192 && 10 * Hout * Wout >= 7 * tiled;
+  // per-call weight transform (16 C K values) and narrow GEMMs dominate (one 7x7 image stays
+  // on im2col; the weight gradient, whose 16 GEMMs reduce over the tiles, needs more of them).
+  // Tiles that overhang the output much: the 2x2 tiles round every phase up (28 rows at
+  // dilation 6: phases of 5 rows tiled as 6).
+  if (stride == 1)
+    return Cin >= 16 && Cout >= 16 && tiles >= (weight_grad ? 192 : 48) && 10 * Hout * Wout >= 7 * tiled;
   // Stride 2 saves only 25 of 36 multiplies, so the 2x2 tiles must not overhang the output
   // much (7x7 outputs: 64 tiled for 49), and the forward needs 64 input channels to beat
   // im2col where the weight gradient already does at 16. The input gradient (the forward's
