@@ -141,7 +141,7 @@ def main(argv=None):
                    "comma-separated): " + ", ".join(MODELS))
     p.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default 1,8)")
     args = p.parse_args(argv)
-    names = bench_networks.check_names(bench_networks.parse_names(args.networks))
+    names = bench_networks.check_names(bench_networks.parse_names(args.networks), user=False)
     batches = tuple(int(b) for b in args.batches.split(","))
     print(f"pydl {pydl.__version__}: convolutions inside each network against alone "
           f"({pydl.get_num_threads()} threads)")

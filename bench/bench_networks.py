@@ -2,13 +2,17 @@
 
     python bench/bench_networks.py                          # every network (run.py leads with this)
     python bench/bench_networks.py --networks resnet18 --quick --json out.json
+    python bench/bench_networks.py --user                   # CNNs pydl.models lacks, via pydl.functional
 
 For each network (224x224, float32): evaluation forward at batch 1 and 8, and for resnet18 and
 mobilenet_v2 a training step (forward, cross entropy, backward, SGD step) at batch 8.
 pydl runs the model fused by pydl.nn.utils.fuse for evaluation and the unfused model in train
 mode for the step; PyTorch the torchvision model (eval and no_grad for inference); ONNX Runtime
 the torchvision model exported to ONNX (CPUExecutionProvider), when onnx and onnxruntime are
-installed.
+installed. ``--user`` (or naming them) adds CNNs that pydl.models does not define (VGG-11-BN,
+DenseNet-121, GoogLeNet, SqueezeNet 1.1, a DeepLab-style dilated ResNet-50), evaluation only,
+which pydl runs as a user writes them: one pydl.functional call per torchvision layer, NumPy for
+concatenation and residual adds, unfused (bench/functional_net.py).
 
 Each framework runs in its own worker process (this file with --worker), started by the
 driver with the machine's default threading, all on the same weights and input: the torch
@@ -21,7 +25,7 @@ PyTorch, pydl alone runs: its own seeded initialization, checked against its unf
 float64.
 
 Timing: one warm-up (the check run), then rounds in which every framework in turn takes the
-median of several runs (time.perf_counter; 3 in the first round, then as many as the fastest
+median of several runs (time.perf_counter; 2 in the first round, then as many as the fastest
 framework runs in 0.3 s, 2 to 10); each framework's best round is reported.
 """
 from __future__ import annotations
@@ -41,7 +45,11 @@ import traceback
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import functional_net  # noqa: E402
+
 MODELS = ["resnet18", "resnet34", "resnet50", "resnext50_32x4d", "mobilenet_v2"]
+USER_MODELS = list(functional_net.NETWORKS)  # pydl side: functional_net.FunctionalNet, eval only
 TRAIN_MODELS = ("resnet18", "mobilenet_v2")
 EVAL_BATCHES = (1, 8)
 TRAIN_BATCH = 8
@@ -71,7 +79,7 @@ def rel_error(got, want):
 def files(workdir, model):
     base = os.path.join(workdir, model)
     return {"weights": base + ".weights.npz", "data": base + ".data.npz", "grads": base + ".grads.npz",
-            "onnx": base + ".onnx"}
+            "onnx": base + ".onnx", "graph": base + ".graph.json"}
 
 
 def make_input(rng):
@@ -106,6 +114,8 @@ class PydlWorker:
     def prepare(self, model, onnx=False):
         """Without PyTorch: pydl's own seeded init and random batch norms; the reference is the
         unfused model in float64."""
+        if model in USER_MODELS:
+            raise ValueError(f"{model}: needs PyTorch (its graph and weights come from torchvision)")
         f = files(self.workdir, model)
         self.nn.init.manual_seed(SEED)
         m = self._model(model)
@@ -135,9 +145,14 @@ class PydlWorker:
     def setup(self, model):
         self.fns = {}
         f = files(self.workdir, model)
-        m = self._model(model)
-        m.load(f["weights"])
-        fused = self.nn.utils.fuse(m)
+        if model in USER_MODELS:
+            with np.load(f["weights"]) as wts:
+                fused = functional_net.FunctionalNet(f["graph"], dict(wts))
+            m = None
+        else:
+            m = self._model(model)
+            m.load(f["weights"])
+            fused = self.nn.utils.fuse(m)
         out, err, warm = {}, {}, {}
         with np.load(f["data"]) as d:
             x8, y, ref = d["x"], d["y"], d["eval"]
@@ -209,7 +224,10 @@ class TorchWorker:
         torch = self.torch
         f = files(self.workdir, model)
         torch.manual_seed(SEED)
-        tv = getattr(self.tvm, model)(weights=None).eval()
+        tv = (functional_net.build_torch(model) if model in USER_MODELS else getattr(self.tvm, model)(weights=None))
+        tv = tv.eval()
+        if model in USER_MODELS:
+            functional_net.export(tv, f["graph"])
         g = torch.Generator().manual_seed(SEED + 1)
         with torch.no_grad():
             for mod in tv.modules():
@@ -402,9 +420,9 @@ def frameworks_found(no_torch=False):
 def plan(quick):
     """(rounds, runs in the first round, seconds per framework in a later round, least and most
     runs in a later round). The default run fits 3 minutes on 2 cores: the 50-layer networks at
-    batch 8 and ResNet-18's training step take 0.4-1.5 s a call, so they get 3 + 2 + 2 runs
+    batch 8 and ResNet-18's training step take 0.4-1.5 s a call, so they get 2 + 2 + 2 runs
     (9 + 9 + 9 cost half a minute more); batch 1 gets up to 10 a round."""
-    return (1, 2, 0.0, 2, 2) if quick else (3, 3, 0.3, 2, 10)
+    return (1, 2, 0.0, 2, 2) if quick else (3, 2, 0.3, 2, 10)
 
 
 def run(names=None, quick=False, no_torch=False, log=print):
@@ -539,7 +557,8 @@ def parity_failures(result):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--networks", action="append", metavar="NAME",
-                   help=f"only these networks (repeatable or comma-separated): {', '.join(MODELS)}")
+                   help=f"only these networks (repeatable or comma-separated): {', '.join(MODELS + USER_MODELS)}")
+    p.add_argument("--user", action="store_true", help=f"the CNNs pydl.models lacks: {', '.join(USER_MODELS)}")
     p.add_argument("--quick", action="store_true", help="one round of 2 runs")
     p.add_argument("--no-torch", action="store_true", help="pydl alone, even if PyTorch is installed")
     p.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
@@ -549,7 +568,10 @@ def main(argv=None):
     if args.worker:
         worker_main(args.worker, args.dir)
         return 0
-    result = run(parse_names(args.networks), args.quick, args.no_torch)
+    names = parse_names(args.networks)
+    if args.user:
+        names = (names or []) + USER_MODELS
+    result = run(names, args.quick, args.no_torch)
     print()
     print(markdown(result))
     print(f"Total wall time {result['info']['seconds']:.1f} s.")
@@ -559,11 +581,13 @@ def main(argv=None):
     return report_parity(result)
 
 
-def check_names(names):
-    """names, or every network when None; SystemExit on an unknown one."""
-    bad = [n for n in names or [] if n not in MODELS]
+def check_names(names, user=True):
+    """names, or every pydl.models network when None; SystemExit on an unknown one (user=False:
+    pydl.models networks only)."""
+    known = MODELS + USER_MODELS if user else MODELS
+    bad = [n for n in names or [] if n not in known]
     if bad:
-        raise SystemExit(f"--networks: unknown {', '.join(bad)}; choose from {', '.join(MODELS)}")
+        raise SystemExit(f"--networks: unknown {', '.join(bad)}; choose from {', '.join(known)}")
     return names or MODELS
 
 

@@ -4,6 +4,7 @@
     python bench/run.py --all           # then every kernel on the default device
     python bench/run.py --kernels       # every kernel, without the network table
     python bench/run.py --networks resnet50 --quick
+    python bench/run.py --user-networks # CNNs pydl.models lacks, written with pydl.functional
     python bench/run.py --device cpu --op conv2d --json out.json --plot out.png   # kernels only
     python bench/run.py --sweep [--quick]  # only the conv2d layer sweep (bench_conv_sweep.py), CPU
     python bench/run.py --in-network    # only convolutions inside each network vs alone (bench_in_network.py)
@@ -72,7 +73,10 @@ def main(argv=None):
     p.add_argument("--all", action="store_true", help="the kernel table too, after the network table")
     p.add_argument("--kernels", action="store_true", help="the kernel table only, without the network table")
     p.add_argument("--networks", action="append", metavar="NAME",
-                   help="only these networks (repeatable or comma-separated): " + ", ".join(bench_networks.MODELS))
+                   help="only these networks (repeatable or comma-separated): "
+                   + ", ".join(bench_networks.MODELS + bench_networks.USER_MODELS))
+    p.add_argument("--user-networks", action="store_true", help="the network table of CNNs pydl.models does "
+                   "not define, run layer by layer through pydl.functional: " + ", ".join(bench_networks.USER_MODELS))
     p.add_argument("--op", action="append", help="only these kernel families (repeatable), e.g. conv2d; "
                    "alone, the kernel table without the network table")
     p.add_argument("--quick", action="store_true", help="fewer repeats and no NumPy reference timing")
@@ -93,7 +97,7 @@ def main(argv=None):
     if args.in_network:
         import bench_in_network
 
-        rows = bench_in_network.run(bench_networks.check_names(bench_networks.parse_names(args.networks)))
+        rows = bench_in_network.run(bench_networks.check_names(bench_networks.parse_names(args.networks), user=False))
         print()
         print(bench_in_network.markdown(rows))
         if args.json:
@@ -105,9 +109,12 @@ def main(argv=None):
     if args.layer and not args.sweep:
         p.error("--layer selects sweep cases: use it with --sweep")
 
-    networks = bench_networks.check_names(bench_networks.parse_names(args.networks))
+    networks = bench_networks.parse_names(args.networks)
+    if args.user_networks:
+        networks = (networks or []) + bench_networks.USER_MODELS
+    networks = bench_networks.check_names(networks)
     run_kernels = bool(args.all or args.op or args.kernels or args.sweep)
-    run_networks = bool(args.all or args.networks or not (args.op or args.kernels or args.sweep))
+    run_networks = bool(args.all or args.networks or args.user_networks or not (args.op or args.kernels or args.sweep))
     start = time.perf_counter()
     if args.tf32:
         pydl.set_allow_tf32(True)
