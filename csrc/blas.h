@@ -11,7 +11,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <mutex>
+#include <new>
 
 #include "cblas.h"
 
@@ -86,9 +88,24 @@ void gemm64(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T*
 
 // pydl's kernels split their GEMMs over OpenMP threads themselves, each call single-threaded:
 // one thread pool, no nested parallelism. Called before the first GEMM of a kernel.
+// It also runs one wide GEMM (a result of thousands of columns) on every pool thread: without
+// it, fresh processes on a 2-core Zen 1 VM often ran every two-thread GEMM about 3x slower until
+// the first such GEMM (a weight or input gradient) came along; the cause is not known.
 inline void blas_single_thread() {
   static std::once_flag once;
-  std::call_once(once, [] { scipy_openblas_set_num_threads(1); });
+  std::call_once(once, [] {
+    scipy_openblas_set_num_threads(1);
+    constexpr int m = 196, n = 4608, k = 64;
+#pragma omp parallel
+    {
+      std::unique_ptr<float[]> buf(new (std::nothrow) float[(size_t)m * k + (size_t)k * n + (size_t)m * n]());
+      if (buf) {
+        float* a = buf.get();
+        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.f, a, k, a + m * k, n, 0.f,
+                          a + m * k + k * n, n);
+      }
+    }
+  });
 }
 
 inline void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
