@@ -45,8 +45,7 @@ import traceback
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import functional_net  # noqa: E402
+import functional_net  # bench/, the script's directory (run.py puts it on the path too)
 
 MODELS = ["resnet18", "resnet34", "resnet50", "resnext50_32x4d", "mobilenet_v2"]
 USER_MODELS = list(functional_net.NETWORKS)  # pydl side: functional_net.FunctionalNet, eval only

@@ -85,32 +85,34 @@ def conv_algorithm(algorithm=None, *, forward=None, input_grad=None, weight_grad
     raises ValueError naming the algorithm. The other device's choice is not affected.
     """
     chosen = {d: v for d, v in zip(_DIRECTIONS, (forward, input_grad, weight_grad)) if v is not None}
+    check, swap = _forcing(device)
     if algorithm is not None:
+        check(algorithm, "algorithm")
         chosen = {d: chosen.get(d, algorithm) for d in _DIRECTIONS}
-    if _device(device) == "cuda":
-        if algorithm is not None:
-            _gpu_name(algorithm, "algorithm")
-        names = {d: _gpu_name(v, d) for d, v in chosen.items()}
-        forced = _gpu_table()._forced
-        previous = {d: forced[d] for d in names}
-        try:
-            forced.update(names)
-            yield
-        finally:
-            forced.update(previous)
-        return
-    if algorithm is not None:
-        _code(algorithm, "algorithm")
-    codes = {d: _code(v, d) for d, v in chosen.items()}
-    cpu = _backend.cpu()
+    values = {d: check(v, d) for d, v in chosen.items()}
     previous = {}
     try:
-        for d, c in codes.items():
-            previous[d] = cpu._set_conv_algorithm(_DIRECTIONS.index(d), c)
+        for d, v in values.items():
+            previous[d] = swap(d, v)
         yield
     finally:
-        for d, c in previous.items():
-            cpu._set_conv_algorithm(_DIRECTIONS.index(d), c)
+        for d, v in previous.items():
+            swap(d, v)
+
+
+def _forcing(device):
+    """(check(name, arg) -> the table's value for name, swap(direction, value) -> the previous
+    value) of device's table."""
+    if _device(device) == "cuda":
+        forced = _gpu_table()._forced
+
+        def swap(d, v):
+            old, forced[d] = forced[d], v
+            return old
+
+        return _gpu_name, swap
+    cpu = _backend.cpu()
+    return _code, lambda d, c: cpu._set_conv_algorithm(_DIRECTIONS.index(d), c)
 
 
 def conv_algorithm_choice(direction, x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,

@@ -40,6 +40,8 @@ float32). The handle's previous math mode is restored after each GEMM.
 """
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 
 from .. import _backend
@@ -82,17 +84,8 @@ DIRECTIONS = ("forward", "input_grad", "weight_grad")
 _forced = dict.fromkeys(DIRECTIONS)  # direction -> forced algorithm name, or None (automatic)
 
 
-class Geo:
-    """A call's geometry: x (N, C, H, W), w (K, C/groups, kh, kw), y (N, K, Ho, Wo)."""
-
-    __slots__ = ("N", "C", "H", "W", "K", "kh", "kw", "Ho", "Wo", "sh", "sw", "ph", "pw", "dh", "dw", "groups")
-
-    def __init__(self, N, C, H, W, K, kh, kw, Ho, Wo, sh, sw, ph, pw, dh, dw, groups):
-        for k, v in zip(self.__slots__, (N, C, H, W, K, kh, kw, Ho, Wo, sh, sw, ph, pw, dh, dw, groups)):
-            setattr(self, k, int(v))
-
-    def pointwise(self) -> bool:
-        return _is_gemm_1x1(self.kh, self.kw, self.H, self.W, self.Ho, self.Wo, self.sh, self.sw, self.ph, self.pw)
+# A call's geometry: x (N, C, H, W), w (K, C/groups, kh, kw), y (N, K, Ho, Wo).
+Geo = collections.namedtuple("Geo", "N C H W K kh kw Ho Wo sh sw ph pw dh dw groups")
 
 
 def applies(direction: str, algorithm: str, g: Geo) -> bool:
@@ -102,7 +95,7 @@ def applies(direction: str, algorithm: str, g: Geo) -> bool:
     if algorithm == "winograd":
         return (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.groups) == (3, 3, 1, 1, 1, 1, 1)
     if algorithm == "gemm_1x1":
-        return direction != "weight_grad" and g.pointwise()
+        return direction != "weight_grad" and _is_gemm_1x1(g.kh, g.kw, g.H, g.W, g.Ho, g.Wo, g.sh, g.sw, g.ph, g.pw)
     return False
 
 
@@ -288,11 +281,6 @@ def _geometry(x, w, y):
     return N, C, H, W, K, kh, kw, Ho, Wo
 
 
-def _pick(direction, dims, sh, sw, ph, pw, dh, dw, groups, dtype):
-    N, C, H, W, K, kh, kw, Ho, Wo = dims
-    return pick(direction, Geo(N, C, H, W, K, kh, kw, Ho, Wo, sh, sw, ph, pw, dh, dw, groups), dtype)
-
-
 def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, activation=0,
                    negative_slope=0.01, residual=None):
     """y (N, K, Ho, Wo) = act(conv2d(x (N, C, H, W), w (K, C/groups, kh, kw)) + b (K,) + residual).
@@ -328,7 +316,7 @@ def _conv2d_forward(x, w, b, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, 
     N, C, H, W, K, kh, kw, Ho, Wo = dims = _geometry(x, w, y)
     sh, sw, ph, pw, dh, dw = stride_h, stride_w, pad_h, pad_w, dil_h, dil_w
     P = Ho * Wo
-    algo = _pick("forward", dims, sh, sw, ph, pw, dh, dw, groups, x.dtype)
+    algo = pick("forward", Geo(*dims, sh, sw, ph, pw, dh, dw, groups), x.dtype)
     if y.size == 0:
         return
     cu = _backend.cuda()
@@ -408,7 +396,7 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_h, pad_w, dil_h, di
     N, C, H, W, K, kh, kw, Ho, Wo = dims = _geometry(dx, w, dy)
     sh, sw, ph, pw, dh, dw = stride_h, stride_w, pad_h, pad_w, dil_h, dil_w
     P = Ho * Wo
-    algo = _pick("input_grad", dims, sh, sw, ph, pw, dh, dw, groups, dx.dtype)
+    algo = pick("input_grad", Geo(*dims, sh, sw, ph, pw, dh, dw, groups), dx.dtype)
     if dx.size == 0:
         return
     cu = _backend.cuda()
@@ -467,7 +455,7 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_h, pad_w, dil_h, d
     N, C, H, W, K, kh, kw, Ho, Wo = dims = _geometry(x, dw, dy)
     sh, sw, ph, pw, dh, dw_ = stride_h, stride_w, pad_h, pad_w, dil_h, dil_w
     P = Ho * Wo
-    algo = _pick("weight_grad", dims, sh, sw, ph, pw, dh, dw_, groups, x.dtype)
+    algo = pick("weight_grad", Geo(*dims, sh, sw, ph, pw, dh, dw_, groups), x.dtype)
     if dw.size == 0:
         return
     cu = _backend.cuda()
