@@ -27,6 +27,9 @@
 //  * grouped_direct (groups of several channels, any stride; all three directions): per (image,
 //    group) the planes on the flat grid of phase planes, register blocks of channels x flat
 //    outputs (4 x 3 vectors; 8 x 3 AVX-512 vectors for forward and input grad); no im2col, no BLAS.
+//  * direct_blocked (every group's channels in blocks of 16 float / 8 double, any stride; all three
+//    directions): channels in the vector lanes, register blocks of 2 vectors x 6 pixels, for many
+//    channels per group on small planes (no lane padding) and few-channel stems (no im2col).
 //  * tiled, any geometry: im2col + GEMM over a bounded column buffer: the batch (and, for big
 //    images, the output pixels) is cut into tiles whose columns (C*kh*kw rows x tile width) plus one
 //    GEMM result fit under the workspace cap (default 64 MiB, and a 4 MiB cache target so
@@ -478,7 +481,8 @@ struct Flat {
 
 // xp (one channel's phase planes) from the plane xc: xp[a, b][r, c] = x[r*sh + a - ph, c*sw + b - pw]
 // (zero outside).
-template <typename T>
+// Zeroed: xp is already zero (only the image's rows are copied).
+template <typename T, bool Zeroed = false>
 __attribute__((always_inline)) inline void flat_pad(const Geo& g, const Flat& f, const T* xc, T* xp) {
   for (int64_t a = 0; a < f.sh; ++a)
     for (int64_t b = 0; b < f.sw; ++b) {
@@ -491,16 +495,16 @@ __attribute__((always_inline)) inline void flat_pad(const Geo& g, const Flat& f,
         T* d = ph + r * f.Wp;
         const int64_t ih = r * f.sh + a - g.ph;
         if (ih < 0 || ih >= g.H || hi <= lo) {
-          std::fill(d, d + f.Wp, T(0));
+          if (!Zeroed) std::fill(d, d + f.Wp, T(0));
           continue;
         }
         const T* s = xc + ih * g.W + off;
-        std::fill(d, d + lo, T(0));
+        if (!Zeroed) std::fill(d, d + lo, T(0));
         if (f.sw == 1)
           std::memcpy(d + lo, s + lo, (size_t)(hi - lo) * sizeof(T));
         else
           for (int64_t c = lo; c < hi; ++c) d[c] = s[c * f.sw];
-        std::fill(d + hi, d + f.Wp, T(0));
+        if (!Zeroed) std::fill(d + hi, d + f.Wp, T(0));
       }
     }
 }
@@ -1517,6 +1521,380 @@ void dw_blocked_run(const Geo& g, Dir d, const T* a, const T* bb, const Epilogue
   });
 }
 
+// ---------------------------------------------------------------- direct_blocked
+// Many channels per group on small planes (ResNeXt's 32-64 on 7x7 and 14x14) and the 3-channel
+// stem: channels in vector lanes, register blocks of 2 vectors of channels x 6 pixels, each
+// weight vector feeding 6 FMAs and each broadcast input 2. grouped_direct's vectors run along
+// the flat rows (49 pixels of a 7x7 plane fill 72 lanes); here no lane is wasted and no im2col
+// is built. One correlation for the three directions, over a list of pixels:
+//   out[o][p] = sum_{i, u} W[i][u][o] in[i][base[p] + off[u]]      (o in the vector lanes)
+//  * forward: in = x's phase planes (flat_pad), base = the output's place on the flat grid,
+//    off = tap(t); o = output channels, i = input channels;
+//  * input grad, the adjoint (as grouped_direct's): one job per phase of dx, in = dy on the flat
+//    grid behind a margin M, base = M + the pixel's place in its phase plane, off = -(the tap's
+//    offset within the phase) for that phase's taps; o = input channels, i = output channels.
+//    Pixels no tap reads (past the last phase row) point at a zero tail; a phase without taps
+//    computes zeros;
+//  * weight grad: dw[k][i][t] = sum_p dy[k][p] in[i][base[p] + tap(t)] with the forward's
+//    pixels; k in the lanes, 6 (input channel, tap) pairs per register block, dy pixel-major.
+template <typename T>
+struct Blocked {
+  static constexpr int VL = 32 / static_cast<int>(sizeof(T)), OB = 2 * VL, PX = 6;
+  static constexpr int64_t kChunk = 384;  // pixels per item at most (its output tile in L1/L2)
+  struct Job {
+    std::vector<int64_t> off, tw, base, dst;  // taps: offsets, weight taps; pixels: reads, writes
+  };
+  const Geo& g;
+  Dir d;
+  Flat f;
+  std::vector<int64_t> tap;
+  std::vector<Job> jobs;
+  std::vector<int64_t> job_at;  // pixels before each job, and their total
+  int64_t margin = 0, ipl = 0, ntaps = 0, nob, chunk, nch;  // ntaps: over the jobs
+  Blocked(const Geo& geo, Dir dir) : g(geo), d(dir), f(geo), tap(f.taps(geo)) {
+    const int64_t hw = f.Hp * f.Wp, taps = g.kh * g.kw;
+    if (d != Dir::input_grad) {
+      Job j;
+      for (int64_t t = 0; t < taps; ++t) j.off.push_back(tap[t]), j.tw.push_back(t);
+      for (int64_t p = 0; p < g.L(); ++p) j.base.push_back(p / g.Wo * f.Wp + p % g.Wo), j.dst.push_back(p);
+      jobs.push_back(std::move(j));
+    } else {
+      for (int64_t t = 0; t < taps; ++t) margin = std::max(margin, tap[t] % hw);
+      ipl = 2 * margin + hw + 1;  // margin, the flat grid, a zero tail of margin + 1
+      jobs.resize((size_t)(f.sh * f.sw));
+      for (int64_t t = 0; t < taps; ++t) {
+        Job& j = jobs[(size_t)(tap[t] / hw)];
+        j.off.push_back(-(tap[t] % hw));
+        j.tw.push_back(t);
+      }
+      for (int64_t ih = 0; ih < g.H; ++ih)
+        for (int64_t iw = 0; iw < g.W; ++iw) {
+          const int64_t r = ih + g.ph, c = iw + g.pw;
+          Job& j = jobs[(size_t)((r % f.sh) * f.sw + c % f.sw)];
+          const bool read = r / f.sh < f.Hp && c / f.sw < f.Wp;
+          j.base.push_back(read ? margin + r / f.sh * f.Wp + c / f.sw : 2 * margin + hw);
+          j.dst.push_back(ih * g.W + iw);
+        }
+    }
+    job_at.push_back(0);
+    for (const Job& j : jobs) job_at.push_back(job_at.back() + (int64_t)j.base.size()), ntaps += (int64_t)j.off.size();
+    nob = (d == Dir::input_grad ? g.Cg() : g.Kg()) / OB;
+    // Enough items for the threads (4 each) without chunks under a few register blocks.
+    const int64_t np = job_at.back(), per = g.N * g.G;
+    nch = std::max((np + kChunk - 1) / kChunk, std::min((4 * max_threads() + per - 1) / per, (np + 8 * PX - 1) / (8 * PX)));
+    nch = std::max<int64_t>(1, nch);
+    chunk = (np + nch - 1) / nch;
+  }
+  static bool fits(const Geo& g, Dir d) {
+    const int64_t lanes = d == Dir::input_grad ? g.Cg() : g.Kg();
+    return !g.depthwise() && lanes % OB == 0;
+  }
+  // Weight-gradient items: per group, the batch in `chunks` runs summed in order (the same sums
+  // for any thread count).
+  int64_t wchunks() const { return std::min(g.N, std::max<int64_t>(1, 16 / g.G)); }
+  // Per-thread scratch, in elements.
+  int64_t scratch() const {
+    if (d == Dir::forward) return g.Cg() * f.plane + OB * chunk;
+    if (d == Dir::input_grad) return g.Kg() * ipl + OB * chunk;
+    return g.Cg() * f.plane + g.L() * OB;
+  }
+};
+
+// out[q][o] (pixel-major) for PXN pixels from base: the correlation above over ni input planes of
+// pitch ip and nt taps, weights wp[(i * nt + u) * OB + o].
+template <typename T, int PXN>
+__attribute__((always_inline)) inline void blk_corr(const T* in, int64_t ip, int64_t ni, const int64_t* off,
+                                                    int64_t nt, const T* wp, const int64_t* base, T* out) {
+  using G = GroupedTile<T>;
+  using V = typename G::vec;
+  constexpr int VL = G::VL;
+  V acc[2][PXN];
+  for (int j = 0; j < PXN; ++j) acc[0][j] = acc[1][j] = V{};
+  const T* xp[PXN];
+  for (int j = 0; j < PXN; ++j) xp[j] = in + base[j];
+  for (int64_t i = 0; i < ni; ++i)
+    for (int64_t u = 0; u < nt; ++u, wp += 2 * VL) {
+      const int64_t o = i * ip + off[u];
+      V w0, w1;
+      G::load(w0, wp);
+      G::load(w1, wp + VL);
+      for (int j = 0; j < PXN; ++j) {
+        const T s = xp[j][o];
+        acc[0][j] += w0 * s;
+        acc[1][j] += w1 * s;
+      }
+    }
+  for (int j = 0; j < PXN; ++j)
+    for (int v = 0; v < 2; ++v) G::store(out + j * 2 * VL + v * VL, acc[v][j]);
+}
+
+// pv[j][o] += sum_{p < np} dyb[p][o] xs[j][base[p]] for JN (input channel, tap) pairs.
+template <typename T, int JN>
+__attribute__((always_inline)) inline void blk_wgrad(const T* dyb, const int64_t* base, int64_t np,
+                                                     const T* const* xs, T* pv) {
+  using G = GroupedTile<T>;
+  using V = typename G::vec;
+  constexpr int VL = G::VL;
+  V acc[2][JN];
+  for (int j = 0; j < JN; ++j) acc[0][j] = acc[1][j] = V{};
+  const T* x[JN];
+  for (int j = 0; j < JN; ++j) x[j] = xs[j];
+  for (int64_t p = 0; p < np; ++p) {
+    V d0, d1;
+    G::load(d0, dyb + p * 2 * VL);
+    G::load(d1, dyb + p * 2 * VL + VL);
+    const int64_t b = base[p];
+    for (int j = 0; j < JN; ++j) {
+      const T s = x[j][b];
+      acc[0][j] += d0 * s;
+      acc[1][j] += d1 * s;
+    }
+  }
+  for (int j = 0; j < JN; ++j)
+    for (int v = 0; v < 2; ++v) {
+      V cur;
+      G::load(cur, pv + j * 2 * VL + v * VL);
+      G::store(pv + j * 2 * VL + v * VL, cur + acc[v][j]);
+    }
+}
+
+// The input planes of (image n, group gi) into s: x's phase planes (forward, weight grad) or dy
+// on the flat grid behind its margin (input grad).
+template <typename T>
+__attribute__((always_inline)) inline void blk_planes(const Blocked<T>& b, int64_t n, int64_t gi, const T* a, T* s) {
+  const Geo& g = b.g;
+  const Flat& f = b.f;
+  if (b.d != Dir::input_grad) {
+    const T* xg = a + (n * g.C + gi * g.Cg()) * g.HW();
+    std::fill(s, s + g.Cg() * f.plane, T(0));
+    for (int64_t c = 0; c < g.Cg(); ++c) flat_pad<T, true>(g, f, xg + c * g.HW(), s + c * f.plane);
+    return;
+  }
+  std::fill(s, s + g.Kg() * b.ipl, T(0));
+  for (int64_t k = 0; k < g.Kg(); ++k) {
+    const T* dyc = a + (n * g.K + gi * g.Kg() + k) * g.L();
+    T* p = s + k * b.ipl + b.margin;
+    for (int64_t oh = 0; oh < g.Ho; ++oh) std::memcpy(p + oh * f.Wp, dyc + oh * g.Wo, (size_t)g.Wo * sizeof(T));
+  }
+}
+
+// One item of the forward or input grad: image n, group gi, pixels [p0, p1) of the jobs, every
+// lane block; `ready`: s already holds this (n, gi)'s input planes.
+template <typename T>
+__attribute__((always_inline)) inline void blk_item_impl(const Blocked<T>& b, int64_t n, int64_t gi, int64_t p0,
+                                                         int64_t p1, const T* a, const T* wpk,
+                                                         const Epilogue<T>* ep, T* out, T* s, bool ready) {
+  constexpr int OB = Blocked<T>::OB, PX = Blocked<T>::PX;
+  const Geo& g = b.g;
+  const bool fwd = b.d == Dir::forward;
+  const int64_t ni = fwd ? g.Cg() : g.Kg(), ip = fwd ? b.f.plane : b.ipl;
+  if (!ready) blk_planes(b, n, gi, a, s);
+  T* tmp = s + ni * ip;  // the item's outputs of one lane block, pixel-major
+  for (int64_t ob = 0; ob < b.nob; ++ob) {
+    const T* wj = wpk + (gi * b.nob + ob) * ni * b.ntaps * OB;  // [job][i][u][OB]
+    for (size_t jb = 0; jb < b.jobs.size(); ++jb) {
+      const auto& j = b.jobs[jb];
+      const int64_t nt = (int64_t)j.off.size(), lo = std::max(p0, b.job_at[jb]), hi = std::min(p1, b.job_at[jb + 1]);
+      const int64_t* base = j.base.data() - b.job_at[jb];
+      const int64_t* off = j.off.data();
+      int64_t q = lo;
+      for (; q + PX <= hi; q += PX) blk_corr<T, PX>(s, ip, ni, off, nt, wj, base + q, tmp + (q - p0) * OB);
+      switch (hi - q) {
+        case 5: blk_corr<T, 5>(s, ip, ni, off, nt, wj, base + q, tmp + (q - p0) * OB); break;
+        case 4: blk_corr<T, 4>(s, ip, ni, off, nt, wj, base + q, tmp + (q - p0) * OB); break;
+        case 3: blk_corr<T, 3>(s, ip, ni, off, nt, wj, base + q, tmp + (q - p0) * OB); break;
+        case 2: blk_corr<T, 2>(s, ip, ni, off, nt, wj, base + q, tmp + (q - p0) * OB); break;
+        case 1: blk_corr<T, 1>(s, ip, ni, off, nt, wj, base + q, tmp + (q - p0) * OB); break;
+        default: break;
+      }
+      wj += ni * nt * OB;
+    }
+    const int64_t o0 = gi * (fwd ? g.Kg() : g.Cg()) + ob * OB;
+    if (fwd) {  // one job, its pixels in y's own order: tmp transposed into y, then the epilogue
+      constexpr int VL = GroupedTile<T>::VL;
+      T* y = out + (n * g.K + o0) * g.L();
+      int64_t q = p0;
+      for (; q + VL <= p1; q += VL)
+        for (int v = 0; v < 2; ++v) transpose_vl(tmp + (q - p0) * OB + v * VL, OB, y + v * VL * g.L() + q, g.L());
+      for (int64_t l = 0; l < OB; ++l) {
+        for (int64_t r = q; r < p1; ++r) y[l * g.L() + r] = tmp[(r - p0) * OB + l];
+        const int64_t at = (n * g.K + o0 + l) * g.L() + p0;
+        if (ep->bias || ep->fused()) ep->run(out + at, out + at, at, ep->bias_at(o0 + l), p1 - p0);
+      }
+      continue;
+    }
+    for (size_t jb = 0; jb < b.jobs.size(); ++jb) {
+      const int64_t lo = std::max(p0, b.job_at[jb]), hi = std::min(p1, b.job_at[jb + 1]);
+      const int64_t* dst = b.jobs[jb].dst.data() - b.job_at[jb];
+      for (int64_t l = 0; l < OB; ++l) {
+        T* dx = out + (n * g.C + o0 + l) * g.HW();
+        const T* src = tmp - p0 * OB + l;
+        for (int64_t q = lo; q < hi; ++q) dx[dst[q]] = src[q * OB];
+      }
+    }
+  }
+}
+
+// One image of a weight-gradient item (group gi, lane blocks [ob0, ob1)): adds into the partials pv
+// ([ob][Cg * taps][OB], from ob0).
+template <typename T>
+__attribute__((always_inline)) inline void blk_wgrad_image_impl(const Blocked<T>& b, int64_t n, int64_t gi,
+                                                                int64_t ob0, int64_t ob1, const T* x, const T* dy,
+                                                                T* pv, T* s) {
+  constexpr int OB = Blocked<T>::OB, PX = Blocked<T>::PX;
+  const Geo& g = b.g;
+  const Flat& f = b.f;
+  const int64_t Cg = g.Cg(), L = g.L(), taps = g.kh * g.kw, E = Cg * taps;
+  blk_planes(b, n, gi, x, s);
+  T* dyb = s + Cg * f.plane;
+  const int64_t* base = b.jobs[0].base.data();
+  const T* xs[PX];
+  constexpr int VL = GroupedTile<T>::VL;
+  for (int64_t ob = ob0; ob < ob1; ++ob, pv += E * OB) {
+    const T* dyc = dy + (n * g.K + gi * g.Kg() + ob * OB) * L;
+    int64_t p0 = 0;
+    for (; p0 + VL <= L; p0 += VL)
+      for (int v = 0; v < 2; ++v) transpose_vl(dyc + v * VL * L + p0, L, dyb + p0 * OB + v * VL, OB);
+    for (int64_t l = 0; l < OB; ++l)
+      for (int64_t p = p0; p < L; ++p) dyb[p * OB + l] = dyc[l * L + p];
+    int64_t e = 0;
+    for (; e + PX <= E; e += PX) {
+      for (int j = 0; j < PX; ++j) xs[j] = s + (e + j) / taps * f.plane + b.tap[(e + j) % taps];
+      blk_wgrad<T, PX>(dyb, base, L, xs, pv + e * OB);
+    }
+    for (; e < E; ++e) {
+      xs[0] = s + e / taps * f.plane + b.tap[e % taps];
+      blk_wgrad<T, 1>(dyb, base, L, xs, pv + e * OB);
+    }
+  }
+}
+
+// dst[e][l] = src[l * lds + e] for e < n, l < OB: a lane block of rows, transposed.
+template <typename T>
+__attribute__((always_inline)) inline void blk_lanes(const T* src, int64_t lds, int64_t n, T* dst) {
+  constexpr int OB = Blocked<T>::OB, VL = OB / 2;
+  int64_t e = 0;
+  for (; e + VL <= n; e += VL)
+    for (int v = 0; v < 2; ++v) transpose_vl(src + v * VL * lds + e, lds, dst + e * OB + v * VL, OB);
+  for (; e < n; ++e)
+    for (int l = 0; l < OB; ++l) dst[e * OB + l] = src[l * lds + e];
+}
+
+// The packed weights of (group gi, lane block ob) from w (K, Cg, kh, kw): forward and weight grad
+// [c][t][OB] (output channels in the lanes), input grad per job [k][u][OB] (input channels).
+template <typename T>
+__attribute__((always_inline)) inline void blk_pack_impl(const Blocked<T>& b, int64_t gi, int64_t ob, const T* w,
+                                                         T* dst) {
+  constexpr int OB = Blocked<T>::OB;
+  const Geo& g = b.g;
+  const int64_t Cg = g.Cg(), Kg = g.Kg(), taps = g.kh * g.kw;
+  if (b.d != Dir::input_grad) return blk_lanes(w + (gi * Kg + ob * OB) * Cg * taps, Cg * taps, Cg * taps, dst);
+  for (const auto& j : b.jobs) {
+    const int64_t nt = (int64_t)j.tw.size();
+    for (int64_t k = 0; k < Kg; ++k, dst += nt * OB) {
+      const T* src = w + ((gi * Kg + k) * Cg + ob * OB) * taps;
+      if (nt == taps) {  // every tap in order (stride 1)
+        blk_lanes(src, taps, taps, dst);
+        continue;
+      }
+      for (int64_t u = 0; u < nt; ++u)
+        for (int l = 0; l < OB; ++l) dst[u * OB + l] = src[l * taps + j.tw[u]];
+    }
+  }
+}
+
+PYDL_SIMD_DISPATCH(template <typename T>, <T>, void, blk_pack,
+                   (const Blocked<T>& b, int64_t gi, int64_t ob, const T* w, T* dst), (b, gi, ob, w, dst))
+PYDL_SIMD_DISPATCH(template <typename T>, <T>, void, blk_item,
+                   (const Blocked<T>& b, int64_t n, int64_t gi, int64_t p0, int64_t p1, const T* a, const T* wpk,
+                    const Epilogue<T>* ep, T* out, T* s, bool ready),
+                   (b, n, gi, p0, p1, a, wpk, ep, out, s, ready))
+PYDL_SIMD_DISPATCH(template <typename T>, <T>, void, blk_wgrad_image,
+                   (const Blocked<T>& b, int64_t n, int64_t gi, int64_t ob0, int64_t ob1, const T* x, const T* dy,
+                    T* pv, T* s),
+                   (b, n, gi, ob0, ob1, x, dy, pv, s))
+
+// The packed weights of one call, in a buffer of the calling thread kept between calls.
+thread_local Workspace t_pack{false};
+
+// Direction d: forward (a = x, w, out = y), input grad (a = dy, w, out = dx), weight grad (a = x,
+// bb = dy, out = dw).
+template <typename T>
+void blocked_run(const Geo& g, Dir d, const T* a, const T* bb, const Epilogue<T>* ep, T* out) {
+  const Blocked<T> b(g, d);
+  constexpr int OB = Blocked<T>::OB;
+  const int64_t Cg = g.Cg(), Kg = g.Kg(), taps = g.kh * g.kw;
+  ParallelError err;
+  if (d == Dir::weight_grad) {
+    const int64_t chunks = b.wchunks(), psize = Kg * Cg * taps;  // one group's partial dw, [ob][c][t][OB]
+    // Few groups and images (a stem): the lane blocks are split over the items too.
+    const int64_t split = g.G * chunks < 4 * max_threads() ? b.nob : 1;
+    T* part = static_cast<T*>(t_pack.get(g.G * chunks * psize * (int64_t)sizeof(T)));
+#pragma omp parallel if (parallel_pays(g))
+    {
+      T* s = nullptr;
+      try {
+        s = static_cast<T*>(t_ws.get(b.scratch() * (int64_t)sizeof(T)));
+      } catch (...) {
+        err.capture();
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t it = 0; it < g.G * split * chunks; ++it) {
+        if (!s) continue;
+        const int64_t ch = it % chunks, sp = it / chunks % split, gi = it / chunks / split;
+        const int64_t ob0 = b.nob * sp / split, ob1 = b.nob * (sp + 1) / split;
+        T* pv = part + (gi * chunks + ch) * psize + ob0 * Cg * taps * OB;
+        std::fill(pv, pv + (ob1 - ob0) * Cg * taps * OB, T(0));
+        for (int64_t n = g.N * ch / chunks; n < g.N * (ch + 1) / chunks; ++n)
+          blk_wgrad_image<T>(b, n, gi, ob0, ob1, a, bb, pv, s);
+      }
+#pragma omp for schedule(static)
+      for (int64_t k = 0; k < g.K; ++k) {  // dw[k][c][t], the chunks added in order
+        const int64_t gi = k / Kg, ob = k % Kg / OB, l = k % OB;
+        T* dst = out + k * Cg * taps;
+        for (int64_t ch = 0; ch < chunks; ++ch) {
+          const T* pv = part + (gi * chunks + ch) * psize + ob * Cg * taps * OB + l;
+          for (int64_t e = 0; e < Cg * taps; ++e) dst[e] = ch ? dst[e] + pv[e * OB] : pv[e * OB];
+        }
+      }
+    }
+    err.rethrow();
+    return;
+  }
+  // Pack the weights: lanes = output channels (forward) or input channels (input grad).
+  const bool fwd = d == Dir::forward;
+  const int64_t ni = fwd ? Cg : Kg;
+  T* wpk = static_cast<T*>(t_pack.get(g.G * b.nob * ni * b.ntaps * OB * (int64_t)sizeof(T)));
+  const int64_t items = g.N * g.G * b.nch;
+#pragma omp parallel if (parallel_pays(g))
+  {
+#pragma omp for schedule(static)
+    for (int64_t gob = 0; gob < g.G * b.nob; ++gob) blk_pack<T>(b, gob / b.nob, gob % b.nob, bb, wpk + gob * ni * b.ntaps * OB);
+    T* s = nullptr;
+    try {
+      s = static_cast<T*>(t_ws.get(b.scratch() * (int64_t)sizeof(T)));
+    } catch (...) {
+      err.capture();
+    }
+    int64_t held = -1;  // the (image, group) whose input planes s holds
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; ++it) {
+      if (!s) continue;
+      const int64_t ch = it % b.nch, ng = it / b.nch;
+      const int64_t p0 = ch * b.chunk, p1 = std::min(b.job_at.back(), p0 + b.chunk);
+      blk_item<T>(b, ng / g.G, ng % g.G, p0, p1, a, wpk, ep, out, s, held == ng);
+      held = ng;
+    }
+  }
+  err.rethrow();
+}
+
+// One thread's scratch of blocked_run, in bytes (0: the algorithm does not apply).
+inline int64_t blocked_bytes(const Geo& g, Dir d, int64_t elem) {
+  if (elem == 4) return Blocked<float>::fits(g, d) ? Blocked<float>(g, d).scratch() * elem : 0;
+  return Blocked<double>::fits(g, d) ? Blocked<double>(g, d).scratch() * elem : 0;
+}
+
 // ---------------------------------------------------------------- GEMM paths
 // Threading: OpenBLAS runs single-threaded (blas_single_thread) and every GEMM is split by
 // OpenMP into independent column (or row) blocks, each thread packing its own im2col
@@ -1634,10 +2012,10 @@ void forward_per_image(const Geo& g, const T* x, const T* w, const Epilogue<T>& 
 // (pydl.backends.conv_algorithm) replaces the rule or raises when it does not apply.
 enum class Algo : int {
   automatic = 0, depthwise = 1, winograd = 2, gemm_1x1 = 3, per_image = 4, tiled = 5, grouped = 6,
-  depthwise_blocked = 7
+  depthwise_blocked = 7, blocked = 8
 };
 constexpr const char* kAlgoNames[] = {"auto", "depthwise", "winograd", "gemm_1x1", "im2col_per_image",
-                                      "im2col_tiled", "grouped_direct", "depthwise_blocked"};
+                                      "im2col_tiled", "grouped_direct", "depthwise_blocked", "direct_blocked"};
 constexpr const char* kDirNames[] = {"forward", "input_grad", "weight_grad"};
 std::atomic<int> g_forced[3] = {{0}, {0}, {0}};
 
@@ -1663,6 +2041,10 @@ bool applies(Dir d, Algo a, const Geo& g, int64_t elem) {
       if (g.G == 1 || g.depthwise()) return false;
       return grouped_scratch(g, d, elem) * elem * max_threads() <= g_ws_limit.load();
     }
+    case Algo::blocked: {  // channel blocks of 2 vectors (16 float / 8 double) in every group
+      const int64_t bytes = blocked_bytes(g, d, elem);
+      return bytes > 0 && bytes * max_threads() <= g_ws_limit.load();
+    }
     default:
       return false;
   }
@@ -1671,6 +2053,15 @@ bool applies(Dir d, Algo a, const Geo& g, int64_t elem) {
 // Grouped convolutions with at most this many input channels per group run grouped_direct; the
 // weight gradient's GEMM (reduction over the pixels, Cg*kh*kw columns) wins from 64 channels.
 constexpr int64_t kGroupedMaxChannels[3] = {64, 64, 32};
+
+// direct_blocked where its channel lanes beat flat rows and GEMMs: the weight gradient of grouped
+// layers, their forward and input gradient on small planes (7x7, 14x14), and few-channel stems
+// with large kernels (a 7x7 over RGB; a 3x3 one is too short a reduction).
+inline bool blocked_pays(Dir d, const Geo& g) {
+  if (g.G == 1) return d != Dir::input_grad && g.C < 8 && g.R() >= 64;
+  if (d == Dir::weight_grad) return true;
+  return (d == Dir::forward ? g.L() : g.HW()) <= 256;
+}
 
 // The automatic rule. Winograd may still decline at run time (its chunks do not fit the
 // workspace cap); the caller then takes the im2col algorithm this rule gives without it.
@@ -1688,6 +2079,7 @@ Algo choose(Dir d, const Geo& g, int64_t elem, bool winograd_ok = true) {
   // algorithm puts several images' columns side by side in one GEMM.
   if (g.pointwise())
     return d == Dir::forward && g.L() < 64 && g.N >= 4 && g.Kg() >= 256 ? Algo::tiled : Algo::gemm_1x1;
+  if (blocked_pays(d, g) && applies(d, Algo::blocked, g, elem)) return Algo::blocked;
   if (g.Cg() <= kGroupedMaxChannels[static_cast<int>(d)] && applies(d, Algo::grouped, g, elem))
     return Algo::grouped;
   if (d == Dir::forward && per_image_pays(g, elem)) return Algo::per_image;
@@ -1749,6 +2141,7 @@ void forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* y) 
   }
   if (a == Algo::per_image) return forward_per_image(g, x, w, ep, y);
   if (a == Algo::grouped) return grouped_run(g, Dir::forward, x, w, &ep, y);
+  if (a == Algo::blocked) return blocked_run<T>(g, Dir::forward, x, w, &ep, y);
   int64_t maxw;
   auto tiles = make_tiles(g, g.R(), g.K, sizeof(T), maxw);
   const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });
@@ -1852,6 +2245,7 @@ void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
   }
   if (a == Algo::per_image) return backward_input_per_image(g, dy, w, dx);
   if (a == Algo::grouped) return grouped_run<T>(g, Dir::input_grad, dy, w, nullptr, dx);
+  if (a == Algo::blocked) return blocked_run<T>(g, Dir::input_grad, dy, w, nullptr, dx);
   int64_t maxw;
   auto tiles = make_tiles(g, g.R(), g.K, sizeof(T), maxw);
   const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });
@@ -1896,6 +2290,7 @@ void backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
   if (a == Algo::depthwise) return dw_backward_weight(g, dy, x, dw);
   if (a == Algo::depthwise_blocked) return dw_blocked_run<T>(g, Dir::weight_grad, x, dy, nullptr, dw);
   if (a == Algo::grouped) return grouped_run<T>(g, Dir::weight_grad, x, dy, nullptr, dw);
+  if (a == Algo::blocked) return blocked_run<T>(g, Dir::weight_grad, x, dy, nullptr, dw);
   if (a == Algo::winograd) {
     if (g.dh * g.dw > 1 ? winograd_conv3x3_dilated_weight(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.dh, g.dw, g.ph, g.pw,
                                                           x, dy, dw)
@@ -2129,7 +2524,7 @@ void bind_conv(py::module_& m) {
       "_set_conv_algorithm",
       [](int dir, int algo) {
         PYDL_CHECK(dir >= 0 && dir < 3, "direction: expected 0, 1 or 2, got " << dir);
-        PYDL_CHECK(algo >= 0 && algo <= static_cast<int>(Algo::depthwise_blocked), "algorithm: unknown code " << algo);
+        PYDL_CHECK(algo >= 0 && algo <= static_cast<int>(Algo::blocked), "algorithm: unknown code " << algo);
         return g_forced[dir].exchange(algo);
       },
       "direction"_a, "algorithm"_a,

@@ -36,6 +36,9 @@ _ALGORITHMS = {
                           "per image and group, register blocks of channels x outputs, no im2col"),
     "depthwise_blocked": (7, "groups == C == K, strided or small planes: 8 (float) / 4 (double) channels "
                              "interleaved pixel-major, one vector FMA per tap and output"),
+    "direct_blocked": (8, "16 (float) / 8 (double) channels of a group in vector lanes (output channels; input "
+                          "channels for the input gradient), register blocks of them x 6 pixels, any stride: "
+                          "many channels per group on small planes, and few-channel stems"),
 }
 _DIRECTIONS = ("forward", "input_grad", "weight_grad")
 _DEVICES = ("cpu", "cuda")

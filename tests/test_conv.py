@@ -819,8 +819,9 @@ def test_conv2d_per_image_backward_matches_reference(xp, dtype, xs, ws, kw):
             assert_close(got, wnt, dtype)
 
 
-def test_conv2d_depthwise_and_bias_grads_identical_across_thread_counts(tmp_path):
-    """Weight and bias gradients are reduced in a fixed order: 1 and 2 OpenMP threads agree bit for bit."""
+def test_conv2d_weight_and_bias_grads_identical_across_thread_counts(tmp_path):
+    """Weight and bias gradients are reduced in a fixed order: 1 and 2 OpenMP threads agree bit for bit
+    (depthwise, direct_blocked)."""
     import os
     import subprocess
     import sys
@@ -830,7 +831,15 @@ def test_conv2d_depthwise_and_bias_grads_identical_across_thread_counts(tmp_path
         "x = r.standard_normal((4, 96, 20, 23)).astype(np.float32)\n"
         "w = r.standard_normal((96, 1, 3, 3)).astype(np.float32)\n"
         "dy = r.standard_normal((4, 96, 20, 23)).astype(np.float32)\n"
-        "np.savez(sys.argv[1], *F.conv2d_backward(dy, x, w, padding=1, groups=96))\n")
+        "g = F.conv2d_backward(dy, x, w, padding=1, groups=96)\n"
+        # direct_blocked's weight gradient: a grouped 7x7 layer, and a stem (its lane blocks split)
+        "xg, wg = r.standard_normal((5, 64, 7, 7)).astype(np.float32), r.standard_normal((64, 32, 3, 3))\n"
+        "g += F.conv2d_backward(np.ones((5, 64, 7, 7), np.float32), xg, wg.astype(np.float32), padding=1, "
+        "groups=2)[1:2]\n"
+        "xs, ws = r.standard_normal((3, 3, 40, 37)).astype(np.float32), r.standard_normal((32, 3, 7, 7))\n"
+        "g += F.conv2d_backward(r.standard_normal((3, 32, 20, 19)).astype(np.float32), xs, ws.astype(np.float32), "
+        "stride=2, padding=3)[1:2]\n"
+        "np.savez(sys.argv[1], *g)\n")
     outs = []
     for nt in ("1", "2"):
         path = str(tmp_path / f"g{nt}.npz")
@@ -876,6 +885,8 @@ _FUSED_PATHS = {
                         "im2col_tiled", 4096),
     "grouped": ((2, 6, 19, 23), (4, 3, 3, 3), dict(stride=2, padding=1, groups=2), "im2col_tiled", None),
     "grouped direct": ((2, 8, 9, 11), (12, 2, 3, 3), dict(padding=1, groups=4), "grouped_direct", None),
+    "direct blocked": ((2, 32, 7, 6), (32, 16, 3, 3), dict(stride=(1, 2), padding=1, groups=2), "direct_blocked",
+                       None),
 }
 
 
@@ -972,6 +983,12 @@ _ALGO_CASES = [
     ((1, 8, 6, 7), (136, 4, 3, 3), dict(padding=1, groups=2)),  # one small image: GEMM rows per thread
     ((2, 16, 7, 7), (24, 8, 3, 3), dict(padding=1, groups=2)),  # grouped 7x7: 2-vector blocks (AVX-512)
     ((1, 12, 6, 6), (12, 6, 3, 3), dict(padding=1, groups=2)),  # grouped 6x6: 2-vector input-grad blocks
+    ((2, 32, 7, 7), (32, 16, 3, 3), dict(padding=1, groups=2)),  # 16-channel blocks: 49 = 8 x 6 + 1 pixels
+    ((1, 32, 10, 9), (32, 16, 3, 3), dict(stride=2, groups=2)),  # input-grad phases
+    ((1, 32, 7, 8), (32, 16, 2, 2), dict(stride=3, groups=2)),  # stride > kernel: the last row unread
+    # stride 3 x 2, dilation 2 across: one column phase of dx has no taps
+    ((2, 32, 13, 11), (32, 16, 5, 3), dict(stride=(3, 2), padding=(2, 1), dilation=(1, 2), groups=2)),
+    ((1, 3, 23, 21), (16, 3, 7, 7), dict(stride=2, padding=3)),  # an RGB stem
 ]
 _ALGOS = [a for a in pydl.backends.conv_algorithms() if a != "auto"]
 _EXPECTED_PAIRS = {("depthwise", d) for d in ("forward", "input_grad", "weight_grad")} | \
@@ -979,7 +996,8 @@ _EXPECTED_PAIRS = {("depthwise", d) for d in ("forward", "input_grad", "weight_g
     {("gemm_1x1", d) for d in ("forward", "input_grad", "weight_grad")} | \
     {("im2col_per_image", "forward"), ("im2col_per_image", "input_grad")} | \
     {("im2col_tiled", d) for d in ("forward", "input_grad", "weight_grad")} | \
-    {(a, d) for a in ("grouped_direct", "depthwise_blocked") for d in ("forward", "input_grad", "weight_grad")}
+    {(a, d) for a in ("grouped_direct", "depthwise_blocked", "direct_blocked")
+     for d in ("forward", "input_grad", "weight_grad")}
 
 
 def _run_direction(direction, x, w, b, dy, kw):
@@ -1029,6 +1047,18 @@ def test_conv_algorithm_auto_choice_and_restore():
     assert B.conv_algorithm_choice("forward", (2, 3, 7, 5), (3, 1, 3, 3), padding=1, groups=3) == "depthwise"
     assert B.conv_algorithm_choice("weight_grad", (1, 3, 11, 10), (4, 3, 3, 3), padding=2,
                                    dilation=2) == "im2col_tiled"
+    # direct_blocked: grouped layers on small planes, their weight gradients, and an RGB 7x7 stem
+    for d in ("forward", "input_grad", "weight_grad"):
+        assert B.conv_algorithm_choice(d, (8, 1024, 7, 7), (1024, 32, 3, 3), padding=1, groups=32) == "direct_blocked"
+    assert B.conv_algorithm_choice("forward", (8, 512, 28, 28), (512, 16, 3, 3), padding=1,
+                                   groups=32) == "grouped_direct"
+    assert B.conv_algorithm_choice("weight_grad", (8, 512, 28, 28), (512, 16, 3, 3), padding=1,
+                                   groups=32) == "direct_blocked"
+    assert B.conv_algorithm_choice("forward", (8, 256, 28, 28), (256, 8, 3, 3), padding=1,
+                                   groups=32) == "grouped_direct"  # 8 channels: not a 16-channel block
+    for d in ("forward", "weight_grad"):
+        assert B.conv_algorithm_choice(d, (1, 3, 224, 224), (64, 3, 7, 7), stride=2, padding=3) == "direct_blocked"
+        assert B.conv_algorithm_choice(d, (1, 3, 224, 224), (32, 3, 3, 3), stride=2, padding=1) != "direct_blocked"
     with pytest.raises(RuntimeError):
         with B.conv_algorithm("im2col_tiled"):
             assert B.conv_algorithm_choice("forward", (2, 6, 5, 7), (4, 6, 1, 1)) == "im2col_tiled"
