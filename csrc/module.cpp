@@ -6,9 +6,11 @@
 #include <pthread.h>
 
 #include <atomic>
+#include <mutex>
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "blas.h"
@@ -33,11 +35,56 @@ void bind_linear(py::module_& m);
 namespace {
 std::atomic<bool> g_forked_child{false};
 
+// NumPy's OpenBLAS (a pthreads build) spins its own threads for ~0.1 s after each parallel call;
+// on few cores pydl's next calls then ran 1.5-3x slower. Its caller-managed threading hook
+// (openblas_set_threads_callback_function) runs its jobs on pydl's OpenMP pool instead: one
+// pool for both libraries, idle after a short spin.
+using BlasJob = void (*)(int thread, void* job, int data);
+using BlasThreads = void (*)(int sync, BlasJob run, int jobs, size_t job_size, void* job_data, int data);
+using BlasSetThreads = void (*)(BlasThreads);
+std::atomic<BlasSetThreads> g_numpy_blas_hook{nullptr};
+std::mutex g_numpy_blas_lock;
+std::atomic<int64_t> g_numpy_blas_calls{0};  // for the tests
+
+void run_numpy_blas_jobs(int, BlasJob run, int jobs, size_t job_size, void* job_data, int data) {
+  const auto job = [=](int i) { run(i, static_cast<char*>(job_data) + (size_t)i * job_size, data); };
+  // One call's team at a time: a job's thread number picks OpenBLAS's per-thread buffers.
+  std::lock_guard<std::mutex> lock(g_numpy_blas_lock);
+  g_numpy_blas_calls.fetch_add(1);
+  // The jobs of a GEMM wait on each other, so all of them run at once: threads of their own when
+  // the pool cannot give a team of that size.
+  const auto own_threads = [&](int first) {
+    std::vector<std::thread> extra;
+    for (int i = first + 1; i < jobs; ++i) extra.emplace_back(job, i);
+    job(first);
+    for (auto& t : extra) t.join();
+  };
+#ifndef _OPENMP
+  return own_threads(0);
+#else
+  if (jobs <= 1 || omp_in_parallel()) return own_threads(0);
+#pragma omp parallel num_threads(jobs)
+  {
+    const int t = omp_get_thread_num(), team = omp_get_num_threads();
+    if (t == 0 && team < jobs) {
+      std::vector<std::thread> extra;
+      for (int i = team; i < jobs; ++i) extra.emplace_back(job, i);
+      job(0);
+      for (auto& e : extra) e.join();
+    } else {
+      job(t);
+    }
+  }
+#endif
+}
+
 // A child made by fork() has only the forking thread: GNU OpenMP's pool threads are gone, and its
 // next parallel region would wait for them forever. The child runs pydl's kernels on one thread
 // (omp_set_num_threads only sets this thread's ICV; nothing of the old pool is touched).
 void after_fork_in_child() {
   g_forked_child.store(true);
+  // NumPy's OpenBLAS takes its own threads back (it restarts them after a fork).
+  if (const BlasSetThreads hook = g_numpy_blas_hook.load()) hook(nullptr);
 #ifdef _OPENMP
   omp_set_num_threads(1);
 #endif
@@ -85,6 +132,14 @@ PYBIND11_MODULE(_cpu, m) {
     omp_set_num_threads(pydl::g_forked_child.load() ? 1 : n);
 #endif
   });
+  // addr: NumPy's openblas_set_threads_callback_function (pydl._backend finds it); 0 undoes it.
+  m.def("_share_pool_with_numpy_blas", [](uintptr_t addr, bool on) {
+    const auto hook = reinterpret_cast<pydl::BlasSetThreads>(addr);
+    hook(on ? &pydl::run_numpy_blas_jobs : nullptr);
+    pydl::g_numpy_blas_hook.store(on ? hook : nullptr);
+  });
+  m.def("_numpy_blas_calls", [] { return pydl::g_numpy_blas_calls.load(); },
+        "How many parallel calls of NumPy's OpenBLAS ran on pydl's pool (tests).");
   // Test-only: throws from C++ (with the GIL released, as kernels do) so tests can check that
   // each exception type reaches Python through the translator above and the process lives on.
   m.def("_test_raise", [](const std::string& kind) {

@@ -111,8 +111,44 @@ def cpu():
                     f"`python -m pytest`, in the checkout) [{e}]") from e
             raise
 
+        _share_pool_with_numpy_blas(_cpu)
         _cpu_module = _cpu
     return _cpu_module
+
+
+# NumPy wheels' OpenBLAS (scipy-openblas) with its caller-managed threading hook.
+_NUMPY_BLAS_HOOKS = ("scipy_openblas_set_threads_callback_function64_",
+                     "scipy_openblas_set_threads_callback_function")
+
+
+def _numpy_blas_hook():
+    """Address of the threading hook of the OpenBLAS NumPy loaded (its wheels' scipy-openblas),
+    or None (another BLAS, or not Linux)."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as f:
+            libs = sorted({ln.split()[-1] for ln in f if "numpy" in ln and "openblas" in ln and ".so" in ln})
+    except OSError:
+        return None
+    for path in libs:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in _NUMPY_BLAS_HOOKS:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                return ctypes.cast(fn, ctypes.c_void_p).value
+    return None
+
+
+def _share_pool_with_numpy_blas(cpu_module):
+    # NumPy's BLAS threads would spin for ~0.1 s after each matmul and take the cores from pydl's
+    # next calls; through its hook, NumPy's parallel BLAS work runs on pydl's OpenMP pool.
+    addr = _numpy_blas_hook()
+    if addr:
+        cpu_module._share_pool_with_numpy_blas(addr, True)
 
 
 def _try_cuda():

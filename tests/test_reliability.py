@@ -393,6 +393,50 @@ def test_forked_child_runs_one_thread(tmp_path):
     assert r.returncode == 0
 
 
+def test_numpy_blas_runs_on_pydl_pool(tmp_path):
+    """NumPy's OpenBLAS (scipy-openblas wheels) runs its parallel work on pydl's OpenMP pool once
+    pydl is imported: the same bits as its own threads, from several Python threads at once
+    and beside pydl kernels, and in a forked child (its own threads again)."""
+    r = run_child("""
+        import os, threading
+        import numpy as np
+        rng = np.random.default_rng(0)
+        cases = [(rng.standard_normal((m, k)).astype(dt), rng.standard_normal((k, n)).astype(dt))
+                 for m, k, n in ((512, 300, 700), (64, 2000, 1), (2000, 2000, 1), (3, 5, 7)) for dt in (np.float32, np.float64)]
+        want = [a @ b for a, b in cases]  # NumPy's own threads
+        import pydl.functional as F
+        from pydl import _backend
+        cpu = _backend.cpu()
+        if _backend._numpy_blas_hook() is None:
+            print("no-hook"); raise SystemExit(0)
+        x, w = rng.standard_normal((4, 16, 20, 20)), rng.standard_normal((16, 16, 3, 3))
+        conv = F.conv2d(x, w, padding=1)
+        calls = cpu._numpy_blas_calls()
+        got = [a @ b for a, b in cases]
+        assert all(g.tobytes() == v.tobytes() for g, v in zip(got, want)), "matmul changed"
+        assert cpu._numpy_blas_calls() > calls, "NumPy's BLAS did not run on pydl's pool"
+        bad = []
+        def work(i):
+            for _ in range(20):
+                if i == 0:
+                    bad.append(F.conv2d(x, w, padding=1).tobytes() != conv.tobytes())
+                else:
+                    bad.extend((a @ b).tobytes() != v.tobytes() for (a, b), v in zip(cases, want))
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in ts: t.start()
+        for t in ts: t.join()
+        assert len(bad) > 100 and not any(bad), "concurrent results differ"
+        pid = os.fork()
+        if pid == 0:
+            ok = all((a @ b).tobytes() == v.tobytes() for (a, b), v in zip(cases, want))
+            os._exit(0 if ok and F.conv2d(x, w, padding=1).tobytes() == conv.tobytes() else 3)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0, "the forked child"
+        print("shared")
+        """, tmp_path, env={"OMP_NUM_THREADS": "2"}, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() in ("shared", "no-hook")
+
+
 def test_set_num_threads_applies_to_every_python_thread(tmp_path):
     """pydl.set_num_threads as torch's: the count every Python thread's next kernel uses
     (OpenMP keeps it per thread), same bits for 1 and 2 threads, bad counts refused."""
