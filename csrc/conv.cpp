@@ -17,7 +17,8 @@
 //    planes too big for its scratch: generic per-plane loops.
 //  * depthwise_blocked (groups == C == K; chosen for strided ones): 8 (float) / 4 (double)
 //    channels of an image interleaved pixel-major, one full vector FMA per tap and output.
-//  * winograd (dense 3x3, stride 1 or 2; dilated at stride 1 by space-to-batch): conv_winograd.cpp.
+//  * winograd (3x3, stride 1 or 2, not depthwise, GEMMs per group; dilated at stride 1 by
+//    space-to-batch): conv_winograd.cpp.
 //  * gemm_1x1 (1x1, stride 1, no padding): y[n, g] = W_g @ x[n, g], a GEMM straight on x (the
 //    forward of wide 1x1 layers on 7x7-sized planes with a batch takes tiled: one wider GEMM
 //    over several images).
@@ -1964,7 +1965,7 @@ struct PointwiseItems {
 // dilated ones of stride 1 whose padding is a multiple of the dilation (space-to-batch):
 // the stride, or 0 when it does not apply.
 inline int64_t winograd_fits(const Geo& g) {
-  const bool dense = g.kh == 3 && g.kw == 3 && g.sh == g.sw && g.G == 1;
+  const bool dense = g.kh == 3 && g.kw == 3 && g.sh == g.sw && !g.depthwise();
   const bool plain = (g.sh == 1 || g.sh == 2) && g.dh == 1 && g.dw == 1;
   const bool dilated = g.sh == 1 && g.dh >= 1 && g.dw >= 1 && g.ph % g.dh == 0 && g.pw % g.dw == 0;
   return dense && (plain || dilated) ? g.sh : 0;
@@ -2065,16 +2066,24 @@ inline bool blocked_pays(Dir d, const Geo& g) {
   return (d == Dir::forward ? g.L() : g.HW()) <= 256;
 }
 
+// Winograd runs a grouped layer as per-group GEMMs: they pay from 32 channels a side on planes
+// larger than direct_blocked takes (the weight gradient, a reduction over the tiles, from 64 x 32).
+inline bool winograd_groups_pay(Dir d, const Geo& g) {
+  if (g.G == 1) return true;
+  if (d == Dir::weight_grad) return g.Cg() * g.Kg() >= 2048;
+  return g.Cg() >= 32 && g.Kg() >= 32 && (d == Dir::forward ? g.L() : g.HW()) > 256;
+}
+
 // The automatic rule. Winograd may still decline at run time (its chunks do not fit the
 // workspace cap); the caller then takes the im2col algorithm this rule gives without it.
 Algo choose(Dir d, const Geo& g, int64_t elem, bool winograd_ok = true) {
   if (g.depthwise())  // stride 1: the per-plane stencils are faster than the interleaving
     return (g.sh > 1 || g.sw > 1) && applies(d, Algo::depthwise_blocked, g, elem) ? Algo::depthwise_blocked
                                                                                   : Algo::depthwise;
-  if (winograd_ok && winograd_fits(g)) {
+  if (winograd_ok && winograd_fits(g) && winograd_groups_pay(d, g)) {
     const bool pays = d == Dir::input_grad && winograd_fits(g) == 1
-                          ? winograd_pays(g.N, g.K, g.C, g.H, g.W, 1, false, g.dh, g.dw)
-                          : winograd_pays(g.N, g.C, g.K, g.Ho, g.Wo, g.sh, d == Dir::weight_grad, g.dh, g.dw);
+                          ? winograd_pays(g.N, g.Kg(), g.Cg(), g.H, g.W, 1, false, g.dh, g.dw)
+                          : winograd_pays(g.N, g.Cg(), g.Kg(), g.Ho, g.Wo, g.sh, d == Dir::weight_grad, g.dh, g.dw);
     if (pays) return Algo::winograd;
   }
   // A wide 1x1 forward on small planes (7x7) makes per-image GEMMs too thin for BLAS: the tiled
@@ -2117,8 +2126,9 @@ void forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* y) 
   if (a == Algo::depthwise_blocked) return dw_blocked_run(g, Dir::forward, x, w, &ep, y);
   if (a == Algo::winograd) {
     if (g.dh * g.dw > 1 ? winograd_conv3x3_dilated(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.dh, g.dw, g.ph, g.pw, x, w,
-                                                   ep, y)
-                        : winograd_conv3x3(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.sh, -g.ph, -g.pw, x, w, false, ep, y))
+                                                   ep, y, g.G)
+                        : winograd_conv3x3(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.sh, -g.ph, -g.pw, x, w, false, ep, y,
+                                           g.G))
       return;
     winograd_declined(Dir::forward);
     a = choose(Dir::forward, g, sizeof(T), false);
@@ -2223,11 +2233,11 @@ void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
     // Stride 2: the adjoint of the stride-2 Winograd forward. Dilated: the same per phase.
     const bool done =
         g.dh * g.dw > 1 ? winograd_conv3x3_dilated_input_grad(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.dh, g.dw, g.ph,
-                                                              g.pw, dy, w, dx)
+                                                              g.pw, dy, w, dx, g.G)
         : winograd_fits(g) == 1 ? winograd_conv3x3(g.N, g.K, g.Ho, g.Wo, g.C, g.H, g.W, 1, g.ph - 2, g.pw - 2, dy, w,
-                                                   true, Epilogue<T>{}, dx)
+                                                   true, Epilogue<T>{}, dx, g.G)
                                 : winograd_conv3x3_input_grad(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, -g.ph, -g.pw, dy,
-                                                              w, dx);
+                                                              w, dx, g.G);
     if (done) return;
     winograd_declined(Dir::input_grad);
     a = choose(Dir::input_grad, g, sizeof(T), false);
@@ -2295,8 +2305,9 @@ void backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
   if (a == Algo::blocked) return blocked_run<T>(g, Dir::weight_grad, x, dy, nullptr, dw);
   if (a == Algo::winograd) {
     if (g.dh * g.dw > 1 ? winograd_conv3x3_dilated_weight(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.dh, g.dw, g.ph, g.pw,
-                                                          x, dy, dw)
-                        : winograd_conv3x3_weight(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.sh, -g.ph, -g.pw, x, dy, dw))
+                                                          x, dy, dw, g.G)
+                        : winograd_conv3x3_weight(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.sh, -g.ph, -g.pw, x, dy, dw,
+                                                  g.G))
       return;
     winograd_declined(Dir::weight_grad);
     a = choose(Dir::weight_grad, g, sizeof(T), false);

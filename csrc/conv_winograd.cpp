@@ -126,13 +126,11 @@ struct Slots {
   }
 };
 
-// U[c][o][i] from g = W(o, i, ., .): stride 1 G g G^T, G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1];
-// stride 2 per axis [g0, g0 + g2, g2, g1].
+// u[c * stride] (the 16 classes) from the 3x3 kernel g = src (rotated 180 degrees with flip):
+// stride 1 G g G^T, G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]; stride 2 per axis [g0, g0 + g2, g2, g1].
 template <typename T, int S>
-void weight_transform(const T* w, bool flip, int64_t Cin, int64_t Cout, int64_t o, int64_t i, T* U, int64_t stride,
-                      bool swap = false) {
+void weight_transform(const T* src, bool flip, T* U, int64_t stride) {
   T g[3][3];
-  const T* src = flip ? w + (i * Cout + o) * 9 : w + (o * Cin + i) * 9;
   for (int a = 0; a < 3; ++a)
     for (int b = 0; b < 3; ++b) g[a][b] = flip ? src[(2 - a) * 3 + (2 - b)] : src[a * 3 + b];
   const T h = T(0.5);
@@ -150,9 +148,8 @@ void weight_transform(const T* w, bool flip, int64_t Cin, int64_t Cout, int64_t 
       tg[3][b] = g[1][b];
     }
   }
-  const int64_t at = swap ? i * Cout + o : o * Cin + i;  // swap: U[c][i][o]
   for (int a = 0; a < 4; ++a) {
-    T* u = U + (a * 4) * stride + at;
+    T* u = U + (a * 4) * stride;
     if (S == 1) {
       u[0] = tg[a][0];
       u[stride] = h * (tg[a][0] + tg[a][1] + tg[a][2]);
@@ -368,8 +365,8 @@ thread_local int64_t t_phase_bytes = 0;
 // Chunking: tiles per chunk so that `shared` bytes plus, per thread, `fixed` bytes and
 // `per_tile` bytes per tile stay under the workspace cap (and each thread's chunk in L2).
 // Sets p.segs/nchunks/tmax/twmax and the thread count; false if one tile does not fit.
-bool make_plan(Plan& p, int64_t shared, int64_t fixed, int64_t per_tile, int& nt) {
-  const int64_t work = p.rows * p.TW * p.Cin * p.Cout;
+bool make_plan(Plan& p, int64_t shared, int64_t fixed, int64_t per_tile, int& nt, int64_t G = 1) {
+  const int64_t work = p.rows * p.TW * p.Cin * p.Cout / G;
   nt = work > (int64_t(1) << 16) ? max_threads() : 1;  // fork/join costs more on small problems
   const int64_t cap = conv_workspace_limit() - t_phase_bytes;  // the dilated wrapper's phases count too
   // At least 128 tiles per chunk where the cap allows: each GEMM re-packs its U_e (C x K), so
@@ -463,18 +460,22 @@ void grad_output_transform(const Plan& p, const T* dy, int64_t r0, int64_t r1, i
   }
 }
 
+// Groups (G): U_c is Cout x Cin / G (each output channel against its group's inputs) and the 16
+// GEMMs run per group on the group's rows of V and M.
 template <typename T, int S>
 bool conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t Cout, int64_t Hout, int64_t Wout,
-             int64_t off_h, int64_t off_w, const T* in, const T* w, bool flip, const Epilogue<T>& ep, T* out) {
+             int64_t off_h, int64_t off_w, const T* in, const T* w, bool flip, const Epilogue<T>& ep, T* out,
+             int64_t G) {
+  const int64_t Cig = Cin / G, Cog = Cout / G;
   Plan p{N, Cin, Hin, Win, Cout, Hout, Wout, off_h, off_w, (Hout + 1) / 2, (Wout + 1) / 2, 0, 0, 0, 0, 0};
   p.rows = N * p.TH;
   // U's classes 4 KiB-staggered too: with a stride that is a multiple of 4 KiB (128 x 256
   // channels: 128 KiB) the weight transform's 16 store streams would share L1 sets.
-  const int64_t elem = sizeof(T), us = pad_stride<T>(Cout * Cin), ubytes = 16 * us * elem;
+  const int64_t elem = sizeof(T), us = pad_stride<T>(Cout * Cig), ubytes = 16 * us * elem;
   int nt;
   // per tile: V + M + (bounded by) the row buffers
   constexpr int64_t E = tile_values<S>(), rb = row_buf<S>(1, 1);
-  if (!make_plan(p, ubytes, 32 * kStridePad, (E * (Cin + Cout) + rb) * elem, nt)) return false;
+  if (!make_plan(p, ubytes, 32 * kStridePad, (E * (Cin + Cout) + rb) * elem, nt, G)) return false;
   const int64_t vsz = Slots<T, S>(Cin, p.tmax).size(), msz = Slots<T, S>(Cout, p.tmax).size();
   const int64_t bsz = row_buf<S>(p.twmax, p.tmax);
   const int64_t per_thread = vsz + msz + bsz;
@@ -484,7 +485,11 @@ bool conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t Cout, int
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
 #pragma omp for schedule(static)
-    for (int64_t oi = 0; oi < Cout * Cin; ++oi) weight_transform<T, S>(w, flip, Cin, Cout, oi / Cin, oi % Cin, U, us);
+    for (int64_t oi = 0; oi < Cout * Cig; ++oi) {
+      // W(o, i) = w[o, i] (Cout x Cig x 3 x 3), or with flip w[i, o] (Cin x Cog x 3 x 3), i in o's group
+      const int64_t o = oi / Cig, i = oi % Cig, gi = o / Cog;
+      weight_transform<T, S>(w + (flip ? (gi * Cig + i) * Cog + o % Cog : oi) * 9, flip, U + oi, us);
+    }
     T* V = ws + 16 * us + thread_id() * per_thread;
     T* M = V + vsz;
     T* buf = M + msz;
@@ -498,8 +503,9 @@ bool conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t Cout, int
       const Slots<T, S> sv(Cin, Tc), sm(Cout, Tc);
       for (int c = 0; c < 16; ++c) {
         const int64_t cols = class_mult<S>(c) * Tc;
-        gemm(false, false, Cout, cols, Cin, T(1), U + c * us, Cin, V + sv.off[c], cols, T(0), M + sm.off[c],
-             cols);
+        for (int64_t gi = 0; gi < G; ++gi)
+          gemm(false, false, Cog, cols, Cig, T(1), U + c * us + gi * Cog * Cig, Cig, V + sv.off[c] + gi * Cig * cols,
+               cols, T(0), M + sm.off[c] + gi * Cog * cols, cols);
       }
       output_transform<T, S>(p, M, ep, r0, r1, c0, c1, out, buf);
     }
@@ -515,13 +521,14 @@ bool conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t Cout, int
 // same bits for 1 and 2 threads.
 template <typename T, int S>
 bool conv3x3_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo, int64_t off_h,
-                    int64_t off_w, const T* x, const T* dy, T* dw) {
+                    int64_t off_w, const T* x, const T* dy, T* dw, int64_t G) {
   Plan p{N, C, H, W, K, Ho, Wo, off_h, off_w, (Ho + 1) / 2, (Wo + 1) / 2, 0, 0, 0, 0, 0};
   p.rows = N * p.TH;
-  const int64_t elem = sizeof(T), us = pad_stride<T>(K * C), usz = 16 * us;  // staggered as in conv3x3
+  const int64_t Cg = C / G, Kg = K / G;  // dU_c is K x Cg, per group
+  const int64_t elem = sizeof(T), us = pad_stride<T>(K * Cg), usz = 16 * us;  // staggered as in conv3x3
   int nt;
   constexpr int64_t E = tile_values<S>(), rb = row_buf<S>(1, 1);
-  if (!make_plan(p, 0, usz * elem + 32 * kStridePad, (E * (C + K) + rb) * elem, nt)) return false;
+  if (!make_plan(p, 0, usz * elem + 32 * kStridePad, (E * (C + K) + rb) * elem, nt, G)) return false;
   const int64_t vsz = Slots<T, S>(C, p.tmax).size(), zsz = Slots<T, S>(K, p.tmax).size();
   const int64_t bsz = row_buf<S>(p.twmax, p.tmax);
   // p.split accumulators, each the sum of a fixed range of chunks, added in order at the end:
@@ -547,13 +554,15 @@ bool conv3x3_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64
         const Slots<T, S> sv(C, Tc), sz(K, Tc);
         for (int c = 0; c < 16; ++c) {
           const int64_t cols = class_mult<S>(c) * Tc;
-          gemm(false, true, K, C, cols, T(1), Z + sz.off[c], cols, V + sv.off[c], cols, T(1), dU + c * us, C);
+          for (int64_t gi = 0; gi < G; ++gi)
+            gemm(false, true, Kg, Cg, cols, T(1), Z + sz.off[c] + gi * Kg * cols, cols, V + sv.off[c] + gi * Cg * cols,
+                 cols, T(1), dU + c * us + gi * Kg * Cg, Cg);
         }
       }
     }
 #pragma omp barrier
 #pragma omp for schedule(static)
-    for (int64_t kc = 0; kc < K * C; ++kc) {
+    for (int64_t kc = 0; kc < K * Cg; ++kc) {
       T u[16];
       for (int e = 0; e < 16; ++e) {
         T acc = 0;
@@ -649,14 +658,15 @@ void input_grad_transform_s2(const Plan& p, const T* dV, int64_t r0, int64_t r1,
 
 template <typename T>
 bool conv3x3_input_grad_s2(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
-                           int64_t off_h, int64_t off_w, const T* dy, const T* w, T* dx) {
+                           int64_t off_h, int64_t off_w, const T* dy, const T* w, T* dx, int64_t G) {
   // Plan roles: Cin = C (dx channels), Cout = K (dy channels).
   Plan p{N, C, H, W, K, Ho, Wo, off_h, off_w, (Ho + 1) / 2, (Wo + 1) / 2, 0, 0, 0, 0, 0};
   p.rows = N * p.TH;
-  const int64_t elem = sizeof(T), us = pad_stride<T>(K * C), ubytes = 16 * us * elem;
+  const int64_t Cg = C / G, Kg = K / G;  // U_c is C x Kg, per group
+  const int64_t elem = sizeof(T), us = pad_stride<T>(C * Kg), ubytes = 16 * us * elem;
   int nt;
   constexpr int64_t E = tile_values<2>(), rb = row_buf<2>(1, 1);
-  if (!make_plan(p, ubytes, 32 * kStridePad, (E * (C + K) + rb) * elem, nt) || p.segs != 1) return false;
+  if (!make_plan(p, ubytes, 32 * kStridePad, (E * (C + K) + rb) * elem, nt, G) || p.segs != 1) return false;
   // Every phase gets a chunk per thread where the rows allow (cut alike for 1 and 2 threads).
   p.nchunks = std::min(p.rows, (p.nchunks + 2 * p.split - 1) / (2 * p.split) * (2 * p.split));
   p.tmax = ((p.rows + p.nchunks - 1) / p.nchunks) * p.TW;
@@ -670,9 +680,10 @@ bool conv3x3_input_grad_s2(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K
   {
     // Blocks of 32 output channels: the 32 weight rows read stay in L1, the stores are runs of 32.
 #pragma omp for schedule(static) nowait
-    for (int64_t bi = 0; bi < (K + 31) / 32 * C; ++bi) {
-      const int64_t o0 = bi / C * 32, i = bi % C;
-      for (int64_t o = o0; o < std::min(K, o0 + 32); ++o) weight_transform<T, 2>(w, false, C, K, o, i, U, us, true);
+    for (int64_t bi = 0; bi < (Kg + 31) / 32 * C; ++bi) {
+      const int64_t o0 = bi / C * 32, i = bi % C, gi = i / Cg;  // U_c[i][o]: w[o, i] of i's group
+      for (int64_t o = o0; o < std::min(Kg, o0 + 32); ++o)
+        weight_transform<T, 2>(w + ((gi * Kg + o) * Cg + i % Cg) * 9, false, U + i * Kg + o, us);
     }
 #pragma omp for schedule(static)
     for (int64_t pl = 0; pl < N * C; ++pl) std::fill(dx + pl * H * W, dx + (pl + 1) * H * W, T(0));
@@ -690,7 +701,9 @@ bool conv3x3_input_grad_s2(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K
         const Slots<T, 2> sv(C, Tc), sz(K, Tc);
         for (int c = 0; c < 16; ++c) {
           const int64_t cols = class_mult<2>(c) * Tc;
-          gemm(false, false, C, cols, K, T(1), U + c * us, K, Z + sz.off[c], cols, T(0), dV + sv.off[c], cols);
+          for (int64_t gi = 0; gi < G; ++gi)
+            gemm(false, false, Cg, cols, Kg, T(1), U + c * us + gi * Cg * Kg, Kg, Z + sz.off[c] + gi * Kg * cols, cols,
+                 T(0), dV + sv.off[c] + gi * Cg * cols, cols);
         }
         input_grad_transform_s2(p, dV, r0, r1, dx, buf);
       }
@@ -791,52 +804,48 @@ struct Phases {
 template <typename T>
 bool winograd_conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t Cout, int64_t Hout,
                       int64_t Wout, int64_t stride, int64_t off_h, int64_t off_w, const T* in, const T* w,
-                      bool flip, const Epilogue<T>& ep, T* out) {
+                      bool flip, const Epilogue<T>& ep, T* out, int64_t groups) {
   if (N == 0 || Cout == 0 || Hout == 0 || Wout == 0) return true;  // nothing to write
-  if (stride == 1) return conv3x3<T, 1>(N, Cin, Hin, Win, Cout, Hout, Wout, off_h, off_w, in, w, flip, ep, out);
+  if (stride == 1)
+    return conv3x3<T, 1>(N, Cin, Hin, Win, Cout, Hout, Wout, off_h, off_w, in, w, flip, ep, out, groups);
   if (stride == 2 && !flip)
-    return conv3x3<T, 2>(N, Cin, Hin, Win, Cout, Hout, Wout, off_h, off_w, in, w, flip, ep, out);
+    return conv3x3<T, 2>(N, Cin, Hin, Win, Cout, Hout, Wout, off_h, off_w, in, w, flip, ep, out, groups);
   return false;
 }
 
 template <typename T>
 bool winograd_conv3x3_input_grad(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
-                                 int64_t off_h, int64_t off_w, const T* dy, const T* w, T* dx) {
+                                 int64_t off_h, int64_t off_w, const T* dy, const T* w, T* dx, int64_t groups) {
   if (N == 0 || C == 0 || H == 0 || W == 0) return true;  // nothing to write
   if (K == 0 || Ho == 0 || Wo == 0) return false;       // an all-zero dx: col2im handles it
-  return conv3x3_input_grad_s2<T>(N, C, H, W, K, Ho, Wo, off_h, off_w, dy, w, dx);
+  return conv3x3_input_grad_s2<T>(N, C, H, W, K, Ho, Wo, off_h, off_w, dy, w, dx, groups);
 }
 
 template <typename T>
 bool winograd_conv3x3_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
-                             int64_t stride, int64_t off_h, int64_t off_w, const T* x, const T* dy, T* dw) {
+                             int64_t stride, int64_t off_h, int64_t off_w, const T* x, const T* dy, T* dw,
+                             int64_t groups) {
   if (N == 0 || Ho == 0 || Wo == 0) return false;  // the caller zero-fills
-  if (stride == 1) return conv3x3_weight<T, 1>(N, C, H, W, K, Ho, Wo, off_h, off_w, x, dy, dw);
-  if (stride == 2) return conv3x3_weight<T, 2>(N, C, H, W, K, Ho, Wo, off_h, off_w, x, dy, dw);
+  if (stride == 1) return conv3x3_weight<T, 1>(N, C, H, W, K, Ho, Wo, off_h, off_w, x, dy, dw, groups);
+  if (stride == 2) return conv3x3_weight<T, 2>(N, C, H, W, K, Ho, Wo, off_h, off_w, x, dy, dw, groups);
   return false;
 }
 
-template bool winograd_conv3x3_weight<float>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                             int64_t, int64_t, int64_t, const float*, const float*, float*);
-template bool winograd_conv3x3_weight<double>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                              int64_t, int64_t, int64_t, const double*, const double*, double*);
-
-template bool winograd_conv3x3_input_grad<float>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                                 int64_t, int64_t, const float*, const float*, float*);
-template bool winograd_conv3x3_input_grad<double>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                                  int64_t, int64_t, const double*, const double*, double*);
-
-template bool winograd_conv3x3<float>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                      int64_t, int64_t, const float*, const float*, bool, const Epilogue<float>&,
-                                      float*);
-template bool winograd_conv3x3<double>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                       int64_t, int64_t, const double*, const double*, bool,
-                                       const Epilogue<double>&, double*);
+#define PYDL_WINO(T)                                                                                              \
+  template bool winograd_conv3x3_weight<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,  \
+                                           int64_t, int64_t, const T*, const T*, T*, int64_t);                     \
+  template bool winograd_conv3x3_input_grad<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,       \
+                                               int64_t, int64_t, const T*, const T*, T*, int64_t);                 \
+  template bool winograd_conv3x3<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                                    int64_t, const T*, const T*, bool, const Epilogue<T>&, T*, int64_t);
+PYDL_WINO(float)
+PYDL_WINO(double)
+#undef PYDL_WINO
 
 template <typename T>
 bool winograd_conv3x3_dilated(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
                               int64_t dh, int64_t dw, int64_t ph, int64_t pw, const T* x, const T* w,
-                              const Epilogue<T>& ep, T* y) {
+                              const Epilogue<T>& ep, T* y, int64_t groups) {
   if (N == 0 || K == 0 || Ho == 0 || Wo == 0) return true;  // nothing to write
   Phases<T> P;
   if (!P.init(N, C, H, W, K, Ho, Wo, dh, dw, ph, pw)) return false;
@@ -846,7 +855,8 @@ bool winograd_conv3x3_dilated(int64_t N, int64_t C, int64_t H, int64_t W, int64_
   bias_only.bias = ep.bias, rest.bias = nullptr;
   {
     PhaseReserve reserve(P.bytes);
-    if (!conv3x3<T, 1>(P.B, C, P.Hq, P.Wq, K, P.Hoq, P.Woq, -ph / dh, -pw / dw, P.xp, w, false, bias_only, P.yp))
+    if (!conv3x3<T, 1>(P.B, C, P.Hq, P.Wq, K, P.Hoq, P.Woq, -ph / dh, -pw / dw, P.xp, w, false, bias_only, P.yp,
+                       groups))
       return false;
   }
   from_phases(P.yp, N, K, Ho, Wo, dh, dw, P.Hoq, P.Woq, rest, y);
@@ -856,7 +866,7 @@ bool winograd_conv3x3_dilated(int64_t N, int64_t C, int64_t H, int64_t W, int64_
 template <typename T>
 bool winograd_conv3x3_dilated_input_grad(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho,
                                          int64_t Wo, int64_t dh, int64_t dw, int64_t ph, int64_t pw, const T* dy,
-                                         const T* w, T* dx) {
+                                         const T* w, T* dx, int64_t groups) {
   if (N == 0 || C == 0 || H == 0 || W == 0) return true;  // nothing to write
   Phases<T> P;  // xp: dx's phases, yp: dy's
   if (!P.init(N, C, H, W, K, Ho, Wo, dh, dw, ph, pw)) return false;
@@ -868,7 +878,7 @@ bool winograd_conv3x3_dilated_input_grad(int64_t N, int64_t C, int64_t H, int64_
   {
     PhaseReserve reserve(P.bytes);
     if (!conv3x3<T, 1>(P.B, K, P.Hoq, P.Woq, C, P.Hq, P.Wq, ph / dh - 2, pw / dw - 2, P.yp, w, true, Epilogue<T>{},
-                       P.xp))
+                       P.xp, groups))
       return false;
   }
   from_phases(P.xp, N, C, H, W, dh, dw, P.Hq, P.Wq, Epilogue<T>{}, dx);
@@ -878,24 +888,25 @@ bool winograd_conv3x3_dilated_input_grad(int64_t N, int64_t C, int64_t H, int64_
 template <typename T>
 bool winograd_conv3x3_dilated_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
                                      int64_t dh, int64_t dw, int64_t ph, int64_t pw, const T* x, const T* dy,
-                                     T* dwt) {
+                                     T* dwt, int64_t groups) {
   if (N == 0 || Ho == 0 || Wo == 0) return false;  // the caller zero-fills
   Phases<T> P;
   if (!P.init(N, C, H, W, K, Ho, Wo, dh, dw, ph, pw)) return false;
   to_phases(x, N, C, H, W, dh, dw, P.Hq, P.Wq, P.xp);
   to_phases(dy, N, K, Ho, Wo, dh, dw, P.Hoq, P.Woq, P.yp);
   PhaseReserve reserve(P.bytes);
-  return conv3x3_weight<T, 1>(P.B, C, P.Hq, P.Wq, K, P.Hoq, P.Woq, -ph / dh, -pw / dw, P.xp, P.yp, dwt);
+  return conv3x3_weight<T, 1>(P.B, C, P.Hq, P.Wq, K, P.Hoq, P.Woq, -ph / dh, -pw / dw, P.xp, P.yp, dwt, groups);
 }
 
 #define PYDL_WINO_DILATED(T)                                                                                       \
   template bool winograd_conv3x3_dilated<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, \
-                                            int64_t, int64_t, int64_t, const T*, const T*, const Epilogue<T>&, T*); \
+                                            int64_t, int64_t, int64_t, const T*, const T*, const Epilogue<T>&, T*,  \
+                                            int64_t);                                                             \
   template bool winograd_conv3x3_dilated_input_grad<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,        \
                                                        int64_t, int64_t, int64_t, int64_t, int64_t, const T*,      \
-                                                       const T*, T*);                                             \
+                                                       const T*, T*, int64_t);                                    \
   template bool winograd_conv3x3_dilated_weight<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,   \
-                                                   int64_t, int64_t, int64_t, int64_t, const T*, const T*, T*);
+                                                   int64_t, int64_t, int64_t, int64_t, const T*, const T*, T*, int64_t);
 PYDL_WINO_DILATED(float)
 PYDL_WINO_DILATED(double)
 #undef PYDL_WINO_DILATED

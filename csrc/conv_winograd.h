@@ -1,5 +1,6 @@
-// Winograd F(2x2, 3x3) for dense 3x3 convolutions of stride 1 or 2, and dilated ones of stride 1
-// by space-to-batch (see conv_winograd.cpp).
+// Winograd F(2x2, 3x3) for 3x3 convolutions of stride 1 or 2, and dilated ones of stride 1 by
+// space-to-batch (see conv_winograd.cpp). `groups`: the weights are per group (w K x C/groups x 3 x 3)
+// and the GEMMs run per group.
 #pragma once
 #include <cstdint>
 
@@ -24,19 +25,20 @@ int64_t conv_workspace_limit();
 template <typename T>
 bool winograd_conv3x3(int64_t N, int64_t Cin, int64_t Hin, int64_t Win, int64_t Cout, int64_t Hout,
                       int64_t Wout, int64_t stride, int64_t off_h, int64_t off_w, const T* in, const T* w,
-                      bool flip, const Epilogue<T>& ep, T* out);
+                      bool flip, const Epilogue<T>& ep, T* out, int64_t groups = 1);
 
 // dw[k, c] (K x C x 3 x 3) = gradient of the forward call above (off = -pad) w.r.t. w, from
 // x (N, C, H, W) and dy (N, K, Ho, Wo). False: declined (nothing written).
 template <typename T>
 bool winograd_conv3x3_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
-                             int64_t stride, int64_t off_h, int64_t off_w, const T* x, const T* dy, T* dw);
+                             int64_t stride, int64_t off_h, int64_t off_w, const T* x, const T* dy, T* dw,
+                             int64_t groups = 1);
 
 // dx (N x C x H x W) = gradient of the stride-2 forward call above (off = -pad, w is K x C x 3 x 3)
 // w.r.t. its input, from dy (N, K, Ho, Wo). False: declined (nothing written; the caller takes col2im).
 template <typename T>
 bool winograd_conv3x3_input_grad(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
-                                 int64_t off_h, int64_t off_w, const T* dy, const T* w, T* dx);
+                                 int64_t off_h, int64_t off_w, const T* dy, const T* w, T* dx, int64_t groups = 1);
 
 // Stride-1 dense 3x3 convolutions of dilation (dh, dw) whose padding (ph, pw) is a multiple of
 // it, by space-to-batch: the dh * dw phases of every image (x[n, c, rh + dh a, rw + dw b]) are one
@@ -46,15 +48,15 @@ bool winograd_conv3x3_input_grad(int64_t N, int64_t C, int64_t H, int64_t W, int
 template <typename T>
 bool winograd_conv3x3_dilated(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
                               int64_t dh, int64_t dw, int64_t ph, int64_t pw, const T* x, const T* w,
-                              const Epilogue<T>& ep, T* y);
+                              const Epilogue<T>& ep, T* y, int64_t groups = 1);
 template <typename T>
 bool winograd_conv3x3_dilated_input_grad(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho,
                                          int64_t Wo, int64_t dh, int64_t dw, int64_t ph, int64_t pw, const T* dy,
-                                         const T* w, T* dx);
+                                         const T* w, T* dx, int64_t groups = 1);
 template <typename T>
 bool winograd_conv3x3_dilated_weight(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo,
                                      int64_t dh, int64_t dw, int64_t ph, int64_t pw, const T* x, const T* dy,
-                                     T* dwt);
+                                     T* dwt, int64_t groups = 1);
 
 // Whether the Winograd path is worth taking for this batch, channel counts, output size, stride
 // and dilation (> 1: judged on the phase batch the dilated wrapper runs), for the convolution

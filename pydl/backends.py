@@ -25,8 +25,9 @@ __all__ = ["conv_algorithms", "conv_algorithm", "conv_algorithm_choice"]
 _ALGORITHMS = {
     "auto": (0, "the automatic rule"),
     "depthwise": (1, "groups == C == K: direct per-plane kernels (AVX2 stencils for 3x3/5x5 at stride 1)"),
-    "winograd": (2, "dense 3x3, groups 1, stride 1 or 2 without dilation, or stride 1 with dilation and padding "
-                    "a multiple of it (its phases as a batch, space-to-batch): Winograd F(2x2, 3x3) + 16 GEMMs"),
+    "winograd": (2, "3x3 (not depthwise), stride 1 or 2 without dilation, or stride 1 with dilation and padding "
+                    "a multiple of it (its phases as a batch, space-to-batch): Winograd F(2x2, 3x3) + 16 GEMMs "
+                    "(per group)"),
     "gemm_1x1": (3, "1x1, stride 1, no padding: one GEMM per image and group straight on x"),
     "im2col_per_image": (4, "forward, and the strided input gradient: each thread im2cols whole images, "
                             "GEMM straight into y (deep reductions, at least one image per thread)"),

@@ -598,6 +598,37 @@ def test_winograd_dilated_matches_reference(wino, dtype, case):
         np.testing.assert_array_equal(a, s)
 
 
+# Grouped layers: the weights transformed per group and the 16 GEMMs run per group, in every
+# direction (stride 1's input gradient takes the flipped forward, stride 2's the adjoint).
+# Channels per group differ between input and output.
+WINO_GROUPED = [
+    ((2, 8, 9, 8), 8, dict(padding=1, groups=2)),
+    ((2, 6, 7, 9), 9, dict(padding=1, groups=3)),                    # 2 in, 3 out per group
+    ((2, 12, 10, 9), 6, dict(stride=2, padding=1, groups=3)),        # stride 2: 4 in, 2 out per group
+    ((1, 16, 11, 10), 32, dict(padding=2, dilation=2, groups=4)),    # dilated: the phases per group
+]
+
+
+@pytest.mark.parametrize("case", range(len(WINO_GROUPED)))
+def test_winograd_grouped_matches_reference(wino, dtype, case):
+    xs, k, kw = WINO_GROUPED[case]
+    rng = np.random.default_rng(150 + case)
+    x64, w64 = rng.uniform(-1, 1, xs), rng.uniform(-1, 1, (k, xs[1] // kw["groups"], 3, 3))
+    b64 = rng.uniform(-1, 1, k)
+    conv = R.conv2d(x64, w64, b64, **kw)
+    r64, dy64 = rng.uniform(-1, 1, conv.shape), rng.uniform(-1, 1, conv.shape)
+    x, w, b, r, dy = (a.astype(dtype) for a in (x64, w64, b64, r64, dy64))
+    before = wino._conv_winograd_calls()
+    with pydl.backends.conv_algorithm("winograd"):
+        y = F.conv2d(x, w, b, **kw, residual=r, activation="relu")
+        gx, gw, _ = F.conv2d_backward(dy, x, w, **kw)
+    assert wino._conv_winograd_calls() - before == 3
+    rx, rw, _ = R.conv2d_backward(dy64, x64, w64, **kw)
+    assert_close(y, R.relu(conv + r64), dtype)
+    assert_close(gx, rx, dtype)
+    assert_close(gw, rw, dtype)
+
+
 def test_winograd_dilated_padding_not_a_multiple_raises():
     """Space-to-batch needs the padding to be a multiple of the dilation (each phase of y then
     reads one phase of x); forcing Winograd otherwise raises, naming padding and dilation."""
@@ -1056,6 +1087,8 @@ def test_conv_algorithm_auto_choice_and_restore():
                                    groups=32) == "direct_blocked"
     assert B.conv_algorithm_choice("forward", (8, 256, 28, 28), (256, 8, 3, 3), padding=1,
                                    groups=32) == "grouped_direct"  # 8 channels: not a 16-channel block
+    for d in ("forward", "input_grad", "weight_grad"):  # few wide groups: Winograd per group
+        assert B.conv_algorithm_choice(d, (8, 128, 28, 28), (128, 64, 3, 3), padding=1, groups=2) == "winograd"
     for d in ("forward", "weight_grad"):
         assert B.conv_algorithm_choice(d, (1, 3, 224, 224), (64, 3, 7, 7), stride=2, padding=3) == "direct_blocked"
         assert B.conv_algorithm_choice(d, (1, 3, 224, 224), (32, 3, 3, 3), stride=2, padding=1) != "direct_blocked"
