@@ -2077,9 +2077,11 @@ inline bool winograd_groups_pay(Dir d, const Geo& g) {
 // The automatic rule. Winograd may still decline at run time (its chunks do not fit the
 // workspace cap); the caller then takes the im2col algorithm this rule gives without it.
 Algo choose(Dir d, const Geo& g, int64_t elem, bool winograd_ok = true) {
-  if (g.depthwise())  // stride 1: the per-plane stencils are faster than the interleaving
-    return (g.sh > 1 || g.sw > 1) && applies(d, Algo::depthwise_blocked, g, elem) ? Algo::depthwise_blocked
-                                                                                  : Algo::depthwise;
+  if (g.depthwise()) {  // stride 1: the per-plane stencils are faster than the interleaving, but
+    // a small plane's weight gradient is a short reduction per plane: 8 planes per vector win
+    const bool blocked = g.sh > 1 || g.sw > 1 || (d == Dir::weight_grad && g.L() <= 100);
+    return blocked && applies(d, Algo::depthwise_blocked, g, elem) ? Algo::depthwise_blocked : Algo::depthwise;
+  }
   if (winograd_ok && winograd_fits(g) && winograd_groups_pay(d, g)) {
     const bool pays = d == Dir::input_grad && winograd_fits(g) == 1
                           ? winograd_pays(g.N, g.Kg(), g.Cg(), g.H, g.W, 1, false, g.dh, g.dw)

@@ -1076,6 +1076,12 @@ def test_conv_algorithm_auto_choice_and_restore():
     assert B.conv_algorithm_choice("input_grad", (8, 512, 7, 7), (2048, 512, 1, 1)) == "gemm_1x1"
     assert B.conv_algorithm_choice("forward", (1, 512, 7, 7), (2048, 512, 1, 1)) == "gemm_1x1"
     assert B.conv_algorithm_choice("forward", (2, 3, 7, 5), (3, 1, 3, 3), padding=1, groups=3) == "depthwise"
+    # a 7x7 plane's depthwise weight gradient: channels interleaved; a larger one: per plane
+    dwk = dict(padding=1, groups=960)
+    assert B.conv_algorithm_choice("weight_grad", (8, 960, 7, 7), (960, 1, 3, 3), **dwk) == "depthwise_blocked"
+    assert B.conv_algorithm_choice("forward", (8, 960, 7, 7), (960, 1, 3, 3), **dwk) == "depthwise"
+    assert B.conv_algorithm_choice("weight_grad", (8, 96, 14, 14), (96, 1, 3, 3), padding=1,
+                                   groups=96) == "depthwise"
     assert B.conv_algorithm_choice("weight_grad", (1, 3, 11, 10), (4, 3, 3, 3), padding=2,
                                    dilation=2) == "im2col_tiled"
     # direct_blocked: grouped layers on small planes, their weight gradients, and an RGB 7x7 stem
