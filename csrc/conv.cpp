@@ -1595,6 +1595,12 @@ struct Blocked {
   // Weight-gradient items: per group, the batch in `chunks` runs summed in order (the same sums
   // for any thread count).
   int64_t wchunks() const { return std::min(g.N, std::max<int64_t>(1, 16 / g.G)); }
+  // The calling thread's buffer, in elements: the packed weights, or the weight gradient's partials.
+  int64_t shared() const {
+    const int64_t per_group = g.Kg() * g.Cg() * g.kh * g.kw;
+    if (d == Dir::weight_grad) return wchunks() * g.G * per_group;
+    return g.G * nob * (d == Dir::forward ? g.Cg() : g.Kg()) * ntaps * OB;
+  }
   // Per-thread scratch, in elements.
   int64_t scratch() const {
     if (d == Dir::forward) return g.Cg() * f.plane + OB * chunk;
@@ -1832,7 +1838,7 @@ void blocked_run(const Geo& g, Dir d, const T* a, const T* bb, const Epilogue<T>
     const int64_t chunks = b.wchunks(), psize = Kg * Cg * taps;  // one group's partial dw, [ob][c][t][OB]
     // Few groups and images (a stem): the lane blocks are split over the items too.
     const int64_t split = g.G * chunks < 4 * max_threads() ? b.nob : 1;
-    T* part = static_cast<T*>(t_pack.get(g.G * chunks * psize * (int64_t)sizeof(T)));
+    T* part = static_cast<T*>(t_pack.get(b.shared() * (int64_t)sizeof(T)));
 #pragma omp parallel if (parallel_pays(g))
     {
       T* s = nullptr;
@@ -1867,7 +1873,7 @@ void blocked_run(const Geo& g, Dir d, const T* a, const T* bb, const Epilogue<T>
   // Pack the weights: lanes = output channels (forward) or input channels (input grad).
   const bool fwd = d == Dir::forward;
   const int64_t ni = fwd ? Cg : Kg;
-  T* wpk = static_cast<T*>(t_pack.get(g.G * b.nob * ni * b.ntaps * OB * (int64_t)sizeof(T)));
+  T* wpk = static_cast<T*>(t_pack.get(b.shared() * (int64_t)sizeof(T)));
   const int64_t items = g.N * g.G * b.nch;
 #pragma omp parallel if (parallel_pays(g))
   {
@@ -1892,10 +1898,16 @@ void blocked_run(const Geo& g, Dir d, const T* a, const T* bb, const Epilogue<T>
   err.rethrow();
 }
 
-// One thread's scratch of blocked_run, in bytes (0: the algorithm does not apply).
+// Bytes of one blocked_run call: every thread's scratch and the shared buffer (0: the algorithm does
+// not apply).
+template <typename T>
+int64_t blocked_bytes_t(const Geo& g, Dir d) {
+  if (!Blocked<T>::fits(g, d)) return 0;
+  const Blocked<T> b(g, d);
+  return (b.scratch() * max_threads() + b.shared()) * (int64_t)sizeof(T);
+}
 inline int64_t blocked_bytes(const Geo& g, Dir d, int64_t elem) {
-  if (elem == 4) return Blocked<float>::fits(g, d) ? Blocked<float>(g, d).scratch() * elem : 0;
-  return Blocked<double>::fits(g, d) ? Blocked<double>(g, d).scratch() * elem : 0;
+  return elem == 4 ? blocked_bytes_t<float>(g, d) : blocked_bytes_t<double>(g, d);
 }
 
 // ---------------------------------------------------------------- GEMM paths
@@ -2046,7 +2058,7 @@ bool applies(Dir d, Algo a, const Geo& g, int64_t elem) {
     }
     case Algo::blocked: {  // channel blocks of 2 vectors (16 float / 8 double) in every group
       const int64_t bytes = blocked_bytes(g, d, elem);
-      return bytes > 0 && bytes * max_threads() <= g_ws_limit.load();
+      return bytes > 0 && bytes <= g_ws_limit.load();
     }
     default:
       return false;

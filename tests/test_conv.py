@@ -1066,6 +1066,27 @@ def test_every_conv_algorithm_forced(dtype, algorithm, simd_level):
     assert ran == {p for p in _EXPECTED_PAIRS if p[0] == algorithm}, ran
 
 
+def test_direct_blocked_counts_its_shared_buffer_against_the_cap():
+    """direct_blocked's weight gradient keeps per-chunk partials (590 KB here) beside the threads'
+    scratch (a few KB): under a 300 KB cap it does not apply, forced or automatic."""
+    xs, ws, kw = (8, 64, 7, 7), (64, 32, 3, 3), dict(padding=1, groups=2)
+    assert pydl.backends.conv_algorithm_choice("weight_grad", xs, ws, **kw) == "direct_blocked"
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
+    dy = rng.standard_normal(xs).astype(np.float32)
+    want = R.conv2d_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), **kw)[1]
+    old = F.get_conv_workspace_limit()
+    try:
+        F.set_conv_workspace_limit(300_000)
+        assert pydl.backends.conv_algorithm_choice("weight_grad", xs, ws, **kw) != "direct_blocked"
+        assert_close(F.conv2d_backward(dy, x, w, **kw, output_mask=(False, True, False))[1], want, np.float32)
+        with pydl.backends.conv_algorithm(weight_grad="direct_blocked"):
+            with pytest.raises(ValueError, match="'direct_blocked' does not apply"):
+                F.conv2d_backward(dy, x, w, **kw, output_mask=(False, True, False))
+    finally:
+        F.set_conv_workspace_limit(old)
+
+
 def test_conv_algorithm_auto_choice_and_restore():
     """The automatic rule picks what the table says for plain cases; the context manager restores
     the previous setting, also after an exception; bad names raise naming the argument."""
