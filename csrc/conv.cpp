@@ -1545,7 +1545,7 @@ struct Blocked {
   static constexpr int VL = 32 / static_cast<int>(sizeof(T)), OB = 2 * VL, PX = 6;
   static constexpr int64_t kChunk = 384;  // pixels per item at most (its output tile in L1/L2)
   struct Job {
-    std::vector<int64_t> off, tw, base, dst;  // taps: offsets, weight taps; pixels: reads, writes
+    std::vector<int64_t> off, tw, base, dst;  // taps: offsets, weight taps; pixels: reads, writes (dx)
   };
   const Geo& g;
   Dir d;
@@ -1553,17 +1553,28 @@ struct Blocked {
   std::vector<int64_t> tap;
   std::vector<Job> jobs;
   std::vector<int64_t> job_at;  // pixels before each job, and their total
-  int64_t margin = 0, ipl = 0, ntaps = 0, nob, chunk, nch;  // ntaps: over the jobs
-  Blocked(const Geo& geo, Dir dir) : g(geo), d(dir), f(geo), tap(f.taps(geo)) {
-    const int64_t hw = f.Hp * f.Wp, taps = g.kh * g.kw;
-    if (d != Dir::input_grad) {
-      Job j;
-      for (int64_t t = 0; t < taps; ++t) j.off.push_back(tap[t]), j.tw.push_back(t);
-      for (int64_t p = 0; p < g.L(); ++p) j.base.push_back(p / g.Wo * f.Wp + p % g.Wo), j.dst.push_back(p);
-      jobs.push_back(std::move(j));
-    } else {
+  int64_t taps, margin = 0, ipl = 0, nob, chunk, nch;  // every tap is in exactly one job
+  // lists = false: the sizes only (applies() asks for them on every call).
+  Blocked(const Geo& geo, Dir dir, bool lists = true)
+      : g(geo), d(dir), f(geo), tap(f.taps(geo)), taps(geo.kh * geo.kw) {
+    const int64_t hw = f.Hp * f.Wp;
+    if (d == Dir::input_grad) {
       for (int64_t t = 0; t < taps; ++t) margin = std::max(margin, tap[t] % hw);
       ipl = 2 * margin + hw + 1;  // margin, the flat grid, a zero tail of margin + 1
+    }
+    nob = (d == Dir::input_grad ? g.Cg() : g.Kg()) / OB;
+    // Enough items for the threads (4 each) without chunks under a few register blocks.
+    const int64_t np = d == Dir::input_grad ? g.HW() : g.L(), per = g.N * g.G;
+    nch = std::max((np + kChunk - 1) / kChunk, std::min((4 * max_threads() + per - 1) / per, (np + 8 * PX - 1) / (8 * PX)));
+    nch = std::max<int64_t>(1, nch);
+    chunk = (np + nch - 1) / nch;
+    if (!lists) return;
+    if (d != Dir::input_grad) {  // one job; its pixels are y's own order (no dst)
+      Job j;
+      for (int64_t t = 0; t < taps; ++t) j.off.push_back(tap[t]), j.tw.push_back(t);
+      for (int64_t p = 0; p < g.L(); ++p) j.base.push_back(p / g.Wo * f.Wp + p % g.Wo);
+      jobs.push_back(std::move(j));
+    } else {
       jobs.resize((size_t)(f.sh * f.sw));
       for (int64_t t = 0; t < taps; ++t) {
         Job& j = jobs[(size_t)(tap[t] / hw)];
@@ -1580,13 +1591,7 @@ struct Blocked {
         }
     }
     job_at.push_back(0);
-    for (const Job& j : jobs) job_at.push_back(job_at.back() + (int64_t)j.base.size()), ntaps += (int64_t)j.off.size();
-    nob = (d == Dir::input_grad ? g.Cg() : g.Kg()) / OB;
-    // Enough items for the threads (4 each) without chunks under a few register blocks.
-    const int64_t np = job_at.back(), per = g.N * g.G;
-    nch = std::max((np + kChunk - 1) / kChunk, std::min((4 * max_threads() + per - 1) / per, (np + 8 * PX - 1) / (8 * PX)));
-    nch = std::max<int64_t>(1, nch);
-    chunk = (np + nch - 1) / nch;
+    for (const Job& j : jobs) job_at.push_back(job_at.back() + (int64_t)j.base.size());
   }
   static bool fits(const Geo& g, Dir d) {
     const int64_t lanes = d == Dir::input_grad ? g.Cg() : g.Kg();
@@ -1599,7 +1604,7 @@ struct Blocked {
   int64_t shared() const {
     const int64_t per_group = g.Kg() * g.Cg() * g.kh * g.kw;
     if (d == Dir::weight_grad) return wchunks() * g.G * per_group;
-    return g.G * nob * (d == Dir::forward ? g.Cg() : g.Kg()) * ntaps * OB;
+    return g.G * nob * (d == Dir::forward ? g.Cg() : g.Kg()) * taps * OB;
   }
   // Per-thread scratch, in elements.
   int64_t scratch() const {
@@ -1700,7 +1705,7 @@ __attribute__((always_inline)) inline void blk_item_impl(const Blocked<T>& b, in
   if (!ready) blk_planes(b, n, gi, a, s);
   T* tmp = s + ni * ip;  // the item's outputs of one lane block, pixel-major
   for (int64_t ob = 0; ob < b.nob; ++ob) {
-    const T* wj = wpk + (gi * b.nob + ob) * ni * b.ntaps * OB;  // [job][i][u][OB]
+    const T* wj = wpk + (gi * b.nob + ob) * ni * b.taps * OB;  // [job][i][u][OB]
     for (size_t jb = 0; jb < b.jobs.size(); ++jb) {
       const auto& j = b.jobs[jb];
       const int64_t nt = (int64_t)j.off.size(), lo = std::max(p0, b.job_at[jb]), hi = std::min(p1, b.job_at[jb + 1]);
@@ -1878,7 +1883,8 @@ void blocked_run(const Geo& g, Dir d, const T* a, const T* bb, const Epilogue<T>
 #pragma omp parallel if (parallel_pays(g))
   {
 #pragma omp for schedule(static)
-    for (int64_t gob = 0; gob < g.G * b.nob; ++gob) blk_pack<T>(b, gob / b.nob, gob % b.nob, bb, wpk + gob * ni * b.ntaps * OB);
+    for (int64_t gob = 0; gob < g.G * b.nob; ++gob)
+      blk_pack<T>(b, gob / b.nob, gob % b.nob, bb, wpk + gob * ni * b.taps * OB);
     T* s = nullptr;
     try {
       s = static_cast<T*>(t_ws.get(b.scratch() * (int64_t)sizeof(T)));
@@ -1903,7 +1909,7 @@ void blocked_run(const Geo& g, Dir d, const T* a, const T* bb, const Epilogue<T>
 template <typename T>
 int64_t blocked_bytes_t(const Geo& g, Dir d) {
   if (!Blocked<T>::fits(g, d)) return 0;
-  const Blocked<T> b(g, d);
+  const Blocked<T> b(g, d, false);
   return (b.scratch() * max_threads() + b.shared()) * (int64_t)sizeof(T);
 }
 inline int64_t blocked_bytes(const Geo& g, Dir d, int64_t elem) {

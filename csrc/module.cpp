@@ -36,7 +36,7 @@ namespace {
 std::atomic<bool> g_forked_child{false};
 
 // NumPy's OpenBLAS (a pthreads build) spins its own threads for ~0.1 s after each parallel call;
-// on few cores pydl's next calls then ran 1.5-3x slower. Its caller-managed threading hook
+// on few cores pydl's next calls then ran 1.2-3x slower. Its caller-managed threading hook
 // (openblas_set_threads_callback_function) runs its jobs on pydl's OpenMP pool instead: one
 // pool for both libraries, idle after a short spin.
 using BlasJob = void (*)(int thread, void* job, int data);
@@ -51,29 +51,25 @@ void run_numpy_blas_jobs(int, BlasJob run, int jobs, size_t job_size, void* job_
   // One call's team at a time: a job's thread number picks OpenBLAS's per-thread buffers.
   std::lock_guard<std::mutex> lock(g_numpy_blas_lock);
   g_numpy_blas_calls.fetch_add(1);
-  // The jobs of a GEMM wait on each other, so all of them run at once: threads of their own when
-  // the pool cannot give a team of that size.
-  const auto own_threads = [&](int first) {
+  // The jobs of a GEMM wait on each other, so all of them run at once: jobs [first, jobs) on
+  // threads of their own (where the pool cannot give a team of that size) beside job 0.
+  const auto job0_and_own_threads = [&](int first) {
     std::vector<std::thread> extra;
-    for (int i = first + 1; i < jobs; ++i) extra.emplace_back(job, i);
-    job(first);
+    for (int i = first; i < jobs; ++i) extra.emplace_back(job, i);
+    job(0);
     for (auto& t : extra) t.join();
   };
 #ifndef _OPENMP
-  return own_threads(0);
+  job0_and_own_threads(1);
 #else
-  if (jobs <= 1 || omp_in_parallel()) return own_threads(0);
+  if (jobs <= 1 || omp_in_parallel()) return job0_and_own_threads(1);
 #pragma omp parallel num_threads(jobs)
   {
-    const int t = omp_get_thread_num(), team = omp_get_num_threads();
-    if (t == 0 && team < jobs) {
-      std::vector<std::thread> extra;
-      for (int i = team; i < jobs; ++i) extra.emplace_back(job, i);
-      job(0);
-      for (auto& e : extra) e.join();
-    } else {
+    const int t = omp_get_thread_num();
+    if (t == 0)
+      job0_and_own_threads(omp_get_num_threads());
+    else
       job(t);
-    }
   }
 #endif
 }
@@ -132,11 +128,11 @@ PYBIND11_MODULE(_cpu, m) {
     omp_set_num_threads(pydl::g_forked_child.load() ? 1 : n);
 #endif
   });
-  // addr: NumPy's openblas_set_threads_callback_function (pydl._backend finds it); 0 undoes it.
-  m.def("_share_pool_with_numpy_blas", [](uintptr_t addr, bool on) {
+  // addr: NumPy's openblas_set_threads_callback_function (pydl._backend finds it).
+  m.def("_share_pool_with_numpy_blas", [](uintptr_t addr) {
     const auto hook = reinterpret_cast<pydl::BlasSetThreads>(addr);
-    hook(on ? &pydl::run_numpy_blas_jobs : nullptr);
-    pydl::g_numpy_blas_hook.store(on ? hook : nullptr);
+    hook(&pydl::run_numpy_blas_jobs);
+    pydl::g_numpy_blas_hook.store(hook);
   });
   m.def("_numpy_blas_calls", [] { return pydl::g_numpy_blas_calls.load(); },
         "How many parallel calls of NumPy's OpenBLAS ran on pydl's pool (tests).");

@@ -148,7 +148,7 @@ def _share_pool_with_numpy_blas(cpu_module):
     # next calls; through its hook, NumPy's parallel BLAS work runs on pydl's OpenMP pool.
     addr = _numpy_blas_hook()
     if addr:
-        cpu_module._share_pool_with_numpy_blas(addr, True)
+        cpu_module._share_pool_with_numpy_blas(addr)
 
 
 def _try_cuda():
