@@ -503,8 +503,6 @@ __attribute__((always_inline)) inline void flat_pad(const Geo& g, const Flat& f,
         if (!Zeroed) std::fill(d, d + lo, T(0));
         if (f.sw == 1)
           std::memcpy(d + lo, s + lo, (size_t)(hi - lo) * sizeof(T));
-        else if (f.sw == 2)  // a constant stride: the compiler vectorizes the deinterleave
-          for (int64_t c = lo; c < hi; ++c) d[c] = s[c * 2];
         else
           for (int64_t c = lo; c < hi; ++c) d[c] = s[c * f.sw];
         if (!Zeroed) std::fill(d + hi, d + f.Wp, T(0));
