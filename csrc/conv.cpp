@@ -7,16 +7,12 @@
 //
 // Algorithms, one table for the three directions (Algo; choose() holds the automatic rule,
 // applies() what each can compute, pydl.backends.conv_algorithm forces one):
-//  * depthwise (groups == C == K): a direct kernel, one (n, c) plane per OpenMP iteration.
-//    Stride 1 with 3x3/5x5 kernels on AVX2/FMA CPUs: register-blocked stencils over a
-//    zero-padded copy of the plane (kernel taps broadcast in registers, 8 floats / 4 doubles
-//    per vector, masked row tails); the input gradient is the same stencil over dy with the
-//    flipped kernel, the weight gradient a per-tap vector reduction per plane, the plane
-//    partials summed in image order (deterministic). Other depthwise shapes (strided ones
-//    among them): one contiguous loop per tap over the flat grid of phase planes (below);
-//    planes too big for its scratch: generic per-plane loops.
-//  * depthwise_blocked (groups == C == K; chosen for strided ones): 8 (float) / 4 (double)
-//    channels of an image interleaved pixel-major, one full vector FMA per tap and output.
+//  * depthwise_blocked (groups == C == K): 8 (float) / 4 (double) channels of an image interleaved
+//    pixel-major, one full vector FMA per tap and output; 3-, 5- and 7-wide kernels at stride 1 or 2
+//    run row kernels that load each input pixel once for all the outputs it feeds. The input
+//    gradient at stride 1 is the same forward over dy with the flipped kernel.
+//  * depthwise (groups == C == K): one (n, c) plane per OpenMP iteration, plain loops; the fallback
+//    for planes whose interleaved copies do not fit the workspace cap.
 //  * winograd (3x3, stride 1 or 2, not depthwise, GEMMs per group; dilated at stride 1 by
 //    space-to-batch): conv_winograd.cpp.
 //  * gemm_1x1 (1x1, stride 1, no padding): y[n, g] = W_g @ x[n, g], a GEMM straight on x (the
@@ -373,9 +369,8 @@ inline bool parallel_pays(const Geo& g) {
 }
 
 // ---------------------------------------------------------------- depthwise (groups == C == K)
-// One (image, channel) plane per call; the plane (a few KiB) stays in L1 across the kh*kw
-// passes, and the inner loop over a contiguous output row vectorizes. Compiled for a
-// portable baseline plus an AVX2/FMA clone picked at load time.
+// The fallback for huge planes: one (image, channel) plane per call, the inner loop over a
+// contiguous output row (compiled for a portable baseline plus an AVX2/FMA clone).
 
 // Valid output ranges of every kernel tap, computed once per call (not per plane).
 struct TapRanges {
@@ -550,50 +545,6 @@ __attribute__((always_inline)) inline void flat_grid(const Geo& g, const Flat& f
   }
 }
 
-template <typename T>
-__attribute__((always_inline)) inline void dw_fwd_flat_impl(const Geo& g, const Flat& f, const T* xc,
-                                                            const T* wc, T bias, T* yc, T* __restrict xp, T* __restrict acc) {
-  flat_pad(g, f, xc, xp);
-  for (int64_t q = 0; q < f.nq; ++q) acc[q] = bias;
-  for (int64_t i = 0; i < g.kh; ++i)
-    for (int64_t jj = 0; jj < g.kw; ++jj) {
-      const T wv = wc[i * g.kw + jj];
-      const T* s = xp + f.tap(g, i, jj);
-      for (int64_t q = 0; q < f.nq; ++q) acc[q] += wv * s[q];
-    }
-  for (int64_t oh = 0; oh < g.Ho; ++oh) std::memcpy(yc + oh * g.Wo, acc + oh * f.Wp, (size_t)g.Wo * sizeof(T));
-}
-
-// Adjoint: scatter dy (on the flat grid) into the phase planes, then gather dx out of them.
-template <typename T>
-__attribute__((always_inline)) inline void dw_bwd_input_flat_impl(const Geo& g, const Flat& f, const T* yc,
-                                                                  const T* wc, T* xc, T* __restrict xp, T* __restrict dyg) {
-  flat_grid(g, f, yc, dyg);
-  std::fill(xp, xp + f.plane, T(0));
-  for (int64_t i = 0; i < g.kh; ++i)
-    for (int64_t jj = 0; jj < g.kw; ++jj) {
-      const T wv = wc[i * g.kw + jj];
-      T* d = xp + f.tap(g, i, jj);
-      for (int64_t q = 0; q < f.nq; ++q) d[q] += wv * dyg[q];
-    }
-  flat_unpad(g, f, xp, xc);
-}
-
-template <typename T>
-__attribute__((always_inline)) inline void dw_bwd_weight_flat_impl(const Geo& g, const Flat& f, const T* yc,
-                                                                   const T* xc, T* acc, T* __restrict xp, T* __restrict dyg) {
-  flat_pad(g, f, xc, xp);
-  flat_grid(g, f, yc, dyg);
-  for (int64_t i = 0; i < g.kh; ++i)
-    for (int64_t jj = 0; jj < g.kw; ++jj) {
-      const T* s = xp + f.tap(g, i, jj);
-      T sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t q = 0; q < f.nq; ++q) sum += dyg[q] * s[q];
-      acc[i * g.kw + jj] += sum;
-    }
-}
-
 // The per-plane depthwise kernels in their AVX2/FMA and baseline variants (common.h).
 #define PYDL_DW_T template <typename T>
 PYDL_SIMD_DISPATCH(PYDL_DW_T, <T>, void, dw_fwd_plane,
@@ -605,249 +556,18 @@ PYDL_SIMD_DISPATCH(PYDL_DW_T, <T>, void, dw_bwd_input_plane,
 PYDL_SIMD_DISPATCH(PYDL_DW_T, <T>, void, dw_bwd_weight_plane,
                    (const Geo& g, const TapRanges& tr, const T* yc, const T* xc, T* acc),
                    (g, tr, yc, xc, acc))
-PYDL_SIMD_DISPATCH(PYDL_DW_T, <T>, void, dw_fwd_flat,
-                   (const Geo& g, const Flat& f, const T* xc, const T* wc, T bias, T* yc, T* xp, T* acc),
-                   (g, f, xc, wc, bias, yc, xp, acc))
-PYDL_SIMD_DISPATCH(PYDL_DW_T, <T>, void, dw_bwd_input_flat,
-                   (const Geo& g, const Flat& f, const T* yc, const T* wc, T* xc, T* xp, T* dyg),
-                   (g, f, yc, wc, xc, xp, dyg))
-PYDL_SIMD_DISPATCH(PYDL_DW_T, <T>, void, dw_bwd_weight_flat,
-                   (const Geo& g, const Flat& f, const T* yc, const T* xc, T* acc, T* xp, T* dyg),
-                   (g, f, yc, xc, acc, xp, dyg))
 #undef PYDL_DW_T
-
-// ---- register-blocked AVX2 stencils (stride 1, small fixed kernels)
-// One output row at a time, 8 (float) / 4 (double) outputs per vector, every tap an
-// unaligned load from a zero-padded copy of the plane that is wide enough for whole vectors:
-// no bounds logic and no scalar tail; only the plane's last stores are masked.
-#ifdef PYDL_X86
-template <typename T>
-struct Vec;
-template <>
-struct Vec<float> {
-  using V = __m256;
-  using M = __m256i;
-  static constexpr int n = 8;
-  static PYDL_AVX2_INL V zero() { return _mm256_setzero_ps(); }
-  static PYDL_AVX2_INL V set1(float a) { return _mm256_set1_ps(a); }
-  static PYDL_AVX2_INL V load(const float* p) { return _mm256_loadu_ps(p); }
-  static PYDL_AVX2_INL V mload(const float* p, M m) { return _mm256_maskload_ps(p, m); }
-  static PYDL_AVX2_INL void store(float* p, V v) { _mm256_storeu_ps(p, v); }
-  static PYDL_AVX2_INL void mstore(float* p, M m, V v) { _mm256_maskstore_ps(p, m, v); }
-  static PYDL_AVX2_INL V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  static PYDL_AVX2_INL V add(V a, V b) { return _mm256_add_ps(a, b); }
-  // lanes l with lo <= l < hi (lo, hi already clamped to [0, n])
-  static PYDL_AVX2_INL M mask(int64_t lo, int64_t hi) {
-    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm256_and_si256(_mm256_cmpgt_epi32(iota, _mm256_set1_epi32((int)lo - 1)),
-                            _mm256_cmpgt_epi32(_mm256_set1_epi32((int)hi), iota));
-  }
-};
-template <>
-struct Vec<double> {
-  using V = __m256d;
-  using M = __m256i;
-  static constexpr int n = 4;
-  static PYDL_AVX2_INL V zero() { return _mm256_setzero_pd(); }
-  static PYDL_AVX2_INL V set1(double a) { return _mm256_set1_pd(a); }
-  static PYDL_AVX2_INL V load(const double* p) { return _mm256_loadu_pd(p); }
-  static PYDL_AVX2_INL V mload(const double* p, M m) { return _mm256_maskload_pd(p, m); }
-  static PYDL_AVX2_INL void store(double* p, V v) { _mm256_storeu_pd(p, v); }
-  static PYDL_AVX2_INL void mstore(double* p, M m, V v) { _mm256_maskstore_pd(p, m, v); }
-  static PYDL_AVX2_INL V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
-  static PYDL_AVX2_INL V add(V a, V b) { return _mm256_add_pd(a, b); }
-  static PYDL_AVX2_INL M mask(int64_t lo, int64_t hi) {
-    const __m256i iota = _mm256_setr_epi64x(0, 1, 2, 3);
-    return _mm256_and_si256(_mm256_cmpgt_epi64(iota, _mm256_set1_epi64x(lo - 1)),
-                            _mm256_cmpgt_epi64(_mm256_set1_epi64x(hi), iota));
-  }
-};
-
-// Zero-padded copy of the source plane, rows [offh, offh + Hp) and columns [offw, offw + Wp)
-// of src (zero outside Hs x Ws), so the stencil loops need no bounds tests. Wp covers the
-// last (partial) vector of every row plus the kernel width.
-struct PadGeo {
-  int64_t Hp, Wp;
-  PadGeo(int64_t Hd, int64_t Wd, int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t n)
-      : Hp(Hd + (kh - 1) * dh), Wp((Wd + n - 1) / n * n + (kw - 1) * dw) {}
-};
-
-template <typename T>
-__attribute__((always_inline)) inline void pad_plane(const T* src, int64_t Hs, int64_t Ws, const PadGeo& p,
-                                                     int64_t offh, int64_t offw, T* xp) {
-  const int64_t a = std::min(std::max<int64_t>(-offw, 0), p.Wp);  // first column inside src
-  const int64_t e = std::max(a, std::min(p.Wp, Ws - offw));        // one past the last
-  // The zero border depends only on the geometry: planes after the first of a geometry (the
-  // scratch is per thread) copy just the interior: the first one's zero border is still there.
-  thread_local int64_t last[7] = {-1, -1, -1, -1, -1, -1, -1};
-  const int64_t key[7] = {p.Hp, p.Wp, Hs, Ws, offh, offw,
-                          static_cast<int64_t>(reinterpret_cast<uintptr_t>(xp))};
-  const bool fresh = !std::equal(key, key + 7, last);
-  if (fresh) std::copy(key, key + 7, last);
-  for (int64_t r = 0; r < p.Hp; ++r) {
-    T* d = xp + r * p.Wp;
-    const int64_t ih = r + offh;
-    if (ih < 0 || ih >= Hs || e <= a) {
-      if (fresh) std::fill(d, d + p.Wp, T(0));
-      continue;
-    }
-    if (fresh) {
-      std::fill(d, d + a, T(0));
-      std::fill(d + e, d + p.Wp, T(0));
-    }
-    std::memcpy(d + a, src + ih * Ws + a + offw, (size_t)(e - a) * sizeof(T));
-  }
-}
-
-// dst[r, c] = bias + sum_{i<KH, j<KW} wt[i*KW + j] src[r + offh + i*dh, c + offw + j*dw]
-// (src zero outside Hs x Ws), for the whole Hd x Wd plane. One accumulator per kernel row
-// keeps the FMA dependency chains short.
-template <typename T, int KH, int KW>
-PYDL_AVX2 void stencil_s1(const T* src, int64_t Hs, int64_t Ws, T* dst, int64_t Hd, int64_t Wd, const T* wt,
-                          T bias, int64_t offh, int64_t offw, int64_t dh, int64_t dw, T* xp) {
-  using A = Vec<T>;
-  constexpr int n = A::n;
-  const PadGeo p(Hd, Wd, KH, KW, dh, dw, n);
-  pad_plane(src, Hs, Ws, p, offh, offw, xp);
-  typename A::V wv[KH * KW];
-  for (int t = 0; t < KH * KW; ++t) wv[t] = A::set1(wt[t]);
-  const typename A::V bv = A::set1(bias);
-  for (int64_t r = 0; r < Hd; ++r) {
-    const T* row = xp + r * p.Wp;
-    T* d = dst + r * Wd;
-    for (int64_t c0 = 0; c0 < Wd; c0 += n) {
-      typename A::V acc[KH];
-      for (int i = 0; i < KH; ++i) {
-        const T* s = row + i * dh * p.Wp + c0;
-        acc[i] = i == 0 ? bv : A::zero();
-        for (int j = 0; j < KW; ++j) acc[i] = A::fma(wv[i * KW + j], A::load(s + j * dw), acc[i]);
-      }
-      typename A::V sum = acc[0];
-      for (int i = 1; i < KH; ++i) sum = A::add(sum, acc[i]);
-      // A block past the row end is stored whole while it stays inside the plane: its extra
-      // lanes land on the next row, which is written after it (masked stores are slow on AMD).
-      // Only the plane's last blocks mask.
-      if ((r * Wd + c0 + n) <= Hd * Wd)
-        A::store(d + c0, sum);
-      else
-        A::mstore(d + c0, A::mask(0, Wd - c0), sum);
-    }
-  }
-}
-
-// out[i*KW + j] += sum_{r<Hd, c<Wd} gy[r, c] src[r + offh + i*dh, c + offw + j*dw]: one vector
-// accumulator per tap, reduced in a fixed lane order at the end (deterministic).
-template <typename T, int KH, int KW>
-PYDL_AVX2 void stencil_s1_wgrad(const T* src, int64_t Hs, int64_t Ws, const T* gy, int64_t Hd, int64_t Wd,
-                                T* out, int64_t offh, int64_t offw, int64_t dh, int64_t dw, T* xp) {
-  using A = Vec<T>;
-  constexpr int n = A::n;
-  const PadGeo p(Hd, Wd, KH, KW, dh, dw, n);
-  pad_plane(src, Hs, Ws, p, offh, offw, xp);
-  typename A::V acc[KH * KW];
-  for (int t = 0; t < KH * KW; ++t) acc[t] = A::zero();
-  for (int64_t r = 0; r < Hd; ++r) {
-    const T* row = xp + r * p.Wp;
-    const T* gr = gy + r * Wd;
-    for (int64_t c0 = 0; c0 < Wd; c0 += n) {
-      // Lanes past the row end read as zero gradient.
-      const typename A::V gv = c0 + n <= Wd ? A::load(gr + c0) : A::mload(gr + c0, A::mask(0, Wd - c0));
-      for (int i = 0; i < KH; ++i)
-        for (int j = 0; j < KW; ++j)
-          acc[i * KW + j] = A::fma(gv, A::load(row + i * dh * p.Wp + c0 + j * dw), acc[i * KW + j]);
-    }
-  }
-  for (int t = 0; t < KH * KW; ++t) {
-    alignas(32) T lanes[n];
-    A::store(lanes, acc[t]);
-    T s = 0;
-    for (int l = 0; l < n; ++l) s += lanes[l];
-    out[t] += s;
-  }
-}
-
-
-// The fixed-size stencils cover stride 1 with 3x3 and 5x5 kernels (any padding/dilation).
-inline bool use_stencil(const Geo& g) {
-  if (!(use_avx2() && g.sh == 1 && g.sw == 1 && g.kh == g.kw && (g.kh == 3 || g.kh == 5))) return false;
-  // The padded plane is a per-thread scratch: huge planes take the row-wise path.
-  const PadGeo p(std::max(g.H, g.Ho), std::max(g.W, g.Wo), g.kh, g.kw, g.dh, g.dw, 8);
-  return p.Hp * p.Wp * 8 <= (int64_t(16) << 20);
-}
-
-// Per-thread scratch for the padded plane, kept between calls.
-template <typename T>
-T* stencil_scratch(int64_t Hd, int64_t Wd, const Geo& g) {
-  thread_local std::vector<T> buf;
-  const PadGeo p(Hd, Wd, g.kh, g.kw, g.dh, g.dw, Vec<T>::n);
-  if ((int64_t)buf.size() < p.Hp * p.Wp) buf.resize((size_t)(p.Hp * p.Wp));
-  return buf.data();
-}
-
-template <typename T>
-void stencil_fwd(const Geo& g, const T* src, int64_t Hs, int64_t Ws, T* dst, int64_t Hd, int64_t Wd, const T* wt,
-                 T bias, int64_t offh, int64_t offw) {
-  if (g.kh == 3)
-    stencil_s1<T, 3, 3>(src, Hs, Ws, dst, Hd, Wd, wt, bias, offh, offw, g.dh, g.dw, stencil_scratch<T>(Hd, Wd, g));
-  else
-    stencil_s1<T, 5, 5>(src, Hs, Ws, dst, Hd, Wd, wt, bias, offh, offw, g.dh, g.dw, stencil_scratch<T>(Hd, Wd, g));
-}
-
-template <typename T>
-void stencil_wgrad(const Geo& g, const T* src, int64_t Hs, int64_t Ws, const T* gy, int64_t Hd, int64_t Wd, T* out,
-                   int64_t offh, int64_t offw) {
-  if (g.kh == 3)
-    stencil_s1_wgrad<T, 3, 3>(src, Hs, Ws, gy, Hd, Wd, out, offh, offw, g.dh, g.dw, stencil_scratch<T>(Hd, Wd, g));
-  else
-    stencil_s1_wgrad<T, 5, 5>(src, Hs, Ws, gy, Hd, Wd, out, offh, offw, g.dh, g.dw, stencil_scratch<T>(Hd, Wd, g));
-}
-#else
-inline bool use_stencil(const Geo&) { return false; }
-template <typename T>
-void stencil_fwd(const Geo&, const T*, int64_t, int64_t, T*, int64_t, int64_t, const T*, T, int64_t, int64_t) {}
-template <typename T>
-void stencil_wgrad(const Geo&, const T*, int64_t, int64_t, const T*, int64_t, int64_t, T*, int64_t, int64_t) {}
-#endif
-
-
-// The flat stride-1 path needs two plane-sized scratch buffers per thread; huge planes take
-// the row-wise path instead.
-inline bool use_flat(const Geo&, const Flat& f, int64_t elem) {
-  return (f.plane + f.nq) * elem <= (int64_t(4) << 20);
-}
 
 template <typename T>
 void dw_forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* y) {
   const T* b = ep.bias;
   const TapRanges tr(g);
-  const Flat f(g);
-  const bool flat = use_flat(g, f, sizeof(T));
   const int64_t kk = g.kh * g.kw;
-  if (use_stencil(g)) {
-    // Planes in chunks of 16 handed out as threads free up: a preempted thread no longer holds
-    // up its static half. Each plane is one thread's work.
-#pragma omp parallel for schedule(dynamic, 16) if (parallel_pays(g))
-    for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
-      const int64_t c = nc % g.C;
-      stencil_fwd(g, x + nc * g.HW(), g.H, g.W, y + nc * g.L(), g.Ho, g.Wo, w + c * kk, b ? b[c] : T(0), -g.ph,
-                  -g.pw);
-      if (ep.fused()) ep.run(y + nc * g.L(), y + nc * g.L(), nc * g.L(), nullptr, g.L());
-    }
-    return;
-  }
-#pragma omp parallel if (parallel_pays(g))
-  {
-    std::vector<T> scratch(flat ? f.plane + f.nq : 0);
-#pragma omp for schedule(static)
-    for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
-      const int64_t c = nc % g.C;
-      if (flat)
-        dw_fwd_flat(g, f, x + nc * g.HW(), w + c * kk, b ? b[c] : T(0), y + nc * g.L(), scratch.data(),
-                    scratch.data() + f.plane);
-      else
-        dw_fwd_plane(g, tr, x + nc * g.HW(), w + c * kk, b ? b[c] : T(0), y + nc * g.L());
-      if (ep.fused()) ep.run(y + nc * g.L(), y + nc * g.L(), nc * g.L(), nullptr, g.L());
-    }
+#pragma omp parallel for schedule(static) if (parallel_pays(g))
+  for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
+    const int64_t c = nc % g.C;
+    dw_fwd_plane(g, tr, x + nc * g.HW(), w + c * kk, b ? b[c] : T(0), y + nc * g.L());
+    if (ep.fused()) ep.run(y + nc * g.L(), y + nc * g.L(), nc * g.L(), nullptr, g.L());
   }
 }
 
@@ -864,7 +584,7 @@ void parallel_items(const Geo& g, int64_t n, int64_t elems, F&& body) {
     } catch (...) {
       err.capture();
     }
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(static)
     for (int64_t it = 0; it < n; ++it)
       if (s) body(it, s);
   }
@@ -1199,33 +919,10 @@ inline int64_t grouped_scratch(const Geo& g, Dir d, int64_t elem) {
 template <typename T>
 void dw_backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
   const TapRanges tr(g);
-  const Flat f(g);
-  const bool flat = use_flat(g, f, sizeof(T));
   const int64_t kk = g.kh * g.kw;
-  if (use_stencil(g)) {
-    // dx[ih, iw] = sum_{i,j} w[i,j] dy[ih + ph - i*dh, iw + pw - j*dw]: with i' = kh-1-i the
-    // same stencil over dy with the flipped kernel and offsets ph - (kh-1)*dh, pw - (kw-1)*dw.
-    std::vector<T> wf((size_t)(g.C * kk));
-    for (int64_t c = 0; c < g.C; ++c)
-      for (int64_t t = 0; t < kk; ++t) wf[c * kk + t] = w[c * kk + kk - 1 - t];
-#pragma omp parallel for schedule(dynamic, 16) if (parallel_pays(g))
-    for (int64_t nc = 0; nc < g.N * g.C; ++nc)
-      stencil_fwd(g, dy + nc * g.L(), g.Ho, g.Wo, dx + nc * g.HW(), g.H, g.W, wf.data() + (nc % g.C) * kk, T(0),
-                  g.ph - (g.kh - 1) * g.dh, g.pw - (g.kw - 1) * g.dw);
-    return;
-  }
-#pragma omp parallel if (parallel_pays(g))
-  {
-    std::vector<T> scratch(flat ? f.plane + f.nq : 0);
-#pragma omp for schedule(static)
-    for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
-      if (flat)
-        dw_bwd_input_flat(g, f, dy + nc * g.L(), w + (nc % g.C) * kk, dx + nc * g.HW(), scratch.data(),
-                          scratch.data() + f.plane);
-      else
-        dw_bwd_input_plane(g, tr, dy + nc * g.L(), w + (nc % g.C) * kk, dx + nc * g.HW());
-    }
-  }
+#pragma omp parallel for schedule(static) if (parallel_pays(g))
+  for (int64_t nc = 0; nc < g.N * g.C; ++nc)
+    dw_bwd_input_plane(g, tr, dy + nc * g.L(), w + (nc % g.C) * kk, dx + nc * g.HW());
 }
 
 // dw[c] = sum over images of the plane correlations; one channel per thread (no cross-thread sums).
@@ -1233,79 +930,60 @@ template <typename T>
 void dw_backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
   const TapRanges tr(g);
   const int64_t kk = g.kh * g.kw;
-  const Flat f(g);
-  const bool flat = use_flat(g, f, sizeof(T));
-  if (use_stencil(g)) {
-    // Planes in memory order (streaming reads) into per-plane partials, then per channel the
-    // partials added in image order: the same sums for any thread count.
-    std::vector<T> part((size_t)(g.N * g.C * kk), T(0));
-#pragma omp parallel if (parallel_pays(g))
-    {
-#pragma omp for schedule(static)
-      for (int64_t nc = 0; nc < g.N * g.C; ++nc)
-        stencil_wgrad(g, x + nc * g.HW(), g.H, g.W, dy + nc * g.L(), g.Ho, g.Wo, part.data() + nc * kk, -g.ph,
-                      -g.pw);
-#pragma omp for schedule(static)
-      for (int64_t c = 0; c < g.C; ++c) {
-        T* acc = dw + c * kk;
-        std::fill(acc, acc + kk, T(0));
-        for (int64_t n = 0; n < g.N; ++n)
-          for (int64_t t = 0; t < kk; ++t) acc[t] += part[(n * g.C + c) * kk + t];
-      }
-    }
-    return;
-  }
-#pragma omp parallel if (parallel_pays(g))
-  {
-    std::vector<T> scratch(flat ? f.plane + f.nq : 0);
-#pragma omp for schedule(static)
-    for (int64_t c = 0; c < g.C; ++c) {
-      T* acc = dw + c * kk;
-      std::fill(acc, acc + kk, T(0));
-      for (int64_t n = 0; n < g.N; ++n) {
-        const T* yc = dy + (n * g.C + c) * g.L();
-        const T* xc = x + (n * g.C + c) * g.HW();
-        if (flat)
-          dw_bwd_weight_flat(g, f, yc, xc, acc, scratch.data(), scratch.data() + f.plane);
-        else
-          dw_bwd_weight_plane(g, tr, yc, xc, acc);
-      }
-    }
+#pragma omp parallel for schedule(static) if (parallel_pays(g))
+  for (int64_t c = 0; c < g.C; ++c) {
+    T* acc = dw + c * kk;
+    std::fill(acc, acc + kk, T(0));
+    for (int64_t n = 0; n < g.N; ++n)
+      dw_bwd_weight_plane(g, tr, dy + (n * g.C + c) * g.L(), x + (n * g.C + c) * g.HW(), acc);
   }
 }
 // ---------------------------------------------------------------- depthwise, channel-blocked
-// Strided and small planes: there the per-plane loops spend more on row edges and strided loads
-// than on arithmetic. Instead VL channels (8 floats / 4 doubles) of one image are interleaved
-// into a zero-padded pixel-major scratch xb[r][c][lane], and each tap of each output is one full
-// vector FMA whatever the stride, dilation or width, with no tails:
+// Per-plane loops spend more on row edges, short rows and strided loads than on arithmetic.
+// Instead VL channels (8 floats / 4 doubles) of one image are interleaved into a zero-padded
+// pixel-major scratch xb[r][c][lane], and each tap of each output is one full vector FMA whatever
+// the stride, dilation or width, with no tails:
 //   yb[oh][ow][:] = b[:] + sum_{i,j} w[:][i][j] * xb[oh*sh + i*dh][ow*sw + j*dw][:].
-// Input grad: the adjoint, a scatter of dy into a zero dxb, then de-interleaved into dx. Weight
-// grad: per channel block, vector accumulators per tap summed over the images in order
-// (deterministic).
+// Input grad: at stride 1 that forward over dy with the flipped kernel (dw_adjoint_geo); strided,
+// the adjoint, a scatter of dy into a zero dxb, then de-interleaved into dx. Weight grad: per
+// channel block, vector accumulators per tap summed over the images in order (deterministic).
 template <typename T>
 struct DwBlocked {
   using G = GroupedTile<T>;
   static constexpr int VL = G::VL;
   const Geo& g;
   int64_t Hp, Wp, taps, blocks;
-  std::vector<int64_t> toff;  // tap (i, j) relative to its output's top-left pixel
-  explicit DwBlocked(const Geo& geo)
+  // Taps relative to an output's top-left pixel; outputs' top-left pixels; for planes narrower than
+  // a vector (whose rows cannot be transposed row by row), each input pixel's place in xb or -1.
+  std::vector<int64_t> toff, obase, ipos;
+  bool flip = false;  // the kernel's taps reversed (the input gradient as a correlation)
+  explicit DwBlocked(const Geo& geo, bool lists = true)
       : g(geo), Hp((g.Ho - 1) * g.sh + (g.kh - 1) * g.dh + 1), Wp((g.Wo - 1) * g.sw + (g.kw - 1) * g.dw + 1),
-        taps(g.kh * g.kw), blocks((g.C + VL - 1) / VL), toff((size_t)taps) {
-    for (int64_t t = 0; t < taps; ++t) toff[t] = pos(t / g.kw * g.dh, t % g.kw * g.dw);
+        taps(g.kh * g.kw), blocks((g.C + VL - 1) / VL) {
+    if (!lists) return;
+    for (int64_t t = 0; t < taps; ++t) toff.push_back(pos(t / g.kw * g.dh, t % g.kw * g.dw));
+    for (int64_t o = 0; o < g.L(); ++o) obase.push_back(pos(o / g.Wo * g.sh, o % g.Wo * g.sw));
+    if (narrow())
+      for (int64_t p = 0; p < g.HW(); ++p) {
+        const int64_t r = p / g.W + g.ph, c = p % g.W + g.pw;
+        ipos.push_back(r >= 0 && r < Hp && c >= 0 && c < Wp ? pos(r, c) : -1);
+      }
   }
-  // Per-thread scratch in elements: xb (dxb), yb (dyb), the weights, the tap accumulators.
-  int64_t scratch() const { return (Hp * Wp + g.L() + 2 * taps) * VL; }
+  // Per-thread scratch in elements: xb (dxb), yb (dyb), the weights, the tap accumulators, and one
+  // vector for the pixels off the grid (narrow planes).
+  int64_t scratch() const { return (Hp * Wp + g.L() + 2 * taps + 1) * VL; }
+  T* spare(T* s) const { return s + (Hp * Wp + g.L() + 2 * taps) * VL; }
+  bool narrow() const { return g.W < VL && g.HW() >= VL; }
   int64_t pos(int64_t r, int64_t c) const { return (r * Wp + c) * VL; }
 };
 
-// dst[c*ldd + l] = src[l*lds + c] for l, c < VL (8 floats / 4 doubles): one VL x VL transpose in
-// vector shuffles, where element copies with a stride would cost a load and a store each.
-__attribute__((always_inline)) inline void transpose_vl(const float* src, int64_t lds, float* dst, int64_t ldd) {
+// dst[c][l] = src[l][c] for l, c < VL (8 floats / 4 doubles), rows anywhere: one VL x VL transpose
+// in vector shuffles, where element copies with a stride would cost a load and a store each.
+__attribute__((always_inline)) inline void transpose_rows(const float* const* src, float* const* dst) {
   using V = GroupedTile<float>::vec;
   using G = GroupedTile<float>;
   V r[8], t[8], u[8];
-  for (int l = 0; l < 8; ++l) G::load(r[l], src + l * lds);
+  for (int l = 0; l < 8; ++l) G::load(r[l], src[l]);
   for (int k = 0; k < 8; k += 2) {
     t[k] = __builtin_shufflevector(r[k], r[k + 1], 0, 8, 1, 9, 4, 12, 5, 13);
     t[k + 1] = __builtin_shufflevector(r[k], r[k + 1], 2, 10, 3, 11, 6, 14, 7, 15);
@@ -1316,33 +994,76 @@ __attribute__((always_inline)) inline void transpose_vl(const float* src, int64_
       u[k + 2 * h + 1] = __builtin_shufflevector(t[k + h], t[k + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
     }
   for (int c = 0; c < 4; ++c) {
-    G::store(dst + c * ldd, __builtin_shufflevector(u[c], u[c + 4], 0, 1, 2, 3, 8, 9, 10, 11));
-    G::store(dst + (c + 4) * ldd, __builtin_shufflevector(u[c], u[c + 4], 4, 5, 6, 7, 12, 13, 14, 15));
+    G::store(dst[c], __builtin_shufflevector(u[c], u[c + 4], 0, 1, 2, 3, 8, 9, 10, 11));
+    G::store(dst[c + 4], __builtin_shufflevector(u[c], u[c + 4], 4, 5, 6, 7, 12, 13, 14, 15));
   }
 }
 
-__attribute__((always_inline)) inline void transpose_vl(const double* src, int64_t lds, double* dst, int64_t ldd) {
+__attribute__((always_inline)) inline void transpose_rows(const double* const* src, double* const* dst) {
   using V = GroupedTile<double>::vec;
   using G = GroupedTile<double>;
   V r[4];
-  for (int l = 0; l < 4; ++l) G::load(r[l], src + l * lds);
+  for (int l = 0; l < 4; ++l) G::load(r[l], src[l]);
   const V t0 = __builtin_shufflevector(r[0], r[1], 0, 4, 2, 6), t1 = __builtin_shufflevector(r[0], r[1], 1, 5, 3, 7);
   const V t2 = __builtin_shufflevector(r[2], r[3], 0, 4, 2, 6), t3 = __builtin_shufflevector(r[2], r[3], 1, 5, 3, 7);
-  G::store(dst, __builtin_shufflevector(t0, t2, 0, 1, 4, 5));
-  G::store(dst + ldd, __builtin_shufflevector(t1, t3, 0, 1, 4, 5));
-  G::store(dst + 2 * ldd, __builtin_shufflevector(t0, t2, 2, 3, 6, 7));
-  G::store(dst + 3 * ldd, __builtin_shufflevector(t1, t3, 2, 3, 6, 7));
+  G::store(dst[0], __builtin_shufflevector(t0, t2, 0, 1, 4, 5));
+  G::store(dst[1], __builtin_shufflevector(t1, t3, 0, 1, 4, 5));
+  G::store(dst[2], __builtin_shufflevector(t0, t2, 2, 3, 6, 7));
+  G::store(dst[3], __builtin_shufflevector(t1, t3, 2, 3, 6, 7));
+}
+
+// dst[c*ldd + l] = src[l*lds + c] for l, c < VL.
+template <typename T>
+__attribute__((always_inline)) inline void transpose_vl(const T* src, int64_t lds, T* dst, int64_t ldd) {
+  constexpr int VL = GroupedTile<T>::VL;
+  const T* s[VL];
+  T* d[VL];
+  for (int l = 0; l < VL; ++l) s[l] = src + l * lds, d[l] = dst + l * ldd;
+  transpose_rows(s, d);
+}
+
+// dst[p][l] = src[l * ld + p] for pixels p < np and lanes l < nc (lanes past nc zero): the last
+// VL x VL block overlaps the one before it rather than leaving a scalar tail.
+template <typename T>
+__attribute__((always_inline)) inline void to_lanes(const T* src, int64_t ld, int64_t np, int64_t nc, T* dst) {
+  constexpr int VL = GroupedTile<T>::VL;
+  if (nc == VL && np >= VL) {
+    for (int64_t p = 0; p < np; p += VL) {
+      const int64_t q = std::min(p, np - VL);
+      transpose_vl(src + q, ld, dst + q * VL, VL);
+    }
+    return;
+  }
+  if (nc < VL) std::fill(dst, dst + np * VL, T(0));
+  for (int64_t l = 0; l < nc; ++l)
+    for (int64_t p = 0; p < np; ++p) dst[p * VL + l] = src[l * ld + p];
+}
+
+// The inverse: dst[l * ld + p] = src[p][l] for p < np, l < nc.
+template <typename T>
+__attribute__((always_inline)) inline void from_lanes(const T* src, int64_t np, int64_t nc, T* dst, int64_t ld) {
+  constexpr int VL = GroupedTile<T>::VL;
+  if (nc == VL && np >= VL) {
+    for (int64_t p = 0; p < np; p += VL) {
+      const int64_t q = std::min(p, np - VL);
+      transpose_vl(src + q * VL, VL, dst + q, ld);
+    }
+    return;
+  }
+  for (int64_t l = 0; l < nc; ++l)
+    for (int64_t p = 0; p < np; ++p) dst[l * ld + p] = src[p * VL + l];
 }
 
 // xb[r][c][l] = x plane (c0 + l)[r - ph][c - pw], zero outside the image and for lanes l >= nc.
 template <typename T>
-__attribute__((always_inline)) inline void dwb_interleave(const DwBlocked<T>& b, const T* xc, int64_t nc, T* xb) {
+__attribute__((always_inline)) inline void dwb_interleave(const DwBlocked<T>& b, const T* xc, int64_t nc, T* xb,
+                                                          T* s) {
   const Geo& g = b.g;
   constexpr int VL = DwBlocked<T>::VL;
   const int64_t r0 = std::min(b.Hp, std::max<int64_t>(0, g.ph)), r1 = std::max(r0, std::min(b.Hp, g.H + g.ph));
   const int64_t c0 = std::min(b.Wp, std::max<int64_t>(0, g.pw)), c1 = std::max(c0, std::min(b.Wp, g.W + g.pw));
-  // Zero only the border (all of it when some lanes stay empty).
-  if (nc < VL) {
+  // Zero only the border (all of it in one call when some lanes stay empty or the plane is small).
+  if (nc < VL || b.narrow()) {
     std::fill(xb, xb + b.Hp * b.Wp * VL, T(0));
   } else {
     std::fill(xb, xb + b.pos(r0, 0), T(0));
@@ -1352,14 +1073,142 @@ __attribute__((always_inline)) inline void dwb_interleave(const DwBlocked<T>& b,
       std::fill(xb + b.pos(r, c1), xb + b.pos(r + 1, 0), T(0));
     }
   }
-  for (int64_t r = r0; r < r1; ++r) {
-    const T* s = xc + (r - g.ph) * g.W - g.pw;
-    int64_t c = c0;
-    if (nc == VL)
-      for (; c + VL <= c1; c += VL) transpose_vl(s + c, g.HW(), xb + b.pos(r, c), VL);
-    for (int64_t l = 0; l < nc; ++l)
-      for (int64_t cc = c; cc < c1; ++cc) xb[b.pos(r, cc) + l] = s[l * g.HW() + cc];
+  if (nc == VL && b.narrow()) {  // pixels transposed straight to their places (off the grid: a spare)
+    for (int64_t p = 0; p < g.HW(); p += VL) {
+      const int64_t q = std::min(p, g.HW() - VL);
+      const T* src[VL];
+      T* dst[VL];
+      for (int l = 0; l < VL; ++l) {
+        src[l] = xc + l * g.HW() + q;
+        dst[l] = b.ipos[q + l] < 0 ? b.spare(s) : xb + b.ipos[q + l];
+      }
+      transpose_rows(src, dst);
+    }
+    return;
   }
+  for (int64_t r = r0; r < r1; ++r) to_lanes(xc + (r - g.ph) * g.W + c0 - g.pw, g.HW(), c1 - c0, nc, xb + b.pos(r, c0));
+}
+
+// One tap row under OW outputs of a row (stride SW, dilation 1, a kernel KW wide): each input
+// pixel loaded once, then f(j, u, x) for every tap j and output u that reads it (u * SW + j): KW
+// FMAs a load at stride 1, where a load per FMA would bound the loop by the load ports.
+template <typename T, int KW, int SW, int OW, typename F>
+__attribute__((always_inline)) inline void row_taps(const T* xr, F&& f) {
+  using G = GroupedTile<T>;
+#pragma GCC unroll 32
+  for (int c = 0; c < SW * (OW - 1) + KW; ++c) {
+    typename G::vec xv;
+    G::load(xv, xr + c * G::VL);
+#pragma GCC unroll 8
+    for (int j = 0; j < KW; ++j)
+      if ((c - j) % SW == 0 && c - j >= 0 && (c - j) / SW < OW) f(j, (c - j) / SW, xv);
+  }
+}
+
+// The forward of OW outputs of row oh.
+template <typename T, int KW, int SW, int OW>
+__attribute__((always_inline)) inline void dwb_row_block(const DwBlocked<T>& b, const T* xb, const T* wb,
+                                                         const typename GroupedTile<T>::vec& bias, int64_t oh,
+                                                         int64_t ow, T* yb) {
+  using G = GroupedTile<T>;
+  using V = typename G::vec;
+  constexpr int VL = G::VL;
+  const Geo& g = b.g;
+  V acc[OW];
+  for (int u = 0; u < OW; ++u) acc[u] = bias;
+  for (int64_t i = 0; i < g.kh; ++i) {
+    V wv[KW];
+    for (int j = 0; j < KW; ++j) G::load(wv[j], wb + (i * KW + j) * VL);
+    row_taps<T, KW, SW, OW>(xb + b.pos(oh * g.sh + i * g.dh, ow * SW),
+                            [&](int j, int u, const V& xv) __attribute__((always_inline)) { acc[u] += wv[j] * xv; });
+  }
+  for (int u = 0; u < OW; ++u) G::store(yb + (oh * g.Wo + ow + u) * VL, acc[u]);
+}
+
+// f(ow, std::integral_constant<int, OW>) over a row of Wo outputs: blocks of OWM (at most 8), then
+// one block of the rest.
+template <int OWM, typename F>
+__attribute__((always_inline)) inline void row_blocks(int64_t Wo, F&& f) {
+  int64_t ow = 0;
+  for (; ow + OWM <= Wo; ow += OWM) f(ow, std::integral_constant<int, OWM>{});
+  switch (Wo - ow) {
+    case 1: f(ow, std::integral_constant<int, 1>{}); break;
+    case 2: f(ow, std::integral_constant<int, 2>{}); break;
+    case 3: f(ow, std::integral_constant<int, 3>{}); break;
+    case 4: f(ow, std::integral_constant<int, 4>{}); break;
+    case 5: f(ow, std::integral_constant<int, 5>{}); break;
+    case 6: f(ow, std::integral_constant<int, 6>{}); break;
+    case 7: f(ow, std::integral_constant<int, 7>{}); break;
+    default: break;
+  }
+}
+
+// f(std::integral_constant<int, KW>, std::integral_constant<int, SW>) where the row kernels apply:
+// 3, 5 or 7 wide kernels at stride 1 or 2 without dilation along the rows; false elsewhere (the
+// per-output loops run those).
+template <typename F>
+__attribute__((always_inline)) inline bool with_row_kernel(const Geo& g, F&& f) {
+  using std::integral_constant;
+  if (g.dw != 1 || g.sw > 2) return false;
+  switch (static_cast<int>(g.kw * 4 + g.sw)) {
+    case 3 * 4 + 1: f(integral_constant<int, 3>{}, integral_constant<int, 1>{}); return true;
+    case 3 * 4 + 2: f(integral_constant<int, 3>{}, integral_constant<int, 2>{}); return true;
+    case 5 * 4 + 1: f(integral_constant<int, 5>{}, integral_constant<int, 1>{}); return true;
+    case 5 * 4 + 2: f(integral_constant<int, 5>{}, integral_constant<int, 2>{}); return true;
+    case 7 * 4 + 1: f(integral_constant<int, 7>{}, integral_constant<int, 1>{}); return true;
+    case 7 * 4 + 2: f(integral_constant<int, 7>{}, integral_constant<int, 2>{}); return true;
+    default: return false;
+  }
+}
+
+// The forward of a block by the row kernels (7-wide kernels in blocks of 7: registers).
+template <typename T>
+__attribute__((always_inline)) inline bool dwb_rows_any(const DwBlocked<T>& b, const T* xb, const T* wb,
+                                                        const typename GroupedTile<T>::vec& bias, T* yb) {
+  return with_row_kernel(b.g, [&](auto kw, auto sw) __attribute__((always_inline)) {
+    for (int64_t oh = 0; oh < b.g.Ho; ++oh)
+      row_blocks<kw() == 7 ? 7 : 8>(b.g.Wo, [&](int64_t ow, auto n) __attribute__((always_inline)) {
+        dwb_row_block<T, kw(), sw(), n()>(b, xb, wb, bias, oh, ow, yb);
+      });
+  });
+}
+
+// The weight gradient's tap row i over OW outputs of row oh: acc[j] += dy[u] x[u * SW + j].
+template <typename T, int KW, int SW, int OW>
+__attribute__((always_inline)) inline void dwb_wrow_block(const DwBlocked<T>& b, const T* xb, const T* yb,
+                                                          int64_t i, int64_t oh, int64_t ow,
+                                                          typename GroupedTile<T>::vec* acc) {
+  using G = GroupedTile<T>;
+  using V = typename G::vec;
+  const Geo& g = b.g;
+  V dv[OW];
+  for (int u = 0; u < OW; ++u) G::load(dv[u], yb + (oh * g.Wo + ow + u) * G::VL);
+  row_taps<T, KW, SW, OW>(xb + b.pos(oh * g.sh + i * g.dh, ow * SW),
+                          [&](int j, int u, const V& xv) __attribute__((always_inline)) { acc[j] += dv[u] * xv; });
+}
+
+// One image's weight gradient added to accb by the row kernels, a tap row at a time (KW
+// accumulators in registers; 7-wide kernels in blocks of 6 outputs).
+template <typename T>
+__attribute__((always_inline)) inline bool dwb_wrows_any(const DwBlocked<T>& b, const T* xb, const T* yb, T* accb) {
+  using G = GroupedTile<T>;
+  using V = typename G::vec;
+  constexpr int VL = G::VL;
+  return with_row_kernel(b.g, [&](auto kw, auto sw) __attribute__((always_inline)) {
+    for (int64_t i = 0; i < b.g.kh; ++i) {
+      V acc[kw()];
+      for (int j = 0; j < kw(); ++j) acc[j] = V{};
+      for (int64_t oh = 0; oh < b.g.Ho; ++oh)
+        row_blocks<kw() == 7 ? 6 : 8>(b.g.Wo, [&](int64_t ow, auto n) __attribute__((always_inline)) {
+          dwb_wrow_block<T, kw(), sw(), n()>(b, xb, yb, i, oh, ow, acc);
+        });
+      for (int j = 0; j < kw(); ++j) {
+        V cur;
+        G::load(cur, accb + (i * kw() + j) * VL);
+        G::store(accb + (i * kw() + j) * VL, cur + acc[j]);
+      }
+    }
+  });
 }
 
 // One item: direction d of image n (forward, input grad; weight grad: every image) and channel
@@ -1378,24 +1227,23 @@ __attribute__((always_inline)) inline void dwb_item_impl(const DwBlocked<T>& b, 
   T* wb = yb + L * VL;
   T* accb = wb + taps * VL;
   const T* w = d == Dir::weight_grad ? nullptr : bb;
-  if (w) {
-    std::fill(wb, wb + taps * VL, T(0));
-    for (int64_t l = 0; l < nc; ++l)
-      for (int64_t t = 0; t < taps; ++t) wb[t * VL + l] = w[(c0 + l) * taps + t];
-  }
+  if (w) to_lanes(w + c0 * taps, taps, taps, nc, wb);
+  if (w && b.flip)
+    for (int64_t t = 0; t < taps / 2; ++t)
+      std::swap_ranges(wb + t * VL, wb + (t + 1) * VL, wb + (taps - 1 - t) * VL);
   if (d == Dir::forward) {
-    dwb_interleave(b, a + (n * g.C + c0) * g.HW(), nc, xb);
+    dwb_interleave(b, a + (n * g.C + c0) * g.HW(), nc, xb, s);
     V bias = V{};
     if (ep->bias)
       for (int64_t l = 0; l < nc; ++l) bias[l] = ep->bias[c0 + l];
-    // OW outputs per step (independent FMA chains), flat over the plane: each its own base.
+    // Otherwise OW outputs per step (independent FMA chains), flat over the plane: each its own base.
     constexpr int OW = 4;
-    auto base = [&](int64_t o) { return b.pos(o / g.Wo * g.sh, o % g.Wo * g.sw); };
-    int64_t o = 0;
+    const int64_t* base = b.obase.data();
+    int64_t o = dwb_rows_any(b, xb, wb, bias, yb) ? L : 0;
     for (; o + OW <= L; o += OW) {
       V acc[OW];
       const T* p[OW];
-      for (int u = 0; u < OW; ++u) acc[u] = bias, p[u] = xb + base(o + u);
+      for (int u = 0; u < OW; ++u) acc[u] = bias, p[u] = xb + base[o + u];
       for (int64_t t = 0; t < taps; ++t) {
         V wv, xv;
         G::load(wv, wb + t * VL);
@@ -1409,7 +1257,7 @@ __attribute__((always_inline)) inline void dwb_item_impl(const DwBlocked<T>& b, 
     }
     for (; o < L; ++o) {
       V acc = bias, wv, xv;
-      const T* p = xb + base(o);
+      const T* p = xb + base[o];
       for (int64_t t = 0; t < taps; ++t) {
         G::load(wv, wb + t * VL);
         G::load(xv, p + b.toff[t]);
@@ -1418,25 +1266,15 @@ __attribute__((always_inline)) inline void dwb_item_impl(const DwBlocked<T>& b, 
       G::store(yb + o * VL, acc);
     }
     T* y = out + (n * g.C + c0) * L;
-    int64_t o0 = 0;
-    if (nc == VL)
-      for (; o0 + VL <= L; o0 += VL) transpose_vl(yb + o0 * VL, VL, y + o0, L);
-    for (int64_t l = 0; l < nc; ++l) {
-      for (int64_t q = o0; q < L; ++q) y[l * L + q] = yb[q * VL + l];
-      if (ep->fused()) ep->run(y + l * L, y + l * L, (n * g.C + c0 + l) * L, nullptr, L);
-    }
+    from_lanes(yb, L, nc, y, L);
+    if (ep->fused())
+      for (int64_t l = 0; l < nc; ++l) ep->run(y + l * L, y + l * L, (n * g.C + c0 + l) * L, nullptr, L);
     return;
   }
   // dy of the block, pixel-major: yb[o][l].
   const T* dy = d == Dir::input_grad ? a : bb;
   const T* dyc = dy + (n * g.C + c0) * L;
-  int64_t o0 = 0;
-  if (nc == VL)
-    for (; o0 + VL <= L; o0 += VL) transpose_vl(dyc + o0, L, yb + o0 * VL, VL);
-  else
-    std::fill(yb, yb + L * VL, T(0));
-  for (int64_t l = 0; l < nc; ++l)
-    for (int64_t q = o0; q < L; ++q) yb[q * VL + l] = dyc[l * L + q];
+  to_lanes(dyc, L, L, nc, yb);
   if (d == Dir::input_grad) {
     std::fill(xb, xb + b.Hp * b.Wp * VL, T(0));
     for (int64_t oh = 0; oh < g.Ho; ++oh)
@@ -1452,22 +1290,39 @@ __attribute__((always_inline)) inline void dwb_item_impl(const DwBlocked<T>& b, 
         }
       }
     T* dx = out + (n * g.C + c0) * g.HW();
+    const bool cols = g.pw + g.W <= b.Wp;  // every column of dx is on the grid
+    if (nc == VL && b.narrow()) {  // pixels off the grid read a zero spare
+      T* zero = b.spare(s);
+      std::fill(zero, zero + VL, T(0));
+      for (int64_t p = 0; p < g.HW(); p += VL) {
+        const int64_t q = std::min(p, g.HW() - VL);
+        const T* src[VL];
+        T* dst[VL];
+        for (int l = 0; l < VL; ++l) {
+          src[l] = b.ipos[q + l] < 0 ? zero : xb + b.ipos[q + l];
+          dst[l] = dx + l * g.HW() + q;
+        }
+        transpose_rows(src, dst);
+      }
+      return;
+    }
     for (int64_t ih = 0; ih < g.H; ++ih) {
       const int64_t r = ih + g.ph;
-      int64_t iw = 0;
-      if (nc == VL && r < b.Hp)
-        for (; iw + VL <= g.W && iw + g.pw + VL <= b.Wp; iw += VL)
-          transpose_vl(xb + b.pos(r, iw + g.pw), VL, dx + ih * g.W + iw, g.HW());
+      if (cols && r < b.Hp) {
+        from_lanes(xb + b.pos(r, g.pw), g.W, nc, dx + ih * g.W, g.HW());
+        continue;
+      }
       for (int64_t l = 0; l < nc; ++l)
-        for (int64_t w = iw; w < g.W; ++w) {
+        for (int64_t w = 0; w < g.W; ++w) {
           const int64_t c = w + g.pw;
           dx[l * g.HW() + ih * g.W + w] = r < b.Hp && c < b.Wp ? xb[b.pos(r, c) + l] : T(0);
         }
     }
     return;
   }
-  // Weight grad of image n into accb[t][l] (vectors), taps in register chunks of 8.
-  dwb_interleave(b, a + (n * g.C + c0) * g.HW(), nc, xb);
+  // Weight grad of image n into accb[t][l] (vectors): the row kernels, or taps in register chunks of 8.
+  dwb_interleave(b, a + (n * g.C + c0) * g.HW(), nc, xb, s);
+  if (dwb_wrows_any(b, xb, yb, accb)) return;
   constexpr int TC = 8;
   for (int64_t t0 = 0; t0 < taps; t0 += TC) {
     const int tc = (int)std::min<int64_t>(TC, taps - t0);
@@ -1499,14 +1354,36 @@ PYDL_SIMD_DISPATCH(template <typename T>, <T>, void, dwb_item,
                     const Epilogue<T>* ep, T* out, T* s),
                    (b, d, n, cb, a, bb, ep, out, s))
 
-// One thread's scratch of the channel-blocked depthwise path, in bytes.
-inline int64_t dw_blocked_bytes(const Geo& g, int64_t elem) {
-  return (elem == 4 ? DwBlocked<float>(g).scratch() : DwBlocked<double>(g).scratch()) * elem;
+// At stride 1 the input gradient is a forward correlation of dy with the flipped kernel, padded by
+// the kernel's reach minus the padding: the scatter of the adjoint would make each tap a
+// read-modify-write of dx. The geometry of that correlation (dy its input, dx its output):
+inline bool dw_as_forward(const Geo& g, Dir d) { return d == Dir::input_grad && g.sh == 1 && g.sw == 1; }
+inline Geo dw_adjoint_geo(const Geo& g) {
+  Geo t = g;
+  t.H = g.Ho, t.W = g.Wo, t.Ho = g.H, t.Wo = g.W;
+  t.ph = (g.kh - 1) * g.dh - g.ph, t.pw = (g.kw - 1) * g.dw - g.pw;
+  return t;
+}
+
+// One thread's scratch of the channel-blocked depthwise path for direction d, in bytes.
+inline int64_t dw_blocked_bytes(const Geo& g, Dir d, int64_t elem) {
+  const Geo t = dw_as_forward(g, d) ? dw_adjoint_geo(g) : g;
+  return (elem == 4 ? DwBlocked<float>(t, false).scratch() : DwBlocked<double>(t, false).scratch()) * elem;
 }
 
 // Direction d: items (image, channel block); the weight gradient one item per channel block.
 template <typename T>
 void dw_blocked_run(const Geo& g, Dir d, const T* a, const T* bb, const Epilogue<T>* ep, T* out) {
+  if (dw_as_forward(g, d)) {
+    const Geo t = dw_adjoint_geo(g);
+    DwBlocked<T> b(t);
+    b.flip = true;
+    const Epilogue<T> none{};
+    parallel_items<T>(t, g.N * b.blocks, b.scratch(), [&](int64_t it, T* s) {
+      dwb_item<T>(b, Dir::forward, it / b.blocks, it % b.blocks, a, bb, &none, out, s);
+    });
+    return;
+  }
   const DwBlocked<T> b(g);
   const auto item = dwb_item<T>;
   constexpr int VL = GroupedTile<T>::VL;
@@ -1517,8 +1394,7 @@ void dw_blocked_run(const Geo& g, Dir d, const T* a, const T* bb, const Epilogue
     std::fill(accb, accb + b.taps * VL, T(0));
     for (int64_t n = 0; n < g.N; ++n) item(b, d, n, it, a, bb, ep, out, s);
     const int64_t c0 = it * VL, nc = std::min<int64_t>(VL, g.C - c0);
-    for (int64_t l = 0; l < nc; ++l)
-      for (int64_t t = 0; t < b.taps; ++t) out[(c0 + l) * b.taps + t] = accb[t * VL + l];
+    from_lanes(accb, b.taps, nc, out + c0 * b.taps, b.taps);
   });
 }
 
@@ -1850,7 +1726,7 @@ void blocked_run(const Geo& g, Dir d, const T* a, const T* bb, const Epilogue<T>
       } catch (...) {
         err.capture();
       }
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(static)
       for (int64_t it = 0; it < g.G * split * chunks; ++it) {
         if (!s) continue;
         const int64_t ch = it % chunks, sp = it / chunks % split, gi = it / chunks / split;
@@ -1890,7 +1766,7 @@ void blocked_run(const Geo& g, Dir d, const T* a, const T* bb, const Epilogue<T>
       err.capture();
     }
     int64_t held = -1;  // the (image, group) whose input planes s holds
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(static)
     for (int64_t it = 0; it < items; ++it) {
       if (!s) continue;
       const int64_t ch = it % b.nch, ng = it / b.nch;
@@ -2044,7 +1920,7 @@ bool applies(Dir d, Algo a, const Geo& g, int64_t elem) {
     case Algo::depthwise:
       return g.depthwise();
     case Algo::depthwise_blocked:
-      return g.depthwise() && dw_blocked_bytes(g, elem) * max_threads() <= g_ws_limit.load();
+      return g.depthwise() && dw_blocked_bytes(g, d, elem) * max_threads() <= g_ws_limit.load();
     case Algo::winograd:  // dense 3x3, stride 1 or 2 (stride-2 input grad: the adjoint), or dilated at stride 1
       return winograd_fits(g) != 0;
     case Algo::gemm_1x1:
@@ -2093,11 +1969,8 @@ inline bool winograd_groups_pay(Dir d, const Geo& g) {
 // The automatic rule. Winograd may still decline at run time (its chunks do not fit the
 // workspace cap); the caller then takes the im2col algorithm this rule gives without it.
 Algo choose(Dir d, const Geo& g, int64_t elem, bool winograd_ok = true) {
-  if (g.depthwise()) {  // stride 1: the per-plane stencils are faster than the interleaving, but
-    // a small plane's weight gradient is a short reduction per plane: 8 planes per vector win
-    const bool blocked = g.sh > 1 || g.sw > 1 || (d == Dir::weight_grad && g.L() <= 100);
-    return blocked && applies(d, Algo::depthwise_blocked, g, elem) ? Algo::depthwise_blocked : Algo::depthwise;
-  }
+  if (g.depthwise())  // per plane only where the interleaved planes do not fit the workspace cap
+    return applies(d, Algo::depthwise_blocked, g, elem) ? Algo::depthwise_blocked : Algo::depthwise;
   if (winograd_ok && winograd_fits(g) && winograd_groups_pay(d, g)) {
     const bool pays = d == Dir::input_grad && winograd_fits(g) == 1
                           ? winograd_pays(g.N, g.Kg(), g.Cg(), g.H, g.W, 1, false, g.dh, g.dw)

@@ -24,7 +24,8 @@ __all__ = ["conv_algorithms", "conv_algorithm", "conv_algorithm_choice"]
 # Codes as csrc/conv.cpp's Algo; one line each: what it is for.
 _ALGORITHMS = {
     "auto": (0, "the automatic rule"),
-    "depthwise": (1, "groups == C == K: direct per-plane kernels (AVX2 stencils for 3x3/5x5 at stride 1)"),
+    "depthwise": (1, "groups == C == K: plain per-plane loops, for planes too big for depthwise_blocked's "
+                     "scratch"),
     "winograd": (2, "3x3 (not depthwise), stride 1 or 2 without dilation, or stride 1 with dilation and padding "
                     "a multiple of it (its phases as a batch, space-to-batch): Winograd F(2x2, 3x3) + 16 GEMMs "
                     "(per group)"),
@@ -35,8 +36,8 @@ _ALGORITHMS = {
                         "cap, GEMMs split by columns over the threads"),
     "grouped_direct": (6, "grouped convolutions with several channels per group, any stride: phase planes "
                           "per image and group, register blocks of channels x outputs, no im2col"),
-    "depthwise_blocked": (7, "groups == C == K, strided or small planes: 8 (float) / 4 (double) channels "
-                             "interleaved pixel-major, one vector FMA per tap and output"),
+    "depthwise_blocked": (7, "groups == C == K: 8 (float) / 4 (double) channels interleaved pixel-major, one "
+                             "vector FMA per tap and output, row kernels for 3-7 wide kernels"),
     "direct_blocked": (8, "16 (float) / 8 (double) channels of a group in vector lanes (output channels; input "
                           "channels for the input gradient), register blocks of them x 6 pixels, any stride: "
                           "many channels per group on small planes, and few-channel stems"),

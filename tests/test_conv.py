@@ -716,12 +716,10 @@ def test_winograd_dilated_phases_count_against_workspace_cap(wino, dtype):
                     with pytest.raises(ValueError, match="'winograd' does not fit the workspace cap"):
                         _run_direction(direction, x, w, b, dy, kw)
 
-# --- depthwise AVX2 path ---
-# Depthwise (groups == C == K) at stride 1 with 3x3 / 5x5 kernels runs the register-blocked
-# stencils (padded plane, full vectors; a row's last vector is stored whole onto the next row,
-# which overwrites it, and masked only where it would leave the plane); other depthwise shapes the
-# generic per-plane loops. Widths around the vector width (4 doubles / 8 floats), W < 8,
-# padding 0..2, dilation, stride 2, and the multiplier (K = 2C, the grouped GEMM path).
+# --- depthwise (the automatic choice: depthwise_blocked) ---
+# Depthwise (groups == C == K) interleaves 8 float / 4 double channels: widths around the vector
+# width, W < 8, padding 0..2, dilation, stride 2, even kernels, and the multiplier (K = 2C, the
+# grouped paths).
 
 _DW_CASES = [
     ((2, 3, 7, 5), 3, dict(padding=1)),
@@ -744,7 +742,7 @@ _DW_CASES = [
 
 
 @pytest.mark.parametrize("case", range(len(_DW_CASES)))
-def test_conv2d_depthwise_stencil_matches_reference(xp, dtype, case):
+def test_conv2d_depthwise_matches_reference(xp, dtype, case):
     xs, k, kw = _DW_CASES[case]
     for mult in (1, 2):
         rng = np.random.default_rng(700 + case + 50 * mult)
@@ -760,11 +758,10 @@ def test_conv2d_depthwise_stencil_matches_reference(xp, dtype, case):
             assert_close(g, wnt, dtype)
 
 
-# Each thread keeps its padded plane's zero border from one plane to the next while the
-# geometry stays the same; calls whose outputs (and so padded planes) have one size but whose
-# inputs or padding differ must not see each other's border.
+# Each thread's scratch holds a padded plane from call to call: calls whose outputs have one size
+# but whose inputs or padding differ must not see each other's border.
 @pytest.mark.parametrize("dtype_", [np.float32, np.float64])
-def test_conv2d_depthwise_stencil_border_follows_geometry(dtype_):
+def test_conv2d_depthwise_border_follows_geometry(dtype_):
     rng = np.random.default_rng(5)
     calls = [((1, 2, 10, 12), dict(padding=0)), ((1, 2, 8, 10), dict(padding=1)),
              ((1, 2, 8, 12), dict(padding=(1, 0))), ((1, 2, 8, 10), dict(padding=(1, 2), dilation=(1, 2))),
@@ -782,7 +779,7 @@ def test_conv2d_depthwise_stencil_border_follows_geometry(dtype_):
 
 @pytest.mark.parametrize("k,kw", [(3, dict(padding=1)), (5, dict(padding=(2, 1), dilation=(1, 2))),
                                   (3, dict(padding=0))])
-def test_conv2d_depthwise_stencil_finite_differences(k, kw):
+def test_conv2d_depthwise_finite_differences(k, kw):
     rng = np.random.default_rng(11)
     x, w, _ = _make(rng, (1, 2, 6, 11), (2, 1, k, k), np.float64, np)
     kw = dict(kw, groups=2)
@@ -793,7 +790,7 @@ def test_conv2d_depthwise_stencil_finite_differences(k, kw):
 
 
 def test_conv2d_depthwise_weight_grad_is_deterministic():
-    """Per-plane partials are summed in image order: repeated calls agree bit for bit."""
+    """Per-block partials are summed in image order: repeated calls agree bit for bit."""
     rng = np.random.default_rng(12)
     x, w, _ = _make(rng, (6, 64, 14, 15), (64, 1, 3, 3), np.float32, np)
     dy = rand(rng, (6, 64, 14, 15), np.float32)
@@ -900,10 +897,10 @@ _ACT_REF = {  # the float64 oracles of pydl.reference (leaky_relu at slope 0.2)
 # (x shape, w shape, conv kwargs, forced forward algorithm (None: the automatic rule), workspace
 # limit or None)
 _FUSED_PATHS = {
-    "depthwise stencil": ((2, 3, 7, 5), (3, 1, 3, 3), dict(padding=1, groups=3), "depthwise", None),
-    "depthwise generic": ((2, 3, 9, 12), (3, 1, 3, 3), dict(stride=2, padding=1, groups=3), "depthwise", None),
+    "depthwise": ((2, 3, 9, 12), (3, 1, 3, 3), dict(stride=2, padding=1, groups=3), "depthwise", None),
     "depthwise blocked": ((2, 11, 9, 12), (11, 1, 3, 3), dict(stride=2, padding=1, groups=11),
                           "depthwise_blocked", None),
+    "depthwise blocked rows": ((2, 16, 7, 7), (16, 1, 7, 7), dict(padding=3, groups=16), "depthwise_blocked", None),
     "winograd s1": ((2, 3, 7, 9), (5, 3, 3, 3), dict(padding=1), "winograd", None),
     "winograd s2": ((2, 3, 7, 9), (5, 3, 3, 3), dict(stride=2, padding=1), "winograd", None),
     "winograd dilated": ((2, 3, 7, 9), (5, 3, 3, 3), dict(padding=(4, 2), dilation=2), "winograd", None),
@@ -1009,6 +1006,16 @@ _ALGO_CASES = [
     ((2, 5, 12, 11), (5, 1, 5, 5), dict(stride=2, padding=2, groups=5)),  # depthwise 5x5 s2
     ((1, 3, 14, 13), (3, 1, 3, 3), dict(stride=3, padding=2, dilation=2, groups=3)),  # depthwise s3 d2
     ((2, 11, 9, 10), (11, 1, 3, 3), dict(stride=2, padding=1, groups=11)),  # depthwise: a part-filled block
+    # depthwise_blocked's row kernels (3, 5, 7 wide; full register blocks and every shorter one),
+    # planes narrower than a vector, pixels off the grid, and the stride-1 input gradient as a
+    # forward with the flipped kernel (its padding negative when the padding exceeds the reach)
+    ((2, 16, 7, 7), (16, 1, 7, 7), dict(padding=3, groups=16)),
+    ((1, 8, 6, 21), (8, 1, 5, 5), dict(padding=2, groups=8)),
+    ((1, 8, 11, 23), (8, 1, 5, 5), dict(stride=2, padding=2, groups=8)),
+    ((1, 8, 12, 5), (8, 1, 3, 3), dict(stride=2, groups=8)),
+    ((1, 8, 3, 2), (8, 1, 3, 3), dict(padding=3, groups=8)),
+    ((1, 8, 9, 9), (8, 1, 3, 3), dict(padding=2, dilation=2, groups=8)),
+    ((2, 8, 9, 10), (8, 1, 4, 4), dict(padding=1, groups=8)),
     ((2, 26, 11, 9), (26, 13, 3, 3), dict(padding=1, groups=2)),       # grouped: 8 + 4 + 1 channel blocks
     ((1, 77, 5, 7), (72, 77, 1, 1), {}),  # 1x1, one small image: channels split over the threads
     ((1, 8, 6, 7), (136, 4, 3, 3), dict(padding=1, groups=2)),  # one small image: GEMM rows per thread
@@ -1096,13 +1103,10 @@ def test_conv_algorithm_auto_choice_and_restore():
     assert B.conv_algorithm_choice("forward", (8, 512, 7, 7), (2048, 512, 1, 1)) == "im2col_tiled"
     assert B.conv_algorithm_choice("input_grad", (8, 512, 7, 7), (2048, 512, 1, 1)) == "gemm_1x1"
     assert B.conv_algorithm_choice("forward", (1, 512, 7, 7), (2048, 512, 1, 1)) == "gemm_1x1"
-    assert B.conv_algorithm_choice("forward", (2, 3, 7, 5), (3, 1, 3, 3), padding=1, groups=3) == "depthwise"
-    # a 7x7 plane's depthwise weight gradient: channels interleaved; a larger one: per plane
-    dwk = dict(padding=1, groups=960)
-    assert B.conv_algorithm_choice("weight_grad", (8, 960, 7, 7), (960, 1, 3, 3), **dwk) == "depthwise_blocked"
-    assert B.conv_algorithm_choice("forward", (8, 960, 7, 7), (960, 1, 3, 3), **dwk) == "depthwise"
-    assert B.conv_algorithm_choice("weight_grad", (8, 96, 14, 14), (96, 1, 3, 3), padding=1,
-                                   groups=96) == "depthwise"
+    # depthwise: channels interleaved, per plane only for planes too big for the workspace cap
+    for d in ("forward", "input_grad", "weight_grad"):
+        assert B.conv_algorithm_choice(d, (8, 960, 7, 7), (960, 1, 3, 3), padding=1, groups=960) == "depthwise_blocked"
+        assert B.conv_algorithm_choice(d, (1, 8, 1500, 1500), (8, 1, 3, 3), padding=1, groups=8) == "depthwise"
     assert B.conv_algorithm_choice("weight_grad", (1, 3, 11, 10), (4, 3, 3, 3), padding=2,
                                    dilation=2) == "im2col_tiled"
     # direct_blocked: grouped layers on small planes, their weight gradients, and an RGB 7x7 stem
