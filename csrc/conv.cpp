@@ -26,7 +26,8 @@
 //    outputs (4 x 3 vectors; 8 x 3 AVX-512 vectors for forward and input grad); no im2col, no BLAS.
 //  * direct_blocked (every group's channels in blocks of 16 float / 8 double, any stride; all three
 //    directions): channels in the vector lanes, register blocks of 2 vectors x 6 pixels, for many
-//    channels per group on small planes (no lane padding) and few-channel stems (no im2col).
+//    channels per group on small planes (no lane padding), few-channel stems and dense kernels of
+//    5x5 and more (no im2col).
 //  * tiled, any geometry: im2col + GEMM over a bounded column buffer: the batch (and, for big
 //    images, the output pixels) is cut into tiles whose columns (C*kh*kw rows x tile width) plus one
 //    GEMM result fit under the workspace cap (default 64 MiB, and a 4 MiB cache target so
@@ -1950,10 +1951,12 @@ bool applies(Dir d, Algo a, const Geo& g, int64_t elem) {
 constexpr int64_t kGroupedMaxChannels[3] = {64, 64, 32};
 
 // direct_blocked where its channel lanes beat flat rows and GEMMs: the weight gradient of grouped
-// layers, their forward and input gradient on small planes (7x7, 14x14), and few-channel stems
-// with large kernels (a 7x7 over RGB; a 3x3 one is too short a reduction).
+// layers, their forward and input gradient on small planes (7x7, 14x14), few-channel stems with
+// large kernels (a 7x7 over RGB; a 3x3 one is too short a reduction), and dense kernels of 5x5 and
+// more, whose im2col columns are taps times the input's bytes while the direct loops reread the
+// input planes from cache.
 inline bool blocked_pays(Dir d, const Geo& g) {
-  if (g.G == 1) return d != Dir::input_grad && g.C < 8 && g.R() >= 64;
+  if (g.G == 1) return (d != Dir::input_grad && g.C < 8 && g.R() >= 64) || g.kh * g.kw >= 25;
   if (d == Dir::weight_grad) return true;
   return (d == Dir::forward ? g.L() : g.HW()) <= 256;
 }

@@ -40,7 +40,7 @@ _ALGORITHMS = {
                              "vector FMA per tap and output, row kernels for 3-7 wide kernels"),
     "direct_blocked": (8, "16 (float) / 8 (double) channels of a group in vector lanes (output channels; input "
                           "channels for the input gradient), register blocks of them x 6 pixels, any stride: "
-                          "many channels per group on small planes, and few-channel stems"),
+                          "many channels per group on small planes, few-channel stems, and dense 5x5 and larger kernels"),
 }
 _DIRECTIONS = ("forward", "input_grad", "weight_grad")
 _DEVICES = ("cpu", "cuda")

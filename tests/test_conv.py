@@ -1027,6 +1027,7 @@ _ALGO_CASES = [
     # stride 3 x 2, dilation 2 across: one column phase of dx has no taps
     ((2, 32, 13, 11), (32, 16, 5, 3), dict(stride=(3, 2), padding=(2, 1), dilation=(1, 2), groups=2)),
     ((1, 3, 23, 21), (16, 3, 7, 7), dict(stride=2, padding=3)),  # an RGB stem
+    ((2, 16, 8, 9), (32, 16, 5, 5), dict(padding=2)),  # dense 5x5, 16-channel blocks both ways
 ]
 _ALGOS = [a for a in pydl.backends.conv_algorithms() if a != "auto"]
 _EXPECTED_PAIRS = {("depthwise", d) for d in ("forward", "input_grad", "weight_grad")} | \
@@ -1123,6 +1124,9 @@ def test_conv_algorithm_auto_choice_and_restore():
     for d in ("forward", "weight_grad"):
         assert B.conv_algorithm_choice(d, (1, 3, 224, 224), (64, 3, 7, 7), stride=2, padding=3) == "direct_blocked"
         assert B.conv_algorithm_choice(d, (1, 3, 224, 224), (32, 3, 3, 3), stride=2, padding=1) != "direct_blocked"
+    for d in ("forward", "input_grad", "weight_grad"):  # dense 5x5: no im2col
+        assert B.conv_algorithm_choice(d, (8, 48, 35, 35), (64, 48, 5, 5), padding=2) == "direct_blocked"
+        assert B.conv_algorithm_choice(d, (8, 64, 56, 56), (128, 64, 3, 3), stride=2, padding=1) != "direct_blocked"
     with pytest.raises(RuntimeError):
         with B.conv_algorithm("im2col_tiled"):
             assert B.conv_algorithm_choice("forward", (2, 6, 5, 7), (4, 6, 1, 1)) == "im2col_tiled"
