@@ -1954,9 +1954,12 @@ constexpr int64_t kGroupedMaxChannels[3] = {64, 64, 32};
 // layers, their forward and input gradient on small planes (7x7, 14x14), few-channel stems with
 // large kernels (a 7x7 over RGB; a 3x3 one is too short a reduction), and dense kernels of 5x5 and
 // more, whose im2col columns are taps times the input's bytes while the direct loops reread the
-// input planes from cache.
-inline bool blocked_pays(Dir d, const Geo& g) {
-  if (g.G == 1) return (d != Dir::input_grad && g.C < 8 && g.R() >= 64) || g.kh * g.kw >= 25;
+// input planes from cache (while they fit in 1 MiB).
+inline bool blocked_pays(Dir d, const Geo& g, int64_t elem) {
+  if (g.G == 1) {
+    const int64_t planes = g.C * (g.H + 2 * g.ph) * (g.W + 2 * g.pw) * elem;
+    return (d != Dir::input_grad && g.C < 8 && g.R() >= 64) || (g.kh * g.kw >= 25 && planes <= (int64_t(1) << 20));
+  }
   if (d == Dir::weight_grad) return true;
   return (d == Dir::forward ? g.L() : g.HW()) <= 256;
 }
@@ -1984,7 +1987,7 @@ Algo choose(Dir d, const Geo& g, int64_t elem, bool winograd_ok = true) {
   // algorithm puts several images' columns side by side in one GEMM.
   if (g.pointwise())
     return d == Dir::forward && g.L() < 64 && g.N >= 4 && g.Kg() >= 256 ? Algo::tiled : Algo::gemm_1x1;
-  if (blocked_pays(d, g) && applies(d, Algo::blocked, g, elem)) return Algo::blocked;
+  if (blocked_pays(d, g, elem) && applies(d, Algo::blocked, g, elem)) return Algo::blocked;
   if (g.Cg() <= kGroupedMaxChannels[static_cast<int>(d)] && applies(d, Algo::grouped, g, elem))
     return Algo::grouped;
   if (d == Dir::forward && per_image_pays(g, elem)) return Algo::per_image;

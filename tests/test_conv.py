@@ -1126,6 +1126,7 @@ def test_conv_algorithm_auto_choice_and_restore():
         assert B.conv_algorithm_choice(d, (1, 3, 224, 224), (32, 3, 3, 3), stride=2, padding=1) != "direct_blocked"
     for d in ("forward", "input_grad", "weight_grad"):  # dense 5x5: no im2col
         assert B.conv_algorithm_choice(d, (8, 48, 35, 35), (64, 48, 5, 5), padding=2) == "direct_blocked"
+        assert B.conv_algorithm_choice(d, (8, 512, 28, 28), (512, 512, 5, 5), padding=2) != "direct_blocked"
         assert B.conv_algorithm_choice(d, (8, 64, 56, 56), (128, 64, 3, 3), stride=2, padding=1) != "direct_blocked"
     with pytest.raises(RuntimeError):
         with B.conv_algorithm("im2col_tiled"):
