@@ -1,5 +1,6 @@
 """conv2d sweep: every distinct convolution layer of ResNet-18, ResNet-50, ResNeXt-50 32x4d and
-MobileNetV2 at 224x224, at batch 1 and 8, plus a grouped-3x3 family and a dilated-3x3 family;
+MobileNetV2 at 224x224, at batch 1 and 8, plus a grouped-3x3 family, a dilated-3x3 family and a
+family of larger kernels (depthwise 5x5 and 7x7, dense 5x5, 1x7 and 7x1);
 forward and backward (input and weight gradients), float32, on the CPU.
 
     python bench/run.py --sweep [--quick] [--json out.json] [--layer TEXT]
@@ -7,7 +8,8 @@ forward and backward (input and weight gradients), float32, on the CPU.
 Each layer: parity against PyTorch's float64 result (without PyTorch: against pydl.reference,
 batch 1 only, it is slow), then pydl and PyTorch timed by run.py's time_cpu_rounds with a
 budget by the layer's time (see _plan). Reports x PyTorch (PyTorch ms / pydl ms) per layer, and
-per family (resnet, resnext, mobilenet, grouped, dilated) the geometric means and the worst layer.
+per family (resnet, resnext, mobilenet, grouped, dilated, large) the geometric means and the worst
+layer.
 
 LAYERS is data, written out: bench/trace_conv_layers.py traced the pydl.models networks once on a
 (1, 3, 224, 224) input (``--check`` there compares it with this table); nothing is traced at
@@ -148,9 +150,27 @@ DILATED = [
     ("rate 6", (8, 128, 28, 28), (128, 128, 3, 3), 1, 6, 6, 1),
 ]
 
+# Kernels larger than 3x3 from networks the table above does not trace: depthwise 5x5
+# (EfficientNet-B0) and 7x7 (ConvNeXt-T), dense 5x5 (Inception-v3 Mixed_5b, AlexNet features.3)
+# and Inception-v3's factorized 1x7 / 7x1 (Mixed_6b).
+LARGE = [
+    ("EfficientNet-B0 stage 3 depthwise 5x5", (8, 240, 28, 28), (240, 1, 5, 5), 1, 2, 1, 240),
+    ("EfficientNet-B0 stage 5 depthwise 5x5", (8, 672, 14, 14), (672, 1, 5, 5), 1, 2, 1, 672),
+    ("EfficientNet-B0 stage 5 depthwise 5x5", (1, 672, 14, 14), (672, 1, 5, 5), 1, 2, 1, 672),
+    ("EfficientNet-B0 stage 6 depthwise 5x5 s2", (8, 672, 14, 14), (672, 1, 5, 5), 2, 2, 1, 672),
+    ("ConvNeXt-T stage 1 depthwise 7x7", (8, 96, 56, 56), (96, 1, 7, 7), 1, 3, 1, 96),
+    ("ConvNeXt-T stage 1 depthwise 7x7", (1, 96, 56, 56), (96, 1, 7, 7), 1, 3, 1, 96),
+    ("ConvNeXt-T stage 3 depthwise 7x7", (8, 384, 14, 14), (384, 1, 7, 7), 1, 3, 1, 384),
+    ("ConvNeXt-T stage 4 depthwise 7x7", (8, 768, 7, 7), (768, 1, 7, 7), 1, 3, 1, 768),
+    ("Inception-v3 Mixed_5b 5x5", (8, 48, 35, 35), (64, 48, 5, 5), 1, 2, 1, 1),
+    ("AlexNet features.3 5x5", (8, 64, 27, 27), (192, 64, 5, 5), 1, 2, 1, 1),
+    ("Inception-v3 Mixed_6b 1x7", (8, 128, 17, 17), (128, 128, 1, 7), 1, (0, 3), 1, 1),
+    ("Inception-v3 Mixed_6b 7x1", (8, 128, 17, 17), (192, 128, 7, 1), 1, (3, 0), 1, 1),
+]
+
 BATCHES = (1, 8)
 FAMILY = {"resnet18": "resnet", "resnet50": "resnet", "resnext50_32x4d": "resnext", "mobilenet_v2": "mobilenet"}
-FAMILIES = ["resnet", "resnext", "mobilenet", "grouped", "dilated"]
+FAMILIES = ["resnet", "resnext", "mobilenet", "grouped", "dilated", "large"]
 PARITY_BOUND = 1e-4  # run.py's float32 bound
 
 
@@ -169,7 +189,7 @@ def sweep_cases(match=None):
     for nets, name, xs, ws, s, p, d, g in LAYERS:
         for n in BATCHES:
             add(((n, *xs), ws, s, p, d, g), f"{nets} {name}", {FAMILY[net] for net in nets.split("+")})
-    for family, table in (("grouped", GROUPED), ("dilated", DILATED)):
+    for family, table in (("grouped", GROUPED), ("dilated", DILATED), ("large", LARGE)):
         for name, xs, ws, s, p, d, g in table:
             add((xs, ws, s, p, d, g), f"{family} {name}", {family})
     out = [(key, sources, sorted(fams, key=FAMILIES.index)) for key, (sources, fams) in cases.items()]
@@ -185,13 +205,18 @@ def case_name(key):
     name = f"{'x'.join(map(str, xs))} k{ws[0]} {ws[2]}x{ws[3]}"
     for tag, v, default in (("s", s, 1), ("p", p, 0), ("d", d, 1), ("g", g, 1)):
         if v != default:
-            name += f" {tag}{v}"
+            name += f" {tag}{'x'.join(map(str, v)) if isinstance(v, tuple) else v}"
     return name
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, tuple) else (v, v)
 
 
 def _out_shape(key):
     (n, _, h, w), (k, _, kh, kw), s, p, d, _ = key
-    return n, k, (h + 2 * p - d * (kh - 1) - 1) // s + 1, (w + 2 * p - d * (kw - 1) - 1) // s + 1
+    (ph, pw) = _pair(p)
+    return n, k, (h + 2 * ph - d * (kh - 1) - 1) // s + 1, (w + 2 * pw - d * (kw - 1) - 1) // s + 1
 
 
 def _flops(key):
@@ -224,7 +249,7 @@ def _parity(torch, key, x, w, dy):
         tx, tw, tdy = (torch.from_numpy(a).double() for a in (x, w, dy))
         want_y = torch.nn.functional.conv2d(tx, tw, None, s, p, d, g).numpy()
         want_gx, want_gw, _ = (t.numpy() if t is not None else None for t in torch.ops.aten.convolution_backward(
-            tdy, tx, tw, None, [s, s], [p, p], [d, d], False, [0, 0], g, [True, True, False]))
+            tdy, tx, tw, None, [s, s], list(_pair(p)), [d, d], False, [0, 0], g, [True, True, False]))
     elif x.shape[0] == 1:
         want_y = R.conv2d(x, w, None, s, p, d, g)
         want_gx, want_gw, _ = R.conv2d_backward(dy, x, w, s, p, d, g, output_mask=(True, True, False))
@@ -253,7 +278,7 @@ def run(torch, quick, time_rounds, match=None, rng_seed=0):
             tx, tw, tdy = (torch.from_numpy(a) for a in (x, w, dy))
             torch_fwd = lambda: torch.nn.functional.conv2d(tx, tw, None, s, p, d, g)  # noqa: E731
             torch_bwd = lambda: torch.ops.aten.convolution_backward(  # noqa: E731
-                tdy, tx, tw, None, [s, s], [p, p], [d, d], False, [0, 0], g, [True, True, False])
+                tdy, tx, tw, None, [s, s], list(_pair(p)), [d, d], False, [0, 0], g, [True, True, False])
         flops = _flops(key)
         for direction, mine, theirs, work in (("fwd", run_fwd, torch_fwd, flops), ("bwd", run_bwd, torch_bwd, 2 * flops)):
             case = Case("conv2d", case_name(key), direction, run=mine, torch=theirs, flops=work)
