@@ -228,7 +228,7 @@ def _flops(key):
 def _plan(ms, quick):
     """time_cpu_rounds's (rounds, repeats, min_s) for a direction whose slower library takes `ms`
     per call. Quick: run.py's quick rule. Otherwise run.py's full rule for sub-ms layers, whose
-    ratio swings most between runs, then fewer rounds and runs as a layer gets slower: 177
+    ratio swings most between runs, then fewer rounds and runs as a layer gets slower: 189
     cases, each paying 0.1 s of settle() per round, library and direction, must fit in minutes."""
     if quick:
         return 1, 3, 0.0

@@ -572,7 +572,7 @@ void dw_forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* 
   }
 }
 
-// body(item, scratch) for items [0, n), handed out one at a time over the pool, each thread with
+// body(item, scratch) for items [0, n), split statically over the pool, each thread with
 // its own workspace of `elems` T; a thread that cannot get one makes the call raise.
 template <typename T, typename F>
 void parallel_items(const Geo& g, int64_t n, int64_t elems, F&& body) {
@@ -975,6 +975,10 @@ struct DwBlocked {
   int64_t scratch() const { return (Hp * Wp + g.L() + 2 * taps + 1) * VL; }
   T* spare(T* s) const { return s + (Hp * Wp + g.L() + 2 * taps) * VL; }
   bool narrow() const { return g.W < VL && g.HW() >= VL; }
+  // at[l]: the place in xb of narrow-plane pixel q + l, or `off` for a pixel off the grid.
+  void places(int64_t q, T* xb, T* off, T** at) const {
+    for (int l = 0; l < VL; ++l) at[l] = ipos[q + l] < 0 ? off : xb + ipos[q + l];
+  }
   int64_t pos(int64_t r, int64_t c) const { return (r * Wp + c) * VL; }
 };
 
@@ -1023,18 +1027,21 @@ __attribute__((always_inline)) inline void transpose_vl(const T* src, int64_t ld
   transpose_rows(s, d);
 }
 
-// dst[p][l] = src[l * ld + p] for pixels p < np and lanes l < nc (lanes past nc zero): the last
-// VL x VL block overlaps the one before it rather than leaving a scalar tail.
+// f(q) for the first pixels q of VL-pixel blocks covering [0, np) (np >= VL): the last block
+// overlaps the one before it rather than leaving a scalar tail.
+template <int VL, typename F>
+__attribute__((always_inline)) inline void vl_blocks(int64_t np, F&& f) {
+  for (int64_t p = 0; p < np; p += VL) f(std::min(p, np - VL));
+}
+
+// dst[p][l] = src[l * ld + p] for pixels p < np and lanes l < nc (lanes past nc zero).
 template <typename T>
 __attribute__((always_inline)) inline void to_lanes(const T* src, int64_t ld, int64_t np, int64_t nc, T* dst) {
   constexpr int VL = GroupedTile<T>::VL;
-  if (nc == VL && np >= VL) {
-    for (int64_t p = 0; p < np; p += VL) {
-      const int64_t q = std::min(p, np - VL);
+  if (nc == VL && np >= VL)
+    return vl_blocks<VL>(np, [&](int64_t q) __attribute__((always_inline)) {
       transpose_vl(src + q, ld, dst + q * VL, VL);
-    }
-    return;
-  }
+    });
   if (nc < VL) std::fill(dst, dst + np * VL, T(0));
   for (int64_t l = 0; l < nc; ++l)
     for (int64_t p = 0; p < np; ++p) dst[p * VL + l] = src[l * ld + p];
@@ -1044,13 +1051,10 @@ __attribute__((always_inline)) inline void to_lanes(const T* src, int64_t ld, in
 template <typename T>
 __attribute__((always_inline)) inline void from_lanes(const T* src, int64_t np, int64_t nc, T* dst, int64_t ld) {
   constexpr int VL = GroupedTile<T>::VL;
-  if (nc == VL && np >= VL) {
-    for (int64_t p = 0; p < np; p += VL) {
-      const int64_t q = std::min(p, np - VL);
+  if (nc == VL && np >= VL)
+    return vl_blocks<VL>(np, [&](int64_t q) __attribute__((always_inline)) {
       transpose_vl(src + q * VL, VL, dst + q, ld);
-    }
-    return;
-  }
+    });
   for (int64_t l = 0; l < nc; ++l)
     for (int64_t p = 0; p < np; ++p) dst[l * ld + p] = src[p * VL + l];
 }
@@ -1074,19 +1078,14 @@ __attribute__((always_inline)) inline void dwb_interleave(const DwBlocked<T>& b,
       std::fill(xb + b.pos(r, c1), xb + b.pos(r + 1, 0), T(0));
     }
   }
-  if (nc == VL && b.narrow()) {  // pixels transposed straight to their places (off the grid: a spare)
-    for (int64_t p = 0; p < g.HW(); p += VL) {
-      const int64_t q = std::min(p, g.HW() - VL);
+  if (nc == VL && b.narrow())  // pixels transposed straight to their places (off the grid: a spare)
+    return vl_blocks<VL>(g.HW(), [&](int64_t q) __attribute__((always_inline)) {
       const T* src[VL];
       T* dst[VL];
-      for (int l = 0; l < VL; ++l) {
-        src[l] = xc + l * g.HW() + q;
-        dst[l] = b.ipos[q + l] < 0 ? b.spare(s) : xb + b.ipos[q + l];
-      }
+      for (int l = 0; l < VL; ++l) src[l] = xc + l * g.HW() + q;
+      b.places(q, xb, b.spare(s), dst);
       transpose_rows(src, dst);
-    }
-    return;
-  }
+    });
   for (int64_t r = r0; r < r1; ++r) to_lanes(xc + (r - g.ph) * g.W + c0 - g.pw, g.HW(), c1 - c0, nc, xb + b.pos(r, c0));
 }
 
@@ -1295,17 +1294,13 @@ __attribute__((always_inline)) inline void dwb_item_impl(const DwBlocked<T>& b, 
     if (nc == VL && b.narrow()) {  // pixels off the grid read a zero spare
       T* zero = b.spare(s);
       std::fill(zero, zero + VL, T(0));
-      for (int64_t p = 0; p < g.HW(); p += VL) {
-        const int64_t q = std::min(p, g.HW() - VL);
-        const T* src[VL];
+      return vl_blocks<VL>(g.HW(), [&](int64_t q) __attribute__((always_inline)) {
+        T* src[VL];
         T* dst[VL];
-        for (int l = 0; l < VL; ++l) {
-          src[l] = b.ipos[q + l] < 0 ? zero : xb + b.ipos[q + l];
-          dst[l] = dx + l * g.HW() + q;
-        }
+        b.places(q, xb, zero, src);
+        for (int l = 0; l < VL; ++l) dst[l] = dx + l * g.HW() + q;
         transpose_rows(src, dst);
-      }
-      return;
+      });
     }
     for (int64_t ih = 0; ih < g.H; ++ih) {
       const int64_t r = ih + g.ph;
@@ -1868,10 +1863,9 @@ inline int64_t winograd_fits(const Geo& g) {
 // image, kept in cache) and GEMMs straight into y. No shared column tiles, no barriers and no
 // result permute; the GEMMs stay efficient because the reduction (C*kh*kw) is deep. Used
 // when there are at least as many images as threads and one image's columns per thread fit
-// the cache target and the workspace cap. Images are handed out one at a time (dynamic): on a
-// shared machine a preempted thread then delays one image, not its static half of the batch
-// (each image is still one thread's work, so the result does not change). One image per GEMM:
-// batching several did not pay.
+// the cache target and the workspace cap. Each image is one thread's work (parallel_items), so
+// the result does not depend on the thread count. One image per GEMM: batching several did not
+// pay.
 inline bool per_image_pays(const Geo& g, int64_t elem) {
 #ifdef _OPENMP
   const int64_t nt = parallel_pays(g) ? omp_get_max_threads() : 1;
