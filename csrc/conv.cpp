@@ -28,6 +28,9 @@
 //    directions): channels in the vector lanes, register blocks of 2 vectors x 6 pixels, for many
 //    channels per group on small planes (no lane padding), few-channel stems and dense kernels of
 //    5x5 and more (no im2col).
+//  * winograd_blocked (3x3, stride 1, no dilation; forward and input grad): winograd's F(2x2, 3x3)
+//    on direct_blocked's lane blocks, the 16 products of a tile block summed in registers (no
+//    per-group BLAS call), for grouped layers of 16-64 channels a group and dense ones of up to 128.
 //  * tiled, any geometry: im2col + GEMM over a bounded column buffer: the batch (and, for big
 //    images, the output pixels) is cut into tiles whose columns (C*kh*kw rows x tile width) plus one
 //    GEMM result fit under the workspace cap (default 64 MiB, and a 4 MiB cache target so
@@ -572,6 +575,18 @@ void dw_forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* 
   }
 }
 
+// The calling thread's workspace of `elems` T, or null with the failure kept in err (a thread
+// of a parallel region must not throw; err.rethrow() raises it after the region).
+template <typename T>
+T* thread_scratch(int64_t elems, ParallelError& err) {
+  try {
+    return static_cast<T*>(t_ws.get(elems * (int64_t)sizeof(T)));
+  } catch (...) {
+    err.capture();
+    return nullptr;
+  }
+}
+
 // body(item, scratch) for items [0, n), split statically over the pool, each thread with
 // its own workspace of `elems` T; a thread that cannot get one makes the call raise.
 template <typename T, typename F>
@@ -579,12 +594,7 @@ void parallel_items(const Geo& g, int64_t n, int64_t elems, F&& body) {
   ParallelError err;
 #pragma omp parallel if (parallel_pays(g))
   {
-    T* s = nullptr;
-    try {
-      s = static_cast<T*>(t_ws.get(elems * (int64_t)sizeof(T)));
-    } catch (...) {
-      err.capture();
-    }
+    T* s = thread_scratch<T>(elems, err);
 #pragma omp for schedule(static)
     for (int64_t it = 0; it < n; ++it)
       if (s) body(it, s);
@@ -1562,6 +1572,23 @@ __attribute__((always_inline)) inline void blk_planes(const Blocked<T>& b, int64
   }
 }
 
+// y[n][o0 + l][p] = tmp[p - p0][l] for the OB lanes l and pixels [p0, p1) of y's planes, then the
+// epilogue on those rows.
+template <typename T>
+__attribute__((always_inline)) inline void blk_store(const Geo& g, const T* tmp, int64_t n, int64_t o0, int64_t p0,
+                                                     int64_t p1, const Epilogue<T>* ep, T* out) {
+  constexpr int VL = GroupedTile<T>::VL, OB = 2 * VL;
+  T* y = out + (n * g.K + o0) * g.L();
+  int64_t q = p0;
+  for (; q + VL <= p1; q += VL)
+    for (int v = 0; v < 2; ++v) transpose_vl(tmp + (q - p0) * OB + v * VL, OB, y + v * VL * g.L() + q, g.L());
+  for (int64_t l = 0; l < OB; ++l) {
+    for (int64_t r = q; r < p1; ++r) y[l * g.L() + r] = tmp[(r - p0) * OB + l];
+    const int64_t at = (n * g.K + o0 + l) * g.L() + p0;
+    if (ep->bias || ep->fused()) ep->run(out + at, out + at, at, ep->bias_at(o0 + l), p1 - p0);
+  }
+}
+
 // One item of the forward or input grad: image n, group gi, pixels [p0, p1) of the jobs, every
 // lane block; `ready`: s already holds this (n, gi)'s input planes.
 template <typename T>
@@ -1594,17 +1621,8 @@ __attribute__((always_inline)) inline void blk_item_impl(const Blocked<T>& b, in
       wj += ni * nt * OB;
     }
     const int64_t o0 = gi * (fwd ? g.Kg() : g.Cg()) + ob * OB;
-    if (fwd) {  // one job, its pixels in y's own order: tmp transposed into y, then the epilogue
-      constexpr int VL = GroupedTile<T>::VL;
-      T* y = out + (n * g.K + o0) * g.L();
-      int64_t q = p0;
-      for (; q + VL <= p1; q += VL)
-        for (int v = 0; v < 2; ++v) transpose_vl(tmp + (q - p0) * OB + v * VL, OB, y + v * VL * g.L() + q, g.L());
-      for (int64_t l = 0; l < OB; ++l) {
-        for (int64_t r = q; r < p1; ++r) y[l * g.L() + r] = tmp[(r - p0) * OB + l];
-        const int64_t at = (n * g.K + o0 + l) * g.L() + p0;
-        if (ep->bias || ep->fused()) ep->run(out + at, out + at, at, ep->bias_at(o0 + l), p1 - p0);
-      }
+    if (fwd) {  // one job, its pixels in y's own order
+      blk_store(g, tmp, n, o0, p0, p1, ep, out);
       continue;
     }
     for (size_t jb = 0; jb < b.jobs.size(); ++jb) {
@@ -1716,12 +1734,7 @@ void blocked_run(const Geo& g, Dir d, const T* a, const T* bb, const Epilogue<T>
     T* part = static_cast<T*>(t_pack.get(b.shared() * (int64_t)sizeof(T)));
 #pragma omp parallel if (parallel_pays(g))
     {
-      T* s = nullptr;
-      try {
-        s = static_cast<T*>(t_ws.get(b.scratch() * (int64_t)sizeof(T)));
-      } catch (...) {
-        err.capture();
-      }
+      T* s = thread_scratch<T>(b.scratch(), err);
 #pragma omp for schedule(static)
       for (int64_t it = 0; it < g.G * split * chunks; ++it) {
         if (!s) continue;
@@ -1755,12 +1768,7 @@ void blocked_run(const Geo& g, Dir d, const T* a, const T* bb, const Epilogue<T>
 #pragma omp for schedule(static)
     for (int64_t gob = 0; gob < g.G * b.nob; ++gob)
       blk_pack<T>(b, gob / b.nob, gob % b.nob, bb, wpk + gob * ni * b.taps * OB);
-    T* s = nullptr;
-    try {
-      s = static_cast<T*>(t_ws.get(b.scratch() * (int64_t)sizeof(T)));
-    } catch (...) {
-      err.capture();
-    }
+    T* s = thread_scratch<T>(b.scratch(), err);
     int64_t held = -1;  // the (image, group) whose input planes s holds
 #pragma omp for schedule(static)
     for (int64_t it = 0; it < items; ++it) {
@@ -1784,6 +1792,240 @@ int64_t blocked_bytes_t(const Geo& g, Dir d) {
 }
 inline int64_t blocked_bytes(const Geo& g, Dir d, int64_t elem) {
   return elem == 4 ? blocked_bytes_t<float>(g, d) : blocked_bytes_t<double>(g, d);
+}
+
+// ---------------------------------------------------------------- winograd_blocked
+// Winograd F(2x2, 3x3) (conv_winograd.cpp has the math) on direct_blocked's register blocks: per
+// tile block, the 16 transformed products are sums over the group's input channels into 16 (float)
+// / 8 (double) output channels in the vector lanes, so there is no thin per-group BLAS call (which
+// winograd makes for 16-64 channels per group) and the output transform runs on whole vectors
+// while the block is in L1. Stride 1, no dilation. The input gradient is this forward over dy
+// with the kernel rotated 180 degrees and its channels swapped (at padding 2 - pad, as winograd's).
+template <typename T>
+struct WinoBlocked {
+  static constexpr int VL = GroupedTile<T>::VL, OB = 2 * VL, PX = 6;
+  Geo g;                            // the forward it runs: the call's, or the input grad's adjoint
+  bool adj;                         // input grad: w[k][c] read rotated, as the adjoint's [c][k]
+  int64_t TH, TW, Wq, ni, np, nob;  // tiles per column and row; padded row; input channels (np: to VL)
+  int64_t rows, nch;                // tile rows (of the batch, image after image) per item; items per group
+  static Geo adjoint(const Geo& g) {
+    Geo t = g;
+    t.H = g.Ho, t.W = g.Wo, t.Ho = g.H, t.Wo = g.W, t.C = g.K, t.K = g.C, t.ph = 2 - g.ph, t.pw = 2 - g.pw;
+    return t;
+  }
+  WinoBlocked(const Geo& geo, Dir d) : g(d == Dir::input_grad ? adjoint(geo) : geo), adj(d == Dir::input_grad) {
+    TH = (g.Ho + 1) / 2, TW = (g.Wo + 1) / 2, Wq = 2 * TW + 2;
+    ni = g.Cg(), np = (ni + VL - 1) / VL * VL, nob = g.Kg() / OB;
+    // An item's transformed input (16 ni values per tile) within about 128 KiB (L2; each lane
+    // block's 16 products then read it from there), and enough items for the threads.
+    const int64_t all = g.N * TH, cap = std::max<int64_t>(1, (int64_t(128) << 10) / (16 * np * TW * (int64_t)sizeof(T)));
+    rows = std::max<int64_t>(1, std::min(cap, all * g.G / (4 * max_threads())));
+    nch = (all + rows - 1) / rows;
+  }
+  static bool fits(const Geo& g, Dir d) {
+    if (g.kh != 3 || g.kw != 3 || g.sh != 1 || g.sw != 1 || g.dh != 1 || g.dw != 1 || g.depthwise()) return false;
+    if (d == Dir::input_grad) return g.ph <= 2 && g.pw <= 2 && g.Cg() % OB == 0;
+    return d == Dir::forward && g.Kg() % OB == 0;
+  }
+  int64_t shared() const { return g.G * nob * 16 * np * OB; }  // U[gi][ob][e][c][OB]
+  // Per thread: the input rows of an item's tiles channel-blocked, its V[e][t][c], its products
+  // M[e][t][OB] of one lane block, its outputs pixel-major (before the items: the transposed
+  // kernels of one lane block).
+  int64_t scratch() const {
+    return std::max(9 * ni * OB, np * (2 * rows + 2) * Wq + 16 * rows * TW * (np + OB) + 2 * rows * g.Wo * OB);
+  }
+};
+
+// out[j][o] = sum_i u[i][o] v[j * ld + i] for PXN tiles j (o in the lanes).
+template <typename T, int PXN>
+__attribute__((always_inline)) inline void wb_dot(const T* v, int64_t ld, int64_t ni, const T* u, T* out) {
+  using G = GroupedTile<T>;
+  using V = typename G::vec;
+  constexpr int VL = G::VL;
+  V acc[2][PXN];
+  for (int j = 0; j < PXN; ++j) acc[0][j] = acc[1][j] = V{};
+  for (int64_t i = 0; i < ni; ++i, u += 2 * VL) {
+    V w0, w1;
+    G::load(w0, u);
+    G::load(w1, u + VL);
+    for (int j = 0; j < PXN; ++j) {
+      const T s = v[j * ld + i];
+      acc[0][j] += w0 * s;
+      acc[1][j] += w1 * s;
+    }
+  }
+  for (int j = 0; j < PXN; ++j)
+    for (int v2 = 0; v2 < 2; ++v2) G::store(out + j * 2 * VL + v2 * VL, acc[v2][j]);
+}
+
+// U = G k G^T of every (input channel, lane) of (group gi, lane block ob) into dst [e][c][OB], on
+// lane vectors: the kernels are first transposed into tmp [c][tap][OB] (direct_blocked's layout).
+template <typename T>
+__attribute__((always_inline)) inline void wb_pack_impl(const WinoBlocked<T>& b, int64_t gi, int64_t ob, const T* w,
+                                                        T* dst, T* tmp) {
+  using G = GroupedTile<T>;
+  using V = typename G::vec;
+  constexpr int VL = G::VL, OB = 2 * VL;
+  const Geo& g = b.g;
+  const int64_t ni = b.ni;
+  if (!b.adj) {  // w (K, Cg, 3, 3): the lanes are output channels
+    blk_lanes(w + (gi * g.Kg() + ob * OB) * ni * 9, ni * 9, ni * 9, tmp);
+  } else {  // the call's w (Kg = ni here, Cg = the lanes): rotated below
+    for (int64_t k = 0; k < ni; ++k) blk_lanes(w + ((gi * ni + k) * g.Kg() + ob * OB) * 9, 9, 9, tmp + k * 9 * OB);
+  }
+  const V half = V{} + T(0.5);
+  for (int64_t c = 0; c < ni; ++c)
+    for (int v = 0; v < 2; ++v) {
+      V k[9];
+      for (int t = 0; t < 9; ++t) G::load(k[t], tmp + (c * 9 + (b.adj ? 8 - t : t)) * OB + v * VL);
+      V gk[4][3];
+      for (int j = 0; j < 3; ++j) {
+        gk[0][j] = k[j], gk[3][j] = k[6 + j];
+        gk[1][j] = half * (k[j] + k[3 + j] + k[6 + j]), gk[2][j] = half * (k[j] - k[3 + j] + k[6 + j]);
+      }
+      for (int a = 0; a < 4; ++a) {
+        const V u[4] = {gk[a][0], half * (gk[a][0] + gk[a][1] + gk[a][2]), half * (gk[a][0] - gk[a][1] + gk[a][2]),
+                        gk[a][2]};
+        for (int e = 0; e < 4; ++e) G::store(dst + ((4 * a + e) * b.np + c) * OB + v * VL, u[e]);
+      }
+    }
+  for (int e = 0; e < 16; ++e) std::fill(dst + (e * b.np + ni) * OB, dst + (e + 1) * b.np * OB, T(0));
+}
+
+// One item: group gi, tile rows [r0, r1) of the batch (tile row r: image r / TH, row r % TH).
+template <typename T>
+__attribute__((always_inline)) inline void wb_item_impl(const WinoBlocked<T>& b, int64_t gi, int64_t r0, int64_t r1,
+                                                        const T* a, const T* U, const Epilogue<T>* ep, T* out,
+                                                        T* s) {
+  using G = GroupedTile<T>;
+  using V = typename G::vec;
+  constexpr int VL = G::VL, OB = 2 * VL, PX = WinoBlocked<T>::PX;
+  const Geo& g = b.g;
+  const int64_t ni = b.ni, np = b.np, TH = b.TH, TW = b.TW, Wq = b.Wq, Tc = (r1 - r0) * TW;
+  T* xb = s;                                    // [channel block][row][Wq][VL]
+  T* Vt = xb + np * (2 * (r1 - r0) + 2) * Wq;  // V[e][t][np]
+  T* M = Vt + 16 * Tc * np;                    // M[e][t][OB]
+  T* tmp = M + 16 * Tc * OB;                   // outputs [tile row][2 rows][Wo][OB]
+  // V = B^T d B per tile on VL channels at once, from the tile rows' input rows of one image at a
+  // time, transposed channel-blocked and zero-padded into xb.
+  for (int64_t r = r0; r < r1;) {
+    const int64_t n = r / TH, re = std::min(r1, (n + 1) * TH), th0 = r % TH, R = 2 * (re - r) + 2;
+    std::fill(xb, xb + np * R * Wq, T(0));
+    for (int64_t cb = 0; cb < np / VL; ++cb) {
+      const T* plane = a + (n * g.C + gi * ni + cb * VL) * g.HW();
+      const int64_t nc = std::min<int64_t>(VL, ni - cb * VL);
+      for (int64_t q = 0; q < R; ++q) {
+        const int64_t h = 2 * th0 + q - g.ph, w1 = std::min(g.W, Wq - g.pw);
+        if (h >= 0 && h < g.H && w1 > 0) to_lanes(plane + h * g.W, g.HW(), w1, nc, xb + ((cb * R + q) * Wq + g.pw) * VL);
+      }
+      for (int64_t t = (r - r0) * TW; t < (re - r0) * TW; ++t) {
+        const T* p = xb + ((cb * R + 2 * (t / TW - (r - r0))) * Wq + 2 * (t % TW)) * VL;
+        V d[4][4];
+        for (int ra = 0; ra < 4; ++ra)
+          for (int q = 0; q < 4; ++q) G::load(d[ra][q], p + (ra * Wq + q) * VL);
+        for (int q = 0; q < 4; ++q) {  // B^T along the rows
+          const V d0 = d[0][q], d1 = d[1][q], d2 = d[2][q], d3 = d[3][q];
+          d[0][q] = d0 - d2, d[1][q] = d1 + d2, d[2][q] = d2 - d1, d[3][q] = d1 - d3;
+        }
+        T* v = Vt + t * np + cb * VL;
+        for (int ra = 0; ra < 4; ++ra) {  // then B along the columns
+          const V x0 = d[ra][0], x1 = d[ra][1], x2 = d[ra][2], x3 = d[ra][3];
+          G::store(v + (4 * ra) * Tc * np, x0 - x2);
+          G::store(v + (4 * ra + 1) * Tc * np, x1 + x2);
+          G::store(v + (4 * ra + 2) * Tc * np, x2 - x1);
+          G::store(v + (4 * ra + 3) * Tc * np, x1 - x3);
+        }
+      }
+    }
+    r = re;
+  }
+  for (int64_t ob = 0; ob < b.nob; ++ob) {
+    // The 16 products, each over all the item's tiles with its weights U[e] (ni OB values) in L1.
+    const T* Ub = U + (gi * b.nob + ob) * 16 * np * OB;
+    for (int e = 0; e < 16; ++e) {
+      const T* u = Ub + e * np * OB;
+      int64_t t0 = 0;
+      for (; t0 + PX <= Tc; t0 += PX) wb_dot<T, PX>(Vt + (e * Tc + t0) * np, np, np, u, M + (e * Tc + t0) * OB);
+      T* m = M + (e * Tc + t0) * OB;
+      const T* v = Vt + (e * Tc + t0) * np;
+      switch (Tc - t0) {
+        case 5: wb_dot<T, 5>(v, np, np, u, m); break;
+        case 4: wb_dot<T, 4>(v, np, np, u, m); break;
+        case 3: wb_dot<T, 3>(v, np, np, u, m); break;
+        case 2: wb_dot<T, 2>(v, np, np, u, m); break;
+        case 1: wb_dot<T, 1>(v, np, np, u, m); break;
+        default: break;
+      }
+    }
+    // Y = A^T M A per tile, on the lane vectors; outputs past the plane's edge are dropped.
+    for (int64_t tt = 0; tt < Tc; ++tt) {
+      const int64_t lr = tt / TW, oh = 2 * ((r0 + lr) % TH), ow = 2 * (tt % TW);
+      T* yt = tmp + (2 * lr * g.Wo + ow) * OB;
+      for (int v2 = 0; v2 < 2; ++v2) {
+        V m[16];
+        for (int e = 0; e < 16; ++e) G::load(m[e], M + (e * Tc + tt) * OB + v2 * VL);
+        V c0[4], c1[4];
+        for (int q = 0; q < 4; ++q) c0[q] = m[q] + m[4 + q] + m[8 + q], c1[q] = m[4 + q] - m[8 + q] - m[12 + q];
+        const V y[2][2] = {{c0[0] + c0[1] + c0[2], c0[1] - c0[2] - c0[3]},
+                           {c1[0] + c1[1] + c1[2], c1[1] - c1[2] - c1[3]}};
+        for (int ya = 0; ya < 2 && oh + ya < g.Ho; ++ya)
+          for (int yb = 0; yb < 2 && ow + yb < g.Wo; ++yb) G::store(yt + (ya * g.Wo + yb) * OB + v2 * VL, y[ya][yb]);
+      }
+    }
+    // Per image: its tile rows' outputs are one pixel range of y's planes.
+    for (int64_t r = r0; r < r1;) {
+      const int64_t n = r / TH, re = std::min(r1, (n + 1) * TH);
+      const int64_t p0 = 2 * (r % TH) * g.Wo, p1 = std::min(g.Ho, 2 * ((re - 1) % TH) + 2) * g.Wo;
+      blk_store(g, tmp + 2 * (r - r0) * g.Wo * OB, n, gi * g.Kg() + ob * OB, p0, p1, ep, out);
+      r = re;
+    }
+  }
+}
+
+PYDL_SIMD_DISPATCH(template <typename T>, <T>, void, wb_pack,
+                   (const WinoBlocked<T>& b, int64_t gi, int64_t ob, const T* w, T* dst, T* tmp),
+                   (b, gi, ob, w, dst, tmp))
+PYDL_SIMD_DISPATCH(template <typename T>, <T>, void, wb_item,
+                   (const WinoBlocked<T>& b, int64_t gi, int64_t r0, int64_t r1, const T* a, const T* U,
+                    const Epilogue<T>* ep, T* out, T* s),
+                   (b, gi, r0, r1, a, U, ep, out, s))
+
+// Forward (a = x, out = y) or input grad (a = dy, out = dx, no epilogue).
+template <typename T>
+void wino_blocked_run(const Geo& geo, Dir d, const T* a, const T* w, const Epilogue<T>* ep, T* out) {
+  const WinoBlocked<T> b(geo, d);
+  const Geo& g = b.g;
+  constexpr int OB = WinoBlocked<T>::OB;
+  const Epilogue<T> none{};
+  if (!ep) ep = &none;
+  T* U = static_cast<T*>(t_pack.get(b.shared() * (int64_t)sizeof(T)));
+  ParallelError err;
+  const int64_t items = g.G * b.nch;
+#pragma omp parallel if (parallel_pays(g))
+  {
+    T* s = thread_scratch<T>(b.scratch(), err);
+#pragma omp for schedule(static)
+    for (int64_t gob = 0; gob < g.G * b.nob; ++gob)
+      if (s) wb_pack<T>(b, gob / b.nob, gob % b.nob, w, U + gob * 16 * b.np * OB, s);
+#pragma omp for schedule(static)
+    for (int64_t it = 0; it < items; ++it) {  // a thread's items: one group's consecutive tile rows
+      if (!s) continue;
+      const int64_t ch = it % b.nch, gi = it / b.nch;
+      const int64_t r0 = ch * b.rows, r1 = std::min(g.N * b.TH, r0 + b.rows);
+      wb_item<T>(b, gi, r0, r1, a, U, ep, out, s);
+    }
+  }
+  err.rethrow();
+}
+
+template <typename T>
+int64_t wino_blocked_bytes_t(const Geo& g, Dir d) {
+  if (!WinoBlocked<T>::fits(g, d)) return 0;
+  const WinoBlocked<T> b(g, d);
+  return (b.scratch() * max_threads() + b.shared()) * (int64_t)sizeof(T);
+}
+inline int64_t wino_blocked_bytes(const Geo& g, Dir d, int64_t elem) {
+  return elem == 4 ? wino_blocked_bytes_t<float>(g, d) : wino_blocked_bytes_t<double>(g, d);
 }
 
 // ---------------------------------------------------------------- GEMM paths
@@ -1902,10 +2144,11 @@ void forward_per_image(const Geo& g, const T* x, const T* w, const Epilogue<T>& 
 // (pydl.backends.conv_algorithm) replaces the rule or raises when it does not apply.
 enum class Algo : int {
   automatic = 0, depthwise = 1, winograd = 2, gemm_1x1 = 3, per_image = 4, tiled = 5, grouped = 6,
-  depthwise_blocked = 7, blocked = 8
+  depthwise_blocked = 7, blocked = 8, winograd_blocked = 9
 };
 constexpr const char* kAlgoNames[] = {"auto", "depthwise", "winograd", "gemm_1x1", "im2col_per_image",
-                                      "im2col_tiled", "grouped_direct", "depthwise_blocked", "direct_blocked"};
+                                      "im2col_tiled", "grouped_direct", "depthwise_blocked", "direct_blocked",
+                                      "winograd_blocked"};
 constexpr const char* kDirNames[] = {"forward", "input_grad", "weight_grad"};
 std::atomic<int> g_forced[3] = {{0}, {0}, {0}};
 
@@ -1933,6 +2176,10 @@ bool applies(Dir d, Algo a, const Geo& g, int64_t elem) {
     }
     case Algo::blocked: {  // channel blocks of 2 vectors (16 float / 8 double) in every group
       const int64_t bytes = blocked_bytes(g, d, elem);
+      return bytes > 0 && bytes <= g_ws_limit.load();
+    }
+    case Algo::winograd_blocked: {  // 3x3, stride 1, no dilation; lane blocks as direct_blocked's
+      const int64_t bytes = wino_blocked_bytes(g, d, elem);
       return bytes > 0 && bytes <= g_ws_limit.load();
     }
     default:
@@ -1966,11 +2213,23 @@ inline bool winograd_groups_pay(Dir d, const Geo& g) {
   return g.Cg() >= 32 && g.Kg() >= 32 && (d == Dir::forward ? g.L() : g.HW()) > 256;
 }
 
+// winograd_blocked on grouped 3x3 layers (16+ lanes a group) and on dense ones of up to 128
+// channels (wider ones are wide GEMMs for winograd), where the batch has at least as many tiles as
+// a group has input channels: the kernels' transform, 16/9 of their size, is made once per call.
+inline bool wino_blocked_pays(Dir d, const Geo& g) {
+  const bool dx = d == Dir::input_grad;
+  const int64_t ni = dx ? g.Kg() : g.Cg(), ho = dx ? g.H : g.Ho, wo = dx ? g.W : g.Wo;
+  if (g.N * ((ho + 1) / 2) * ((wo + 1) / 2) < ni) return false;
+  return g.G > 1 || std::max(g.Cg(), g.Kg()) <= 128;
+}
+
 // The automatic rule. Winograd may still decline at run time (its chunks do not fit the
 // workspace cap); the caller then takes the im2col algorithm this rule gives without it.
 Algo choose(Dir d, const Geo& g, int64_t elem, bool winograd_ok = true) {
   if (g.depthwise())  // per plane only where the interleaved planes do not fit the workspace cap
     return applies(d, Algo::depthwise_blocked, g, elem) ? Algo::depthwise_blocked : Algo::depthwise;
+  if (d != Dir::weight_grad && wino_blocked_pays(d, g) && applies(d, Algo::winograd_blocked, g, elem))
+    return Algo::winograd_blocked;
   if (winograd_ok && winograd_fits(g) && winograd_groups_pay(d, g)) {
     const bool pays = d == Dir::input_grad && winograd_fits(g) == 1
                           ? winograd_pays(g.N, g.Kg(), g.Cg(), g.H, g.W, 1, false, g.dh, g.dw)
@@ -2045,6 +2304,7 @@ void forward(const Geo& g, const T* x, const T* w, const Epilogue<T>& ep, T* y) 
   if (a == Algo::per_image) return forward_per_image(g, x, w, ep, y);
   if (a == Algo::grouped) return grouped_run(g, Dir::forward, x, w, &ep, y);
   if (a == Algo::blocked) return blocked_run<T>(g, Dir::forward, x, w, &ep, y);
+  if (a == Algo::winograd_blocked) return wino_blocked_run<T>(g, Dir::forward, x, w, &ep, y);
   int64_t maxw;
   auto tiles = make_tiles(g, g.R(), g.K, sizeof(T), maxw);
   const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });
@@ -2149,6 +2409,7 @@ void backward_input(const Geo& g, const T* dy, const T* w, T* dx) {
   if (a == Algo::per_image) return backward_input_per_image(g, dy, w, dx);
   if (a == Algo::grouped) return grouped_run<T>(g, Dir::input_grad, dy, w, nullptr, dx);
   if (a == Algo::blocked) return blocked_run<T>(g, Dir::input_grad, dy, w, nullptr, dx);
+  if (a == Algo::winograd_blocked) return wino_blocked_run<T>(g, Dir::input_grad, dy, w, nullptr, dx);
   int64_t maxw;
   auto tiles = make_tiles(g, g.R(), g.K, sizeof(T), maxw);
   const bool any_batched = std::any_of(tiles.begin(), tiles.end(), [](const Tile& t) { return t.nb > 1; });
@@ -2428,7 +2689,7 @@ void bind_conv(py::module_& m) {
       "_set_conv_algorithm",
       [](int dir, int algo) {
         PYDL_CHECK(dir >= 0 && dir < 3, "direction: expected 0, 1 or 2, got " << dir);
-        PYDL_CHECK(algo >= 0 && algo <= static_cast<int>(Algo::blocked), "algorithm: unknown code " << algo);
+        PYDL_CHECK(algo >= 0 && algo <= static_cast<int>(Algo::winograd_blocked), "algorithm: unknown code " << algo);
         return g_forced[dir].exchange(algo);
       },
       "direction"_a, "algorithm"_a,

@@ -429,7 +429,8 @@ def test_winograd_auto_choice_agrees_with_im2col(wino, dtype):
     """The automatic rule takes Winograd for >= 16 channels and >= 192 tiles; the result agrees
     with the im2col path."""
     rng = np.random.default_rng(121)
-    x, w, b = rand(rng, (2, 16, 24, 21), dtype), rand(rng, (18, 16, 3, 3), dtype), rand(rng, (18,), dtype)
+    # 20 and 18 channels: not in 16-channel lane blocks (winograd_blocked)
+    x, w, b = rand(rng, (2, 20, 24, 21), dtype), rand(rng, (18, 20, 3, 3), dtype), rand(rng, (18,), dtype)
     dy = rand(rng, (2, 18, 24, 21), dtype)
     before = wino._conv_winograd_calls()
     y = F.conv2d(x, w, b, padding=1)
@@ -528,7 +529,7 @@ def test_winograd_declined_falls_back_to_im2col(wino, dtype):
     """A shape the automatic rule gives Winograd, under a cap below one Winograd chunk: the call
     declines it at run time and takes the im2col algorithm instead, with the same results."""
     rng = np.random.default_rng(124)
-    xs, k = (4, 16, 28, 28), 16
+    xs, k = (4, 20, 28, 28), 20  # not in 16-channel lane blocks (winograd_blocked)
     x, w, b = rand(rng, xs, dtype), rand(rng, (k, xs[1], 3, 3), dtype), rand(rng, (k,), dtype)
     for direction in ("forward", "input_grad", "weight_grad"):
         assert pydl.backends.conv_algorithm_choice(direction, xs, w.shape, padding=1, dtype=dtype) == "winograd"
@@ -1028,6 +1029,13 @@ _ALGO_CASES = [
     ((2, 32, 13, 11), (32, 16, 5, 3), dict(stride=(3, 2), padding=(2, 1), dilation=(1, 2), groups=2)),
     ((1, 3, 23, 21), (16, 3, 7, 7), dict(stride=2, padding=3)),  # an RGB stem
     ((2, 16, 8, 9), (32, 16, 5, 5), dict(padding=2)),  # dense 5x5, 16-channel blocks both ways
+    # winograd_blocked: 12 input channels (a part-filled channel block) into two 16-lane blocks,
+    # odd output sizes; the input gradient at padding 2 and 0 (its adjoint's padding 0 and 2);
+    # with 2 threads, items of 5 tile rows that start and end inside an image
+    ((3, 12, 9, 7), (32, 12, 3, 3), dict(padding=1)),
+    ((2, 32, 6, 11), (20, 16, 3, 3), dict(padding=2, groups=2)),
+    ((2, 32, 5, 8), (32, 16, 3, 3), dict(groups=2)),
+    ((5, 48, 5, 4), (48, 16, 3, 3), dict(padding=1, groups=3)),
 ]
 _ALGOS = [a for a in pydl.backends.conv_algorithms() if a != "auto"]
 _EXPECTED_PAIRS = {("depthwise", d) for d in ("forward", "input_grad", "weight_grad")} | \
@@ -1037,6 +1045,7 @@ _EXPECTED_PAIRS = {("depthwise", d) for d in ("forward", "input_grad", "weight_g
     {("im2col_tiled", d) for d in ("forward", "input_grad", "weight_grad")} | \
     {(a, d) for a in ("grouped_direct", "depthwise_blocked", "direct_blocked")
      for d in ("forward", "input_grad", "weight_grad")}
+_EXPECTED_PAIRS |= {("winograd_blocked", "forward"), ("winograd_blocked", "input_grad")}
 
 
 def _run_direction(direction, x, w, b, dy, kw):
@@ -1110,17 +1119,25 @@ def test_conv_algorithm_auto_choice_and_restore():
         assert B.conv_algorithm_choice(d, (1, 8, 1500, 1500), (8, 1, 3, 3), padding=1, groups=8) == "depthwise"
     assert B.conv_algorithm_choice("weight_grad", (1, 3, 11, 10), (4, 3, 3, 3), padding=2,
                                    dilation=2) == "im2col_tiled"
-    # direct_blocked: grouped layers on small planes, their weight gradients, and an RGB 7x7 stem
-    for d in ("forward", "input_grad", "weight_grad"):
-        assert B.conv_algorithm_choice(d, (8, 1024, 7, 7), (1024, 32, 3, 3), padding=1, groups=32) == "direct_blocked"
-    assert B.conv_algorithm_choice("forward", (8, 512, 28, 28), (512, 16, 3, 3), padding=1,
-                                   groups=32) == "grouped_direct"
+    # winograd_blocked: stride-1 3x3 layers of 16-channel groups and dense ones of up to 128
+    # channels (forward, input grad), while the batch has as many 2x2 tiles as a group has inputs
+    for d in ("forward", "input_grad"):
+        assert B.conv_algorithm_choice(d, (8, 1024, 7, 7), (1024, 32, 3, 3), padding=1, groups=32) == "winograd_blocked"
+        assert B.conv_algorithm_choice(d, (8, 512, 28, 28), (512, 16, 3, 3), padding=1, groups=32) == "winograd_blocked"
+        assert B.conv_algorithm_choice(d, (8, 128, 28, 28), (128, 64, 3, 3), padding=1, groups=2) == "winograd_blocked"
+        assert B.conv_algorithm_choice(d, (1, 64, 56, 56), (64, 64, 3, 3), padding=1) == "winograd_blocked"
+        assert B.conv_algorithm_choice(d, (8, 256, 14, 14), (256, 256, 3, 3), padding=1) == "winograd"
+        # 16 tiles for 64 input channels a group: the kernels' transform does not pay back
+        assert B.conv_algorithm_choice(d, (1, 2048, 7, 7), (2048, 64, 3, 3), padding=1, groups=32) == "direct_blocked"
+    # direct_blocked: weight gradients of grouped layers, and an RGB 7x7 stem
+    assert B.conv_algorithm_choice("weight_grad", (8, 1024, 7, 7), (1024, 32, 3, 3), padding=1,
+                                   groups=32) == "direct_blocked"
     assert B.conv_algorithm_choice("weight_grad", (8, 512, 28, 28), (512, 16, 3, 3), padding=1,
                                    groups=32) == "direct_blocked"
     assert B.conv_algorithm_choice("forward", (8, 256, 28, 28), (256, 8, 3, 3), padding=1,
                                    groups=32) == "grouped_direct"  # 8 channels: not a 16-channel block
-    for d in ("forward", "input_grad", "weight_grad"):  # few wide groups: Winograd per group
-        assert B.conv_algorithm_choice(d, (8, 128, 28, 28), (128, 64, 3, 3), padding=1, groups=2) == "winograd"
+    # few wide groups: Winograd per group
+    assert B.conv_algorithm_choice("weight_grad", (8, 128, 28, 28), (128, 64, 3, 3), padding=1, groups=2) == "winograd"
     for d in ("forward", "weight_grad"):
         assert B.conv_algorithm_choice(d, (1, 3, 224, 224), (64, 3, 7, 7), stride=2, padding=3) == "direct_blocked"
         assert B.conv_algorithm_choice(d, (1, 3, 224, 224), (32, 3, 3, 3), stride=2, padding=1) != "direct_blocked"
