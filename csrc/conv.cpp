@@ -28,8 +28,8 @@
 //    directions): channels in the vector lanes, register blocks of 2 vectors x 6 pixels, for many
 //    channels per group on small planes (no lane padding), few-channel stems and dense kernels of
 //    5x5 and more (no im2col).
-//  * winograd_blocked (3x3, stride 1, no dilation; forward and input grad): winograd's F(2x2, 3x3)
-//    on direct_blocked's lane blocks, the 16 products of a tile block summed in registers (no
+//  * winograd_blocked (3x3, stride 1, no dilation; all three directions): winograd's F(2x2, 3x3) on
+//    direct_blocked's lane blocks, the 16 products of a tile block summed in registers (no
 //    per-group BLAS call), for grouped layers of 16-64 channels a group and dense ones of up to 128.
 //  * tiled, any geometry: im2col + GEMM over a bounded column buffer: the batch (and, for big
 //    images, the output pixels) is cut into tiles whose columns (C*kh*kw rows x tile width) plus one
@@ -1800,7 +1800,8 @@ inline int64_t blocked_bytes(const Geo& g, Dir d, int64_t elem) {
 // / 8 (double) output channels in the vector lanes, so there is no thin per-group BLAS call (which
 // winograd makes for 16-64 channels per group) and the output transform runs on whole vectors
 // while the block is in L1. Stride 1, no dilation. The input gradient is this forward over dy
-// with the kernel rotated 180 degrees and its channels swapped (at padding 2 - pad, as winograd's).
+// with the kernel rotated 180 degrees and its channels swapped (at padding 2 - pad, as winograd's);
+// the weight gradient sums V (x's transform) times Z (dy's) over every tile, then dw = G^T dU G.
 template <typename T>
 struct WinoBlocked {
   static constexpr int VL = GroupedTile<T>::VL, OB = 2 * VL, PX = 6;
@@ -1808,12 +1809,15 @@ struct WinoBlocked {
   bool adj;                         // input grad: w[k][c] read rotated, as the adjoint's [c][k]
   int64_t TH, TW, Wq, ni, np, nob;  // tiles per column and row; padded row; input channels (np: to VL)
   int64_t rows, nch;                // tile rows (of the batch, image after image) per item; items per group
+  bool wg;                          // the weight grad (V and Z = A dY A^T summed over every tile)
+  int64_t splits = 1;               // weight grad: runs of the batch's tile rows per group, summed in order
   static Geo adjoint(const Geo& g) {
     Geo t = g;
     t.H = g.Ho, t.W = g.Wo, t.Ho = g.H, t.Wo = g.W, t.C = g.K, t.K = g.C, t.ph = 2 - g.ph, t.pw = 2 - g.pw;
     return t;
   }
-  WinoBlocked(const Geo& geo, Dir d) : g(d == Dir::input_grad ? adjoint(geo) : geo), adj(d == Dir::input_grad) {
+  WinoBlocked(const Geo& geo, Dir d)
+      : g(d == Dir::input_grad ? adjoint(geo) : geo), adj(d == Dir::input_grad), wg(d == Dir::weight_grad) {
     TH = (g.Ho + 1) / 2, TW = (g.Wo + 1) / 2, Wq = 2 * TW + 2;
     ni = g.Cg(), np = (ni + VL - 1) / VL * VL, nob = g.Kg() / OB;
     // An item's transformed input (16 ni values per tile) within about 128 KiB (L2; each lane
@@ -1821,18 +1825,25 @@ struct WinoBlocked {
     const int64_t all = g.N * TH, cap = std::max<int64_t>(1, (int64_t(128) << 10) / (16 * np * TW * (int64_t)sizeof(T)));
     rows = std::max<int64_t>(1, std::min(cap, all * g.G / (4 * max_threads())));
     nch = (all + rows - 1) / rows;
+    if (d == Dir::weight_grad) {  // chunks of V and Z within about 192 KiB; runs independent of the threads
+      rows = std::max<int64_t>(1, (int64_t(192) << 10) / (16 * TW * (np + g.Kg()) * (int64_t)sizeof(T)));
+      splits = std::min(all, std::max<int64_t>(1, 16 / g.G));
+    }
   }
   static bool fits(const Geo& g, Dir d) {
     if (g.kh != 3 || g.kw != 3 || g.sh != 1 || g.sw != 1 || g.dh != 1 || g.dw != 1 || g.depthwise()) return false;
     if (d == Dir::input_grad) return g.ph <= 2 && g.pw <= 2 && g.Cg() % OB == 0;
-    return d == Dir::forward && g.Kg() % OB == 0;
+    return g.Kg() % OB == 0;
   }
-  int64_t shared() const { return g.G * nob * 16 * np * OB; }  // U[gi][ob][e][c][OB]
+  // Forward, input grad: U[gi][ob][e][c][OB]; weight grad: the runs' partial dU[gi][run][e][c][Kg].
+  int64_t shared() const { return g.G * 16 * np * (wg ? splits * g.Kg() : nob * OB); }
   // Per thread: the input rows of an item's tiles channel-blocked, its V[e][t][c], its products
   // M[e][t][OB] of one lane block, its outputs pixel-major (before the items: the transposed
-  // kernels of one lane block).
+  // kernels of one lane block); the weight grad: dy's rows of a chunk's tiles, its Z[e][t][Kg].
   int64_t scratch() const {
-    return std::max(9 * ni * OB, np * (2 * rows + 2) * Wq + 16 * rows * TW * (np + OB) + 2 * rows * g.Wo * OB);
+    const int64_t in = np * (2 * rows + 2) * Wq + 16 * rows * TW * np;  // the input rows and V
+    if (wg) return in + g.Kg() * 2 * rows * 2 * TW + 16 * rows * TW * g.Kg();  // dy's rows and Z
+    return std::max(9 * ni * OB, in + 16 * rows * TW * OB + 2 * rows * g.Wo * OB);
   }
 };
 
@@ -1892,24 +1903,30 @@ __attribute__((always_inline)) inline void wb_pack_impl(const WinoBlocked<T>& b,
   for (int e = 0; e < 16; ++e) std::fill(dst + (e * b.np + ni) * OB, dst + (e + 1) * b.np * OB, T(0));
 }
 
-// One item: group gi, tile rows [r0, r1) of the batch (tile row r: image r / TH, row r % TH).
+// f(n, r, re) for each run [r, re) of tile rows [r0, r1) of the batch that lies in one image n
+// (TH tile rows an image).
+template <typename F>
+__attribute__((always_inline)) inline void image_runs(int64_t TH, int64_t r0, int64_t r1, F&& f) {
+  for (int64_t r = r0; r < r1;) {
+    const int64_t n = r / TH, re = std::min(r1, (n + 1) * TH);
+    f(n, r, re);
+    r = re;
+  }
+}
+
+// V = B^T d B of tile rows [r0, r1) (tile row r: image r / TH, row r % TH) of group gi's input
+// channels into Vt [e][t][np], VL channels a vector, from the tile rows' input rows of one image at
+// a time, transposed channel-blocked and zero-padded into xb.
 template <typename T>
-__attribute__((always_inline)) inline void wb_item_impl(const WinoBlocked<T>& b, int64_t gi, int64_t r0, int64_t r1,
-                                                        const T* a, const T* U, const Epilogue<T>* ep, T* out,
-                                                        T* s) {
+__attribute__((always_inline)) inline void wb_input(const WinoBlocked<T>& b, int64_t gi, int64_t r0, int64_t r1,
+                                                    const T* a, T* xb, T* Vt) {
   using G = GroupedTile<T>;
   using V = typename G::vec;
-  constexpr int VL = G::VL, OB = 2 * VL, PX = WinoBlocked<T>::PX;
+  constexpr int VL = G::VL;
   const Geo& g = b.g;
   const int64_t ni = b.ni, np = b.np, TH = b.TH, TW = b.TW, Wq = b.Wq, Tc = (r1 - r0) * TW;
-  T* xb = s;                                    // [channel block][row][Wq][VL]
-  T* Vt = xb + np * (2 * (r1 - r0) + 2) * Wq;  // V[e][t][np]
-  T* M = Vt + 16 * Tc * np;                    // M[e][t][OB]
-  T* tmp = M + 16 * Tc * OB;                   // outputs [tile row][2 rows][Wo][OB]
-  // V = B^T d B per tile on VL channels at once, from the tile rows' input rows of one image at a
-  // time, transposed channel-blocked and zero-padded into xb.
-  for (int64_t r = r0; r < r1;) {
-    const int64_t n = r / TH, re = std::min(r1, (n + 1) * TH), th0 = r % TH, R = 2 * (re - r) + 2;
+  image_runs(TH, r0, r1, [&](int64_t n, int64_t r, int64_t re) __attribute__((always_inline)) {
+    const int64_t th0 = r % TH, R = 2 * (re - r) + 2;
     std::fill(xb, xb + np * R * Wq, T(0));
     for (int64_t cb = 0; cb < np / VL; ++cb) {
       const T* plane = a + (n * g.C + gi * ni + cb * VL) * g.HW();
@@ -1937,8 +1954,24 @@ __attribute__((always_inline)) inline void wb_item_impl(const WinoBlocked<T>& b,
         }
       }
     }
-    r = re;
-  }
+  });
+}
+
+// One item of the forward: group gi, tile rows [r0, r1) of the batch.
+template <typename T>
+__attribute__((always_inline)) inline void wb_item_impl(const WinoBlocked<T>& b, int64_t gi, int64_t r0, int64_t r1,
+                                                        const T* a, const T* U, const Epilogue<T>* ep, T* out,
+                                                        T* s) {
+  using G = GroupedTile<T>;
+  using V = typename G::vec;
+  constexpr int VL = G::VL, OB = 2 * VL, PX = WinoBlocked<T>::PX;
+  const Geo& g = b.g;
+  const int64_t ni = b.ni, np = b.np, TH = b.TH, TW = b.TW, Wq = b.Wq, Tc = (r1 - r0) * TW;
+  T* xb = s;                                    // [channel block][row][Wq][VL]
+  T* Vt = xb + np * (2 * (r1 - r0) + 2) * Wq;  // V[e][t][np]
+  T* M = Vt + 16 * Tc * np;                    // M[e][t][OB]
+  T* tmp = M + 16 * Tc * OB;                   // outputs [tile row][2 rows][Wo][OB]
+  wb_input(b, gi, r0, r1, a, xb, Vt);
   for (int64_t ob = 0; ob < b.nob; ++ob) {
     // The 16 products, each over all the item's tiles with its weights U[e] (ni OB values) in L1.
     const T* Ub = U + (gi * b.nob + ob) * 16 * np * OB;
@@ -1973,12 +2006,150 @@ __attribute__((always_inline)) inline void wb_item_impl(const WinoBlocked<T>& b,
       }
     }
     // Per image: its tile rows' outputs are one pixel range of y's planes.
-    for (int64_t r = r0; r < r1;) {
-      const int64_t n = r / TH, re = std::min(r1, (n + 1) * TH);
+    image_runs(TH, r0, r1, [&](int64_t n, int64_t r, int64_t re) __attribute__((always_inline)) {
       const int64_t p0 = 2 * (r % TH) * g.Wo, p1 = std::min(g.Ho, 2 * ((re - 1) % TH) + 2) * g.Wo;
       blk_store(g, tmp + 2 * (r - r0) * g.Wo * OB, n, gi * g.Kg() + ob * OB, p0, p1, ep, out);
-      r = re;
+    });
+  }
+}
+
+// Z = A dY A^T of tile rows [r0, r1) of group gi's output channels of dy into Z [e][t][Kg] (the
+// channels in the lanes), from dy's rows transposed channel-blocked into dyb; A^T = [1 1 1 0;
+// 0 1 -1 -1] (dL/dM for Y = A^T M A).
+template <typename T>
+__attribute__((always_inline)) inline void wb_grad_output(const WinoBlocked<T>& b, int64_t gi, int64_t r0, int64_t r1,
+                                                          const T* dy, T* dyb, T* Z) {
+  using G = GroupedTile<T>;
+  using V = typename G::vec;
+  constexpr int VL = G::VL;
+  const Geo& g = b.g;
+  const int64_t Kg = g.Kg(), TH = b.TH, TW = b.TW, W2 = 2 * TW, Tc = (r1 - r0) * TW;
+  image_runs(TH, r0, r1, [&](int64_t n, int64_t r, int64_t re) __attribute__((always_inline)) {
+    const int64_t th0 = r % TH, R = 2 * (re - r);
+    std::fill(dyb, dyb + Kg * R * W2, T(0));
+    for (int64_t kb = 0; kb < Kg / VL; ++kb) {
+      const T* plane = dy + (n * g.K + gi * Kg + kb * VL) * g.L();
+      for (int64_t q = 0; q < R && 2 * th0 + q < g.Ho; ++q)
+        to_lanes(plane + (2 * th0 + q) * g.Wo, g.L(), g.Wo, VL, dyb + (kb * R + q) * W2 * VL);
+      for (int64_t t = (r - r0) * TW; t < (re - r0) * TW; ++t) {
+        const T* p = dyb + ((kb * R + 2 * (t / TW - (r - r0))) * W2 + 2 * (t % TW)) * VL;
+        V d[2][2], h[4][2];
+        for (int ra = 0; ra < 2; ++ra)
+          for (int q = 0; q < 2; ++q) G::load(d[ra][q], p + (ra * W2 + q) * VL);
+        for (int q = 0; q < 2; ++q)
+          h[0][q] = d[0][q], h[1][q] = d[0][q] + d[1][q], h[2][q] = d[0][q] - d[1][q], h[3][q] = -d[1][q];
+        T* z = Z + t * Kg + kb * VL;
+        for (int a = 0; a < 4; ++a) {
+          G::store(z + (4 * a) * Tc * Kg, h[a][0]);
+          G::store(z + (4 * a + 1) * Tc * Kg, h[a][0] + h[a][1]);
+          G::store(z + (4 * a + 2) * Tc * Kg, h[a][0] - h[a][1]);
+          G::store(z + (4 * a + 3) * Tc * Kg, -h[a][1]);
+        }
+      }
     }
+  });
+}
+
+// P[j][o] += sum_{t < nt} v[t * ldv + j] z[t * ldz + o] for JN input channels j and 2 vectors of
+// output channels o (P's rows ldp apart).
+template <typename T, int JN>
+__attribute__((always_inline)) inline void wb_outer(const T* v, int64_t ldv, const T* z, int64_t ldz, int64_t nt,
+                                                    T* P, int64_t ldp) {
+  using G = GroupedTile<T>;
+  using V = typename G::vec;
+  constexpr int VL = G::VL;
+  V acc[2][JN];
+  for (int j = 0; j < JN; ++j) acc[0][j] = acc[1][j] = V{};
+  for (int64_t t = 0; t < nt; ++t, v += ldv, z += ldz) {
+    V z0, z1;
+    G::load(z0, z);
+    G::load(z1, z + VL);
+    for (int j = 0; j < JN; ++j) {
+      const T s = v[j];
+      acc[0][j] += z0 * s;
+      acc[1][j] += z1 * s;
+    }
+  }
+  for (int j = 0; j < JN; ++j)
+    for (int v2 = 0; v2 < 2; ++v2) {
+      V cur;
+      G::load(cur, P + j * ldp + v2 * VL);
+      G::store(P + j * ldp + v2 * VL, cur + acc[v2][j]);
+    }
+}
+
+// One weight-grad item: group gi, tile rows [r0, r1) of the batch (one run), summed into the
+// run's partial dU P [e][np][Kg], chunk after chunk.
+template <typename T>
+__attribute__((always_inline)) inline void wb_wgrad_impl(const WinoBlocked<T>& b, int64_t gi, int64_t r0, int64_t r1,
+                                                         const T* x, const T* dy, T* P, T* s) {
+  constexpr int OB = WinoBlocked<T>::OB, PX = WinoBlocked<T>::PX;
+  const int64_t np = b.np, Kg = b.g.Kg();
+  T* xb = s;
+  T* Vt = xb + np * (2 * b.rows + 2) * b.Wq;
+  T* dyb = Vt + 16 * b.rows * b.TW * np;
+  T* Z = dyb + Kg * 2 * b.rows * 2 * b.TW;
+  std::fill(P, P + 16 * np * Kg, T(0));
+  for (int64_t c0 = r0; c0 < r1; c0 += b.rows) {
+    const int64_t c1 = std::min(r1, c0 + b.rows), Tc = (c1 - c0) * b.TW;
+    wb_input(b, gi, c0, c1, x, xb, Vt);
+    wb_grad_output(b, gi, c0, c1, dy, dyb, Z);
+    for (int e = 0; e < 16; ++e)
+      for (int64_t ob = 0; ob < b.nob; ++ob) {
+        const T* v = Vt + e * Tc * np;
+        const T* z = Z + e * Tc * Kg + ob * OB;
+        T* p = P + e * np * Kg + ob * OB;
+        int64_t j = 0;
+        for (; j + PX <= np; j += PX) wb_outer<T, PX>(v + j, np, z, Kg, Tc, p + j * Kg, Kg);
+        switch (np - j) {
+          case 5: wb_outer<T, 5>(v + j, np, z, Kg, Tc, p + j * Kg, Kg); break;
+          case 4: wb_outer<T, 4>(v + j, np, z, Kg, Tc, p + j * Kg, Kg); break;
+          case 3: wb_outer<T, 3>(v + j, np, z, Kg, Tc, p + j * Kg, Kg); break;
+          case 2: wb_outer<T, 2>(v + j, np, z, Kg, Tc, p + j * Kg, Kg); break;
+          case 1: wb_outer<T, 1>(v + j, np, z, Kg, Tc, p + j * Kg, Kg); break;
+          default: break;
+        }
+      }
+  }
+}
+
+// dw of (group gi, lane block ob) = G^T dU G from the runs' partials, summed in run order.
+template <typename T>
+__attribute__((always_inline)) inline void wb_wgrad_out_impl(const WinoBlocked<T>& b, int64_t gi, int64_t ob,
+                                                             const T* part, T* dw) {
+  using G = GroupedTile<T>;
+  using V = typename G::vec;
+  constexpr int VL = G::VL, OB = 2 * VL;
+  const Geo& g = b.g;
+  const int64_t np = b.np, Kg = g.Kg(), Cg = g.Cg(), psz = 16 * np * Kg;
+  const V half = V{} + T(0.5);
+  alignas(32) T out[9][OB];
+  for (int64_t c = 0; c < Cg; ++c) {
+    for (int v = 0; v < 2; ++v) {
+      V u[16];
+      for (int e = 0; e < 16; ++e) {
+        const T* p = part + gi * b.splits * psz + (e * np + c) * Kg + ob * OB + v * VL;
+        G::load(u[e], p);
+        for (int64_t r = 1; r < b.splits; ++r) {
+          V q;
+          G::load(q, p + r * psz);
+          u[e] += q;
+        }
+      }
+      V hv[3][4];  // G^T dU: rows a of U into the kernel's rows i
+      for (int q = 0; q < 4; ++q) {
+        const V s12 = half * (u[4 + q] + u[8 + q]);
+        hv[0][q] = u[q] + s12, hv[1][q] = half * (u[4 + q] - u[8 + q]), hv[2][q] = s12 + u[12 + q];
+      }
+      for (int i = 0; i < 3; ++i) {  // then G along the columns
+        const V s12 = half * (hv[i][1] + hv[i][2]);
+        G::store(out[3 * i] + v * VL, hv[i][0] + s12);
+        G::store(out[3 * i + 1] + v * VL, half * (hv[i][1] - hv[i][2]));
+        G::store(out[3 * i + 2] + v * VL, s12 + hv[i][3]);
+      }
+    }
+    for (int l = 0; l < OB; ++l)
+      for (int t = 0; t < 9; ++t) dw[((gi * Kg + ob * OB + l) * Cg + c) * 9 + t] = out[t][l];
   }
 }
 
@@ -1990,12 +2161,38 @@ PYDL_SIMD_DISPATCH(template <typename T>, <T>, void, wb_item,
                     const Epilogue<T>* ep, T* out, T* s),
                    (b, gi, r0, r1, a, U, ep, out, s))
 
-// Forward (a = x, out = y) or input grad (a = dy, out = dx, no epilogue).
+PYDL_SIMD_DISPATCH(template <typename T>, <T>, void, wb_wgrad,
+                   (const WinoBlocked<T>& b, int64_t gi, int64_t r0, int64_t r1, const T* x, const T* dy, T* P,
+                    T* s),
+                   (b, gi, r0, r1, x, dy, P, s))
+PYDL_SIMD_DISPATCH(template <typename T>, <T>, void, wb_wgrad_out,
+                   (const WinoBlocked<T>& b, int64_t gi, int64_t ob, const T* part, T* dw), (b, gi, ob, part, dw))
+
+// Forward (a = x, w, out = y), input grad (a = dy, w, out = dx, no epilogue) or weight grad
+// (a = x, w = dy, out = dw).
 template <typename T>
 void wino_blocked_run(const Geo& geo, Dir d, const T* a, const T* w, const Epilogue<T>* ep, T* out) {
   const WinoBlocked<T> b(geo, d);
   const Geo& g = b.g;
   constexpr int OB = WinoBlocked<T>::OB;
+  if (b.wg) {
+    T* part = static_cast<T*>(t_pack.get(b.shared() * (int64_t)sizeof(T)));
+    const int64_t all = g.N * b.TH, psz = 16 * b.np * g.Kg();
+    ParallelError err;
+#pragma omp parallel if (parallel_pays(g))
+    {
+      T* s = thread_scratch<T>(b.scratch(), err);
+#pragma omp for schedule(static)
+      for (int64_t it = 0; it < g.G * b.splits; ++it) {
+        const int64_t gi = it / b.splits, r = it % b.splits;
+        if (s) wb_wgrad<T>(b, gi, all * r / b.splits, all * (r + 1) / b.splits, a, w, part + it * psz, s);
+      }
+#pragma omp for schedule(static)
+      for (int64_t gob = 0; gob < g.G * b.nob; ++gob) wb_wgrad_out<T>(b, gob / b.nob, gob % b.nob, part, out);
+    }
+    err.rethrow();
+    return;
+  }
   const Epilogue<T> none{};
   if (!ep) ep = &none;
   T* U = static_cast<T*>(t_pack.get(b.shared() * (int64_t)sizeof(T)));
@@ -2216,10 +2413,13 @@ inline bool winograd_groups_pay(Dir d, const Geo& g) {
 // winograd_blocked on grouped 3x3 layers (16+ lanes a group) and on dense ones of up to 128
 // channels (wider ones are wide GEMMs for winograd), where the batch has at least as many tiles as
 // a group has input channels: the kernels' transform, 16/9 of their size, is made once per call.
+// The weight gradient on grouped layers whose runs' partial sums stay small (dense ones need many
+// runs of large partials for the threads).
 inline bool wino_blocked_pays(Dir d, const Geo& g) {
   const bool dx = d == Dir::input_grad;
   const int64_t ni = dx ? g.Kg() : g.Cg(), ho = dx ? g.H : g.Ho, wo = dx ? g.W : g.Wo;
   if (g.N * ((ho + 1) / 2) * ((wo + 1) / 2) < ni) return false;
+  if (d == Dir::weight_grad) return g.G > 1 && std::max<int64_t>(1, 16 / g.G) * g.Cg() * g.Kg() <= 16384;
   return g.G > 1 || std::max(g.Cg(), g.Kg()) <= 128;
 }
 
@@ -2228,7 +2428,7 @@ inline bool wino_blocked_pays(Dir d, const Geo& g) {
 Algo choose(Dir d, const Geo& g, int64_t elem, bool winograd_ok = true) {
   if (g.depthwise())  // per plane only where the interleaved planes do not fit the workspace cap
     return applies(d, Algo::depthwise_blocked, g, elem) ? Algo::depthwise_blocked : Algo::depthwise;
-  if (d != Dir::weight_grad && wino_blocked_pays(d, g) && applies(d, Algo::winograd_blocked, g, elem))
+  if (wino_blocked_pays(d, g) && applies(d, Algo::winograd_blocked, g, elem))
     return Algo::winograd_blocked;
   if (winograd_ok && winograd_fits(g) && winograd_groups_pay(d, g)) {
     const bool pays = d == Dir::input_grad && winograd_fits(g) == 1
@@ -2455,6 +2655,7 @@ void backward_weight(const Geo& g, const T* dy, const T* x, T* dw) {
   if (a == Algo::depthwise_blocked) return dw_blocked_run<T>(g, Dir::weight_grad, x, dy, nullptr, dw);
   if (a == Algo::grouped) return grouped_run<T>(g, Dir::weight_grad, x, dy, nullptr, dw);
   if (a == Algo::blocked) return blocked_run<T>(g, Dir::weight_grad, x, dy, nullptr, dw);
+  if (a == Algo::winograd_blocked) return wino_blocked_run<T>(g, Dir::weight_grad, x, dy, nullptr, dw);
   if (a == Algo::winograd) {
     if (g.dh * g.dw > 1 ? winograd_conv3x3_dilated_weight(g.N, g.C, g.H, g.W, g.K, g.Ho, g.Wo, g.dh, g.dw, g.ph, g.pw,
                                                           x, dy, dw, g.G)

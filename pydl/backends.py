@@ -41,8 +41,8 @@ _ALGORITHMS = {
     "direct_blocked": (8, "16 (float) / 8 (double) channels of a group in vector lanes (output channels; input "
                           "channels for the input gradient), register blocks of them x 6 pixels, any stride: "
                           "many channels per group on small planes, few-channel stems, and dense 5x5 and larger kernels"),
-    "winograd_blocked": (9, "3x3, stride 1, no dilation (forward and input gradient): Winograd F(2x2, 3x3) with "
-                            "direct_blocked's channel lanes, no BLAS: grouped layers of 16-64 channels per group"),
+    "winograd_blocked": (9, "3x3, stride 1, no dilation: Winograd F(2x2, 3x3) with direct_blocked's channel "
+                            "lanes, no BLAS: grouped layers of 16-64 channels per group, dense ones of up to 128"),
 }
 _DIRECTIONS = ("forward", "input_grad", "weight_grad")
 _DEVICES = ("cpu", "cuda")

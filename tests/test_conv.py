@@ -1045,7 +1045,7 @@ _EXPECTED_PAIRS = {("depthwise", d) for d in ("forward", "input_grad", "weight_g
     {("im2col_tiled", d) for d in ("forward", "input_grad", "weight_grad")} | \
     {(a, d) for a in ("grouped_direct", "depthwise_blocked", "direct_blocked")
      for d in ("forward", "input_grad", "weight_grad")}
-_EXPECTED_PAIRS |= {("winograd_blocked", "forward"), ("winograd_blocked", "input_grad")}
+_EXPECTED_PAIRS |= {("winograd_blocked", d) for d in ("forward", "input_grad", "weight_grad")}
 
 
 def _run_direction(direction, x, w, b, dy, kw):
@@ -1083,22 +1083,25 @@ def test_every_conv_algorithm_forced(dtype, algorithm, simd_level):
     assert ran == {p for p in _EXPECTED_PAIRS if p[0] == algorithm}, ran
 
 
-def test_direct_blocked_counts_its_shared_buffer_against_the_cap():
-    """direct_blocked's weight gradient keeps per-chunk partials (590 KB here) beside the threads'
-    scratch (a few KB): under a 300 KB cap it does not apply, forced or automatic."""
-    xs, ws, kw = (8, 64, 7, 7), (64, 32, 3, 3), dict(padding=1, groups=2)
-    assert pydl.backends.conv_algorithm_choice("weight_grad", xs, ws, **kw) == "direct_blocked"
+@pytest.mark.parametrize("algorithm,stride", [("direct_blocked", 2), ("winograd_blocked", 1)])
+def test_blocked_weight_grad_counts_its_shared_buffer_against_the_cap(algorithm, stride):
+    """The blocked weight gradients keep per-run partial sums (direct_blocked 590 KB here,
+    winograd_blocked 1 MB) beside the threads' scratch: under a 300 KB cap they do not apply,
+    forced or automatic."""
+    xs, ws, kw = (8, 64, 7, 7), (64, 32, 3, 3), dict(stride=stride, padding=1, groups=2)
+    assert pydl.backends.conv_algorithm_choice("weight_grad", xs, ws, **kw) == algorithm
     rng = np.random.default_rng(7)
     x, w = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
-    dy = rng.standard_normal(xs).astype(np.float32)
+    ho = (7 + 2 - 3) // stride + 1
+    dy = rng.standard_normal((8, 64, ho, ho)).astype(np.float32)
     want = R.conv2d_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), **kw)[1]
     old = F.get_conv_workspace_limit()
     try:
         F.set_conv_workspace_limit(300_000)
-        assert pydl.backends.conv_algorithm_choice("weight_grad", xs, ws, **kw) != "direct_blocked"
+        assert pydl.backends.conv_algorithm_choice("weight_grad", xs, ws, **kw) != algorithm
         assert_close(F.conv2d_backward(dy, x, w, **kw, output_mask=(False, True, False))[1], want, np.float32)
-        with pydl.backends.conv_algorithm(weight_grad="direct_blocked"):
-            with pytest.raises(ValueError, match="'direct_blocked' does not apply"):
+        with pydl.backends.conv_algorithm(weight_grad=algorithm):
+            with pytest.raises(ValueError, match=f"'{algorithm}' does not apply"):
                 F.conv2d_backward(dy, x, w, **kw, output_mask=(False, True, False))
     finally:
         F.set_conv_workspace_limit(old)
@@ -1119,25 +1122,24 @@ def test_conv_algorithm_auto_choice_and_restore():
         assert B.conv_algorithm_choice(d, (1, 8, 1500, 1500), (8, 1, 3, 3), padding=1, groups=8) == "depthwise"
     assert B.conv_algorithm_choice("weight_grad", (1, 3, 11, 10), (4, 3, 3, 3), padding=2,
                                    dilation=2) == "im2col_tiled"
-    # winograd_blocked: stride-1 3x3 layers of 16-channel groups and dense ones of up to 128
-    # channels (forward, input grad), while the batch has as many 2x2 tiles as a group has inputs
-    for d in ("forward", "input_grad"):
+    # winograd_blocked: stride-1 3x3 layers of 16-channel groups (and dense ones of up to 128
+    # channels but for their weight gradient), while the batch has as many 2x2 tiles as a group
+    # has inputs
+    for d in ("forward", "input_grad", "weight_grad"):
         assert B.conv_algorithm_choice(d, (8, 1024, 7, 7), (1024, 32, 3, 3), padding=1, groups=32) == "winograd_blocked"
         assert B.conv_algorithm_choice(d, (8, 512, 28, 28), (512, 16, 3, 3), padding=1, groups=32) == "winograd_blocked"
+        # 16 tiles for 64 input channels a group: the kernels' transform does not pay back
+        assert B.conv_algorithm_choice(d, (1, 2048, 7, 7), (2048, 64, 3, 3), padding=1, groups=32) == "direct_blocked"
+    for d in ("forward", "input_grad"):
         assert B.conv_algorithm_choice(d, (8, 128, 28, 28), (128, 64, 3, 3), padding=1, groups=2) == "winograd_blocked"
         assert B.conv_algorithm_choice(d, (1, 64, 56, 56), (64, 64, 3, 3), padding=1) == "winograd_blocked"
         assert B.conv_algorithm_choice(d, (8, 256, 14, 14), (256, 256, 3, 3), padding=1) == "winograd"
-        # 16 tiles for 64 input channels a group: the kernels' transform does not pay back
-        assert B.conv_algorithm_choice(d, (1, 2048, 7, 7), (2048, 64, 3, 3), padding=1, groups=32) == "direct_blocked"
-    # direct_blocked: weight gradients of grouped layers, and an RGB 7x7 stem
-    assert B.conv_algorithm_choice("weight_grad", (8, 1024, 7, 7), (1024, 32, 3, 3), padding=1,
-                                   groups=32) == "direct_blocked"
-    assert B.conv_algorithm_choice("weight_grad", (8, 512, 28, 28), (512, 16, 3, 3), padding=1,
-                                   groups=32) == "direct_blocked"
+    # the weight gradient of few wide groups (large partial sums per run): Winograd per group
+    assert B.conv_algorithm_choice("weight_grad", (8, 128, 28, 28), (128, 64, 3, 3), padding=1, groups=2) == "winograd"
+    assert B.conv_algorithm_choice("weight_grad", (1, 64, 56, 56), (64, 64, 3, 3), padding=1) == "winograd"
     assert B.conv_algorithm_choice("forward", (8, 256, 28, 28), (256, 8, 3, 3), padding=1,
                                    groups=32) == "grouped_direct"  # 8 channels: not a 16-channel block
-    # few wide groups: Winograd per group
-    assert B.conv_algorithm_choice("weight_grad", (8, 128, 28, 28), (128, 64, 3, 3), padding=1, groups=2) == "winograd"
+    # direct_blocked: an RGB 7x7 stem
     for d in ("forward", "weight_grad"):
         assert B.conv_algorithm_choice(d, (1, 3, 224, 224), (64, 3, 7, 7), stride=2, padding=3) == "direct_blocked"
         assert B.conv_algorithm_choice(d, (1, 3, 224, 224), (32, 3, 3, 3), stride=2, padding=1) != "direct_blocked"
