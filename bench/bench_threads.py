@@ -7,9 +7,10 @@
    Reported: median ms alone and mixed, and mixed / alone (1.00: the other library's threads do
    not get in the way; NumPy's OpenBLAS threads spin for a while after each matmul, OpenMP's
    after each pydl call).
-2. Environment: a pydl.models ResNet-50 eval forward at batch 1, each in a fresh process, under
-   every combination of OPENBLAS_NUM_THREADS (unset, 1, 2) and OMP_WAIT_POLICY (unset, active,
-   passive): the median and its ratio to the best of the combinations.
+2. Environment: a pydl.models ResNet-50 eval forward at batch 1 (median of 7), each in a fresh
+   process, under every combination of OPENBLAS_NUM_THREADS (unset, 1, 2) and OMP_WAIT_POLICY
+   (unset, active, passive), in 5 rounds that visit the combinations in rotated order: per
+   combination the median over the rounds and its ratio to the best combination's.
 """
 from __future__ import annotations
 
@@ -92,18 +93,29 @@ print(json.dumps(statistics.median(ts) * 1e3))
 """
 
 
-def environments(runs):
-    rows = []
-    for blas, wait in itertools.product((None, "1", "2"), (None, "active", "passive")):
-        env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY")}
-        if blas:
-            env["OPENBLAS_NUM_THREADS"] = blas
-        if wait:
-            env["OMP_WAIT_POLICY"] = wait
-        out = subprocess.run([sys.executable, "-c", _WORKER, str(runs)], env=env, check=True, capture_output=True,
-                             text=True, cwd=tempfile.gettempdir())  # not a checkout: the installed pydl
-        rows.append(dict(OPENBLAS_NUM_THREADS=blas or "unset", OMP_WAIT_POLICY=wait or "unset",
-                         ms=json.loads(out.stdout.strip().splitlines()[-1])))
+def _env_run(blas, wait, runs):
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY")}
+    if blas:
+        env["OPENBLAS_NUM_THREADS"] = blas
+    if wait:
+        env["OMP_WAIT_POLICY"] = wait
+    out = subprocess.run([sys.executable, "-c", _WORKER, str(runs)], env=env, check=True, capture_output=True,
+                         text=True, cwd=tempfile.gettempdir())  # not a checkout: the installed pydl
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def environments(runs, rounds):
+    """Each combination in a fresh process per round; the rounds visit the combinations in a
+    rotated order (a slow spell of the machine does not land on one of them) after one discarded
+    warm-up process; per combination the median over the rounds."""
+    combos = list(itertools.product((None, "1", "2"), (None, "active", "passive")))
+    _env_run(None, None, runs)
+    times = {c: [] for c in combos}
+    for r in range(rounds):
+        for c in combos[r % len(combos):] + combos[:r % len(combos)]:
+            times[c].append(_env_run(*c, runs))
+    rows = [dict(OPENBLAS_NUM_THREADS=blas or "unset", OMP_WAIT_POLICY=wait or "unset",
+                 ms=statistics.median(times[(blas, wait)]), runs_ms=times[(blas, wait)]) for blas, wait in combos]
     best = min(r["ms"] for r in rows)
     for r in rows:
         r["x_best"] = r["ms"] / best
@@ -117,9 +129,11 @@ def markdown(mix, envs):
         out.append(f"| {r['pydl']} | {r['numpy']} | {r['pydl_alone']:.2f} | {r['pydl_after_numpy']:.2f} | "
                    f"{r['pydl_after_numpy'] / r['pydl_alone']:.2f} | {r['numpy_alone']:.2f} | "
                    f"{r['numpy_after_pydl']:.2f} | {r['numpy_after_pydl'] / r['numpy_alone']:.2f} |")
-    out += ["", "| OPENBLAS_NUM_THREADS | OMP_WAIT_POLICY | ResNet-50 b1 ms | x best |", "|---|---|---|---|"]
+    out += ["", "| OPENBLAS_NUM_THREADS | OMP_WAIT_POLICY | ResNet-50 b1 ms (median of rounds) | x best | rounds ms |",
+            "|---|---|---|---|---|"]
     for r in envs:
-        out.append(f"| {r['OPENBLAS_NUM_THREADS']} | {r['OMP_WAIT_POLICY']} | {r['ms']:.1f} | {r['x_best']:.2f} |")
+        out.append(f"| {r['OPENBLAS_NUM_THREADS']} | {r['OMP_WAIT_POLICY']} | {r['ms']:.1f} | {r['x_best']:.2f} | "
+                   f"{' '.join(f'{t:.0f}' for t in r['runs_ms'])} |")
     return "\n".join(out)
 
 
@@ -129,7 +143,7 @@ def main(argv=None):
     p.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
     args = p.parse_args(argv)
     mix = mixed(7 if args.quick else 21)
-    envs = environments(3 if args.quick else 7)
+    envs = environments(3 if args.quick else 7, 2 if args.quick else 5)
     print(markdown(mix, envs))
     if args.json:
         with open(args.json, "w") as f:

@@ -2411,8 +2411,9 @@ inline bool winograd_groups_pay(Dir d, const Geo& g) {
 }
 
 // winograd_blocked on grouped 3x3 layers (16+ lanes a group) and on dense ones of up to 128
-// channels (wider ones are wide GEMMs for winograd), where the batch has at least as many tiles as
-// a group has input channels: the kernels' transform, 16/9 of their size, is made once per call.
+// channels (wider ones are wide GEMMs for winograd; on AVX-512 hosts, not measured, OpenBLAS's
+// wider GEMMs keep them all), where the batch has at least as many tiles as a group has input
+// channels: the kernels' transform, 16/9 of their size, is made once per call.
 // The weight gradient on grouped layers whose runs' partial sums stay small (dense ones need many
 // runs of large partials for the threads).
 inline bool wino_blocked_pays(Dir d, const Geo& g) {
@@ -2420,7 +2421,7 @@ inline bool wino_blocked_pays(Dir d, const Geo& g) {
   const int64_t ni = dx ? g.Kg() : g.Cg(), ho = dx ? g.H : g.Ho, wo = dx ? g.W : g.Wo;
   if (g.N * ((ho + 1) / 2) * ((wo + 1) / 2) < ni) return false;
   if (d == Dir::weight_grad) return g.G > 1 && std::max<int64_t>(1, 16 / g.G) * g.Cg() * g.Kg() <= 16384;
-  return g.G > 1 || std::max(g.Cg(), g.Kg()) <= 128;
+  return g.G > 1 || (!use_avx512() && std::max(g.Cg(), g.Kg()) <= 128);
 }
 
 // The automatic rule. Winograd may still decline at run time (its chunks do not fit the
