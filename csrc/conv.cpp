@@ -1420,6 +1420,22 @@ void dw_blocked_run(const Geo& g, Dir d, const T* a, const T* bb, const Epilogue
 //    computes zeros;
 //  * weight grad: dw[k][i][t] = sum_p dy[k][p] in[i][base[p] + tap(t)] with the forward's
 //    pixels; k in the lanes, 6 (input channel, tap) pairs per register block, dy pixel-major.
+// f(k, i) for the register blocks of [lo, hi): k = PX-wide blocks from lo, then one block of what
+// is left (k a std::integral_constant, so f can take it as a template argument).
+template <int K, typename F>
+__attribute__((always_inline)) inline void px_tail(int64_t n, int64_t i, F& f) {
+  if constexpr (K > 0) {
+    if (n == K) return f(std::integral_constant<int, K>{}, i);
+    px_tail<K - 1>(n, i, f);
+  }
+}
+template <int PX, typename F>
+__attribute__((always_inline)) inline void px_blocks(int64_t lo, int64_t hi, F&& f) {
+  int64_t i = lo;
+  for (; i + PX <= hi; i += PX) f(std::integral_constant<int, PX>{}, i);
+  px_tail<PX - 1>(hi - i, i, f);
+}
+
 template <typename T>
 struct Blocked {
   static constexpr int VL = 32 / static_cast<int>(sizeof(T)), OB = 2 * VL, PX = 6;
@@ -1608,16 +1624,9 @@ __attribute__((always_inline)) inline void blk_item_impl(const Blocked<T>& b, in
       const int64_t nt = (int64_t)j.off.size(), lo = std::max(p0, b.job_at[jb]), hi = std::min(p1, b.job_at[jb + 1]);
       const int64_t* base = j.base.data() - b.job_at[jb];
       const int64_t* off = j.off.data();
-      int64_t q = lo;
-      for (; q + PX <= hi; q += PX) blk_corr<T, PX>(s, ip, ni, off, nt, wj, base + q, tmp + (q - p0) * OB);
-      switch (hi - q) {
-        case 5: blk_corr<T, 5>(s, ip, ni, off, nt, wj, base + q, tmp + (q - p0) * OB); break;
-        case 4: blk_corr<T, 4>(s, ip, ni, off, nt, wj, base + q, tmp + (q - p0) * OB); break;
-        case 3: blk_corr<T, 3>(s, ip, ni, off, nt, wj, base + q, tmp + (q - p0) * OB); break;
-        case 2: blk_corr<T, 2>(s, ip, ni, off, nt, wj, base + q, tmp + (q - p0) * OB); break;
-        case 1: blk_corr<T, 1>(s, ip, ni, off, nt, wj, base + q, tmp + (q - p0) * OB); break;
-        default: break;
-      }
+      px_blocks<PX>(lo, hi, [&](auto k, int64_t q) __attribute__((always_inline)) {
+        blk_corr<T, decltype(k)::value>(s, ip, ni, off, nt, wj, base + q, tmp + (q - p0) * OB);
+      });
       wj += ni * nt * OB;
     }
     const int64_t o0 = gi * (fwd ? g.Kg() : g.Cg()) + ob * OB;
@@ -1903,6 +1912,18 @@ __attribute__((always_inline)) inline void wb_pack_impl(const WinoBlocked<T>& b,
   for (int e = 0; e < 16; ++e) std::fill(dst + (e * b.np + ni) * OB, dst + (e + 1) * b.np * OB, T(0));
 }
 
+// dst[q][c][l] (R rows of Wp pixels of VL lanes) = plane (l)[h0 + q][c - pw] for lanes l < nc, zero
+// outside the H x W plane (row pitch W, planes ld apart) and for the other lanes.
+template <typename T>
+__attribute__((always_inline)) inline void pad_to_lanes(const T* plane, int64_t ld, int64_t H, int64_t W, int64_t h0,
+                                                        int64_t pw, int64_t R, int64_t Wp, int64_t nc, T* dst) {
+  constexpr int VL = GroupedTile<T>::VL;
+  std::fill(dst, dst + R * Wp * VL, T(0));
+  const int64_t w1 = std::min(W, Wp - pw);
+  for (int64_t q = std::max<int64_t>(0, -h0); q < R && h0 + q < H && w1 > 0; ++q)
+    to_lanes(plane + (h0 + q) * W, ld, w1, nc, dst + (q * Wp + pw) * VL);
+}
+
 // f(n, r, re) for each run [r, re) of tile rows [r0, r1) of the batch that lies in one image n
 // (TH tile rows an image).
 template <typename F>
@@ -1927,14 +1948,9 @@ __attribute__((always_inline)) inline void wb_input(const WinoBlocked<T>& b, int
   const int64_t ni = b.ni, np = b.np, TH = b.TH, TW = b.TW, Wq = b.Wq, Tc = (r1 - r0) * TW;
   image_runs(TH, r0, r1, [&](int64_t n, int64_t r, int64_t re) __attribute__((always_inline)) {
     const int64_t th0 = r % TH, R = 2 * (re - r) + 2;
-    std::fill(xb, xb + np * R * Wq, T(0));
     for (int64_t cb = 0; cb < np / VL; ++cb) {
-      const T* plane = a + (n * g.C + gi * ni + cb * VL) * g.HW();
-      const int64_t nc = std::min<int64_t>(VL, ni - cb * VL);
-      for (int64_t q = 0; q < R; ++q) {
-        const int64_t h = 2 * th0 + q - g.ph, w1 = std::min(g.W, Wq - g.pw);
-        if (h >= 0 && h < g.H && w1 > 0) to_lanes(plane + h * g.W, g.HW(), w1, nc, xb + ((cb * R + q) * Wq + g.pw) * VL);
-      }
+      pad_to_lanes(a + (n * g.C + gi * ni + cb * VL) * g.HW(), g.HW(), g.H, g.W, 2 * th0 - g.ph, g.pw, R, Wq,
+                   std::min<int64_t>(VL, ni - cb * VL), xb + cb * R * Wq * VL);
       for (int64_t t = (r - r0) * TW; t < (re - r0) * TW; ++t) {
         const T* p = xb + ((cb * R + 2 * (t / TW - (r - r0))) * Wq + 2 * (t % TW)) * VL;
         V d[4][4];
@@ -1977,18 +1993,9 @@ __attribute__((always_inline)) inline void wb_item_impl(const WinoBlocked<T>& b,
     const T* Ub = U + (gi * b.nob + ob) * 16 * np * OB;
     for (int e = 0; e < 16; ++e) {
       const T* u = Ub + e * np * OB;
-      int64_t t0 = 0;
-      for (; t0 + PX <= Tc; t0 += PX) wb_dot<T, PX>(Vt + (e * Tc + t0) * np, np, np, u, M + (e * Tc + t0) * OB);
-      T* m = M + (e * Tc + t0) * OB;
-      const T* v = Vt + (e * Tc + t0) * np;
-      switch (Tc - t0) {
-        case 5: wb_dot<T, 5>(v, np, np, u, m); break;
-        case 4: wb_dot<T, 4>(v, np, np, u, m); break;
-        case 3: wb_dot<T, 3>(v, np, np, u, m); break;
-        case 2: wb_dot<T, 2>(v, np, np, u, m); break;
-        case 1: wb_dot<T, 1>(v, np, np, u, m); break;
-        default: break;
-      }
+      px_blocks<PX>(0, Tc, [&](auto k, int64_t t0) __attribute__((always_inline)) {
+        wb_dot<T, decltype(k)::value>(Vt + (e * Tc + t0) * np, np, np, u, M + (e * Tc + t0) * OB);
+      });
     }
     // Y = A^T M A per tile, on the lane vectors; outputs past the plane's edge are dropped.
     for (int64_t tt = 0; tt < Tc; ++tt) {
@@ -2026,11 +2033,9 @@ __attribute__((always_inline)) inline void wb_grad_output(const WinoBlocked<T>& 
   const int64_t Kg = g.Kg(), TH = b.TH, TW = b.TW, W2 = 2 * TW, Tc = (r1 - r0) * TW;
   image_runs(TH, r0, r1, [&](int64_t n, int64_t r, int64_t re) __attribute__((always_inline)) {
     const int64_t th0 = r % TH, R = 2 * (re - r);
-    std::fill(dyb, dyb + Kg * R * W2, T(0));
     for (int64_t kb = 0; kb < Kg / VL; ++kb) {
-      const T* plane = dy + (n * g.K + gi * Kg + kb * VL) * g.L();
-      for (int64_t q = 0; q < R && 2 * th0 + q < g.Ho; ++q)
-        to_lanes(plane + (2 * th0 + q) * g.Wo, g.L(), g.Wo, VL, dyb + (kb * R + q) * W2 * VL);
+      pad_to_lanes(dy + (n * g.K + gi * Kg + kb * VL) * g.L(), g.L(), g.Ho, g.Wo, 2 * th0, 0, R, W2, VL,
+                   dyb + kb * R * W2 * VL);
       for (int64_t t = (r - r0) * TW; t < (re - r0) * TW; ++t) {
         const T* p = dyb + ((kb * R + 2 * (t / TW - (r - r0))) * W2 + 2 * (t % TW)) * VL;
         V d[2][2], h[4][2];
@@ -2099,16 +2104,9 @@ __attribute__((always_inline)) inline void wb_wgrad_impl(const WinoBlocked<T>& b
         const T* v = Vt + e * Tc * np;
         const T* z = Z + e * Tc * Kg + ob * OB;
         T* p = P + e * np * Kg + ob * OB;
-        int64_t j = 0;
-        for (; j + PX <= np; j += PX) wb_outer<T, PX>(v + j, np, z, Kg, Tc, p + j * Kg, Kg);
-        switch (np - j) {
-          case 5: wb_outer<T, 5>(v + j, np, z, Kg, Tc, p + j * Kg, Kg); break;
-          case 4: wb_outer<T, 4>(v + j, np, z, Kg, Tc, p + j * Kg, Kg); break;
-          case 3: wb_outer<T, 3>(v + j, np, z, Kg, Tc, p + j * Kg, Kg); break;
-          case 2: wb_outer<T, 2>(v + j, np, z, Kg, Tc, p + j * Kg, Kg); break;
-          case 1: wb_outer<T, 1>(v + j, np, z, Kg, Tc, p + j * Kg, Kg); break;
-          default: break;
-        }
+        px_blocks<PX>(0, np, [&](auto k, int64_t j) __attribute__((always_inline)) {
+          wb_outer<T, decltype(k)::value>(v + j, np, z, Kg, Tc, p + j * Kg, Kg);
+        });
       }
   }
 }
