@@ -71,10 +71,10 @@ bool winograd_pays(int64_t N, int64_t Cin, int64_t Cout, int64_t Hout, int64_t W
   if (stride == 1)
     return Cin >= 16 && Cout >= 16 && tiles >= (weight_grad ? 192 : 48) && 10 * Hout * Wout >= 7 * tiled;
   // Stride 2 saves only 25 of 36 multiplies, so the 2x2 tiles must not overhang the output
-  // much (7x7 outputs: 64 tiled for 49), and the forward needs 64 input channels to beat
-  // im2col where the weight gradient already does at 16. The input gradient (the forward's
-  // adjoint, called with weight_grad false) takes the forward's rule.
-  if (10 * Hout * Wout < 9 * tiled || tiles < 192) return false;
+  // much (7x7 outputs: 64 tiled for 49; 17x17, 324 for 289, still pays), and the forward needs
+  // 64 input channels to beat im2col where the weight gradient already does at 16. The input
+  // gradient (the forward's adjoint, called with weight_grad false) takes the forward's rule.
+  if (100 * Hout * Wout < 88 * tiled || tiles < 192) return false;
   return weight_grad ? Cin >= 16 && Cout >= 16 : Cin >= 64 && Cout >= 64;
 }
 
