@@ -24,13 +24,14 @@
 //  * grouped_direct (groups of several channels, any stride; all three directions): per (image,
 //    group) the planes on the flat grid of phase planes, register blocks of channels x flat
 //    outputs (4 x 3 vectors; 8 x 3 AVX-512 vectors for forward and input grad); no im2col, no BLAS.
-//  * direct_blocked (every group's channels in blocks of 16 float / 8 double, any stride; all three
-//    directions): channels in the vector lanes, register blocks of 2 vectors x 6 pixels, for many
-//    channels per group on small planes (no lane padding), few-channel stems and dense kernels of
+//  * direct_blocked (every group's channels in blocks of 16 float / 8 double, the last one zero-padded,
+//    any stride; all three directions): channels in the vector lanes, register blocks of 2 vectors x
+//    6 pixels, for many channels per group on small planes, few-channel stems and dense kernels of
 //    5x5 and more (no im2col).
 //  * winograd_blocked (3x3, stride 1, no dilation; all three directions): winograd's F(2x2, 3x3) on
 //    direct_blocked's lane blocks, the 16 products of a tile block summed in registers (no
-//    per-group BLAS call), for grouped layers of 16-64 channels a group and dense ones of up to 128.
+//    per-group BLAS call), for grouped layers of 16 or more channels a group (ResNeXt's, RegNet's
+//    24) and dense ones of up to 128.
 //  * tiled, any geometry: im2col + GEMM over a bounded column buffer: the batch (and, for big
 //    images, the output pixels) is cut into tiles whose columns (C*kh*kw rows x tile width) plus one
 //    GEMM result fit under the workspace cap (default 64 MiB, and a 4 MiB cache target so
@@ -479,32 +480,73 @@ struct Flat {
   }
 };
 
+// Stride 2 splits rows into two column phases: d0[c] = s[2c], d1[c] = s[2c + 1] and back. A
+// constant stride lets the compiler vectorize them (shuffles); a runtime stride does not.
+template <typename T>
+__attribute__((always_inline)) inline void deinterleave2(const T* __restrict s, T* __restrict d0, T* __restrict d1,
+                                                         int64_t n) {
+  for (int64_t c = 0; c < n; ++c) {
+    d0[c] = s[2 * c];
+    d1[c] = s[2 * c + 1];
+  }
+}
+template <typename T>
+__attribute__((always_inline)) inline void interleave2(const T* __restrict s0, const T* __restrict s1,
+                                                       T* __restrict d, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) {
+    d[2 * c] = s0[c];
+    d[2 * c + 1] = s1[c];
+  }
+}
+
 // xp (one channel's phase planes) from the plane xc: xp[a, b][r, c] = x[r*sh + a - ph, c*sw + b - pw]
 // (zero outside).
 // Zeroed: xp is already zero (only the image's rows are copied).
 template <typename T, bool Zeroed = false>
 __attribute__((always_inline)) inline void flat_pad(const Geo& g, const Flat& f, const T* xc, T* xp) {
+  // Per column phase b, the columns c with 0 <= c*sw + b - pw < W: [lo[b], hi[b]).
+  int64_t lo[2] = {0, 0}, hi[2] = {0, 0};
+  const int64_t nb = std::min<int64_t>(f.sw, 2);
+  const auto range = [&](int64_t b, int64_t& l, int64_t& h) {
+    const int64_t off = b - g.pw;
+    l = std::min(f.Wp, off >= 0 ? 0 : (-off + f.sw - 1) / f.sw);
+    h = std::min(f.Wp, std::max(l, g.W - off <= 0 ? 0 : (g.W - off - 1) / f.sw + 1));
+  };
+  for (int64_t b = 0; b < nb; ++b) range(b, lo[b], hi[b]);
+  const int64_t hw = f.Hp * f.Wp;
   for (int64_t a = 0; a < f.sh; ++a)
-    for (int64_t b = 0; b < f.sw; ++b) {
-      // Columns c with 0 <= c*sw + b - pw < W: [lo, hi).
-      const int64_t off = b - g.pw;
-      const int64_t lo = std::min(f.Wp, off >= 0 ? 0 : (-off + f.sw - 1) / f.sw);
-      const int64_t hi = std::min(f.Wp, std::max(lo, g.W - off <= 0 ? 0 : (g.W - off - 1) / f.sw + 1));
-      T* ph = xp + (a * f.sw + b) * f.Hp * f.Wp;
-      for (int64_t r = 0; r < f.Hp; ++r) {
-        T* d = ph + r * f.Wp;
-        const int64_t ih = r * f.sh + a - g.ph;
-        if (ih < 0 || ih >= g.H || hi <= lo) {
-          if (!Zeroed) std::fill(d, d + f.Wp, T(0));
-          continue;
+    for (int64_t r = 0; r < f.Hp; ++r) {
+      const int64_t ih = r * f.sh + a - g.ph;
+      T* d = xp + a * f.sw * hw + r * f.Wp;  // phase (a, b)'s row r at d + b*hw
+      if (ih < 0 || ih >= g.H) {
+        if (!Zeroed)
+          for (int64_t b = 0; b < f.sw; ++b) std::fill(d + b * hw, d + b * hw + f.Wp, T(0));
+        continue;
+      }
+      const T* s = xc + ih * g.W - g.pw;  // s[c*sw + b] is column c of phase b
+      if (f.sw == 2) {
+        // Both phases at once where both are inside the image, the ends one by one.
+        const int64_t c0 = std::max(lo[0], lo[1]), c1 = std::max(c0, std::min(hi[0], hi[1]));
+        deinterleave2(s + 2 * c0, d + c0, d + hw + c0, c1 - c0);
+        for (int64_t b = 0; b < 2; ++b) {
+          T* db = d + b * hw;
+          if (!Zeroed) std::fill(db, db + lo[b], T(0));
+          for (int64_t c = lo[b]; c < std::min(hi[b], c0); ++c) db[c] = s[2 * c + b];
+          for (int64_t c = std::max(lo[b], c1); c < hi[b]; ++c) db[c] = s[2 * c + b];
+          if (!Zeroed) std::fill(db + hi[b], db + f.Wp, T(0));
         }
-        const T* s = xc + ih * g.W + off;
-        if (!Zeroed) std::fill(d, d + lo, T(0));
+        continue;
+      }
+      for (int64_t b = 0; b < f.sw; ++b) {
+        int64_t l = lo[0], h = hi[0];
+        if (b > 0) range(b, l, h);
+        T* db = d + b * hw;
+        if (!Zeroed) std::fill(db, db + l, T(0));
         if (f.sw == 1)
-          std::memcpy(d + lo, s + lo, (size_t)(hi - lo) * sizeof(T));
+          std::memcpy(db + l, s + l, (size_t)(std::max(l, h) - l) * sizeof(T));
         else
-          for (int64_t c = lo; c < hi; ++c) d[c] = s[c * f.sw];
-        if (!Zeroed) std::fill(d + hi, d + f.Wp, T(0));
+          for (int64_t c = l; c < h; ++c) db[c] = s[c * f.sw + b];
+        if (!Zeroed) std::fill(db + std::max(l, h), db + f.Wp, T(0));
       }
     }
 }
@@ -526,6 +568,16 @@ __attribute__((always_inline)) inline void flat_unpad(const Geo& g, const Flat& 
       std::fill(d, d + a, T(0));
       std::memcpy(d + a, row + a + g.pw, (size_t)(e - a) * sizeof(T));
       std::fill(d + e, d + g.W, T(0));
+      continue;
+    }
+    if (f.sw == 2 && g.pw >= 0) {
+      // Padded column P = iw + pw is column P / 2 of phase P % 2; P < 2*Wp lies in the planes.
+      const T* s1 = row + f.Hp * f.Wp;
+      const int64_t pe = std::min(g.pw + g.W, 2 * f.Wp), c0 = (g.pw + 1) / 2, c1 = std::max(c0, pe / 2);
+      for (int64_t p = g.pw; p < std::min(pe, 2 * c0); ++p) d[p - g.pw] = (p & 1 ? s1 : row)[p / 2];
+      interleave2(row + c0, s1 + c0, d + 2 * c0 - g.pw, c1 - c0);
+      for (int64_t p = std::max(g.pw, 2 * c1); p < pe; ++p) d[p - g.pw] = (p & 1 ? s1 : row)[p / 2];
+      std::fill(d + std::max<int64_t>(0, pe - g.pw), d + g.W, T(0));
       continue;
     }
     // Column phase b holds the pixels iw = iw0, iw0 + sw, ... at c = (iw0 + pw) / sw, c + 1, ...
@@ -1449,7 +1501,7 @@ struct Blocked {
   std::vector<int64_t> tap;
   std::vector<Job> jobs;
   std::vector<int64_t> job_at;  // pixels before each job, and their total
-  int64_t taps, margin = 0, ipl = 0, nob, chunk, nch;  // every tap is in exactly one job
+  int64_t taps, margin = 0, ipl = 0, nl, nob, chunk, nch;  // every tap is in exactly one job; nl: lane channels
   // lists = false: the sizes only (applies() asks for them on every call).
   Blocked(const Geo& geo, Dir dir, bool lists = true)
       : g(geo), d(dir), f(geo), tap(f.taps(geo)), taps(geo.kh * geo.kw) {
@@ -1458,7 +1510,8 @@ struct Blocked {
       for (int64_t t = 0; t < taps; ++t) margin = std::max(margin, tap[t] % hw);
       ipl = 2 * margin + hw + 1;  // margin, the flat grid, a zero tail of margin + 1
     }
-    nob = (d == Dir::input_grad ? g.Cg() : g.Kg()) / OB;
+    nl = d == Dir::input_grad ? g.Cg() : g.Kg();
+    nob = (nl + OB - 1) / OB;
     // Enough items for the threads (4 each) without chunks under a few register blocks.
     const int64_t np = d == Dir::input_grad ? g.HW() : g.L(), per = g.N * g.G;
     nch = std::max((np + kChunk - 1) / kChunk, std::min((4 * max_threads() + per - 1) / per, (np + 8 * PX - 1) / (8 * PX)));
@@ -1489,17 +1542,15 @@ struct Blocked {
     job_at.push_back(0);
     for (const Job& j : jobs) job_at.push_back(job_at.back() + (int64_t)j.base.size());
   }
-  static bool fits(const Geo& g, Dir d) {
-    const int64_t lanes = d == Dir::input_grad ? g.Cg() : g.Kg();
-    return !g.depthwise() && lanes % OB == 0;
-  }
+  static bool fits(const Geo& g, Dir) { return !g.depthwise(); }
+  // Valid lanes of lane block ob (the last one may be part-filled).
+  int64_t lanes(int64_t ob) const { return std::min<int64_t>(OB, nl - ob * OB); }
   // Weight-gradient items: per group, the batch in `chunks` runs summed in order (the same sums
   // for any thread count).
   int64_t wchunks() const { return std::min(g.N, std::max<int64_t>(1, 16 / g.G)); }
   // The calling thread's buffer, in elements: the packed weights, or the weight gradient's partials.
   int64_t shared() const {
-    const int64_t per_group = g.Kg() * g.Cg() * g.kh * g.kw;
-    if (d == Dir::weight_grad) return wchunks() * g.G * per_group;
+    if (d == Dir::weight_grad) return wchunks() * g.G * nob * OB * g.Cg() * taps;
     return g.G * nob * (d == Dir::forward ? g.Cg() : g.Kg()) * taps * OB;
   }
   // Per-thread scratch, in elements.
@@ -1588,18 +1639,21 @@ __attribute__((always_inline)) inline void blk_planes(const Blocked<T>& b, int64
   }
 }
 
-// y[n][o0 + l][p] = tmp[p - p0][l] for the OB lanes l and pixels [p0, p1) of y's planes, then the
-// epilogue on those rows.
+// y[n][o0 + l][p] = tmp[p - p0][l] for the first nl of the OB lanes l and pixels [p0, p1) of y's
+// planes, then the epilogue on those rows.
 template <typename T>
 __attribute__((always_inline)) inline void blk_store(const Geo& g, const T* tmp, int64_t n, int64_t o0, int64_t p0,
-                                                     int64_t p1, const Epilogue<T>* ep, T* out) {
+                                                     int64_t p1, const Epilogue<T>* ep, T* out,
+                                                     int64_t nl = 2 * GroupedTile<T>::VL) {
   constexpr int VL = GroupedTile<T>::VL, OB = 2 * VL;
   T* y = out + (n * g.K + o0) * g.L();
+  const int64_t nv = nl / VL;  // whole lane vectors, transposed VL pixels at a time
   int64_t q = p0;
-  for (; q + VL <= p1; q += VL)
-    for (int v = 0; v < 2; ++v) transpose_vl(tmp + (q - p0) * OB + v * VL, OB, y + v * VL * g.L() + q, g.L());
-  for (int64_t l = 0; l < OB; ++l) {
-    for (int64_t r = q; r < p1; ++r) y[l * g.L() + r] = tmp[(r - p0) * OB + l];
+  if (nv > 0)
+    for (; q + VL <= p1; q += VL)
+      for (int64_t v = 0; v < nv; ++v) transpose_vl(tmp + (q - p0) * OB + v * VL, OB, y + v * VL * g.L() + q, g.L());
+  for (int64_t l = 0; l < nl; ++l) {
+    for (int64_t r = l < nv * VL ? q : p0; r < p1; ++r) y[l * g.L() + r] = tmp[(r - p0) * OB + l];
     const int64_t at = (n * g.K + o0 + l) * g.L() + p0;
     if (ep->bias || ep->fused()) ep->run(out + at, out + at, at, ep->bias_at(o0 + l), p1 - p0);
   }
@@ -1631,13 +1685,13 @@ __attribute__((always_inline)) inline void blk_item_impl(const Blocked<T>& b, in
     }
     const int64_t o0 = gi * (fwd ? g.Kg() : g.Cg()) + ob * OB;
     if (fwd) {  // one job, its pixels in y's own order
-      blk_store(g, tmp, n, o0, p0, p1, ep, out);
+      blk_store(g, tmp, n, o0, p0, p1, ep, out, b.lanes(ob));
       continue;
     }
     for (size_t jb = 0; jb < b.jobs.size(); ++jb) {
       const int64_t lo = std::max(p0, b.job_at[jb]), hi = std::min(p1, b.job_at[jb + 1]);
       const int64_t* dst = b.jobs[jb].dst.data() - b.job_at[jb];
-      for (int64_t l = 0; l < OB; ++l) {
+      for (int64_t l = 0; l < b.lanes(ob); ++l) {
         T* dx = out + (n * g.C + o0 + l) * g.HW();
         const T* src = tmp - p0 * OB + l;
         for (int64_t q = lo; q < hi; ++q) dx[dst[q]] = src[q * OB];
@@ -1663,11 +1717,13 @@ __attribute__((always_inline)) inline void blk_wgrad_image_impl(const Blocked<T>
   constexpr int VL = GroupedTile<T>::VL;
   for (int64_t ob = ob0; ob < ob1; ++ob, pv += E * OB) {
     const T* dyc = dy + (n * g.K + gi * g.Kg() + ob * OB) * L;
+    const int64_t nl = b.lanes(ob), nv = nl / VL;  // lanes past nl (the group's last block) zero
     int64_t p0 = 0;
-    for (; p0 + VL <= L; p0 += VL)
-      for (int v = 0; v < 2; ++v) transpose_vl(dyc + v * VL * L + p0, L, dyb + p0 * OB + v * VL, OB);
+    if (nv > 0)
+      for (; p0 + VL <= L; p0 += VL)
+        for (int64_t v = 0; v < nv; ++v) transpose_vl(dyc + v * VL * L + p0, L, dyb + p0 * OB + v * VL, OB);
     for (int64_t l = 0; l < OB; ++l)
-      for (int64_t p = p0; p < L; ++p) dyb[p * OB + l] = dyc[l * L + p];
+      for (int64_t p = l < nv * VL ? p0 : 0; p < L; ++p) dyb[p * OB + l] = l < nl ? dyc[l * L + p] : T(0);
     int64_t e = 0;
     for (; e + PX <= E; e += PX) {
       for (int j = 0; j < PX; ++j) xs[j] = s + (e + j) / taps * f.plane + b.tap[(e + j) % taps];
@@ -1680,10 +1736,17 @@ __attribute__((always_inline)) inline void blk_wgrad_image_impl(const Blocked<T>
   }
 }
 
-// dst[e][l] = src[l * lds + e] for e < n, l < OB: a lane block of rows, transposed.
+// dst[e][l] = src[l * lds + e] for e < n, l < OB: a lane block of rows, transposed; lanes from nl
+// (past the group's channels) zero.
 template <typename T>
-__attribute__((always_inline)) inline void blk_lanes(const T* src, int64_t lds, int64_t n, T* dst) {
+__attribute__((always_inline)) inline void blk_lanes(const T* src, int64_t lds, int64_t n, T* dst,
+                                                     int64_t nl = Blocked<T>::OB) {
   constexpr int OB = Blocked<T>::OB, VL = OB / 2;
+  if (nl < OB) {
+    for (int64_t e = 0; e < n; ++e)
+      for (int l = 0; l < OB; ++l) dst[e * OB + l] = l < nl ? src[l * lds + e] : T(0);
+    return;
+  }
   int64_t e = 0;
   for (; e + VL <= n; e += VL)
     for (int v = 0; v < 2; ++v) transpose_vl(src + v * VL * lds + e, lds, dst + e * OB + v * VL, OB);
@@ -1699,17 +1762,18 @@ __attribute__((always_inline)) inline void blk_pack_impl(const Blocked<T>& b, in
   constexpr int OB = Blocked<T>::OB;
   const Geo& g = b.g;
   const int64_t Cg = g.Cg(), Kg = g.Kg(), taps = g.kh * g.kw;
-  if (b.d != Dir::input_grad) return blk_lanes(w + (gi * Kg + ob * OB) * Cg * taps, Cg * taps, Cg * taps, dst);
+  const int64_t nl = b.lanes(ob);
+  if (b.d != Dir::input_grad) return blk_lanes(w + (gi * Kg + ob * OB) * Cg * taps, Cg * taps, Cg * taps, dst, nl);
   for (const auto& j : b.jobs) {
     const int64_t nt = (int64_t)j.tw.size();
     for (int64_t k = 0; k < Kg; ++k, dst += nt * OB) {
       const T* src = w + ((gi * Kg + k) * Cg + ob * OB) * taps;
       if (nt == taps) {  // every tap in order (stride 1)
-        blk_lanes(src, taps, taps, dst);
+        blk_lanes(src, taps, taps, dst, nl);
         continue;
       }
       for (int64_t u = 0; u < nt; ++u)
-        for (int l = 0; l < OB; ++l) dst[u * OB + l] = src[l * taps + j.tw[u]];
+        for (int l = 0; l < OB; ++l) dst[u * OB + l] = l < nl ? src[l * taps + j.tw[u]] : T(0);
     }
   }
 }
@@ -1737,7 +1801,7 @@ void blocked_run(const Geo& g, Dir d, const T* a, const T* bb, const Epilogue<T>
   const int64_t Cg = g.Cg(), Kg = g.Kg(), taps = g.kh * g.kw;
   ParallelError err;
   if (d == Dir::weight_grad) {
-    const int64_t chunks = b.wchunks(), psize = Kg * Cg * taps;  // one group's partial dw, [ob][c][t][OB]
+    const int64_t chunks = b.wchunks(), psize = b.nob * OB * Cg * taps;  // one group's partial dw, [ob][c][t][OB]
     // Few groups and images (a stem): the lane blocks are split over the items too.
     const int64_t split = g.G * chunks < 4 * max_threads() ? b.nob : 1;
     T* part = static_cast<T*>(t_pack.get(b.shared() * (int64_t)sizeof(T)));
@@ -1756,7 +1820,7 @@ void blocked_run(const Geo& g, Dir d, const T* a, const T* bb, const Epilogue<T>
       }
 #pragma omp for schedule(static)
       for (int64_t k = 0; k < g.K; ++k) {  // dw[k][c][t], the chunks added in order
-        const int64_t gi = k / Kg, ob = k % Kg / OB, l = k % OB;
+        const int64_t gi = k / Kg, ob = k % Kg / OB, l = k % Kg % OB;
         T* dst = out + k * Cg * taps;
         for (int64_t ch = 0; ch < chunks; ++ch) {
           const T* pv = part + (gi * chunks + ch) * psize + ob * Cg * taps * OB + l;
@@ -1817,6 +1881,7 @@ struct WinoBlocked {
   Geo g;                            // the forward it runs: the call's, or the input grad's adjoint
   bool adj;                         // input grad: w[k][c] read rotated, as the adjoint's [c][k]
   int64_t TH, TW, Wq, ni, np, nob;  // tiles per column and row; padded row; input channels (np: to VL)
+  int64_t Kp;                       // the lane channels (Kg) rounded up to whole lane blocks
   int64_t rows, nch;                // tile rows (of the batch, image after image) per item; items per group
   bool wg;                          // the weight grad (V and Z = A dY A^T summed over every tile)
   int64_t splits = 1;               // weight grad: runs of the batch's tile rows per group, summed in order
@@ -1828,30 +1893,31 @@ struct WinoBlocked {
   WinoBlocked(const Geo& geo, Dir d)
       : g(d == Dir::input_grad ? adjoint(geo) : geo), adj(d == Dir::input_grad), wg(d == Dir::weight_grad) {
     TH = (g.Ho + 1) / 2, TW = (g.Wo + 1) / 2, Wq = 2 * TW + 2;
-    ni = g.Cg(), np = (ni + VL - 1) / VL * VL, nob = g.Kg() / OB;
+    ni = g.Cg(), np = (ni + VL - 1) / VL * VL, nob = (g.Kg() + OB - 1) / OB, Kp = nob * OB;
     // An item's transformed input (16 ni values per tile) within about 128 KiB (L2; each lane
     // block's 16 products then read it from there), and enough items for the threads.
     const int64_t all = g.N * TH, cap = std::max<int64_t>(1, (int64_t(128) << 10) / (16 * np * TW * (int64_t)sizeof(T)));
     rows = std::max<int64_t>(1, std::min(cap, all * g.G / (4 * max_threads())));
     nch = (all + rows - 1) / rows;
     if (d == Dir::weight_grad) {  // chunks of V and Z within about 192 KiB; runs independent of the threads
-      rows = std::max<int64_t>(1, (int64_t(192) << 10) / (16 * TW * (np + g.Kg()) * (int64_t)sizeof(T)));
+      rows = std::max<int64_t>(1, (int64_t(192) << 10) / (16 * TW * (np + Kp) * (int64_t)sizeof(T)));
       splits = std::min(all, std::max<int64_t>(1, 16 / g.G));
     }
   }
   static bool fits(const Geo& g, Dir d) {
     if (g.kh != 3 || g.kw != 3 || g.sh != 1 || g.sw != 1 || g.dh != 1 || g.dw != 1 || g.depthwise()) return false;
-    if (d == Dir::input_grad) return g.ph <= 2 && g.pw <= 2 && g.Cg() % OB == 0;
-    return g.Kg() % OB == 0;
+    return d != Dir::input_grad || (g.ph <= 2 && g.pw <= 2);
   }
+  // Valid lanes of lane block ob (the last one may be part-filled).
+  int64_t lanes(int64_t ob) const { return std::min<int64_t>(OB, g.Kg() - ob * OB); }
   // Forward, input grad: U[gi][ob][e][c][OB]; weight grad: the runs' partial dU[gi][run][e][c][Kg].
-  int64_t shared() const { return g.G * 16 * np * (wg ? splits * g.Kg() : nob * OB); }
+  int64_t shared() const { return g.G * 16 * np * (wg ? splits : 1) * Kp; }
   // Per thread: the input rows of an item's tiles channel-blocked, its V[e][t][c], its products
   // M[e][t][OB] of one lane block, its outputs pixel-major (before the items: the transposed
   // kernels of one lane block); the weight grad: dy's rows of a chunk's tiles, its Z[e][t][Kg].
   int64_t scratch() const {
     const int64_t in = np * (2 * rows + 2) * Wq + 16 * rows * TW * np;  // the input rows and V
-    if (wg) return in + g.Kg() * 2 * rows * 2 * TW + 16 * rows * TW * g.Kg();  // dy's rows and Z
+    if (wg) return in + Kp * 2 * rows * 2 * TW + 16 * rows * TW * Kp;  // dy's rows and Z
     return std::max(9 * ni * OB, in + 16 * rows * TW * OB + 2 * rows * g.Wo * OB);
   }
 };
@@ -1888,10 +1954,12 @@ __attribute__((always_inline)) inline void wb_pack_impl(const WinoBlocked<T>& b,
   constexpr int VL = G::VL, OB = 2 * VL;
   const Geo& g = b.g;
   const int64_t ni = b.ni;
+  const int64_t nl = b.lanes(ob);
   if (!b.adj) {  // w (K, Cg, 3, 3): the lanes are output channels
-    blk_lanes(w + (gi * g.Kg() + ob * OB) * ni * 9, ni * 9, ni * 9, tmp);
+    blk_lanes(w + (gi * g.Kg() + ob * OB) * ni * 9, ni * 9, ni * 9, tmp, nl);
   } else {  // the call's w (Kg = ni here, Cg = the lanes): rotated below
-    for (int64_t k = 0; k < ni; ++k) blk_lanes(w + ((gi * ni + k) * g.Kg() + ob * OB) * 9, 9, 9, tmp + k * 9 * OB);
+    for (int64_t k = 0; k < ni; ++k)
+      blk_lanes(w + ((gi * ni + k) * g.Kg() + ob * OB) * 9, 9, 9, tmp + k * 9 * OB, nl);
   }
   const V half = V{} + T(0.5);
   for (int64_t c = 0; c < ni; ++c)
@@ -2015,13 +2083,13 @@ __attribute__((always_inline)) inline void wb_item_impl(const WinoBlocked<T>& b,
     // Per image: its tile rows' outputs are one pixel range of y's planes.
     image_runs(TH, r0, r1, [&](int64_t n, int64_t r, int64_t re) __attribute__((always_inline)) {
       const int64_t p0 = 2 * (r % TH) * g.Wo, p1 = std::min(g.Ho, 2 * ((re - 1) % TH) + 2) * g.Wo;
-      blk_store(g, tmp + 2 * (r - r0) * g.Wo * OB, n, gi * g.Kg() + ob * OB, p0, p1, ep, out);
+      blk_store(g, tmp + 2 * (r - r0) * g.Wo * OB, n, gi * g.Kg() + ob * OB, p0, p1, ep, out, b.lanes(ob));
     });
   }
 }
 
-// Z = A dY A^T of tile rows [r0, r1) of group gi's output channels of dy into Z [e][t][Kg] (the
-// channels in the lanes), from dy's rows transposed channel-blocked into dyb; A^T = [1 1 1 0;
+// Z = A dY A^T of tile rows [r0, r1) of group gi's output channels of dy into Z [e][t][Kp] (the
+// channels in the lanes, zero past Kg), from dy's rows transposed channel-blocked into dyb; A^T = [1 1 1 0;
 // 0 1 -1 -1] (dL/dM for Y = A^T M A).
 template <typename T>
 __attribute__((always_inline)) inline void wb_grad_output(const WinoBlocked<T>& b, int64_t gi, int64_t r0, int64_t r1,
@@ -2030,11 +2098,12 @@ __attribute__((always_inline)) inline void wb_grad_output(const WinoBlocked<T>& 
   using V = typename G::vec;
   constexpr int VL = G::VL;
   const Geo& g = b.g;
-  const int64_t Kg = g.Kg(), TH = b.TH, TW = b.TW, W2 = 2 * TW, Tc = (r1 - r0) * TW;
+  const int64_t Kg = g.Kg(), Kp = b.Kp, TH = b.TH, TW = b.TW, W2 = 2 * TW, Tc = (r1 - r0) * TW;
   image_runs(TH, r0, r1, [&](int64_t n, int64_t r, int64_t re) __attribute__((always_inline)) {
     const int64_t th0 = r % TH, R = 2 * (re - r);
-    for (int64_t kb = 0; kb < Kg / VL; ++kb) {
-      pad_to_lanes(dy + (n * g.K + gi * Kg + kb * VL) * g.L(), g.L(), g.Ho, g.Wo, 2 * th0, 0, R, W2, VL,
+    for (int64_t kb = 0; kb < Kp / VL; ++kb) {
+      const int64_t nc = std::max<int64_t>(0, std::min<int64_t>(VL, Kg - kb * VL));
+      pad_to_lanes(dy + (n * g.K + gi * Kg + std::min(kb * VL, Kg)) * g.L(), g.L(), g.Ho, g.Wo, 2 * th0, 0, R, W2, nc,
                    dyb + kb * R * W2 * VL);
       for (int64_t t = (r - r0) * TW; t < (re - r0) * TW; ++t) {
         const T* p = dyb + ((kb * R + 2 * (t / TW - (r - r0))) * W2 + 2 * (t % TW)) * VL;
@@ -2043,12 +2112,12 @@ __attribute__((always_inline)) inline void wb_grad_output(const WinoBlocked<T>& 
           for (int q = 0; q < 2; ++q) G::load(d[ra][q], p + (ra * W2 + q) * VL);
         for (int q = 0; q < 2; ++q)
           h[0][q] = d[0][q], h[1][q] = d[0][q] + d[1][q], h[2][q] = d[0][q] - d[1][q], h[3][q] = -d[1][q];
-        T* z = Z + t * Kg + kb * VL;
+        T* z = Z + t * Kp + kb * VL;
         for (int a = 0; a < 4; ++a) {
-          G::store(z + (4 * a) * Tc * Kg, h[a][0]);
-          G::store(z + (4 * a + 1) * Tc * Kg, h[a][0] + h[a][1]);
-          G::store(z + (4 * a + 2) * Tc * Kg, h[a][0] - h[a][1]);
-          G::store(z + (4 * a + 3) * Tc * Kg, -h[a][1]);
+          G::store(z + (4 * a) * Tc * Kp, h[a][0]);
+          G::store(z + (4 * a + 1) * Tc * Kp, h[a][0] + h[a][1]);
+          G::store(z + (4 * a + 2) * Tc * Kp, h[a][0] - h[a][1]);
+          G::store(z + (4 * a + 3) * Tc * Kp, -h[a][1]);
         }
       }
     }
@@ -2084,17 +2153,17 @@ __attribute__((always_inline)) inline void wb_outer(const T* v, int64_t ldv, con
 }
 
 // One weight-grad item: group gi, tile rows [r0, r1) of the batch (one run), summed into the
-// run's partial dU P [e][np][Kg], chunk after chunk.
+// run's partial dU P [e][np][Kp], chunk after chunk.
 template <typename T>
 __attribute__((always_inline)) inline void wb_wgrad_impl(const WinoBlocked<T>& b, int64_t gi, int64_t r0, int64_t r1,
                                                          const T* x, const T* dy, T* P, T* s) {
   constexpr int OB = WinoBlocked<T>::OB, PX = WinoBlocked<T>::PX;
-  const int64_t np = b.np, Kg = b.g.Kg();
+  const int64_t np = b.np, Kp = b.Kp;
   T* xb = s;
   T* Vt = xb + np * (2 * b.rows + 2) * b.Wq;
   T* dyb = Vt + 16 * b.rows * b.TW * np;
-  T* Z = dyb + Kg * 2 * b.rows * 2 * b.TW;
-  std::fill(P, P + 16 * np * Kg, T(0));
+  T* Z = dyb + Kp * 2 * b.rows * 2 * b.TW;
+  std::fill(P, P + 16 * np * Kp, T(0));
   for (int64_t c0 = r0; c0 < r1; c0 += b.rows) {
     const int64_t c1 = std::min(r1, c0 + b.rows), Tc = (c1 - c0) * b.TW;
     wb_input(b, gi, c0, c1, x, xb, Vt);
@@ -2102,10 +2171,10 @@ __attribute__((always_inline)) inline void wb_wgrad_impl(const WinoBlocked<T>& b
     for (int e = 0; e < 16; ++e)
       for (int64_t ob = 0; ob < b.nob; ++ob) {
         const T* v = Vt + e * Tc * np;
-        const T* z = Z + e * Tc * Kg + ob * OB;
-        T* p = P + e * np * Kg + ob * OB;
+        const T* z = Z + e * Tc * Kp + ob * OB;
+        T* p = P + e * np * Kp + ob * OB;
         px_blocks<PX>(0, np, [&](auto k, int64_t j) __attribute__((always_inline)) {
-          wb_outer<T, decltype(k)::value>(v + j, np, z, Kg, Tc, p + j * Kg, Kg);
+          wb_outer<T, decltype(k)::value>(v + j, np, z, Kp, Tc, p + j * Kp, Kp);
         });
       }
   }
@@ -2119,14 +2188,14 @@ __attribute__((always_inline)) inline void wb_wgrad_out_impl(const WinoBlocked<T
   using V = typename G::vec;
   constexpr int VL = G::VL, OB = 2 * VL;
   const Geo& g = b.g;
-  const int64_t np = b.np, Kg = g.Kg(), Cg = g.Cg(), psz = 16 * np * Kg;
+  const int64_t np = b.np, Kg = g.Kg(), Kp = b.Kp, Cg = g.Cg(), psz = 16 * np * Kp, nl = b.lanes(ob);
   const V half = V{} + T(0.5);
   alignas(32) T out[9][OB];
   for (int64_t c = 0; c < Cg; ++c) {
     for (int v = 0; v < 2; ++v) {
       V u[16];
       for (int e = 0; e < 16; ++e) {
-        const T* p = part + gi * b.splits * psz + (e * np + c) * Kg + ob * OB + v * VL;
+        const T* p = part + gi * b.splits * psz + (e * np + c) * Kp + ob * OB + v * VL;
         G::load(u[e], p);
         for (int64_t r = 1; r < b.splits; ++r) {
           V q;
@@ -2146,7 +2215,7 @@ __attribute__((always_inline)) inline void wb_wgrad_out_impl(const WinoBlocked<T
         G::store(out[3 * i + 2] + v * VL, s12 + hv[i][3]);
       }
     }
-    for (int l = 0; l < OB; ++l)
+    for (int64_t l = 0; l < nl; ++l)
       for (int t = 0; t < 9; ++t) dw[((gi * Kg + ob * OB + l) * Cg + c) * 9 + t] = out[t][l];
   }
 }
@@ -2175,7 +2244,7 @@ void wino_blocked_run(const Geo& geo, Dir d, const T* a, const T* w, const Epilo
   constexpr int OB = WinoBlocked<T>::OB;
   if (b.wg) {
     T* part = static_cast<T*>(t_pack.get(b.shared() * (int64_t)sizeof(T)));
-    const int64_t all = g.N * b.TH, psz = 16 * b.np * g.Kg();
+    const int64_t all = g.N * b.TH, psz = 16 * b.np * b.Kp;
     ParallelError err;
 #pragma omp parallel if (parallel_pays(g))
     {
@@ -2369,7 +2438,7 @@ bool applies(Dir d, Algo a, const Geo& g, int64_t elem) {
       if (g.G == 1 || g.depthwise()) return false;
       return grouped_scratch(g, d, elem) * elem * max_threads() <= g_ws_limit.load();
     }
-    case Algo::blocked: {  // channel blocks of 2 vectors (16 float / 8 double) in every group
+    case Algo::blocked: {  // channel blocks of 2 vectors (16 float / 8 double) in every group, the last padded
       const int64_t bytes = blocked_bytes(g, d, elem);
       return bytes > 0 && bytes <= g_ws_limit.load();
     }
@@ -2382,6 +2451,14 @@ bool applies(Dir d, Algo a, const Geo& g, int64_t elem) {
   }
 }
 
+// The lane algorithms (direct_blocked, winograd_blocked) pay where a group's lane channels (output
+// channels; input channels for the input grad) fill one float lane block of 16 and 3/4 of the last:
+// on emptier lanes (8 channels a group) grouped_direct's flat rows win.
+inline bool lanes_fill(int64_t lanes) {
+  constexpr int64_t ob = 16;
+  return lanes >= ob && 4 * lanes >= 3 * ((lanes + ob - 1) / ob * ob);
+}
+
 // Grouped convolutions with at most this many input channels per group run grouped_direct; the
 // weight gradient's GEMM (reduction over the pixels, Cg*kh*kw columns) wins from 64 channels.
 constexpr int64_t kGroupedMaxChannels[3] = {64, 64, 32};
@@ -2392,11 +2469,15 @@ constexpr int64_t kGroupedMaxChannels[3] = {64, 64, 32};
 // more, whose im2col columns are taps times the input's bytes while the direct loops reread the
 // input planes from cache (while they fit in 1 MiB).
 inline bool blocked_pays(Dir d, const Geo& g, int64_t elem) {
+  if (!lanes_fill(d == Dir::input_grad ? g.Cg() : g.Kg())) return false;
   if (g.G == 1) {
     const int64_t planes = g.C * (g.H + 2 * g.ph) * (g.W + 2 * g.pw) * elem;
     return (d != Dir::input_grad && g.C < 8 && g.R() >= 64) || (g.kh * g.kw >= 25 && planes <= (int64_t(1) << 20));
   }
   if (d == Dir::weight_grad) return true;
+  // The strided input gradient's phases split the taps: each phase's reduction (Kg x its taps)
+  // must stay long enough to pay for scattering its pixels back into dx.
+  if (d == Dir::input_grad && g.Kg() * g.kh * g.kw < 128 * g.sh * g.sw) return false;
   return (d == Dir::forward ? g.L() : g.HW()) <= 256;
 }
 
@@ -2417,6 +2498,7 @@ inline bool winograd_groups_pay(Dir d, const Geo& g) {
 inline bool wino_blocked_pays(Dir d, const Geo& g) {
   const bool dx = d == Dir::input_grad;
   const int64_t ni = dx ? g.Kg() : g.Cg(), ho = dx ? g.H : g.Ho, wo = dx ? g.W : g.Wo;
+  if (!lanes_fill(dx ? g.Cg() : g.Kg())) return false;
   if (g.N * ((ho + 1) / 2) * ((wo + 1) / 2) < ni) return false;
   if (d == Dir::weight_grad) return g.G > 1 && std::max<int64_t>(1, 16 / g.G) * g.Cg() * g.Kg() <= 16384;
   return g.G > 1 || (!use_avx512() && std::max(g.Cg(), g.Kg()) <= 128);

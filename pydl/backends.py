@@ -39,10 +39,11 @@ _ALGORITHMS = {
     "depthwise_blocked": (7, "groups == C == K: 8 (float) / 4 (double) channels interleaved pixel-major, one "
                              "vector FMA per tap and output, row kernels for 3-7 wide kernels"),
     "direct_blocked": (8, "16 (float) / 8 (double) channels of a group in vector lanes (output channels; input "
-                          "channels for the input gradient), register blocks of them x 6 pixels, any stride: "
+                          "channels for the input gradient; the last block zero-padded), register blocks of them "
+                          "x 6 pixels, any stride: "
                           "many channels per group on small planes, few-channel stems, and dense 5x5 and larger kernels"),
     "winograd_blocked": (9, "3x3, stride 1, no dilation: Winograd F(2x2, 3x3) with direct_blocked's channel "
-                            "lanes, no BLAS: grouped layers of 16-64 channels per group, dense ones of up to 128"),
+                            "lanes, no BLAS: grouped layers of 16 or more channels per group, dense ones of up to 128"),
 }
 _DIRECTIONS = ("forward", "input_grad", "weight_grad")
 _DEVICES = ("cpu", "cuda")

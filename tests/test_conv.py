@@ -1036,6 +1036,10 @@ _ALGO_CASES = [
     ((2, 32, 6, 11), (20, 16, 3, 3), dict(padding=2, groups=2)),
     ((2, 32, 5, 8), (32, 16, 3, 3), dict(groups=2)),
     ((5, 48, 5, 4), (48, 16, 3, 3), dict(padding=1, groups=3)),
+    # part-filled lane blocks: 36 output channels a group (16 + 16 + 4 lanes), 24 input channels
+    # (the input gradient's lanes, 16 + 8)
+    ((2, 48, 7, 9), (72, 24, 3, 3), dict(padding=1, groups=2)),
+    ((2, 48, 11, 10), (40, 24, 3, 3), dict(stride=2, padding=1, groups=2)),  # the same, strided (direct_blocked)
 ]
 _ALGOS = [a for a in pydl.backends.conv_algorithms() if a != "auto"]
 _EXPECTED_PAIRS = {("depthwise", d) for d in ("forward", "input_grad", "weight_grad")} | \
@@ -1122,7 +1126,7 @@ def test_conv_algorithm_auto_choice_and_restore():
         assert B.conv_algorithm_choice(d, (1, 8, 1500, 1500), (8, 1, 3, 3), padding=1, groups=8) == "depthwise"
     assert B.conv_algorithm_choice("weight_grad", (1, 3, 11, 10), (4, 3, 3, 3), padding=2,
                                    dilation=2) == "im2col_tiled"
-    # winograd_blocked: stride-1 3x3 layers of 16-channel groups (and dense ones of up to 128
+    # winograd_blocked: stride-1 3x3 layers of 16+ channel groups (and dense ones of up to 128
     # channels but for their weight gradient), while the batch has as many 2x2 tiles as a group
     # has inputs
     for d in ("forward", "input_grad", "weight_grad"):
@@ -1138,8 +1142,11 @@ def test_conv_algorithm_auto_choice_and_restore():
     # the weight gradient of few wide groups (large partial sums per run): Winograd per group
     assert B.conv_algorithm_choice("weight_grad", (8, 128, 28, 28), (128, 64, 3, 3), padding=1, groups=2) == "winograd"
     assert B.conv_algorithm_choice("weight_grad", (1, 64, 56, 56), (64, 64, 3, 3), padding=1) == "winograd"
+    # 24 channels a group fill 3/4 of two lane blocks; 8 (half of one) stay on grouped_direct
+    for d in ("forward", "input_grad", "weight_grad"):
+        assert B.conv_algorithm_choice(d, (8, 336, 14, 14), (336, 24, 3, 3), padding=1, groups=14) == "winograd_blocked"
     assert B.conv_algorithm_choice("forward", (8, 256, 28, 28), (256, 8, 3, 3), padding=1,
-                                   groups=32) == "grouped_direct"  # 8 channels: not a 16-channel block
+                                   groups=32) == "grouped_direct"
     # direct_blocked: an RGB 7x7 stem
     for d in ("forward", "weight_grad"):
         assert B.conv_algorithm_choice(d, (1, 3, 224, 224), (64, 3, 7, 7), stride=2, padding=3) == "direct_blocked"
