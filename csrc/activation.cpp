@@ -47,16 +47,24 @@ void for_ranges(int64_t n, int64_t min_par, F&& body) {
 }
 
 template <typename T, typename Op>
-void forward_range(const T* x, T* y, int64_t n, const Op op) {
+__attribute__((always_inline)) inline void forward_range_impl(const T* x, T* y, int64_t n, const Op op) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] = op.forward(x[i]);
 }
 
 template <typename T, typename Op>
-void backward_range(const T* dy, const T* v, T* dx, int64_t n, const Op op) {
+__attribute__((always_inline)) inline void backward_range_impl(const T* dy, const T* v, T* dx, int64_t n,
+                                                               const Op op) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) dx[i] = op.backward(dy[i], v[i]);
 }
+
+// AVX2 + FMA variants: the exp-based activations compute more than they move.
+#define PYDL_ACT_T template <typename T, typename Op>
+PYDL_SIMD_DISPATCH(PYDL_ACT_T, <T>, void, forward_range, (const T* x, T* y, int64_t n, const Op op), (x, y, n, op))
+PYDL_SIMD_DISPATCH(PYDL_ACT_T, <T>, void, backward_range, (const T* dy, const T* v, T* dx, int64_t n, const Op op),
+                   (dy, v, dx, n, op))
+#undef PYDL_ACT_T
 
 // out may be in exactly, or not overlap it at all.
 template <typename T>

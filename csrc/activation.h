@@ -15,6 +15,10 @@
 #pragma once
 #include <math.h>
 
+#if !defined(__CUDA_ARCH__)
+#include "vexp.h"
+#endif
+
 // As csrc/geometry.h defines it (the same text, so either header may come first).
 #if defined(__CUDACC__)
 #define PYDL_HD __host__ __device__
@@ -25,9 +29,21 @@
 namespace pydl {
 namespace act {
 
-// The C names exist on both sides (libm, CUDA's device math); float data takes the float functions.
-PYDL_HD inline float exp_t(float x) { return expf(x); }
-PYDL_HD inline double exp_t(double x) { return exp(x); }
+// The C names on the GPU (CUDA's device math); on the CPU vexp.h's vectorizable e^x.
+PYDL_HD inline float exp_t(float x) {
+#if defined(__CUDA_ARCH__)
+  return expf(x);
+#else
+  return vexp(x);
+#endif
+}
+PYDL_HD inline double exp_t(double x) {
+#if defined(__CUDA_ARCH__)
+  return exp(x);
+#else
+  return vexp(x);
+#endif
+}
 PYDL_HD inline float tanh_t(float x) { return tanhf(x); }
 PYDL_HD inline double tanh_t(double x) { return tanh(x); }
 

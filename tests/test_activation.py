@@ -172,6 +172,22 @@ def test_activation_nan_and_inf_as_pytorch(xp, dtype):
         assert np.isfinite(d).all(), name
 
 
+def test_exp_activations_over_floats_whole_range(xp, dtype):
+    """silu and sigmoid (float32 on the CPU: a vectorized e^x of its own) against float64 over the
+    range where e^-x goes from overflow to underflow, both clamps and their neighbours included,
+    with a fine grid around 0 where the reduction's n is 0 and +-1."""
+    edges = np.array([-110, -104, -103.9, -89, -88.8, -88.7, -87.4, 87.4, 88.7, 88.8, 89, 104, 110])
+    x64 = np.concatenate([np.linspace(-110, 110, 20011), np.linspace(-1.5, 1.5, 3001), edges])
+    x = xp.asarray(x64.astype(dtype))
+    xr = to_numpy(x).astype(np.float64)
+    with np.errstate(over="ignore"):
+        for name in ("silu", "sigmoid"):
+            y, want = to_numpy(getattr(F, name)(x)), getattr(R, name)(xr)
+            # silu(x) = x / (1 + e^-x) is -0 where e^-x overflows (x < -88.7, as with libm's expf):
+            # below 1e-35 the error is absolute
+            np.testing.assert_allclose(y, want, rtol=4 * np.finfo(dtype).eps, atol=1e-35, err_msg=name)
+
+
 # ---------------------------------------------------------------- out= and inplace=
 
 @pytest.mark.parametrize("act", ACTS, ids=ACT_IDS)
