@@ -23,6 +23,10 @@ NETWORKS = {
     "squeezenet1_1": ("squeezenet1_1", {}),
     # DeepLab-style backbone: the last two stages dilated instead of strided (output stride 8).
     "resnet50_dilated": ("resnet50", {"replace_stride_with_dilation": [False, True, True]}),
+    # Squeeze-and-excitation, SiLU / hard-swish, depthwise 5x5, groups of 24 channels (RegNet).
+    "efficientnet_b0": ("efficientnet_b0", {}),
+    "mobilenet_v3_large": ("mobilenet_v3_large", {}),
+    "regnet_y_1_6gf": ("regnet_y_1_6gf", {}),
 }
 
 
@@ -69,8 +73,9 @@ def export(model, path):
                      dilation=_pair(m.dilation), groups=m.groups, bias=m.bias is not None)
             elif isinstance(m, nn.BatchNorm2d):
                 emit(node, "batch_norm", [x], param=q, eps=m.eps)
-            elif isinstance(m, nn.ReLU):
-                emit(node, "relu", [x])
+            elif isinstance(m, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Sigmoid, nn.Hardsigmoid)):
+                emit(node, {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "silu", nn.Hardswish: "hardswish",
+                            nn.Sigmoid: "sigmoid", nn.Hardsigmoid: "hardsigmoid"}[type(m)], [x])
             elif isinstance(m, nn.MaxPool2d):
                 emit(node, "max_pool2d", [x], kernel_size=_pair(m.kernel_size), stride=_pair(m.stride),
                      padding=_pair(m.padding), dilation=_pair(m.dilation), ceil_mode=m.ceil_mode)
@@ -93,6 +98,10 @@ def export(model, path):
                 emit(node, "cat", [a[0]], axis=a[1] if len(a) > 1 else node.kwargs.get("dim", 0))
             elif f in (operator.add, torch.add) and len(a) == 2:
                 emit(node, "add", list(a))
+            elif f in (operator.mul, torch.mul) and len(a) == 2:  # squeeze-and-excitation's scale
+                emit(node, "mul", list(a))
+            elif getattr(f, "__name__", "") == "stochastic_depth":  # eval: the identity
+                emit(node, "identity", [a[0]])
             elif f is torch.flatten:
                 emit(node, "flatten", [a[0]], start_dim=a[1] if len(a) > 1 else node.kwargs.get("start_dim", 0))
             elif f is tf.relu:
@@ -103,6 +112,9 @@ def export(model, path):
                 emit(node, "identity", [a[0]])
             else:
                 raise NotImplementedError(f"export: function {getattr(f, '__name__', f)} ({node.name})")
+        elif node.op == "call_method" and node.target == "flatten":
+            emit(node, "flatten", [node.args[0]],
+                 start_dim=node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0))
         else:
             raise NotImplementedError(f"export: {node.op} {node.target} ({node.name})")
     with open(path, "w") as fh:
@@ -160,8 +172,10 @@ class FunctionalNet:
             elif k == "batch_norm":
                 out = F.batch_norm(args[0], w[p + ".running_mean"], w[p + ".running_var"], w[p + ".weight"],
                                    w[p + ".bias"], training=False, eps=op["eps"])
-            elif k == "relu":
-                out = F.relu(args[0])
+            elif k in ("relu", "relu6", "silu", "hardswish", "sigmoid"):
+                out = getattr(F, k)(args[0])
+            elif k == "hardsigmoid":  # PyTorch's definition, relu6(x + 3) / 6
+                out = F.relu6(args[0] + 3) * (1 / 6)
             elif k == "max_pool2d":
                 out = F.max_pool2d(args[0], tuple(op["kernel_size"]), tuple(op["stride"]), tuple(op["padding"]),
                                    tuple(op["dilation"]), ceil_mode=op["ceil_mode"])
@@ -180,6 +194,8 @@ class FunctionalNet:
                 out = np.concatenate(args[0], axis=op["axis"])
             elif k == "add":
                 out = args[0] + args[1]
+            elif k == "mul":
+                out = args[0] * args[1]
             else:
                 raise NotImplementedError(k)
             env[op["name"]] = out
