@@ -502,8 +502,10 @@ __attribute__((always_inline)) inline void interleave2(const T* __restrict s0, c
 // xp (one channel's phase planes) from the plane xc: xp[a, b][r, c] = x[r*sh + a - ph, c*sw + b - pw]
 // (zero outside).
 // Zeroed: xp is already zero (only the image's rows are copied).
+// Not inlined (nor flat_unpad): inside the grouped kernels its stride-2 loops cost the
+// correlation's registers (8-10% on 8-channel groups); one call per plane is nothing.
 template <typename T, bool Zeroed = false>
-__attribute__((always_inline)) inline void flat_pad(const Geo& g, const Flat& f, const T* xc, T* xp) {
+__attribute__((noinline)) void flat_pad(const Geo& g, const Flat& f, const T* xc, T* xp) {
   // Per column phase b, the columns c with 0 <= c*sw + b - pw < W: [lo[b], hi[b]).
   int64_t lo[2] = {0, 0}, hi[2] = {0, 0};
   const int64_t nb = std::min<int64_t>(f.sw, 2);
@@ -554,7 +556,7 @@ __attribute__((always_inline)) inline void flat_pad(const Geo& g, const Flat& f,
 // The adjoint's last step: dx[ih, iw] = xp[phase][(ih + ph) / sh, (iw + pw) / sw], zero where the
 // padded pixel is outside the phase planes (no window reads it).
 template <typename T>
-__attribute__((always_inline)) inline void flat_unpad(const Geo& g, const Flat& f, const T* xp, T* xc) {
+__attribute__((noinline)) void flat_unpad(const Geo& g, const Flat& f, const T* xp, T* xc) {
   for (int64_t ih = 0; ih < g.H; ++ih) {
     T* d = xc + ih * g.W;
     const int64_t r = ih + g.ph;
