@@ -480,75 +480,32 @@ struct Flat {
   }
 };
 
-// Stride 2 splits rows into two column phases: d0[c] = s[2c], d1[c] = s[2c + 1] and back. A
-// constant stride lets the compiler vectorize them (shuffles); a runtime stride does not.
-template <typename T>
-__attribute__((always_inline)) inline void deinterleave2(const T* __restrict s, T* __restrict d0, T* __restrict d1,
-                                                         int64_t n) {
-  for (int64_t c = 0; c < n; ++c) {
-    d0[c] = s[2 * c];
-    d1[c] = s[2 * c + 1];
-  }
-}
-template <typename T>
-__attribute__((always_inline)) inline void interleave2(const T* __restrict s0, const T* __restrict s1,
-                                                       T* __restrict d, int64_t n) {
-  for (int64_t c = 0; c < n; ++c) {
-    d[2 * c] = s0[c];
-    d[2 * c + 1] = s1[c];
-  }
-}
-
 // xp (one channel's phase planes) from the plane xc: xp[a, b][r, c] = x[r*sh + a - ph, c*sw + b - pw]
 // (zero outside).
 // Zeroed: xp is already zero (only the image's rows are copied).
-// Not inlined (nor flat_unpad): inside the grouped kernels its stride-2 loops cost the
-// correlation's registers (8-10% on 8-channel groups); one call per plane is nothing.
 template <typename T, bool Zeroed = false>
-__attribute__((noinline)) void flat_pad(const Geo& g, const Flat& f, const T* xc, T* xp) {
-  // Per column phase b, the columns c with 0 <= c*sw + b - pw < W: [lo[b], hi[b]).
-  int64_t lo[2] = {0, 0}, hi[2] = {0, 0};
-  const int64_t nb = std::min<int64_t>(f.sw, 2);
-  const auto range = [&](int64_t b, int64_t& l, int64_t& h) {
-    const int64_t off = b - g.pw;
-    l = std::min(f.Wp, off >= 0 ? 0 : (-off + f.sw - 1) / f.sw);
-    h = std::min(f.Wp, std::max(l, g.W - off <= 0 ? 0 : (g.W - off - 1) / f.sw + 1));
-  };
-  for (int64_t b = 0; b < nb; ++b) range(b, lo[b], hi[b]);
-  const int64_t hw = f.Hp * f.Wp;
+__attribute__((always_inline)) inline void flat_pad(const Geo& g, const Flat& f, const T* xc, T* xp) {
   for (int64_t a = 0; a < f.sh; ++a)
-    for (int64_t r = 0; r < f.Hp; ++r) {
-      const int64_t ih = r * f.sh + a - g.ph;
-      T* d = xp + a * f.sw * hw + r * f.Wp;  // phase (a, b)'s row r at d + b*hw
-      if (ih < 0 || ih >= g.H) {
-        if (!Zeroed)
-          for (int64_t b = 0; b < f.sw; ++b) std::fill(d + b * hw, d + b * hw + f.Wp, T(0));
-        continue;
-      }
-      const T* s = xc + ih * g.W - g.pw;  // s[c*sw + b] is column c of phase b
-      if (f.sw == 2) {
-        // Both phases at once where both are inside the image, the ends one by one.
-        const int64_t c0 = std::max(lo[0], lo[1]), c1 = std::max(c0, std::min(hi[0], hi[1]));
-        deinterleave2(s + 2 * c0, d + c0, d + hw + c0, c1 - c0);
-        for (int64_t b = 0; b < 2; ++b) {
-          T* db = d + b * hw;
-          if (!Zeroed) std::fill(db, db + lo[b], T(0));
-          for (int64_t c = lo[b]; c < std::min(hi[b], c0); ++c) db[c] = s[2 * c + b];
-          for (int64_t c = std::max(lo[b], c1); c < hi[b]; ++c) db[c] = s[2 * c + b];
-          if (!Zeroed) std::fill(db + hi[b], db + f.Wp, T(0));
+    for (int64_t b = 0; b < f.sw; ++b) {
+      // Columns c with 0 <= c*sw + b - pw < W: [lo, hi).
+      const int64_t off = b - g.pw;
+      const int64_t lo = std::min(f.Wp, off >= 0 ? 0 : (-off + f.sw - 1) / f.sw);
+      const int64_t hi = std::min(f.Wp, std::max(lo, g.W - off <= 0 ? 0 : (g.W - off - 1) / f.sw + 1));
+      T* ph = xp + (a * f.sw + b) * f.Hp * f.Wp;
+      for (int64_t r = 0; r < f.Hp; ++r) {
+        T* d = ph + r * f.Wp;
+        const int64_t ih = r * f.sh + a - g.ph;
+        if (ih < 0 || ih >= g.H || hi <= lo) {
+          if (!Zeroed) std::fill(d, d + f.Wp, T(0));
+          continue;
         }
-        continue;
-      }
-      for (int64_t b = 0; b < f.sw; ++b) {
-        int64_t l = lo[0], h = hi[0];
-        if (b > 0) range(b, l, h);
-        T* db = d + b * hw;
-        if (!Zeroed) std::fill(db, db + l, T(0));
+        const T* s = xc + ih * g.W + off;
+        if (!Zeroed) std::fill(d, d + lo, T(0));
         if (f.sw == 1)
-          std::memcpy(db + l, s + l, (size_t)(std::max(l, h) - l) * sizeof(T));
+          std::memcpy(d + lo, s + lo, (size_t)(hi - lo) * sizeof(T));
         else
-          for (int64_t c = l; c < h; ++c) db[c] = s[c * f.sw + b];
-        if (!Zeroed) std::fill(db + std::max(l, h), db + f.Wp, T(0));
+          for (int64_t c = lo; c < hi; ++c) d[c] = s[c * f.sw];
+        if (!Zeroed) std::fill(d + hi, d + f.Wp, T(0));
       }
     }
 }
@@ -556,7 +513,7 @@ __attribute__((noinline)) void flat_pad(const Geo& g, const Flat& f, const T* xc
 // The adjoint's last step: dx[ih, iw] = xp[phase][(ih + ph) / sh, (iw + pw) / sw], zero where the
 // padded pixel is outside the phase planes (no window reads it).
 template <typename T>
-__attribute__((noinline)) void flat_unpad(const Geo& g, const Flat& f, const T* xp, T* xc) {
+__attribute__((always_inline)) inline void flat_unpad(const Geo& g, const Flat& f, const T* xp, T* xc) {
   for (int64_t ih = 0; ih < g.H; ++ih) {
     T* d = xc + ih * g.W;
     const int64_t r = ih + g.ph;
@@ -570,16 +527,6 @@ __attribute__((noinline)) void flat_unpad(const Geo& g, const Flat& f, const T* 
       std::fill(d, d + a, T(0));
       std::memcpy(d + a, row + a + g.pw, (size_t)(e - a) * sizeof(T));
       std::fill(d + e, d + g.W, T(0));
-      continue;
-    }
-    if (f.sw == 2 && g.pw >= 0) {
-      // Padded column P = iw + pw is column P / 2 of phase P % 2; P < 2*Wp lies in the planes.
-      const T* s1 = row + f.Hp * f.Wp;
-      const int64_t pe = std::min(g.pw + g.W, 2 * f.Wp), c0 = (g.pw + 1) / 2, c1 = std::max(c0, pe / 2);
-      for (int64_t p = g.pw; p < std::min(pe, 2 * c0); ++p) d[p - g.pw] = (p & 1 ? s1 : row)[p / 2];
-      interleave2(row + c0, s1 + c0, d + 2 * c0 - g.pw, c1 - c0);
-      for (int64_t p = std::max(g.pw, 2 * c1); p < pe; ++p) d[p - g.pw] = (p & 1 ? s1 : row)[p / 2];
-      std::fill(d + std::max<int64_t>(0, pe - g.pw), d + g.W, T(0));
       continue;
     }
     // Column phase b holds the pixels iw = iw0, iw0 + sw, ... at c = (iw0 + pw) / sw, c + 1, ...
